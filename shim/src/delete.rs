@@ -1,0 +1,53 @@
+//! The `delete` action: containerd's cleanup when it cannot reach the shim (the shim
+//! died, or `start` failed). Force-deletes runc's container and unmounts the rootfs.
+
+use std::time::SystemTime;
+
+use containerd_shim::{
+    protos::{api::DeleteResponse, protobuf::Message, protobuf::MessageField},
+    Flags,
+};
+use log::warn;
+
+use crate::{
+    config::Config,
+    error::{Error, Result},
+    options::ShimOptions,
+    process::timestamp,
+    reaper::Reaper,
+    runc::{Runc, RuncErrorKind},
+};
+
+pub async fn delete(flags: &Flags) -> Result<Vec<u8>> {
+    let bundle = if flags.bundle.is_empty() {
+        std::env::current_dir().map_err(|e| Error::io("current directory", e))?
+    } else {
+        flags.bundle.clone().into()
+    };
+    let opts = ShimOptions::load(&bundle)?;
+    let config = Config::load(opts.config_path.as_deref())?;
+    let (reaper, _orphans) = Reaper::start()?;
+    let runc = Runc::new(opts.runc_config(&config, &flags.namespace), &bundle, reaper);
+    match runc.delete(&flags.id, true).await {
+        Err(Error::Runc(e)) if e.kind == RuncErrorKind::NotFound => {}
+        Err(e) => warn!("runc delete {}: {e}", flags.id),
+        Ok(()) => {}
+    }
+    let rootfs = bundle.join("rootfs");
+    if let Err(e) = containerd_shim::mount::umount_recursive(
+        Some(&rootfs.to_string_lossy()),
+        libc::MNT_DETACH,
+    ) {
+        warn!("unmount {}: {e}", rootfs.display());
+    }
+    DeleteResponse {
+        exit_status: 128 + libc::SIGKILL as u32,
+        exited_at: MessageField::some(timestamp(SystemTime::now())),
+        ..Default::default()
+    }
+    .write_to_bytes()
+    .map_err(|source| Error::Decode {
+        what: "delete response",
+        source,
+    })
+}

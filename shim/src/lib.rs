@@ -1,0 +1,78 @@
+//! containerd-shim-tether-v1: a containerd shim v2 (`io.containerd.tether.v1`) that
+//! runs containers with runc, exactly as containerd's runc shim does, with a seam
+//! between `runc create` and `runc start` where eBPF programs are attached
+//! (see [`attach`]).
+
+pub mod attach;
+pub mod cgroup;
+pub mod config;
+pub mod container;
+pub mod delete;
+pub mod error;
+pub mod events;
+pub mod options;
+pub mod process;
+pub mod reaper;
+pub mod runc;
+pub mod serve;
+pub mod service;
+pub mod start;
+pub mod stdio;
+
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/protos/mod.rs"));
+}
+
+use std::io::Write;
+
+/// Runs the shim binary: `start`, `delete`, or (no action) serve. Returns the exit code.
+pub fn main() -> i32 {
+    let args: Vec<_> = std::env::args_os().collect();
+    let flags = match containerd_shim::parse(&args[1..]) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("containerd-shim-tether-v1: {e}");
+            return 1;
+        }
+    };
+    if flags.version {
+        println!("containerd-shim-tether-v1 {}", env!("CARGO_PKG_VERSION"));
+        return 0;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("containerd-shim-tether-v1: start runtime: {e}");
+            return 1;
+        }
+    };
+    let result = rt.block_on(async {
+        match flags.action.as_str() {
+            "start" => start::start(&flags).map(Some),
+            "delete" => delete::delete(&flags).await.map(Some),
+            "" => serve::serve(&flags).await.map(|()| None),
+            other => Err(error::Error::InvalidArgument(format!(
+                "unknown action {other:?}"
+            ))),
+        }
+    });
+    match result {
+        Ok(Some(reply)) => {
+            let mut out = std::io::stdout();
+            if let Err(e) = out.write_all(&reply).and_then(|()| out.flush()) {
+                eprintln!("containerd-shim-tether-v1: write reply: {e}");
+                return 1;
+            }
+            0
+        }
+        Ok(None) => 0,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("containerd-shim-tether-v1: {e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! The one module that runs the `runc` binary.
+//!
+//! Every invocation is built by [`Runc::command`] (global flags: `--root`, `--log` in
+//! JSON format, `--systemd-cgroup`, `--criu`), spawned through the [`Reaper`] so its
+//! exit cannot be lost, and its failure turned into a [`RuncError`] whose message is
+//! runc's own last error (read from the part of `log.json` this invocation wrote) and
+//! whose kind is classified here, once, so nobody matches on message text later.
+
+use std::{
+    ffi::OsString,
+    io::{Read, Seek, SeekFrom, Write},
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::Arc,
+};
+
+use serde::Deserialize;
+
+use crate::{
+    error::{Error, Result},
+    reaper::Reaper,
+};
+
+/// What went wrong, as far as callers need to tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuncErrorKind {
+    /// The container does not exist (any more).
+    NotFound,
+    /// A container with this id already exists.
+    AlreadyExists,
+    /// The process to signal has already exited.
+    ProcessFinished,
+    /// Anything else: the message says what.
+    Failed,
+}
+
+/// A runc command that failed, with runc's reason.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("OCI runtime {command} failed: {message}")]
+pub struct RuncError {
+    pub command: &'static str,
+    pub kind: RuncErrorKind,
+    pub message: String,
+}
+
+impl RuncError {
+    pub fn new(command: &'static str, kind: RuncErrorKind, message: String) -> Self {
+        Self {
+            command,
+            kind,
+            message,
+        }
+    }
+
+    /// Classifies runc's message. runc has no error codes; these phrases are the ones
+    /// runc 1.0-1.2 print for these conditions (libcontainer/error.go and kill.go).
+    fn classify(command: &'static str, message: String) -> Self {
+        let m = message.to_ascii_lowercase();
+        let kind = if m.contains("does not exist") || m.contains("container not found") {
+            RuncErrorKind::NotFound
+        } else if m.contains("already exists") {
+            RuncErrorKind::AlreadyExists
+        } else if m.contains("process already finished")
+            || m.contains("container not running")
+            || m.contains("no such process")
+        {
+            RuncErrorKind::ProcessFinished
+        } else {
+            RuncErrorKind::Failed
+        };
+        Self::new(command, kind, message)
+    }
+}
+
+/// The stdio a runc invocation (and, for create/exec, the container process) gets.
+#[derive(Default)]
+pub struct ProcessIo {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// How to reach runc: which binary, which state root, which cgroup driver.
+#[derive(Debug, Clone)]
+pub struct RuncConfig {
+    pub binary: PathBuf,
+    pub root: PathBuf,
+    pub systemd_cgroup: bool,
+    pub criu: Option<PathBuf>,
+}
+
+/// Handle to runc for one bundle (its log file lives there).
+#[derive(Clone)]
+pub struct Runc {
+    config: RuncConfig,
+    log: PathBuf,
+    reaper: Arc<Reaper>,
+}
+
+#[derive(Debug)]
+pub struct CreateArgs<'a> {
+    pub bundle: &'a Path,
+    pub pid_file: &'a Path,
+    pub console_socket: Option<&'a Path>,
+    pub no_pivot: bool,
+    pub no_new_keyring: bool,
+}
+
+#[derive(Debug)]
+pub struct CheckpointArgs<'a> {
+    pub image_path: &'a Path,
+    pub work_path: &'a Path,
+    pub leave_running: bool,
+    pub tcp_established: bool,
+    pub ext_unix_sk: bool,
+    pub shell_job: bool,
+    pub file_locks: bool,
+    pub empty_namespaces: &'a [String],
+    pub cgroups_mode: &'a str,
+}
+
+#[derive(Debug)]
+pub struct RestoreArgs<'a> {
+    pub bundle: &'a Path,
+    pub image_path: &'a Path,
+    pub work_path: &'a Path,
+    pub pid_file: &'a Path,
+    pub console_socket: Option<&'a Path>,
+    pub no_pivot: bool,
+}
+
+#[derive(Deserialize)]
+struct LogLine {
+    level: String,
+    msg: String,
+}
+
+impl Runc {
+    pub fn new(config: RuncConfig, bundle: &Path, reaper: Arc<Reaper>) -> Self {
+        Self {
+            config,
+            log: bundle.join("log.json"),
+            reaper,
+        }
+    }
+
+    pub fn config(&self) -> &RuncConfig {
+        &self.config
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.config.binary);
+        cmd.arg("--root")
+            .arg(&self.config.root)
+            .arg("--log")
+            .arg(&self.log)
+            .arg("--log-format")
+            .arg("json");
+        if self.config.systemd_cgroup {
+            cmd.arg("--systemd-cgroup");
+        }
+        if let Some(criu) = &self.config.criu {
+            cmd.arg("--criu").arg(criu);
+        }
+        cmd
+    }
+
+    /// Runs runc with `args`. The child's stdio is `io` (null where unset); with
+    /// `capture`, stdout is captured instead and returned. `input` is written to its stdin.
+    async fn run(
+        &self,
+        name: &'static str,
+        args: Vec<OsString>,
+        io: ProcessIo,
+        capture: bool,
+        input: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        let mut cmd = self.command();
+        cmd.args(args);
+        cmd.stdin(match (input.is_some(), io.stdin) {
+            (true, _) => Stdio::piped(),
+            (false, Some(fd)) => Stdio::from(fd),
+            (false, None) => Stdio::null(),
+        });
+        cmd.stdout(match (capture, io.stdout) {
+            (true, _) => Stdio::piped(),
+            (false, Some(fd)) => Stdio::from(fd),
+            (false, None) => Stdio::null(),
+        });
+        let capture_stderr = io.stderr.is_none();
+        cmd.stderr(match io.stderr {
+            Some(fd) => Stdio::from(fd),
+            None => Stdio::piped(),
+        });
+        let log_offset = std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0);
+
+        let (mut child, exit) = self
+            .reaper
+            .spawn(&mut cmd)
+            .map_err(|e| Error::io(format!("run {}", self.config.binary.display()), e))?;
+        // `cmd` still holds the parent's copies of the stdio fds given to the child;
+        // drop them so pipes see EOF when the child side closes.
+        drop(cmd);
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take().filter(|_| capture_stderr);
+        let (out, err) = tokio::task::spawn_blocking(move || {
+            if let (Some(mut w), Some(data)) = (stdin, input) {
+                let _ = w.write_all(&data);
+            }
+            let mut out = Vec::new();
+            if let Some(mut r) = stdout {
+                let _ = r.read_to_end(&mut out);
+            }
+            let mut err = Vec::new();
+            if let Some(mut r) = stderr {
+                let _ = r.read_to_end(&mut err);
+            }
+            (out, err)
+        })
+        .await
+        .unwrap_or_default();
+        let exit = exit
+            .await
+            .map_err(|_| Error::FailedPrecondition(format!("runc {name}: exit status lost")))?;
+        if exit.status == 0 {
+            return Ok(out);
+        }
+        let message = self
+            .last_error_since(log_offset)
+            .or_else(|| {
+                let s = String::from_utf8_lossy(&err).trim().to_string();
+                (!s.is_empty()).then_some(s)
+            })
+            .unwrap_or_else(|| format!("runc {name} exited with status {}", exit.status));
+        Err(RuncError::classify(name, message).into())
+    }
+
+    /// The last error runc logged after `offset` in this bundle's log.
+    fn last_error_since(&self, offset: u64) -> Option<String> {
+        let mut f = std::fs::File::open(&self.log).ok()?;
+        f.seek(SeekFrom::Start(offset)).ok()?;
+        let mut text = String::new();
+        f.read_to_string(&mut text).ok()?;
+        last_error(&text)
+    }
+
+    pub async fn create(&self, id: &str, a: &CreateArgs<'_>, io: ProcessIo) -> Result<()> {
+        let mut args: Vec<OsString> = vec!["create".into(), "--bundle".into(), a.bundle.into()];
+        args.extend(["--pid-file".into(), a.pid_file.into()]);
+        if let Some(s) = a.console_socket {
+            args.extend(["--console-socket".into(), s.into()]);
+        }
+        if a.no_pivot {
+            args.push("--no-pivot".into());
+        }
+        if a.no_new_keyring {
+            args.push("--no-new-keyring".into());
+        }
+        args.push(id.into());
+        self.run("create", args, io, false, None).await.map(drop)
+    }
+
+    pub async fn start(&self, id: &str) -> Result<()> {
+        self.simple("start", &["start", id]).await
+    }
+
+    /// `runc exec --detach` of the process described by the JSON file `process`.
+    pub async fn exec(
+        &self,
+        id: &str,
+        process: &Path,
+        pid_file: &Path,
+        console_socket: Option<&Path>,
+        io: ProcessIo,
+    ) -> Result<()> {
+        let mut args: Vec<OsString> = vec![
+            "exec".into(),
+            "--detach".into(),
+            "--process".into(),
+            process.into(),
+            "--pid-file".into(),
+            pid_file.into(),
+        ];
+        if let Some(s) = console_socket {
+            args.extend(["--console-socket".into(), s.into()]);
+        }
+        args.push(id.into());
+        self.run("exec", args, io, false, None).await.map(drop)
+    }
+
+    pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
+        let sig = signal.to_string();
+        let mut args = vec!["kill"];
+        if all {
+            args.push("--all");
+        }
+        args.extend([id, sig.as_str()]);
+        self.simple("kill", &args).await
+    }
+
+    pub async fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let mut args = vec!["delete"];
+        if force {
+            args.push("--force");
+        }
+        args.push(id);
+        self.simple("delete", &args).await
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<()> {
+        self.simple("pause", &["pause", id]).await
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<()> {
+        self.simple("resume", &["resume", id]).await
+    }
+
+    /// Pids of every process in the container.
+    pub async fn ps(&self, id: &str) -> Result<Vec<u32>> {
+        let args = ["ps", "--format", "json", id].map(OsString::from).to_vec();
+        let out = self
+            .run("ps", args, ProcessIo::default(), true, None)
+            .await?;
+        serde_json::from_slice::<Option<Vec<u32>>>(&out)
+            .map(Option::unwrap_or_default)
+            .map_err(|source| Error::Json {
+                context: "parse runc ps output".into(),
+                source,
+            })
+    }
+
+    /// `runc update` with the JSON of an OCI `LinuxResources`.
+    pub async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<()> {
+        let args = ["update", "--resources", "-", id]
+            .map(OsString::from)
+            .to_vec();
+        self.run(
+            "update",
+            args,
+            ProcessIo::default(),
+            false,
+            Some(resources_json),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn checkpoint(&self, id: &str, a: &CheckpointArgs<'_>) -> Result<()> {
+        let mut args: Vec<OsString> = vec![
+            "checkpoint".into(),
+            "--image-path".into(),
+            a.image_path.into(),
+            "--work-path".into(),
+            a.work_path.into(),
+        ];
+        for (on, flag) in [
+            (a.leave_running, "--leave-running"),
+            (a.tcp_established, "--tcp-established"),
+            (a.ext_unix_sk, "--ext-unix-sk"),
+            (a.shell_job, "--shell-job"),
+            (a.file_locks, "--file-locks"),
+        ] {
+            if on {
+                args.push(flag.into());
+            }
+        }
+        for ns in a.empty_namespaces {
+            args.extend(["--empty-ns".into(), ns.into()]);
+        }
+        if !a.cgroups_mode.is_empty() {
+            args.extend(["--manage-cgroups-mode".into(), a.cgroups_mode.into()]);
+        }
+        args.push(id.into());
+        self.run("checkpoint", args, ProcessIo::default(), false, None)
+            .await
+            .map(drop)
+    }
+
+    pub async fn restore(&self, id: &str, a: &RestoreArgs<'_>, io: ProcessIo) -> Result<()> {
+        let mut args: Vec<OsString> = vec![
+            "restore".into(),
+            "--detach".into(),
+            "--bundle".into(),
+            a.bundle.into(),
+            "--image-path".into(),
+            a.image_path.into(),
+            "--work-path".into(),
+            a.work_path.into(),
+            "--pid-file".into(),
+            a.pid_file.into(),
+        ];
+        if let Some(s) = a.console_socket {
+            args.extend(["--console-socket".into(), s.into()]);
+        }
+        if a.no_pivot {
+            args.push("--no-pivot".into());
+        }
+        args.push(id.into());
+        self.run("restore", args, io, false, None).await.map(drop)
+    }
+
+    async fn simple(&self, name: &'static str, args: &[&str]) -> Result<()> {
+        let args = args.iter().map(OsString::from).collect();
+        self.run(name, args, ProcessIo::default(), false, None)
+            .await
+            .map(drop)
+    }
+}
+
+/// The message of the last `error`-level line of runc's JSON log.
+fn last_error(log: &str) -> Option<String> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<LogLine>(l).ok())
+        .filter(|l| l.level == "error" || l.level == "fatal")
+        .last()
+        .map(|l| l.msg.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_error_is_taken_from_json_log() {
+        let log = r#"{"level":"info","msg":"starting","time":"t"}
+{"level":"error","msg":"first","time":"t"}
+not json
+{"level":"error","msg":"runc create failed: unable to start container process: exec: \"/nope\": stat /nope: no such file or directory\n","time":"t"}
+{"level":"warning","msg":"later","time":"t"}"#;
+        assert_eq!(
+            last_error(log).as_deref(),
+            Some("runc create failed: unable to start container process: exec: \"/nope\": stat /nope: no such file or directory")
+        );
+        assert_eq!(last_error("{\"level\":\"info\",\"msg\":\"x\"}"), None);
+    }
+
+    #[test]
+    fn messages_are_classified_once() {
+        let k = |m: &str| RuncError::classify("kill", m.to_string()).kind;
+        assert_eq!(k("container \"x\" does not exist"), RuncErrorKind::NotFound);
+        assert_eq!(
+            k("container with id exists: x: already exists"),
+            RuncErrorKind::AlreadyExists
+        );
+        assert_eq!(k("container not running"), RuncErrorKind::ProcessFinished);
+        assert_eq!(
+            k("os: process already finished"),
+            RuncErrorKind::ProcessFinished
+        );
+        assert_eq!(k("permission denied"), RuncErrorKind::Failed);
+    }
+}

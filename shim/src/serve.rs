@@ -1,0 +1,127 @@
+//! The shim server: the long-lived process containerd talks ttrpc to.
+
+use std::{collections::HashMap, os::fd::AsRawFd, sync::Arc};
+
+use containerd_shim::{
+    asynchronous::publisher::RemotePublisher,
+    protos::{
+        shim_async::create_task,
+        ttrpc::{
+            self,
+            r#async::{transport::Listener, Server, Service},
+        },
+    },
+    Flags,
+};
+use log::{info, warn};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    attach::NoAttach,
+    error::{Error, Result},
+    events::Events,
+    reaper::Reaper,
+    service::TaskService,
+};
+
+const TASK_V3: &str = "containerd.task.v3.Task";
+const TASK_V2: &str = "containerd.task.v2.Task";
+
+/// The task service under both names: containerd 1.6/1.7 (and 2.x given a plain
+/// address) call `containerd.task.v2.Task`, 2.x with the bootstrap reply calls
+/// `containerd.task.v3.Task`. The two APIs are the same messages under two names.
+fn task_services(svc: Arc<TaskService>) -> HashMap<String, Service> {
+    let mut services = create_task(svc.clone());
+    if let Some(v2) = create_task(svc).remove(TASK_V3) {
+        services.insert(TASK_V2.to_string(), v2);
+    }
+    services
+}
+
+/// Binds the shim socket. `Ok(None)`: another server of this group already serves it.
+fn bind(address: &str) -> Result<Option<std::os::unix::net::UnixListener>> {
+    let path = address.strip_prefix("unix://").unwrap_or(address);
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    }
+    match std::os::unix::net::UnixListener::bind(path) {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Ok(None);
+            }
+            std::fs::remove_file(path).map_err(|e| Error::io(format!("remove {path}"), e))?;
+            std::os::unix::net::UnixListener::bind(path)
+                .map(Some)
+                .map_err(|e| Error::io(format!("bind {path}"), e))
+        }
+        Err(e) => Err(Error::io(format!("bind {path}"), e)),
+    }
+}
+
+/// Tells `start` we are serving: it reads our stdout until EOF.
+fn signal_ready() {
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        // SAFETY: dup2 onto fd 1 replaces our stdout with /dev/null; both fds are valid.
+        unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) };
+    }
+}
+
+pub async fn serve(flags: &Flags) -> Result<()> {
+    if flags.socket.is_empty() {
+        return Err(Error::InvalidArgument("-socket is required to serve".into()));
+    }
+    containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
+        .map_err(|e| Error::framework("open the shim log", e))?;
+    let (reaper, exits) = Reaper::start()?;
+    let Some(listener) = bind(&flags.socket)? else {
+        info!("{} is already served by this group's shim", flags.socket);
+        signal_ready();
+        return Ok(());
+    };
+    let ttrpc_address = std::env::var("TTRPC_ADDRESS")
+        .map_err(|_| Error::InvalidArgument("TTRPC_ADDRESS is not set".into()))?;
+    let publisher = RemotePublisher::new(&ttrpc_address)
+        .await
+        .map_err(|e| Error::framework("connect to containerd's event service", e))?;
+    let shutdown = CancellationToken::new();
+    let service = TaskService::new(
+        &flags.namespace,
+        reaper,
+        exits,
+        Events::new(publisher, &flags.namespace),
+        Arc::new(NoAttach),
+        shutdown.clone(),
+    );
+    let listener = Listener::try_from(listener).map_err(|e| Error::io("ttrpc listener", e))?;
+    let mut server = Server::new()
+        .add_listener(listener)
+        .register_service(task_services(service));
+    server.start().await.map_err(ttrpc_err)?;
+    signal_ready();
+    info!("serving {}", flags.socket);
+
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
+    // A containerd going away must not take the shim with it.
+    let _pipe = signal(SignalKind::pipe()).map_err(|e| Error::io("SIGPIPE handler", e))?;
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = term.recv() => info!("SIGTERM"),
+        _ = int.recv() => info!("SIGINT"),
+    }
+    // Let the Shutdown reply reach containerd before the server goes.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    if let Err(e) = server.shutdown().await {
+        warn!("stop server: {e}");
+    }
+    let path = flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket);
+    let _ = std::fs::remove_file(path);
+    Ok(())
+}
+
+fn ttrpc_err(e: ttrpc::Error) -> Error {
+    Error::io("start ttrpc server", std::io::Error::other(e.to_string()))
+}
