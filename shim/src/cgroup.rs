@@ -8,21 +8,18 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use containerd_shim::{
-    protos::protobuf::well_known_types::any::Any, util::convert_to_any,
-};
+use containerd_shim::{protos::protobuf::well_known_types::any::Any, util::convert_to_any};
 use log::{debug, warn};
 use tokio::io::unix::AsyncFd;
 
 use crate::error::{Error, Result};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 /// Whether /sys/fs/cgroup itself is a cgroup2 mount (pure v2).
 pub fn is_unified() -> bool {
     nix::sys::statfs::statfs(CGROUP_ROOT)
-        .map(|s| s.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
         .unwrap_or(false)
 }
 
@@ -100,7 +97,8 @@ async fn watch_v1(dir: &Path, mut on_oom: impl FnMut()) -> Result<()> {
     .map_err(|e| Error::io(format!("register OOM eventfd in {}", dir.display()), e))?;
     // SAFETY: the AsyncFd owns the eventfd, so the descriptor stays open and unchanged
     // for as long as it is registered.
-    let efd = unsafe { AsyncFd::register(efd) }.map_err(|e| Error::io("register eventfd", e.into()))?;
+    let efd =
+        unsafe { AsyncFd::register(efd) }.map_err(|e| Error::io("register eventfd", e.into()))?;
     let oom_count = dir.join("memory.oom_control");
     loop {
         let mut guard = efd
@@ -182,12 +180,16 @@ mod tests {
         let hybrid = "12:pids:/default/c1\n4:memory:/default/c1\n0::/default/c1\n";
         assert_eq!(
             memory_cgroup(hybrid, false),
-            Some(MemoryCgroup::V1(PathBuf::from("/sys/fs/cgroup/memory/default/c1")))
+            Some(MemoryCgroup::V1(PathBuf::from(
+                "/sys/fs/cgroup/memory/default/c1"
+            )))
         );
         let unified = "0::/system.slice/c1\n";
         assert_eq!(
             memory_cgroup(unified, true),
-            Some(MemoryCgroup::V2(PathBuf::from("/sys/fs/cgroup/system.slice/c1")))
+            Some(MemoryCgroup::V2(PathBuf::from(
+                "/sys/fs/cgroup/system.slice/c1"
+            )))
         );
         assert_eq!(memory_cgroup("0::/x\n", false), None);
     }

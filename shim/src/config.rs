@@ -32,7 +32,11 @@ pub struct RuncSection {
 impl Config {
     pub fn parse(text: &str, origin: &Path) -> Result<Self> {
         toml::from_str(text).map_err(|e| {
-            Error::InvalidArgument(format!("tether config {}: {}", origin.display(), e.message()))
+            Error::InvalidArgument(format!(
+                "tether config {}: {}",
+                origin.display(),
+                e.message()
+            ))
         })
     }
 
@@ -46,7 +50,10 @@ impl Config {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(&text, path),
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(Error::io(format!("read tether config {}", path.display()), e)),
+            Err(e) => Err(Error::io(
+                format!("read tether config {}", path.display()),
+                e,
+            )),
         }
     }
 }
@@ -64,7 +71,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.runc.binary.as_deref(), Some("/usr/sbin/runc"));
         assert_eq!(c.runc.systemd_cgroup, Some(true));
-        assert_eq!(Config::parse("", Path::new("x")).unwrap(), Config::default());
+        assert_eq!(
+            Config::parse("", Path::new("x")).unwrap(),
+            Config::default()
+        );
     }
 
     #[test]

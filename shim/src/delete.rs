@@ -34,10 +34,9 @@ pub async fn delete(flags: &Flags) -> Result<Vec<u8>> {
         Ok(()) => {}
     }
     let rootfs = bundle.join("rootfs");
-    if let Err(e) = containerd_shim::mount::umount_recursive(
-        Some(&rootfs.to_string_lossy()),
-        libc::MNT_DETACH,
-    ) {
+    if let Err(e) =
+        containerd_shim::mount::umount_recursive(Some(&rootfs.to_string_lossy()), libc::MNT_DETACH)
+    {
         warn!("unmount {}: {e}", rootfs.display());
     }
     DeleteResponse {

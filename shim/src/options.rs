@@ -238,7 +238,10 @@ mod tests {
         };
         let o =
             ShimOptions::from_any(Some(&any_of("containerd.linux.runc.RuncOptions", &r))).unwrap();
-        assert_eq!(o.runc_config(&Config::default(), "ns").binary, PathBuf::from("crun"));
+        assert_eq!(
+            o.runc_config(&Config::default(), "ns").binary,
+            PathBuf::from("crun")
+        );
     }
 
     #[test]
@@ -248,7 +251,10 @@ mod tests {
             ..Default::default()
         };
         let o = ShimOptions::from_any(Some(&any_of("runtimeoptions.v1.Options", &r))).unwrap();
-        assert_eq!(o.config_path, Some(PathBuf::from("/etc/tether/profile.toml")));
+        assert_eq!(
+            o.config_path,
+            Some(PathBuf::from("/etc/tether/profile.toml"))
+        );
     }
 
     #[test]
@@ -257,8 +263,11 @@ mod tests {
         let rc = o.runc_config(&Config::default(), "default");
         assert_eq!(rc.binary, PathBuf::from("runc"));
         assert_eq!(rc.root, PathBuf::from("/run/containerd/runc/default"));
-        let cfg = Config::parse("[runc]\nbinary=\"/opt/runc\"\nsystemd_cgroup=true\n", Path::new("c"))
-            .unwrap();
+        let cfg = Config::parse(
+            "[runc]\nbinary=\"/opt/runc\"\nsystemd_cgroup=true\n",
+            Path::new("c"),
+        )
+        .unwrap();
         let rc = o.runc_config(&cfg, "default");
         assert_eq!(rc.binary, PathBuf::from("/opt/runc"));
         assert!(rc.systemd_cgroup);
@@ -284,7 +293,10 @@ mod tests {
     #[test]
     fn options_round_trip_through_the_bundle() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(ShimOptions::load(dir.path()).unwrap(), ShimOptions::default());
+        assert_eq!(
+            ShimOptions::load(dir.path()).unwrap(),
+            ShimOptions::default()
+        );
         let o = ShimOptions {
             binary_name: "runc".into(),
             systemd_cgroup: true,

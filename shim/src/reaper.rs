@@ -74,8 +74,8 @@ impl Reaper {
                 std::io::Error::last_os_error(),
             ));
         }
-        let mut sigchld = signal(SignalKind::child())
-            .map_err(|e| Error::io("install SIGCHLD handler", e))?;
+        let mut sigchld =
+            signal(SignalKind::child()).map_err(|e| Error::io("install SIGCHLD handler", e))?;
         let reaper = Arc::new(Reaper {
             waiters: Mutex::new(Waiters::default()),
         });

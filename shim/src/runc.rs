@@ -412,9 +412,9 @@ impl Runc {
 /// The message of the last `error`-level line of runc's JSON log.
 fn last_error(log: &str) -> Option<String> {
     log.lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<LogLine>(l).ok())
-        .filter(|l| l.level == "error" || l.level == "fatal")
-        .last()
+        .find(|l| l.level == "error" || l.level == "fatal")
         .map(|l| l.msg.trim().to_string())
 }
 

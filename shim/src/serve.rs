@@ -71,7 +71,9 @@ fn signal_ready() {
 
 pub async fn serve(flags: &Flags) -> Result<()> {
     if flags.socket.is_empty() {
-        return Err(Error::InvalidArgument("-socket is required to serve".into()));
+        return Err(Error::InvalidArgument(
+            "-socket is required to serve".into(),
+        ));
     }
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
         .map_err(|e| Error::framework("open the shim log", e))?;
@@ -117,7 +119,10 @@ pub async fn serve(flags: &Flags) -> Result<()> {
     if let Err(e) = server.shutdown().await {
         warn!("stop server: {e}");
     }
-    let path = flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket);
+    let path = flags
+        .socket
+        .strip_prefix("unix://")
+        .unwrap_or(&flags.socket);
     let _ = std::fs::remove_file(path);
     Ok(())
 }

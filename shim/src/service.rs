@@ -88,10 +88,7 @@ impl TaskService {
             .ok_or_else(|| Error::NotFound(format!("container {id}")))
     }
 
-    async fn handle_exits(
-        this: std::sync::Weak<Self>,
-        mut exits: mpsc::UnboundedReceiver<Exit>,
-    ) {
+    async fn handle_exits(this: std::sync::Weak<Self>, mut exits: mpsc::UnboundedReceiver<Exit>) {
         while let Some(exit) = exits.recv().await {
             let Some(s) = this.upgrade() else { return };
             let _g = s.lifecycle.lock().await;
@@ -409,11 +406,10 @@ impl TaskService {
                 c.id
             )));
         }
-        let spec = req
-            .spec
-            .as_ref()
-            .map(|a| a.value.clone())
-            .ok_or_else(|| Error::InvalidArgument("exec request without a process spec".into()))?;
+        let spec =
+            req.spec.as_ref().map(|a| a.value.clone()).ok_or_else(|| {
+                Error::InvalidArgument("exec request without a process spec".into())
+            })?;
         serde_json::from_slice::<oci_spec::runtime::Process>(&spec).map_err(|source| {
             Error::Json {
                 context: format!("exec {} process spec", req.exec_id),
@@ -646,11 +642,7 @@ impl Task for TaskService {
         log_err("resume", &req.id, r)
     }
 
-    async fn checkpoint(
-        &self,
-        _: &TtrpcContext,
-        req: CheckpointTaskRequest,
-    ) -> TtrpcResult<Empty> {
+    async fn checkpoint(&self, _: &TtrpcContext, req: CheckpointTaskRequest) -> TtrpcResult<Empty> {
         let id = req.id.clone();
         log_err(
             "checkpoint",
@@ -699,11 +691,12 @@ impl Task for TaskService {
                 .resources
                 .as_ref()
                 .ok_or_else(|| Error::InvalidArgument("update without resources".into()))?;
-            serde_json::from_slice::<oci_spec::runtime::LinuxResources>(&resources.value)
-                .map_err(|source| Error::Json {
+            serde_json::from_slice::<oci_spec::runtime::LinuxResources>(&resources.value).map_err(
+                |source| Error::Json {
                     context: "update resources".into(),
                     source,
-                })?;
+                },
+            )?;
             c.runc.update(&c.id, resources.value.clone()).await?;
             Ok(Empty::new())
         }
@@ -715,7 +708,8 @@ impl Task for TaskService {
         let p = log_err(
             "wait",
             &req.id,
-            self.container(&req.id).and_then(|c| c.process(&req.exec_id)),
+            self.container(&req.id)
+                .and_then(|c| c.process(&req.exec_id)),
         )?;
         let exit = p.wait().await;
         Ok(WaitResponse {

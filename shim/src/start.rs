@@ -34,7 +34,10 @@ use crate::{
 const MAX_INPUT: u64 = 10 << 20;
 
 /// Spec annotations (and the runc shim's label) that put containers in one shim.
-pub const GROUP_LABELS: [&str; 2] = ["io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id"];
+pub const GROUP_LABELS: [&str; 2] = [
+    "io.containerd.runc.v2.group",
+    "io.kubernetes.cri.sandbox-id",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {

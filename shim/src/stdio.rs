@@ -47,12 +47,8 @@ impl Prepared {
         }
         let owner = |fd: &OwnedFd| {
             if io_uid != 0 || io_gid != 0 {
-                fchown(
-                    fd,
-                    Some(Uid::from_raw(io_uid)),
-                    Some(Gid::from_raw(io_gid)),
-                )
-                .map_err(|e| Error::sys("fchown stdio pipe", e))
+                fchown(fd, Some(Uid::from_raw(io_uid)), Some(Gid::from_raw(io_gid)))
+                    .map_err(|e| Error::sys("fchown stdio pipe", e))
             } else {
                 Ok(())
             }
@@ -238,7 +234,10 @@ pub fn resize(pty: &Pty, width: u32, height: u32) -> Result<()> {
     // call; the fd is the open pty master owned by `pty`.
     let rc = unsafe { libc::ioctl(pty.as_fd().as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     if rc < 0 {
-        return Err(Error::io("resize terminal", std::io::Error::last_os_error()));
+        return Err(Error::io(
+            "resize terminal",
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
