@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command: installs dependencies, builds, checks formatting and lints, runs the
+# unit tests and the end-to-end tests against a private containerd. Run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "tether: the tests drive containerd, runc and cgroups: run as root" >&2
+  exit 1
+fi
+bash scripts/deps.sh
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo build --workspace --bins
+cargo test --workspace --no-fail-fast -- --test-threads="${TETHER_TEST_THREADS:-2}"
