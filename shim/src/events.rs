@@ -1,33 +1,114 @@
-//! Task events to containerd, in the order they are sent.
+//! Task events to containerd, delivered in the order they are sent.
+//!
+//! One task owns the ttrpc connection to containerd's event service and forwards the
+//! queue one envelope at a time. Any failure (containerd restarting is the common
+//! one) drops the connection, reconnects with backoff and retries the *same* envelope,
+//! so a restarted containerd still gets every event, in order. An event that cannot be
+//! delivered within the retry budget is logged and dropped, as the Go shim does.
+
+use std::time::Duration;
 
 use containerd_shim::{
-    asynchronous::publisher::RemotePublisher,
-    protos::{protobuf::MessageDyn, ttrpc::context::Context},
+    protos::{
+        protobuf::{well_known_types::any::Any, MessageDyn},
+        shim::{event::Envelope, events::ForwardRequest},
+        shim_async::{Client, EventsClient},
+    },
+    util::{convert_to_any, timestamp},
 };
-use log::warn;
+use log::{debug, warn};
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+
+const QUEUE: usize = 1024;
+const ATTEMPTS: u32 = 8;
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Events {
-    publisher: RemotePublisher,
+    tx: mpsc::Sender<Envelope>,
     namespace: String,
 }
 
+fn socket(address: &str) -> String {
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("unix://{address}")
+    }
+}
+
+async fn connect(address: &str) -> Option<EventsClient> {
+    match Client::connect(&socket(address)).await {
+        Ok(c) => Some(EventsClient::new(c)),
+        Err(e) => {
+            debug!("connect to containerd events {address}: {e}");
+            None
+        }
+    }
+}
+
 impl Events {
-    pub fn new(publisher: RemotePublisher, namespace: &str) -> Self {
+    /// Starts the forwarder for containerd's ttrpc `address`.
+    pub fn start(address: &str, namespace: &str) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(forward(address.to_string(), rx));
         Self {
-            publisher,
+            tx,
             namespace: namespace.to_string(),
         }
     }
 
-    /// Queues `event` under `topic`. The publisher sends in queue order and retries;
-    /// a failure to queue is logged here (the task operation itself succeeded).
+    /// Queues `event` under `topic`.
     pub async fn send(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        if let Err(e) = self
-            .publisher
-            .publish(Context::default(), topic, &self.namespace, event)
-            .await
-        {
+        if let Err(e) = self.envelope(topic, event).map(|env| self.tx.try_send(env)) {
             warn!("publish {topic}: {e}");
+        }
+    }
+
+    fn envelope(&self, topic: &str, event: Box<dyn MessageDyn>) -> Result<Envelope> {
+        let any: Any = convert_to_any(event).map_err(|e| Error::framework("encode event", e))?;
+        let mut env = Envelope::new();
+        env.set_topic(topic.to_string());
+        env.set_namespace(self.namespace.clone());
+        env.set_timestamp(timestamp().map_err(|e| Error::framework("event time", e))?);
+        env.set_event(any);
+        Ok(env)
+    }
+}
+
+async fn forward(address: String, mut rx: mpsc::Receiver<Envelope>) {
+    let mut client = connect(&address).await;
+    while let Some(env) = rx.recv().await {
+        let topic = env.topic.clone();
+        let req = ForwardRequest {
+            envelope: Some(env).into(),
+            ..Default::default()
+        };
+        let mut delivered = false;
+        for attempt in 0..ATTEMPTS {
+            if client.is_none() {
+                client = connect(&address).await;
+            }
+            if let Some(c) = &client {
+                let ctx = containerd_shim::protos::ttrpc::context::with_timeout(
+                    FORWARD_TIMEOUT.as_nanos() as i64,
+                );
+                match c.forward(ctx, &req).await {
+                    Ok(_) => {
+                        delivered = true;
+                        break;
+                    }
+                    Err(e) => {
+                        debug!("forward {topic} (attempt {attempt}): {e}");
+                        client = None;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
+        }
+        if !delivered {
+            warn!("event {topic} dropped: containerd's event service unreachable at {address}");
         }
     }
 }

@@ -3,7 +3,6 @@
 use std::{collections::HashMap, os::fd::AsRawFd, sync::Arc};
 
 use containerd_shim::{
-    asynchronous::publisher::RemotePublisher,
     protos::{
         shim_async::create_task,
         ttrpc::{
@@ -85,15 +84,12 @@ pub async fn serve(flags: &Flags) -> Result<()> {
     };
     let ttrpc_address = std::env::var("TTRPC_ADDRESS")
         .map_err(|_| Error::InvalidArgument("TTRPC_ADDRESS is not set".into()))?;
-    let publisher = RemotePublisher::new(&ttrpc_address)
-        .await
-        .map_err(|e| Error::framework("connect to containerd's event service", e))?;
     let shutdown = CancellationToken::new();
     let service = TaskService::new(
         &flags.namespace,
         reaper,
         exits,
-        Events::new(publisher, &flags.namespace),
+        Events::start(&ttrpc_address, &flags.namespace),
         Arc::new(NoAttach),
         shutdown.clone(),
     );

@@ -1,0 +1,41 @@
+//! tether end-to-end test support.
+//!
+//! Everything here drives real components: a private `containerd` per fixture, the real
+//! `ctr`, runc, the kernel's cgroups and `/proc`. Nothing is mocked. The scenario tests in
+//! `tests/e2e/` and the `bench-shim` binary are built on these pieces:
+//!
+//! - [`containerd`]: the private daemon fixture ([`Containerd`]), its cleanup and restart.
+//! - [`ctr`]: the `ctr` CLI wrapper ([`Ctr`]) and the `ctr run` argument builder ([`Run`]).
+//! - [`rootfs`] and [`image`]: a busybox rootfs and its import as an OCI image.
+//! - [`events`]: a background `ctr events` subscription ([`EventLog`]).
+//! - [`leaks`]: what must be gone after a container is deleted.
+//! - [`cgroup`], [`procfs`]: reading the kernel's view of a container.
+//! - [`shim_api`]: the one shim call `ctr` 1.6 cannot make (`Task.Update`).
+//! - [`pty`]: running `ctr -t` on a pseudo terminal.
+//! - [`process`], [`wait`]: every child has a deadline, every wait polls with one.
+//! - [`harness`]: [`TestEnv`], one scenario's containerd, namespace and rootfs.
+//!
+//! The library must not panic on I/O errors: everything returns `anyhow::Result` with context,
+//! and `Drop` impls log and carry on.
+
+pub mod cgroup;
+pub mod containerd;
+pub mod ctr;
+pub mod events;
+pub mod harness;
+pub mod image;
+pub mod leaks;
+pub mod process;
+pub mod procfs;
+pub mod pty;
+pub mod rootfs;
+pub mod runtime;
+pub mod shim_api;
+pub mod wait;
+
+pub use containerd::Containerd;
+pub use ctr::{Ctr, Run};
+pub use events::EventLog;
+pub use harness::TestEnv;
+pub use process::Output;
+pub use runtime::Runtime;

@@ -1,0 +1,118 @@
+//! Events the shim publishes through containerd: task lifecycle and OOM.
+
+use anyhow::{ensure, Result};
+use tether_integration::{EventLog, TestEnv};
+
+use crate::common::*;
+
+scenario!(task_events);
+/// create, start, exec-added, exec-started, exit (exec and init), paused, resumed, delete:
+/// each published once, with the payload fields containerd clients rely on.
+fn task_events(env: &mut TestEnv) -> Result<()> {
+    let events = EventLog::start(&env.ctr)?;
+    let id = detached_sleep(env, "events", &[])?;
+    let create = events.wait_for_topic("/tasks/create", &id, EVENT_TIMEOUT)?;
+    let start = events.wait_for_topic("/tasks/start", &id, EVENT_TIMEOUT)?;
+    let init_pid = wait_status(env, &id, "RUNNING")?;
+    ensure!(create.payload["pid"] == init_pid, "create: {}", create.line);
+    ensure!(start.payload["pid"] == init_pid, "start: {}", start.line);
+    ensure!(
+        create.payload["bundle"]
+            .as_str()
+            .is_some_and(|b| b.ends_with(&id)),
+        "create: {}",
+        create.line
+    );
+
+    let out = env.ctr.run([
+        "task",
+        "exec",
+        "--exec-id",
+        "ev",
+        &id,
+        "/bin/sh",
+        "-c",
+        "exit 5",
+    ])?;
+    ensure!(out.code == 5, "{out}");
+    let added = events.wait_for_topic("/tasks/exec-added", &id, EVENT_TIMEOUT)?;
+    ensure!(
+        added.payload["exec_id"] == "ev",
+        "exec-added: {}",
+        added.line
+    );
+    let started = events.wait_for_topic("/tasks/exec-started", &id, EVENT_TIMEOUT)?;
+    ensure!(
+        started.payload["exec_id"] == "ev",
+        "exec-started: {}",
+        started.line
+    );
+    let exec_pid = started.payload["pid"].clone();
+    ensure!(exec_pid.as_u64().is_some_and(|p| p > 0), "{}", started.line);
+    let exec_exit = events.wait_for("exec exit", EVENT_TIMEOUT, |e| {
+        e.is("/tasks/exit", &id) && e.payload["id"] == "ev"
+    })?;
+    ensure!(exec_exit.payload["exit_status"] == 5, "{}", exec_exit.line);
+    ensure!(exec_exit.payload["pid"] == exec_pid, "{}", exec_exit.line);
+
+    env.ctr.ok(["task", "pause", &id])?;
+    events.wait_for_topic("/tasks/paused", &id, EVENT_TIMEOUT)?;
+    env.ctr.ok(["task", "resume", &id])?;
+    events.wait_for_topic("/tasks/resumed", &id, EVENT_TIMEOUT)?;
+
+    env.ctr.ok(["task", "kill", "--signal", "SIGKILL", &id])?;
+    let exit = events.wait_for("init exit", EVENT_TIMEOUT, |e| {
+        e.is("/tasks/exit", &id) && e.payload["id"] == id.as_str()
+    })?;
+    ensure!(exit.payload["exit_status"] == 137, "{}", exit.line);
+    ensure!(exit.payload["pid"] == init_pid, "{}", exit.line);
+    wait_status(env, &id, "STOPPED")?;
+    env.ctr.ok(["task", "delete", &id])?;
+    let delete = events.wait_for_topic("/tasks/delete", &id, EVENT_TIMEOUT)?;
+    ensure!(delete.payload["exit_status"] == 137, "{}", delete.line);
+    env.ctr.ok(["container", "delete", &id])?;
+    env.assert_no_leaks(&id)?;
+
+    // Exactly once each.
+    for topic in [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/paused",
+        "/tasks/resumed",
+        "/tasks/delete",
+    ] {
+        let n = events
+            .snapshot()
+            .iter()
+            .filter(|e| e.is(topic, &id))
+            .count();
+        ensure!(n == 1, "{topic} seen {n} times:\n{}", events.dump());
+    }
+    let exits = events
+        .snapshot()
+        .iter()
+        .filter(|e| e.is("/tasks/exit", &id))
+        .count();
+    ensure!(exits == 2, "{exits} exit events:\n{}", events.dump());
+    Ok(())
+}
+
+scenario!(oom_event);
+/// A container over its memory limit is OOM-killed: exit 137 and a `/tasks/oom` event.
+fn oom_event(env: &mut TestEnv) -> Result<()> {
+    let events = EventLog::start(&env.ctr)?;
+    let id = env.id("oom");
+    let out = env.ctr.run_container(
+        &env.run(&id)
+            .rm()
+            .flag("--memory-limit=16777216")
+            .sh("x=a; while true; do x=$x$x; done"),
+    )?;
+    ensure!(out.code == 137, "OOM-killed container: {out}");
+    events.wait_for_topic("/tasks/oom", &id, EVENT_TIMEOUT)?;
+    let exit = events.wait_for_topic("/tasks/exit", &id, EVENT_TIMEOUT)?;
+    ensure!(exit.payload["exit_status"] == 137, "{}", exit.line);
+    env.assert_no_leaks(&id)
+}

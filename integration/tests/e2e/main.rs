@@ -1,0 +1,21 @@
+//! End-to-end scenarios through `ctr` against a private containerd.
+//!
+//! Every scenario is one function taking a [`TestEnv`]; `scenario!` runs it once per runtime
+//! (`<module>::<scenario>::runc_v2` and `...::tether`) with the same assertions. The bar for
+//! tether is to behave like `io.containerd.runc.v2` in every one of them.
+//!
+//! Needs root, containerd 1.6, runc, busybox-static; the tether variants need the shim built
+//! (`cargo build -p tether-shim`, or `TETHER_SHIM_BIN`).
+
+#[macro_use]
+mod common;
+
+mod bad_input;
+mod burst;
+mod checkpoint;
+mod control;
+mod events;
+mod fixture;
+mod grouping;
+mod lifecycle;
+mod restart;
