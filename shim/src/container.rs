@@ -114,6 +114,7 @@ impl Container {
         }
         if let Err(e) = c.runc_create().await {
             c.cleanup().await;
+            c.init.io.abort().await;
             return Err(e);
         }
         Ok(c)
