@@ -15,6 +15,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::{
     error::{Error, Result},
+    locked,
     options::ShimOptions,
     process::Process,
     runc::{CreateArgs, RestoreArgs, Runc},
@@ -37,10 +38,6 @@ pub struct Container {
     pub shared_pid_ns: bool,
     rootfs: Option<PathBuf>,
     pub oom_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Reads and checks the bundle's `config.json`.

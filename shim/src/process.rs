@@ -11,7 +11,7 @@ use containerd_shim::{
 };
 use tokio::sync::watch;
 
-use crate::reaper::Exit;
+use crate::{locked, reaper::Exit};
 
 #[derive(Debug, Clone, Copy)]
 struct State {
@@ -29,11 +29,6 @@ pub struct Process {
     exit: watch::Sender<Option<Exit>>,
     pub io: IoTasks,
     pty: Mutex<Option<Pty>>,
-}
-
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // State updates are single assignments: a poisoned lock still holds valid data.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Process {

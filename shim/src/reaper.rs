@@ -122,9 +122,7 @@ impl Reaper {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Waiters> {
-        // A panic while holding this lock cannot leave the map inconsistent, so a
-        // poisoned lock is still usable.
-        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+        crate::locked(&self.waiters)
     }
 
     /// Spawns `cmd` and returns it with a receiver of its exit. The caller must never

@@ -36,6 +36,7 @@ use crate::{
     container::{load_spec, read_pid, Container},
     error::{Error, Result},
     events::Events,
+    locked,
     options::{checkpoint_options, ShimOptions},
     process::{timestamp, Process},
     reaper::{Exit, Reaper},
@@ -51,10 +52,6 @@ pub struct TaskService {
     lifecycle: Arc<tokio::sync::Mutex<()>>,
     hook: Arc<dyn AttachHook>,
     shutdown: CancellationToken,
-}
-
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl TaskService {
