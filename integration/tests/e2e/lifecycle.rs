@@ -178,8 +178,14 @@ fn tty(env: &mut TestEnv) -> Result<()> {
     let id = env.id("tty");
     let run = env.run(&id).rm().tty().sh(&tty_script(6));
     let out = pty::run(env.ctr.command(run.args()), 31, 97, PTY_TIMEOUT)?;
+    check_tty(&out, 6, 31, 97)?;
+    env.assert_no_leaks(&id)
+}
+
+/// What `tty_script` prints on a terminal of `rows` x `cols`, and its exit code.
+fn check_tty(out: &pty::PtyOutput, code: i32, rows: u16, cols: u16) -> Result<()> {
     ensure!(
-        out.code == 6,
+        out.code == code,
         "exit code {}; output {:?}",
         out.code,
         out.output
@@ -190,11 +196,11 @@ fn tty(env: &mut TestEnv) -> Result<()> {
         out.output
     );
     ensure!(
-        out.output.contains("size 31 97"),
+        out.output.contains(&format!("size {rows} {cols}")),
         "stty size output {:?}",
         out.output
     );
-    env.assert_no_leaks(&id)
+    Ok(())
 }
 
 scenario!(exec);
@@ -257,21 +263,6 @@ fn exec_tty(env: &mut TestEnv) -> Result<()> {
         &tty_script(7),
     ]);
     let out = pty::run(cmd, 24, 111, PTY_TIMEOUT)?;
-    ensure!(
-        out.code == 7,
-        "exit code {}; output {:?}",
-        out.code,
-        out.output
-    );
-    ensure!(
-        out.output.contains("/dev/pts/"),
-        "tty output {:?}",
-        out.output
-    );
-    ensure!(
-        out.output.contains("size 24 111"),
-        "stty size output {:?}",
-        out.output
-    );
+    check_tty(&out, 7, 24, 111)?;
     kill_and_delete(env, &id)
 }
