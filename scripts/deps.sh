@@ -3,7 +3,8 @@
 set -euo pipefail
 
 PKGS=(containerd runc busybox-static criu iproute2 containernetworking-plugins
-      pkg-config ca-certificates procps util-linux)
+      pkg-config ca-certificates procps util-linux
+      clang llvm libelf-dev zlib1g-dev linux-libc-dev libc6-dev bpftool iperf3 make)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -18,4 +19,9 @@ fi
 if ! command -v cargo >/dev/null; then
   echo "tether: cargo (Rust toolchain) is required; install it with rustup" >&2
   exit 1
+fi
+
+# tetherd mounts bpffs itself; the tests also expect it at the usual place.
+if ! mountpoint -q /sys/fs/bpf; then
+  mount -t bpf bpf /sys/fs/bpf
 fi

@@ -1,0 +1,508 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * tether's shared programs: per-container traffic accounting, egress policy
+ * and audit events. Loaded and verified once per node by tetherd, pinned in
+ * bpffs, and attached per container by the shim.
+ *
+ * Identity: a container is its cgroup v2 id. The cgroup programs are attached
+ * to the container's own cgroup, so only tracked containers run them; the TC
+ * programs are attached only to interfaces inside tracked containers' network
+ * namespaces, and find their container through `tc_ifaces`, keyed by
+ * (netns cookie, ifindex) so that two containers' `eth0` never share an entry.
+ *
+ * The context structs come from the UAPI (<linux/bpf.h>); the verifier
+ * rewrites their field accesses for the running kernel, so the object is
+ * portable without relocations. The only kernel-version-dependent choice (the
+ * netns cookie in TC) is made by the loader through `tc_netns_cookie`.
+ */
+#include <stdbool.h>
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "tether.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/*
+ * Set by the loader before load: 1 when the kernel has the
+ * bpf_cast_to_kern_ctx() kfunc (Linux 6.2), through which a TC program reads
+ * the cookie of the network namespace of the packet's device
+ * (skb->dev->nd_net.net->net_cookie, located by CO-RE). With 0 the verifier
+ * prunes that path and TC keys use netns cookie 0: interfaces are then told
+ * apart by ifindex only, and the attach step refuses a collision.
+ *
+ * bpf_get_netns_cookie() on an skb (TC, Linux 6.14) is not used: it reports
+ * the namespace of the packet's socket, or init_net's when there is none
+ * (every ingress packet), not the namespace of the interface.
+ */
+const volatile __u32 tc_netns_cookie = 0;
+
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym __weak;
+
+/* CO-RE views of the few kernel fields read; libbpf matches them by name. */
+struct net___tether {
+	__u64 net_cookie;
+} __attribute__((preserve_access_index));
+
+struct possible_net___tether {
+	struct net___tether *net;
+} __attribute__((preserve_access_index));
+
+struct net_device___tether {
+	struct possible_net___tether nd_net;
+} __attribute__((preserve_access_index));
+
+struct sk_buff___tether {
+	struct net_device___tether *dev;
+} __attribute__((preserve_access_index));
+
+static __always_inline __u64 skb_dev_netns_cookie(struct __sk_buff *skb)
+{
+	if (!tc_netns_cookie || !bpf_ksym_exists(bpf_cast_to_kern_ctx))
+		return 0;
+	struct sk_buff___tether *kskb = bpf_cast_to_kern_ctx(skb);
+	struct net_device___tether *dev = kskb->dev;
+
+	if (!dev)
+		return 0;
+	struct net___tether *net = dev->nd_net.net;
+
+	return net ? net->net_cookie : 0;
+}
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TETHER_MAX_CONTAINERS);
+	__type(key, __u64);
+	__type(value, struct tether_container);
+} containers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TETHER_MAX_CONTAINERS);
+	__type(key, __u64);
+	__type(value, struct tether_identity);
+} identities SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, TETHER_MAX_CONTAINERS);
+	__type(key, __u64);
+	__type(value, struct tether_counters);
+} cg_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TETHER_MAX_INTERFACES);
+	__type(key, struct tether_if_key);
+	__type(value, __u64);
+} tc_ifaces SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, TETHER_MAX_INTERFACES);
+	__type(key, struct tether_if_key);
+	__type(value, struct tether_counters);
+} tc_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, TETHER_MAX_RULES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct tether_deny4_key);
+	__type(value, __u32);
+} deny4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, TETHER_MAX_RULES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct tether_deny6_key);
+	__type(value, __u32);
+} deny6 SEC(".maps");
+
+/* Per-CPU token buckets: no cross-CPU contention; the limit applies per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, TETHER_MAX_CONTAINERS);
+	__type(key, __u64);
+	__type(value, struct tether_rate);
+} rates SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, TETHER_RINGBUF_BYTES);
+} events SEC(".maps");
+
+#define DIR_RX 0
+#define DIR_TX 1
+
+static __always_inline struct tether_container *lookup_container(__u64 *cgid)
+{
+	return bpf_map_lookup_elem(&containers, cgid);
+}
+
+static __always_inline struct tether_counters *counters_for(void *map, void *key)
+{
+	struct tether_counters *c = bpf_map_lookup_elem(map, key);
+
+	if (c)
+		return c;
+	struct tether_counters zero = {};
+	/* BPF_NOEXIST: a racing CPU may have created it first; either way, look up again. */
+	bpf_map_update_elem(map, key, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(map, key);
+}
+
+static __always_inline void count(struct tether_counters *c, int dir, __u64 bytes)
+{
+	if (!c)
+		return;
+	if (dir == DIR_RX) {
+		c->rx_packets++;
+		c->rx_bytes += bytes;
+	} else {
+		c->tx_packets++;
+		c->tx_bytes += bytes;
+	}
+}
+
+/*
+ * Sampling and rate limit for audit events: keep one event in `sample_every`,
+ * then spend a token from a per-CPU bucket of `burst` tokens refilled at
+ * `rate_per_sec`. A suppressed event is counted in `events_lost`.
+ */
+static __always_inline bool event_allowed(__u64 cgid, const struct tether_container *ct)
+{
+	struct tether_rate *r = bpf_map_lookup_elem(&rates, &cgid);
+
+	if (!r) {
+		struct tether_rate init = { .tokens = ct->burst };
+		bpf_map_update_elem(&rates, &cgid, &init, BPF_NOEXIST);
+		r = bpf_map_lookup_elem(&rates, &cgid);
+		if (!r)
+			return false;
+	}
+	r->seen++;
+	if (ct->sample_every > 1 && (r->seen % ct->sample_every) != 0)
+		return false;
+	if (ct->rate_per_sec == 0)
+		return true;
+
+	__u64 now = bpf_ktime_get_ns();
+	__u64 elapsed = now - r->last_ns;
+
+	if (elapsed > 10ULL * 1000000000ULL)
+		elapsed = 10ULL * 1000000000ULL;
+	__u64 refill = elapsed * ct->rate_per_sec / 1000000000ULL;
+
+	if (refill) {
+		r->tokens += refill;
+		r->last_ns = now;
+	}
+	if (r->tokens > ct->burst)
+		r->tokens = ct->burst;
+	if (r->tokens == 0)
+		return false;
+	r->tokens--;
+	return true;
+}
+
+static __always_inline void emit(__u64 cgid, const struct tether_container *ct,
+				 struct tether_counters *c, __u32 kind, __u16 family,
+				 __u16 protocol, const __u32 *daddr, __u16 dport, __u32 ifindex,
+				 bool with_pid)
+{
+	if (!event_allowed(cgid, ct)) {
+		if (c)
+			c->events_lost++;
+		return;
+	}
+	struct tether_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		if (c)
+			c->events_lost++;
+		return;
+	}
+	e->ts_ns = bpf_ktime_get_ns();
+	e->cgroup_id = cgid;
+	e->kind = kind;
+	e->family = family;
+	e->protocol = protocol;
+	e->dport = dport;
+	e->ifindex = ifindex;
+	e->pid = with_pid ? (__u32)(bpf_get_current_pid_tgid() >> 32) : 0;
+	e->daddr[0] = daddr[0];
+	e->daddr[1] = family == TETHER_AF_INET6 ? daddr[1] : 0;
+	e->daddr[2] = family == TETHER_AF_INET6 ? daddr[2] : 0;
+	e->daddr[3] = family == TETHER_AF_INET6 ? daddr[3] : 0;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline bool denied4(__u64 cgid, __u32 daddr)
+{
+	struct tether_deny4_key k = {
+		.prefixlen = 64 + 32,
+		.cgroup_lo = (__u32)cgid,
+		.cgroup_hi = (__u32)(cgid >> 32),
+		.addr = daddr,
+	};
+
+	return bpf_map_lookup_elem(&deny4, &k) != NULL;
+}
+
+static __always_inline bool denied6(__u64 cgid, const __u32 *daddr)
+{
+	/* An IPv4-mapped address (::ffff:a.b.c.d) is an IPv4 destination. */
+	if (daddr[0] == 0 && daddr[1] == 0 && daddr[2] == bpf_htonl(0x0000ffff))
+		return denied4(cgid, daddr[3]);
+
+	struct tether_deny6_key k = {
+		.prefixlen = 64 + 128,
+		.cgroup_lo = (__u32)cgid,
+		.cgroup_hi = (__u32)(cgid >> 32),
+	};
+	k.addr[0] = daddr[0];
+	k.addr[1] = daddr[1];
+	k.addr[2] = daddr[2];
+	k.addr[3] = daddr[3];
+	return bpf_map_lookup_elem(&deny6, &k) != NULL;
+}
+
+/* ---- cgroup_skb: per-container packets and bytes, packet-level policy ---- */
+
+/*
+ * The socket's cgroup decides the container. A process in a child cgroup of
+ * the container (e.g. systemd inside it) still runs the container's program;
+ * look up its ancestors when the leaf is not tracked (bounded walk).
+ */
+static __always_inline struct tether_container *skb_container(struct __sk_buff *skb, __u64 *cgid)
+{
+	*cgid = bpf_skb_cgroup_id(skb);
+	struct tether_container *ct = lookup_container(cgid);
+
+	if (ct)
+		return ct;
+	for (int level = TETHER_MAX_CGROUP_DEPTH - 1; level >= 0; level--) {
+		__u64 id = bpf_skb_ancestor_cgroup_id(skb, level);
+
+		if (!id)
+			continue;
+		ct = lookup_container(&id);
+		if (ct) {
+			*cgid = id;
+			return ct;
+		}
+	}
+	return NULL;
+}
+
+SEC("cgroup_skb/ingress")
+int tether_cg_ingress(struct __sk_buff *skb)
+{
+	__u64 cgid;
+	struct tether_container *ct = skb_container(skb, &cgid);
+
+	if (!ct || !(ct->flags & TETHER_F_ACCOUNT))
+		return 1;
+	count(counters_for(&cg_stats, &cgid), DIR_RX, skb->len);
+	return 1;
+}
+
+/* Returns true when the packet's destination is denied; `daddr`/`family` are filled. */
+static __always_inline bool skb_denied(struct __sk_buff *skb, __u32 nh_off, __u64 cgid,
+				       __u32 *daddr, __u16 *family, __u16 *proto)
+{
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__u8 p;
+
+		if (bpf_skb_load_bytes(skb, nh_off + 16, daddr, 4) < 0)
+			return false;
+		if (bpf_skb_load_bytes(skb, nh_off + 9, &p, 1) < 0)
+			return false;
+		*family = TETHER_AF_INET;
+		*proto = p;
+		return denied4(cgid, daddr[0]);
+	}
+	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		__u8 p;
+
+		if (bpf_skb_load_bytes(skb, nh_off + 24, daddr, 16) < 0)
+			return false;
+		if (bpf_skb_load_bytes(skb, nh_off + 6, &p, 1) < 0)
+			return false;
+		*family = TETHER_AF_INET6;
+		*proto = p;
+		return denied6(cgid, daddr);
+	}
+	return false;
+}
+
+SEC("cgroup_skb/egress")
+int tether_cg_egress(struct __sk_buff *skb)
+{
+	__u64 cgid;
+	struct tether_container *ct = skb_container(skb, &cgid);
+
+	if (!ct)
+		return 1;
+	struct tether_counters *c = counters_for(&cg_stats, &cgid);
+
+	if (ct->flags & TETHER_F_POLICY) {
+		__u32 daddr[4] = {};
+		__u16 family = 0, proto = 0;
+
+		/* cgroup_skb sees the packet from the network header on. */
+		if (skb_denied(skb, 0, cgid, daddr, &family, &proto)) {
+			if (c)
+				c->drops++;
+			if (ct->flags & TETHER_F_AUDIT_DENY)
+				emit(cgid, ct, c, TETHER_EV_DROP_CGROUP, family, proto, daddr, 0,
+				     0, false);
+			return 0;
+		}
+	}
+	if (ct->flags & TETHER_F_ACCOUNT)
+		count(c, DIR_TX, skb->len);
+	return 1;
+}
+
+/* ---- cgroup sock_addr: connect() and sendmsg() see EPERM ---- */
+
+static __always_inline int sock_addr_check(struct bpf_sock_addr *ctx, bool v6, __u32 kind_deny)
+{
+	__u64 cgid = bpf_get_current_cgroup_id();
+	struct tether_container *ct = lookup_container(&cgid);
+
+	if (!ct) {
+		/* Child cgroup of a tracked container: walk up (bounded). */
+		for (int level = TETHER_MAX_CGROUP_DEPTH - 1; level >= 0; level--) {
+			__u64 id = bpf_get_current_ancestor_cgroup_id(level);
+
+			if (!id)
+				continue;
+			ct = lookup_container(&id);
+			if (ct) {
+				cgid = id;
+				break;
+			}
+		}
+		if (!ct)
+			return 1;
+	}
+
+	__u32 daddr[4] = {};
+	__u16 family;
+	bool deny = false;
+
+	if (v6) {
+		daddr[0] = ctx->user_ip6[0];
+		daddr[1] = ctx->user_ip6[1];
+		daddr[2] = ctx->user_ip6[2];
+		daddr[3] = ctx->user_ip6[3];
+		family = TETHER_AF_INET6;
+		if (ct->flags & TETHER_F_POLICY)
+			deny = denied6(cgid, daddr);
+	} else {
+		daddr[0] = ctx->user_ip4;
+		family = TETHER_AF_INET;
+		if (ct->flags & TETHER_F_POLICY)
+			deny = denied4(cgid, daddr[0]);
+	}
+	__u16 dport = bpf_ntohs((__u16)ctx->user_port);
+	__u16 proto = (__u16)ctx->protocol;
+
+	if (deny) {
+		struct tether_counters *c = counters_for(&cg_stats, &cgid);
+
+		if (c)
+			c->denials++;
+		if (ct->flags & TETHER_F_AUDIT_DENY)
+			emit(cgid, ct, c, kind_deny, family, proto, daddr, dport, 0, true);
+		return 0;
+	}
+	if ((ct->flags & TETHER_F_AUDIT_CONNECT) && kind_deny == TETHER_EV_DENY_CONNECT)
+		emit(cgid, ct, counters_for(&cg_stats, &cgid), TETHER_EV_CONNECT, family, proto,
+		     daddr, dport, 0, true);
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int tether_connect4(struct bpf_sock_addr *ctx)
+{
+	return sock_addr_check(ctx, false, TETHER_EV_DENY_CONNECT);
+}
+
+SEC("cgroup/connect6")
+int tether_connect6(struct bpf_sock_addr *ctx)
+{
+	return sock_addr_check(ctx, true, TETHER_EV_DENY_CONNECT);
+}
+
+SEC("cgroup/sendmsg4")
+int tether_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return sock_addr_check(ctx, false, TETHER_EV_DENY_SENDMSG);
+}
+
+SEC("cgroup/sendmsg6")
+int tether_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return sock_addr_check(ctx, true, TETHER_EV_DENY_SENDMSG);
+}
+
+/* ---- TC (TCX or clsact): per-interface accounting inside the container's netns ---- */
+
+static __always_inline int tc_handle(struct __sk_buff *skb, int dir)
+{
+	struct tether_if_key k = {
+		.netns_cookie = skb_dev_netns_cookie(skb),
+		.ifindex = skb->ifindex,
+	};
+
+	__u64 *cgid = bpf_map_lookup_elem(&tc_ifaces, &k);
+
+	if (!cgid)
+		return TC_ACT_UNSPEC;
+	struct tether_counters *c = counters_for(&tc_stats, &k);
+
+	if (dir == DIR_TX) {
+		struct tether_container *ct = lookup_container(cgid);
+
+		if (ct && (ct->flags & TETHER_F_POLICY)) {
+			__u32 daddr[4] = {};
+			__u16 family = 0, proto = 0;
+			__u64 id = *cgid;
+
+			if (skb_denied(skb, sizeof(struct ethhdr), id, daddr, &family, &proto)) {
+				if (c)
+					c->drops++;
+				if (ct->flags & TETHER_F_AUDIT_DENY)
+					emit(id, ct, c, TETHER_EV_DROP_TC, family, proto, daddr, 0,
+					     k.ifindex, false);
+				return TC_ACT_SHOT;
+			}
+		}
+	}
+	count(c, dir, skb->len);
+	/* TC_ACT_UNSPEC (TCX_NEXT): let the next program on the interface decide. */
+	return TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int tether_tc_ingress(struct __sk_buff *skb)
+{
+	return tc_handle(skb, DIR_RX);
+}
+
+SEC("tc")
+int tether_tc_egress(struct __sk_buff *skb)
+{
+	return tc_handle(skb, DIR_TX);
+}

@@ -1,0 +1,105 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Types shared by the programs and userspace. The Rust mirror is
+ * bpf/src/maps.rs; its tests compare every size with the BTF of the built
+ * object, so a change here that is not made there fails the build's tests.
+ * No implicit padding: every struct spells out its padding.
+ */
+#ifndef TETHER_H
+#define TETHER_H
+
+#define TETHER_MAX_CONTAINERS 16384
+#define TETHER_MAX_INTERFACES 65536
+#define TETHER_MAX_RULES 65536
+#define TETHER_RINGBUF_BYTES (256 * 1024)
+#define TETHER_MAX_CGROUP_DEPTH 16
+
+/* tether_container.flags */
+#define TETHER_F_ACCOUNT 1u
+#define TETHER_F_POLICY 2u
+#define TETHER_F_AUDIT_DENY 4u
+#define TETHER_F_AUDIT_CONNECT 8u
+
+/* tether_event.kind */
+#define TETHER_EV_DENY_CONNECT 1
+#define TETHER_EV_DENY_SENDMSG 2
+#define TETHER_EV_DROP_CGROUP 3
+#define TETHER_EV_DROP_TC 4
+#define TETHER_EV_CONNECT 5
+
+#define TETHER_AF_INET 2
+#define TETHER_AF_INET6 10
+
+/* Per-container configuration, keyed by cgroup id. */
+struct tether_container {
+	__u32 flags;
+	__u32 sample_every; /* keep one audit event in N (0 or 1: all) */
+	__u32 rate_per_sec; /* audit events per second per CPU (0: unlimited) */
+	__u32 burst;
+};
+
+/* Who a cgroup id is: written by the shim, read by tetherd and tetherctl. */
+struct tether_identity {
+	char ns[64];
+	char id[96];
+	__u64 attached_ns; /* CLOCK_REALTIME nanoseconds */
+};
+
+struct tether_counters {
+	__u64 rx_packets;
+	__u64 rx_bytes;
+	__u64 tx_packets;
+	__u64 tx_bytes;
+	__u64 drops;       /* packets dropped by the egress policy */
+	__u64 denials;     /* connect()/sendmsg() refused with EPERM */
+	__u64 events_lost; /* audit events sampled out, rate limited or not fitting the ring */
+};
+
+/* An interface inside a network namespace. */
+struct tether_if_key {
+	__u64 netns_cookie;
+	__u32 ifindex;
+	__u32 pad;
+};
+
+/*
+ * LPM keys: the cgroup id is part of the matched data, so one trie holds
+ * every container's rules; prefixlen = 64 + the CIDR's prefix length.
+ */
+struct tether_deny4_key {
+	__u32 prefixlen;
+	__u32 cgroup_lo;
+	__u32 cgroup_hi;
+	__u32 addr; /* network byte order */
+};
+
+struct tether_deny6_key {
+	__u32 prefixlen;
+	__u32 cgroup_lo;
+	__u32 cgroup_hi;
+	__u32 addr[4]; /* network byte order */
+};
+
+struct tether_rate {
+	__u64 last_ns;
+	__u64 tokens;
+	__u64 seen;
+};
+
+struct tether_event {
+	__u64 ts_ns; /* CLOCK_MONOTONIC */
+	__u64 cgroup_id;
+	__u32 kind;
+	__u32 pid;
+	__u16 family;
+	__u16 protocol;
+	__u16 dport;
+	__u16 pad;
+	__u32 ifindex;
+	__u32 daddr[4]; /* network byte order; IPv4 in daddr[0] */
+	__u32 pad2;
+};
+
+_Static_assert(sizeof(struct tether_event) == 56, "bpf/src/maps.rs RawEvent is 56 bytes");
+
+#endif

@@ -1,0 +1,344 @@
+//! One container's attachments: its cgroup links, its TC links inside its network namespace,
+//! its map entries, and their removal. The mechanics only; what to attach is the caller's plan.
+use std::fs;
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::link::Link;
+use crate::maps::{Cidr, ContainerConfig, Counters, IfKey};
+use crate::pins::{self, PinLayout};
+use crate::programs::{NetnsKey, Prog, Programs};
+use crate::sys::{self, LinkInfo};
+
+/// The cgroup id of a cgroup v2 directory: the inode number of the directory, which is the
+/// kernfs node id the kernel reports as the cgroup id (64-bit kernels, Linux 5.5+).
+pub fn cgroup_id(cgroup: BorrowedFd<'_>) -> Result<u64> {
+    let st =
+        nix::sys::stat::fstat(cgroup).map_err(|e| Error::syscall("fstat(cgroup)", e.into()))?;
+    Ok(st.st_ino)
+}
+
+/// What [`attach_cgroup`] did.
+#[derive(Debug, Clone)]
+pub struct CgroupAttached {
+    pub cgroup_id: u64,
+    pub links: Vec<(Prog, LinkInfo)>,
+}
+
+/// An interface that [`attach_netns`] attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfaceAttached {
+    pub key: IfKey,
+    pub name: String,
+    pub links: Vec<LinkInfo>,
+}
+
+/// Writes the container's entries and attaches the cgroup programs to `cgroup`, pinning each
+/// link under the container's directory. All or nothing: on error everything done is undone.
+pub fn attach_cgroup(
+    programs: &Programs,
+    layout: &PinLayout,
+    namespace: &str,
+    id: &str,
+    cgroup: BorrowedFd<'_>,
+    config: &ContainerConfig,
+    deny: &[Cidr],
+) -> Result<CgroupAttached> {
+    let dir = layout.container_dir(namespace, id)?;
+    clear_stale(&dir)?;
+    let cgid = cgroup_id(cgroup)?;
+    let maps = programs.maps();
+    let undo = |dir: &Path| {
+        let _ = remove_links(dir);
+        let _ = maps.remove_container(cgid);
+    };
+    let result = (|| {
+        pins::make_dir(&dir)?;
+        maps.set_container(cgid, config, namespace, id)?;
+        for cidr in deny {
+            maps.add_deny(cgid, cidr)?;
+        }
+        let mut links = Vec::new();
+        for p in Prog::ALL.into_iter().filter(|p| p.is_cgroup()) {
+            let link = Link::cgroup(programs, p, cgroup)?;
+            link.pin(&dir.join(format!("cgroup_{}", p.name())))?;
+            links.push((p, link.info()));
+        }
+        Ok(CgroupAttached {
+            cgroup_id: cgid,
+            links,
+        })
+    })();
+    if result.is_err() {
+        undo(&dir);
+    }
+    result
+}
+
+/// A directory left by an earlier container with the same id whose cgroup is gone is removed;
+/// one whose links are alive means the id is attached already.
+fn clear_stale(dir: &Path) -> Result<()> {
+    let links = match read_links(dir) {
+        Ok(l) => l,
+        Err(Error::Path { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(())
+        }
+        Err(e) => return Err(e),
+    };
+    for (name, link) in &links {
+        if name.starts_with("cgroup_") && !link.is_defunct()? {
+            return Err(Error::Name {
+                what: "id",
+                value: dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                reason: "is attached already (its cgroup links are alive)",
+            });
+        }
+    }
+    drop(links);
+    remove_links(dir).map(|_| ())
+}
+
+/// Attaches the TC programs to every interface of the network namespace `netns` that has
+/// none yet, and routes their traffic to the container's cgroup id. Idempotent: run it at
+/// create, at start and whenever a link appears. Returns the interfaces attached by this call.
+///
+/// The work runs on a dedicated thread that joins `netns` (TCX attaches by ifindex in the
+/// caller's namespace); the calling thread never changes namespace.
+pub fn attach_netns(
+    programs: &Programs,
+    layout: &PinLayout,
+    namespace: &str,
+    id: &str,
+    cgroup_id: u64,
+    netns: BorrowedFd<'_>,
+) -> Result<Vec<IfaceAttached>> {
+    refuse_host_netns(netns)?;
+    let dir = layout.container_dir(namespace, id)?;
+    pins::make_dir(&dir)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| Error::syscall("setns(CLONE_NEWNET)", e.into()))?;
+            attach_here(programs, &dir, cgroup_id)
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(Error::syscall(
+                "netns attach thread",
+                io::Error::other("panicked"),
+            ))
+        })
+    })
+}
+
+fn attach_here(programs: &Programs, dir: &Path, cgroup_id: u64) -> Result<Vec<IfaceAttached>> {
+    let cookie = match programs.netns_key() {
+        NetnsKey::Cookie => sys::current_netns_cookie()?,
+        NetnsKey::IfindexOnly => 0,
+    };
+    let maps = programs.maps();
+    let mut out = Vec::new();
+    for (ifindex, name) in sys::interfaces()? {
+        if name == "lo" {
+            continue;
+        }
+        let key = IfKey::new(cookie, ifindex);
+        let pin_in = dir.join(format!("tc_{ifindex}_ingress"));
+        let pin_eg = dir.join(format!("tc_{ifindex}_egress"));
+        if let Ok(existing) = Link::open_pinned(&pin_in) {
+            if !existing.is_defunct()? {
+                continue;
+            }
+            // The interface that had this ifindex went away; a new one took the number.
+            let _ = fs::remove_file(&pin_in);
+            let _ = fs::remove_file(&pin_eg);
+        }
+        if programs.netns_key() == NetnsKey::IfindexOnly {
+            if let Some((_, other)) = maps.ifaces()?.into_iter().find(|(k, _)| *k == key) {
+                if other != cgroup_id {
+                    return Err(Error::Name {
+                        what: "interface",
+                        value: name,
+                        reason: "has the ifindex of another tracked container's interface, \
+                                 and this kernel's TC programs cannot tell namespaces apart",
+                    });
+                }
+            }
+        }
+        maps.set_iface(key, cgroup_id)?;
+        let ingress = Link::tcx(programs, Prog::TcIngress, ifindex)?;
+        let egress = Link::tcx(programs, Prog::TcEgress, ifindex)?;
+        ingress.pin(&pin_in)?;
+        if let Err(e) = egress.pin(&pin_eg) {
+            let _ = fs::remove_file(&pin_in);
+            return Err(e);
+        }
+        out.push(IfaceAttached {
+            key,
+            name,
+            links: vec![ingress.info(), egress.info()],
+        });
+    }
+    Ok(out)
+}
+
+/// TC programs never go on the host's interfaces: a netns that is init's is refused.
+fn refuse_host_netns(netns: BorrowedFd<'_>) -> Result<()> {
+    let theirs =
+        nix::sys::stat::fstat(netns).map_err(|e| Error::syscall("fstat(netns)", e.into()))?;
+    if let Ok(host) = nix::sys::stat::stat("/proc/1/ns/net") {
+        if host.st_ino == theirs.st_ino && host.st_dev == theirs.st_dev {
+            return Err(Error::Name {
+                what: "network namespace",
+                value: "/proc/1/ns/net".into(),
+                reason: "is the host's: TC programs are only attached inside containers",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What [`detach`] removed, with the container's final counters.
+#[derive(Debug, Clone, Default)]
+pub struct Detached {
+    pub cgroup_id: Option<u64>,
+    pub links: usize,
+    pub map_entries: usize,
+    pub counters: Counters,
+    pub interfaces: Vec<(IfKey, Counters)>,
+}
+
+/// Detaches and removes every link pin, map entry and the directory of a container, and
+/// returns its final counters. Idempotent.
+pub fn detach(
+    programs: &Programs,
+    layout: &PinLayout,
+    namespace: &str,
+    id: &str,
+) -> Result<Detached> {
+    let dir = layout.container_dir(namespace, id)?;
+    let maps = programs.maps();
+    let mut out = Detached::default();
+    let cgid = maps
+        .identities()?
+        .into_iter()
+        .find(|(_, ident)| ident.namespace == namespace && ident.id == id)
+        .map(|(cg, _)| cg);
+    if let Some(cg) = cgid {
+        out.counters = maps.cgroup_counters(cg)?;
+        for (k, owner) in maps.ifaces()? {
+            if owner == cg {
+                out.interfaces.push((k, maps.iface_counters(k)?));
+            }
+        }
+    }
+    out.links = remove_links(&dir)?;
+    if let Some(parent) = dir.parent() {
+        // Only succeeds once the namespace has no container left.
+        let _ = fs::remove_dir(parent);
+    }
+    if let Some(cg) = cgid {
+        out.map_entries = maps.remove_container(cg)?;
+    }
+    out.cgroup_id = cgid;
+    Ok(out)
+}
+
+/// Detaches and unlinks every link pinned in `dir`, then removes `dir`.
+fn remove_links(dir: &Path) -> Result<usize> {
+    let links = match read_links(dir) {
+        Ok(l) => l,
+        Err(Error::Path { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(0)
+        }
+        Err(e) => return Err(e),
+    };
+    let n = links.len();
+    for (name, link) in links {
+        // A defunct link may refuse to detach; unpinning it below releases it anyway.
+        let _ = link.detach();
+        let path = dir.join(&name);
+        fs::remove_file(&path).map_err(|e| Error::path("unlink", &path, e))?;
+    }
+    pins::remove_tree(dir)?;
+    Ok(n)
+}
+
+fn read_links(dir: &Path) -> Result<Vec<(String, Link)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::path("read_dir", dir, e))? {
+        let entry = entry.map_err(|e| Error::path("read_dir", dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        match Link::open_pinned(&entry.path()) {
+            Ok(link) => out.push((name, link)),
+            Err(e) => log::warn!("skipping {}: {e}", entry.path().display()),
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// One container's directory and its links, as found in bpffs.
+#[derive(Debug, Clone)]
+pub struct ContainerLinks {
+    pub namespace: String,
+    pub id: String,
+    pub dir: PathBuf,
+    /// (pin name, link info) — fresh from the kernel.
+    pub links: Vec<(String, LinkInfo)>,
+}
+
+impl ContainerLinks {
+    /// The container's cgroup is gone (every cgroup link defunct) or it has no links at all.
+    pub fn is_stale(&self) -> bool {
+        let cg: Vec<_> = self
+            .links
+            .iter()
+            .filter(|(n, _)| n.starts_with("cgroup_"))
+            .collect();
+        cg.is_empty() || cg.iter().all(|(_, i)| i.cgroup_id == 0)
+    }
+}
+
+/// Every container directory under the layout, with its links.
+pub fn list(layout: &PinLayout) -> Result<Vec<ContainerLinks>> {
+    let root = layout.containers_dir();
+    let mut out = Vec::new();
+    let namespaces = match fs::read_dir(&root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::path("read_dir", &root, e)),
+    };
+    for ns in namespaces.flatten() {
+        let Ok(ids) = fs::read_dir(ns.path()) else {
+            continue;
+        };
+        for c in ids.flatten() {
+            let links = read_links(&c.path())?
+                .into_iter()
+                .map(|(n, l)| {
+                    let info = l.refresh().unwrap_or(l.info());
+                    (n, info)
+                })
+                .collect();
+            out.push(ContainerLinks {
+                namespace: pins::decode_name(&ns.file_name().to_string_lossy()),
+                id: pins::decode_name(&c.file_name().to_string_lossy()),
+                dir: c.path(),
+                links,
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));
+    Ok(out)
+}
+
+/// Removes a container directory found stale by [`list`] (links, pins, directory).
+pub fn remove_dir_links(dir: &Path) -> Result<usize> {
+    remove_links(dir)
+}

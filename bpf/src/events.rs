@@ -1,0 +1,142 @@
+//! The audit event ring buffer: typed events out of the shared `events` map.
+use std::cell::RefCell;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use libbpf_rs::{MapHandle, RingBuffer, RingBufferBuilder};
+
+use crate::error::{Error, Result};
+use crate::maps::RawEvent;
+use crate::programs::Programs;
+use crate::sys::{self, from_bytes};
+
+/// What an audit event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// connect() refused with EPERM.
+    DenyConnect,
+    /// sendmsg() refused with EPERM.
+    DenySendmsg,
+    /// A packet dropped by the cgroup egress program.
+    DropCgroup,
+    /// A packet dropped by the TC egress program.
+    DropTc,
+    /// A new connection (when connection auditing is on).
+    Connect,
+    Unknown,
+}
+
+impl EventKind {
+    fn from_raw(k: u32) -> Self {
+        match k {
+            1 => EventKind::DenyConnect,
+            2 => EventKind::DenySendmsg,
+            3 => EventKind::DropCgroup,
+            4 => EventKind::DropTc,
+            5 => EventKind::Connect,
+            _ => EventKind::Unknown,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::DenyConnect => "deny_connect",
+            EventKind::DenySendmsg => "deny_sendmsg",
+            EventKind::DropCgroup => "drop_cgroup",
+            EventKind::DropTc => "drop_tc",
+            EventKind::Connect => "connect",
+            EventKind::Unknown => "unknown",
+        }
+    }
+}
+
+/// One audit event as the programs emitted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub kind: EventKind,
+    /// The calling process (0 for packet-level events).
+    pub pid: u32,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// IP protocol number (6 tcp, 17 udp, ...).
+    pub protocol: u16,
+    /// The interface, for TC events.
+    pub ifindex: u32,
+}
+
+impl Event {
+    fn from_raw(r: &RawEvent) -> Self {
+        let daddr = if r.family == 10 {
+            IpAddr::V6(Ipv6Addr::from(r.daddr))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(
+                r.daddr[0], r.daddr[1], r.daddr[2], r.daddr[3],
+            ))
+        };
+        Event {
+            ts_ns: r.ts_ns,
+            cgroup_id: r.cgroup_id,
+            kind: EventKind::from_raw(r.kind),
+            pid: r.pid,
+            daddr,
+            dport: r.dport,
+            protocol: r.protocol,
+            ifindex: r.ifindex,
+        }
+    }
+}
+
+/// Reads the shared ring buffer. Not `Send`: create it on the thread that polls.
+pub struct EventReader {
+    ring: RingBuffer<'static>,
+    queue: Rc<RefCell<Vec<Event>>>,
+    // Keeps the map open for as long as the ring buffer is mapped.
+    _map: MapHandle,
+}
+
+impl EventReader {
+    pub fn new(programs: &Programs) -> Result<Self> {
+        let id = sys::map_info(programs.events_fd())?.id;
+        let map = MapHandle::from_map_id(id).map_err(|source| Error::Libbpf {
+            what: "open events map",
+            source,
+        })?;
+        let queue = Rc::new(RefCell::new(Vec::new()));
+        let sink = Rc::clone(&queue);
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(&map, move |data: &[u8]| {
+                if let Some(raw) = from_bytes::<RawEvent>(data) {
+                    sink.borrow_mut().push(Event::from_raw(&raw));
+                }
+                0
+            })
+            .map_err(|source| Error::Libbpf {
+                what: "add ring buffer",
+                source,
+            })?;
+        let ring = builder.build().map_err(|source| Error::Libbpf {
+            what: "build ring buffer",
+            source,
+        })?;
+        Ok(EventReader {
+            ring,
+            queue,
+            _map: map,
+        })
+    }
+
+    /// Waits up to `timeout` for events and returns those available.
+    pub fn poll(&mut self, timeout: Duration) -> Result<Vec<Event>> {
+        self.ring.poll(timeout).map_err(|source| Error::Libbpf {
+            what: "poll ring buffer",
+            source,
+        })?;
+        Ok(std::mem::take(&mut *self.queue.borrow_mut()))
+    }
+}

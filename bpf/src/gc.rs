@@ -1,0 +1,84 @@
+//! Garbage collection of what crashed or deleted containers left behind, and of object
+//! versions nothing uses any more.
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::container;
+use crate::error::Result;
+use crate::pins::{self, PinLayout};
+use crate::programs::Programs;
+
+/// Entries younger than this are left alone: their container may be between writing its
+/// map entries and pinning its links.
+pub const GRACE: Duration = Duration::from_secs(60);
+
+/// What a collection removed (or, in a dry run, would remove).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// `namespace/id` of containers whose cgroup is gone.
+    pub containers: Vec<String>,
+    pub versions: Vec<String>,
+    pub map_entries: usize,
+}
+
+/// Collects garbage across every opened version. `current` is never removed.
+pub fn collect(
+    layout: &PinLayout,
+    versions: &[Programs],
+    current: &str,
+    dry_run: bool,
+) -> Result<Report> {
+    let mut report = Report::default();
+    let listed = container::list(layout)?;
+    let mut live_cgroups = HashSet::new();
+    let mut live_progs = HashSet::new();
+    for c in &listed {
+        if c.is_stale() {
+            report.containers.push(format!("{}/{}", c.namespace, c.id));
+            if !dry_run {
+                container::remove_dir_links(&c.dir)?;
+                if let Some(parent) = c.dir.parent() {
+                    let _ = std::fs::remove_dir(parent);
+                }
+            }
+        } else {
+            for (_, info) in &c.links {
+                if info.cgroup_id != 0 {
+                    live_cgroups.insert(info.cgroup_id);
+                }
+                live_progs.insert(info.prog_id);
+            }
+        }
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    for p in versions {
+        let maps = p.maps();
+        let young: HashSet<u64> = maps
+            .identities()?
+            .into_iter()
+            .filter(|(_, i)| now.saturating_sub(i.attached_ns) < GRACE.as_nanos() as u64)
+            .map(|(cg, _)| cg)
+            .collect();
+        for cg in maps.known_cgroups()? {
+            if live_cgroups.contains(&cg) || young.contains(&cg) {
+                continue;
+            }
+            if dry_run {
+                report.map_entries += 1;
+            } else {
+                report.map_entries += maps.remove_container(cg)?;
+            }
+        }
+        let used = p.ids().iter().any(|(_, id)| live_progs.contains(id));
+        if p.version() != current && !used {
+            report.versions.push(p.version().to_string());
+            if !dry_run {
+                pins::remove_tree(&layout.version_dir(p.version()))?;
+            }
+        }
+    }
+    Ok(report)
+}

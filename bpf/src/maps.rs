@@ -1,0 +1,627 @@
+//! Typed access to tether's shared maps. The `repr(C)` types here mirror `src/bpf/tether.h`;
+//! the tests compare their sizes with the BTF types of the built object.
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsFd, OwnedFd};
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+use crate::sys::{self, as_bytes, from_bytes, Pod};
+
+const F_ACCOUNT: u32 = 1;
+const F_POLICY: u32 = 2;
+const F_AUDIT_DENY: u32 = 4;
+const F_AUDIT_CONNECT: u32 = 8;
+
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RawContainer {
+    pub flags: u32,
+    pub sample_every: u32,
+    pub rate_per_sec: u32,
+    pub burst: u32,
+}
+// SAFETY: repr(C), four u32 fields, no padding.
+unsafe impl Pod for RawContainer {}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct RawIdentity {
+    pub ns: [u8; 64],
+    pub id: [u8; 96],
+    pub attached_ns: u64,
+}
+impl Default for RawIdentity {
+    fn default() -> Self {
+        RawIdentity {
+            ns: [0; 64],
+            id: [0; 96],
+            attached_ns: 0,
+        }
+    }
+}
+// SAFETY: repr(C), byte arrays (160 bytes) then a u64 at offset 160: no padding.
+unsafe impl Pod for RawIdentity {}
+
+/// Packets, bytes, drops and denials of one container or one interface, summed over CPUs.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Packets dropped by the egress policy.
+    pub drops: u64,
+    /// connect()/sendmsg() calls refused with EPERM by the egress policy.
+    pub denials: u64,
+    /// Audit events sampled out, rate limited, or not fitting the ring buffer.
+    pub events_lost: u64,
+}
+// SAFETY: repr(C), seven u64 fields, no padding.
+unsafe impl Pod for Counters {}
+
+impl Counters {
+    pub fn add(&mut self, o: &Counters) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+        self.drops += o.drops;
+        self.denials += o.denials;
+        self.events_lost += o.events_lost;
+    }
+}
+
+/// An interface inside a network namespace: the TC programs' key.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IfKey {
+    /// The namespace's cookie (0 on kernels whose TC programs cannot read it).
+    pub netns_cookie: u64,
+    pub ifindex: u32,
+    pad: u32,
+}
+// SAFETY: repr(C), u64 + u32 + explicit u32 padding.
+unsafe impl Pod for IfKey {}
+
+impl IfKey {
+    pub fn new(netns_cookie: u64, ifindex: u32) -> Self {
+        IfKey {
+            netns_cookie,
+            ifindex,
+            pad: 0,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Deny4Key {
+    pub prefixlen: u32,
+    pub cgroup_lo: u32,
+    pub cgroup_hi: u32,
+    pub addr: [u8; 4],
+}
+// SAFETY: repr(C), three u32 and four bytes: no padding.
+unsafe impl Pod for Deny4Key {}
+
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Deny6Key {
+    pub prefixlen: u32,
+    pub cgroup_lo: u32,
+    pub cgroup_hi: u32,
+    pub addr: [u8; 16],
+}
+// SAFETY: repr(C), three u32 and sixteen bytes: no padding.
+unsafe impl Pod for Deny6Key {}
+
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RawEvent {
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub kind: u32,
+    pub pid: u32,
+    pub family: u16,
+    pub protocol: u16,
+    pub dport: u16,
+    pub pad: u16,
+    pub ifindex: u32,
+    pub daddr: [u8; 16],
+    pub pad2: u32,
+}
+// SAFETY: repr(C): 8+8+4+4+2+2+2+2+4+16+4 = 56 bytes, a multiple of 8: no padding.
+unsafe impl Pod for RawEvent {}
+
+/// What the programs do for one container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerConfig {
+    /// Count packets and bytes.
+    pub account: bool,
+    /// Enforce the container's deny rules.
+    pub policy: bool,
+    /// Emit an audit event for each denial (sampled, rate limited).
+    pub audit_denials: bool,
+    /// Emit an audit event for each new connection (sampled, rate limited).
+    pub audit_connects: bool,
+    /// Keep one audit event in `sample_every` (0 or 1: every event).
+    pub sample_every: u32,
+    /// Audit events per second and CPU (0: unlimited).
+    pub rate_per_sec: u32,
+    /// Token bucket depth of the rate limit.
+    pub burst: u32,
+}
+
+impl Default for ContainerConfig {
+    fn default() -> Self {
+        ContainerConfig {
+            account: true,
+            policy: true,
+            audit_denials: true,
+            audit_connects: false,
+            sample_every: 1,
+            rate_per_sec: 100,
+            burst: 200,
+        }
+    }
+}
+
+impl ContainerConfig {
+    fn raw(&self) -> RawContainer {
+        let mut flags = 0;
+        for (on, f) in [
+            (self.account, F_ACCOUNT),
+            (self.policy, F_POLICY),
+            (self.audit_denials, F_AUDIT_DENY),
+            (self.audit_connects, F_AUDIT_CONNECT),
+        ] {
+            if on {
+                flags |= f;
+            }
+        }
+        RawContainer {
+            flags,
+            sample_every: self.sample_every,
+            rate_per_sec: self.rate_per_sec,
+            burst: self.burst,
+        }
+    }
+
+    fn from_raw(r: &RawContainer) -> Self {
+        ContainerConfig {
+            account: r.flags & F_ACCOUNT != 0,
+            policy: r.flags & F_POLICY != 0,
+            audit_denials: r.flags & F_AUDIT_DENY != 0,
+            audit_connects: r.flags & F_AUDIT_CONNECT != 0,
+            sample_every: r.sample_every,
+            rate_per_sec: r.rate_per_sec,
+            burst: r.burst,
+        }
+    }
+}
+
+/// An IPv4 or IPv6 network, e.g. `10.0.0.0/8`, `fd00::/8`, or a single address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |reason| Error::Cidr {
+            value: s.to_string(),
+            reason,
+        };
+        let s_trim = s.trim();
+        let (ip, prefix) = match s_trim.split_once('/') {
+            Some((ip, p)) => (ip, Some(p)),
+            None => (s_trim, None),
+        };
+        let addr: IpAddr = ip.parse().map_err(|_| bad("not an IPv4 or IPv6 address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| bad("prefix length out of range"))?,
+        };
+        let cidr = Cidr { addr, prefix };
+        if cidr.network() != addr {
+            return Err(bad("has host bits set beyond the prefix length"));
+        }
+        Ok(cidr)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Cidr {
+    fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => {
+                let bits = u32::from(a);
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
+                IpAddr::V4(Ipv4Addr::from(bits & mask))
+            }
+            IpAddr::V6(a) => {
+                let bits = u128::from(a);
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
+                IpAddr::V6(Ipv6Addr::from(bits & mask))
+            }
+        }
+    }
+}
+
+/// Who a tracked cgroup is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub namespace: String,
+    pub id: String,
+    /// When the container was attached (CLOCK_REALTIME, nanoseconds).
+    pub attached_ns: u64,
+}
+
+fn c_string(raw: &[u8]) -> String {
+    let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+/// One opened map: its fd and the name used in errors.
+#[derive(Debug)]
+pub(crate) struct MapFd {
+    pub name: &'static str,
+    pub fd: OwnedFd,
+    pub max_entries: u32,
+}
+
+impl MapFd {
+    fn update<K: Pod, V: Pod>(&self, key: &K, value: &V) -> Result<()> {
+        self.update_bytes(as_bytes(key), as_bytes(value))
+    }
+
+    fn update_bytes(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        sys::map_update(self.fd.as_fd(), key, value, 0).map_err(|e| match e.raw_os_error() {
+            Some(libc::E2BIG) | Some(libc::ENOSPC) => Error::MapFull {
+                map: self.name,
+                max_entries: self.max_entries,
+            },
+            _ => e,
+        })
+    }
+
+    fn lookup<K: Pod, V: Pod>(&self, key: &K) -> Result<Option<V>> {
+        let mut buf = vec![0u8; std::mem::size_of::<V>()];
+        if sys::map_lookup(self.fd.as_fd(), as_bytes(key), &mut buf)? {
+            Ok(from_bytes(&buf))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn delete<K: Pod>(&self, key: &K) -> Result<bool> {
+        sys::map_delete(self.fd.as_fd(), as_bytes(key))
+    }
+
+    fn keys<K: Pod>(&self) -> Result<Vec<K>> {
+        let mut out = Vec::new();
+        let mut next = K::default();
+        let mut cur: Option<K> = None;
+        loop {
+            let mut buf = vec![0u8; std::mem::size_of::<K>()];
+            let more =
+                sys::map_next_key(self.fd.as_fd(), cur.as_ref().map(|k| as_bytes(k)), &mut buf)?;
+            if !more {
+                return Ok(out);
+            }
+            next = from_bytes(&buf).unwrap_or(next);
+            out.push(next);
+            cur = Some(next);
+        }
+    }
+}
+
+/// The shared maps of one object version.
+#[derive(Debug)]
+pub struct Maps {
+    pub(crate) containers: MapFd,
+    pub(crate) identities: MapFd,
+    pub(crate) cg_stats: MapFd,
+    pub(crate) tc_ifaces: MapFd,
+    pub(crate) tc_stats: MapFd,
+    pub(crate) deny4: MapFd,
+    pub(crate) deny6: MapFd,
+    pub(crate) rates: MapFd,
+    pub(crate) events: MapFd,
+    pub(crate) ncpus: usize,
+}
+
+fn split(cgid: u64) -> (u32, u32) {
+    (cgid as u32, (cgid >> 32) as u32)
+}
+
+impl Maps {
+    /// Writes (or replaces) a container's configuration and identity.
+    pub fn set_container(
+        &self,
+        cgroup_id: u64,
+        config: &ContainerConfig,
+        namespace: &str,
+        id: &str,
+    ) -> Result<()> {
+        crate::pins::check_name("namespace", namespace)?;
+        crate::pins::check_name("id", id)?;
+        let mut ident = RawIdentity::default();
+        ident.ns[..namespace.len()].copy_from_slice(namespace.as_bytes());
+        ident.id[..id.len()].copy_from_slice(id.as_bytes());
+        ident.attached_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        self.identities.update(&cgroup_id, &ident)?;
+        // The config goes last: the programs act on a cgroup only once it is in `containers`.
+        self.containers.update(&cgroup_id, &config.raw())
+    }
+
+    pub fn container_config(&self, cgroup_id: u64) -> Result<Option<ContainerConfig>> {
+        Ok(self
+            .containers
+            .lookup::<u64, RawContainer>(&cgroup_id)?
+            .map(|r| ContainerConfig::from_raw(&r)))
+    }
+
+    /// Every tracked cgroup and who it is.
+    pub fn identities(&self) -> Result<Vec<(u64, Identity)>> {
+        let mut out = Vec::new();
+        for cgid in self.identities.keys::<u64>()? {
+            if let Some(raw) = self.identities.lookup::<u64, RawIdentity>(&cgid)? {
+                out.push((
+                    cgid,
+                    Identity {
+                        namespace: c_string(&raw.ns),
+                        id: c_string(&raw.id),
+                        attached_ns: raw.attached_ns,
+                    },
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds a deny rule for a container's egress.
+    pub fn add_deny(&self, cgroup_id: u64, cidr: &Cidr) -> Result<()> {
+        let (lo, hi) = split(cgroup_id);
+        let one = 1u32;
+        match cidr.addr {
+            IpAddr::V4(a) => self.deny4.update(
+                &Deny4Key {
+                    prefixlen: 64 + u32::from(cidr.prefix),
+                    cgroup_lo: lo,
+                    cgroup_hi: hi,
+                    addr: a.octets(),
+                },
+                &one,
+            ),
+            IpAddr::V6(a) => self.deny6.update(
+                &Deny6Key {
+                    prefixlen: 64 + u32::from(cidr.prefix),
+                    cgroup_lo: lo,
+                    cgroup_hi: hi,
+                    addr: a.octets(),
+                },
+                &one,
+            ),
+        }
+    }
+
+    /// A container's deny rules.
+    pub fn deny_rules(&self, cgroup_id: u64) -> Result<Vec<Cidr>> {
+        let (lo, hi) = split(cgroup_id);
+        let mut out = Vec::new();
+        for k in self.deny4.keys::<Deny4Key>()? {
+            if (k.cgroup_lo, k.cgroup_hi) == (lo, hi) {
+                out.push(Cidr {
+                    addr: IpAddr::V4(Ipv4Addr::from(k.addr)),
+                    prefix: (k.prefixlen - 64) as u8,
+                });
+            }
+        }
+        for k in self.deny6.keys::<Deny6Key>()? {
+            if (k.cgroup_lo, k.cgroup_hi) == (lo, hi) {
+                out.push(Cidr {
+                    addr: IpAddr::V6(Ipv6Addr::from(k.addr)),
+                    prefix: (k.prefixlen - 64) as u8,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn sum_percpu<K: Pod>(&self, map: &MapFd, key: &K) -> Result<Counters> {
+        // Per-CPU values are laid out with an 8-byte aligned stride per possible CPU.
+        let stride = std::mem::size_of::<Counters>().next_multiple_of(8);
+        let mut buf = vec![0u8; stride * self.ncpus];
+        let mut total = Counters::default();
+        if sys::map_lookup(map.fd.as_fd(), as_bytes(key), &mut buf)? {
+            for cpu in buf.chunks_exact(stride) {
+                if let Some(c) = from_bytes::<Counters>(cpu) {
+                    total.add(&c);
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// A container's cgroup counters, summed over CPUs.
+    pub fn cgroup_counters(&self, cgroup_id: u64) -> Result<Counters> {
+        self.sum_percpu(&self.cg_stats, &cgroup_id)
+    }
+
+    /// Routes an interface's TC traffic to a container.
+    pub fn set_iface(&self, key: IfKey, cgroup_id: u64) -> Result<()> {
+        self.tc_ifaces.update(&key, &cgroup_id)
+    }
+
+    /// Every tracked interface and its container's cgroup id.
+    pub fn ifaces(&self) -> Result<Vec<(IfKey, u64)>> {
+        let mut out = Vec::new();
+        for k in self.tc_ifaces.keys::<IfKey>()? {
+            if let Some(cg) = self.tc_ifaces.lookup::<IfKey, u64>(&k)? {
+                out.push((k, cg));
+            }
+        }
+        Ok(out)
+    }
+
+    /// An interface's counters, summed over CPUs.
+    pub fn iface_counters(&self, key: IfKey) -> Result<Counters> {
+        self.sum_percpu(&self.tc_stats, &key)
+    }
+
+    /// Forgets an interface (and its counters).
+    pub fn remove_iface(&self, key: IfKey) -> Result<usize> {
+        Ok(self.tc_ifaces.delete(&key)? as usize + self.tc_stats.delete(&key)? as usize)
+    }
+
+    /// Removes every entry of a container from every map; returns how many were removed.
+    /// Idempotent.
+    pub fn remove_container(&self, cgroup_id: u64) -> Result<usize> {
+        // Config first: from here on the programs ignore the cgroup.
+        let mut n = self.containers.delete(&cgroup_id)? as usize;
+        for (k, cg) in self.ifaces()? {
+            if cg == cgroup_id {
+                n += self.remove_iface(k)?;
+            }
+        }
+        let (lo, hi) = split(cgroup_id);
+        for k in self.deny4.keys::<Deny4Key>()? {
+            if (k.cgroup_lo, k.cgroup_hi) == (lo, hi) {
+                n += self.deny4.delete(&k)? as usize;
+            }
+        }
+        for k in self.deny6.keys::<Deny6Key>()? {
+            if (k.cgroup_lo, k.cgroup_hi) == (lo, hi) {
+                n += self.deny6.delete(&k)? as usize;
+            }
+        }
+        n += self.rates.delete(&cgroup_id)? as usize;
+        n += self.cg_stats.delete(&cgroup_id)? as usize;
+        n += self.identities.delete(&cgroup_id)? as usize;
+        Ok(n)
+    }
+
+    /// Every cgroup id with an entry in any per-container map (for garbage collection).
+    pub fn known_cgroups(&self) -> Result<Vec<u64>> {
+        let mut ids: Vec<u64> = self.containers.keys::<u64>()?;
+        ids.extend(self.identities.keys::<u64>()?);
+        ids.extend(self.cg_stats.keys::<u64>()?);
+        ids.extend(self.rates.keys::<u64>()?);
+        ids.extend(self.ifaces()?.into_iter().map(|(_, cg)| cg));
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// How many entries each per-container map holds (name, entries, max).
+    pub fn occupancy(&self) -> Result<Vec<(&'static str, usize, u32)>> {
+        Ok(vec![
+            (
+                self.containers.name,
+                self.containers.keys::<u64>()?.len(),
+                self.containers.max_entries,
+            ),
+            (
+                self.tc_ifaces.name,
+                self.tc_ifaces.keys::<IfKey>()?.len(),
+                self.tc_ifaces.max_entries,
+            ),
+            (
+                self.deny4.name,
+                self.deny4.keys::<Deny4Key>()?.len(),
+                self.deny4.max_entries,
+            ),
+            (
+                self.deny6.name,
+                self.deny6.keys::<Deny6Key>()?.len(),
+                self.deny6.max_entries,
+            ),
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_parse() {
+        let c: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert_eq!(c.to_string(), "10.0.0.0/8");
+        assert_eq!("127.0.0.2".parse::<Cidr>().unwrap().prefix, 32);
+        assert_eq!("::1".parse::<Cidr>().unwrap().prefix, 128);
+        assert_eq!("fd00::/8".parse::<Cidr>().unwrap().to_string(), "fd00::/8");
+        assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().prefix, 0);
+        for (bad, why) in [
+            ("10.0.0.1/8", "host bits"),
+            ("10.0.0.0/33", "out of range"),
+            ("banana", "not an IPv4"),
+            ("::/129", "out of range"),
+            ("10.0.0.0/", "out of range"),
+        ] {
+            let e = bad.parse::<Cidr>().unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains(bad), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn config_flags_round_trip() {
+        let c = ContainerConfig {
+            account: true,
+            policy: false,
+            audit_denials: true,
+            audit_connects: true,
+            sample_every: 3,
+            rate_per_sec: 5,
+            burst: 9,
+        };
+        assert_eq!(ContainerConfig::from_raw(&c.raw()), c);
+    }
+
+    #[test]
+    fn layouts_match_the_object() {
+        use crate::skel::types;
+        use std::mem::size_of;
+        assert_eq!(
+            size_of::<RawContainer>(),
+            size_of::<types::tether_container>()
+        );
+        assert_eq!(
+            size_of::<RawIdentity>(),
+            size_of::<types::tether_identity>()
+        );
+        assert_eq!(size_of::<Counters>(), size_of::<types::tether_counters>());
+        assert_eq!(size_of::<IfKey>(), size_of::<types::tether_if_key>());
+        assert_eq!(size_of::<Deny4Key>(), size_of::<types::tether_deny4_key>());
+        assert_eq!(size_of::<Deny6Key>(), size_of::<types::tether_deny6_key>());
+        // tether_event is not a map value, so the skeleton has no type for it; tether.h asserts 56.
+        assert_eq!(size_of::<RawEvent>(), 56);
+    }
+}

@@ -1,0 +1,403 @@
+//! The object's programs and maps: loading and pinning one version (tetherd only) and opening
+//! the pins of a version (everyone else), validating that each pin is what tether put there.
+use std::fs;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+
+use crate::error::{Error, Result};
+use crate::maps::{MapFd, Maps};
+use crate::pins::{self, PinLayout};
+use crate::skel::TetherSkelBuilder;
+use crate::sys;
+
+/// The programs of the object, in a fixed order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Prog {
+    CgroupIngress,
+    CgroupEgress,
+    Connect4,
+    Connect6,
+    Sendmsg4,
+    Sendmsg6,
+    TcIngress,
+    TcEgress,
+}
+
+impl Prog {
+    pub const ALL: [Prog; 8] = [
+        Prog::CgroupIngress,
+        Prog::CgroupEgress,
+        Prog::Connect4,
+        Prog::Connect6,
+        Prog::Sendmsg4,
+        Prog::Sendmsg6,
+        Prog::TcIngress,
+        Prog::TcEgress,
+    ];
+
+    /// The program's name in the object (and its pin name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Prog::CgroupIngress => "tether_cg_ingress",
+            Prog::CgroupEgress => "tether_cg_egress",
+            Prog::Connect4 => "tether_connect4",
+            Prog::Connect6 => "tether_connect6",
+            Prog::Sendmsg4 => "tether_sendmsg4",
+            Prog::Sendmsg6 => "tether_sendmsg6",
+            Prog::TcIngress => "tether_tc_ingress",
+            Prog::TcEgress => "tether_tc_egress",
+        }
+    }
+
+    pub(crate) fn prog_type(self) -> u32 {
+        match self {
+            Prog::CgroupIngress | Prog::CgroupEgress => libbpf_sys::BPF_PROG_TYPE_CGROUP_SKB,
+            Prog::Connect4 | Prog::Connect6 | Prog::Sendmsg4 | Prog::Sendmsg6 => {
+                libbpf_sys::BPF_PROG_TYPE_CGROUP_SOCK_ADDR
+            }
+            Prog::TcIngress | Prog::TcEgress => libbpf_sys::BPF_PROG_TYPE_SCHED_CLS,
+        }
+    }
+
+    /// Where the program attaches: a cgroup hook or a TCX direction.
+    pub(crate) fn attach_type(self) -> u32 {
+        match self {
+            Prog::CgroupIngress => libbpf_sys::BPF_CGROUP_INET_INGRESS,
+            Prog::CgroupEgress => libbpf_sys::BPF_CGROUP_INET_EGRESS,
+            Prog::Connect4 => libbpf_sys::BPF_CGROUP_INET4_CONNECT,
+            Prog::Connect6 => libbpf_sys::BPF_CGROUP_INET6_CONNECT,
+            Prog::Sendmsg4 => libbpf_sys::BPF_CGROUP_UDP4_SENDMSG,
+            Prog::Sendmsg6 => libbpf_sys::BPF_CGROUP_UDP6_SENDMSG,
+            Prog::TcIngress => libbpf_sys::BPF_TCX_INGRESS,
+            Prog::TcEgress => libbpf_sys::BPF_TCX_EGRESS,
+        }
+    }
+
+    pub fn is_cgroup(self) -> bool {
+        !matches!(self, Prog::TcIngress | Prog::TcEgress)
+    }
+}
+
+/// (name, map type, key size, value size) of every shared map.
+const MAPS: [(&str, u32, u32, u32); 9] = [
+    ("containers", libbpf_sys::BPF_MAP_TYPE_HASH, 8, 16),
+    ("identities", libbpf_sys::BPF_MAP_TYPE_HASH, 8, 168),
+    ("cg_stats", libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH, 8, 56),
+    ("tc_ifaces", libbpf_sys::BPF_MAP_TYPE_HASH, 16, 8),
+    ("tc_stats", libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH, 16, 56),
+    ("deny4", libbpf_sys::BPF_MAP_TYPE_LPM_TRIE, 16, 4),
+    ("deny6", libbpf_sys::BPF_MAP_TYPE_LPM_TRIE, 28, 4),
+    ("rates", libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH, 8, 24),
+    ("events", libbpf_sys::BPF_MAP_TYPE_RINGBUF, 0, 0),
+];
+
+/// How the TC programs tell network namespaces apart on this kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetnsKey {
+    /// The device's netns cookie, read through bpf_cast_to_kern_ctx() and CO-RE (Linux 6.2+):
+    /// keys are (netns cookie, ifindex).
+    Cookie,
+    /// Older kernels: keys are (0, ifindex); interfaces of different namespaces with the same
+    /// ifindex would share an entry, so the attach step refuses such a collision.
+    IfindexOnly,
+}
+
+impl NetnsKey {
+    /// Decides for the running kernel: bpf_cast_to_kern_ctx() arrived in Linux 6.2.
+    pub fn probe() -> Self {
+        if sys::kernel_at_least(6, 2) {
+            NetnsKey::Cookie
+        } else {
+            NetnsKey::IfindexOnly
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetnsKey::Cookie => "netns-cookie",
+            NetnsKey::IfindexOnly => "ifindex-only",
+        }
+    }
+}
+
+/// What one load cost.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    pub version: String,
+    /// Wall time of open + load (the verifier's work dominates).
+    pub load_time: Duration,
+    /// Instructions the verifier processed, over all programs.
+    pub verified_insns: u64,
+    /// True when another loader published the same version first and this load was dropped.
+    pub lost_race: bool,
+}
+
+/// Loads the object, pins it as `version` under `layout` and returns the report. Only tetherd
+/// calls this. The pins appear all at once (rename of a staging directory), so a crash at any
+/// point leaves either no version directory or a complete one.
+pub fn load_and_pin(layout: &PinLayout, version: &str) -> Result<LoadReport> {
+    layout.ensure_root()?;
+    let staging = layout.staging_dir(version);
+    pins::remove_tree(&staging)?;
+    pins::make_dir(&staging.join("progs"))?;
+    pins::make_dir(&staging.join("maps"))?;
+    let result = load_into(&staging, version);
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = pins::remove_tree(&staging);
+            return Err(e);
+        }
+    };
+    let target = layout.version_dir(version);
+    match fs::rename(&staging, &target) {
+        Ok(()) => Ok(report),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::ENOTEMPTY)) => {
+            pins::remove_tree(&staging)?;
+            Ok(LoadReport {
+                lost_race: true,
+                ..report
+            })
+        }
+        Err(e) => {
+            let _ = pins::remove_tree(&staging);
+            Err(Error::path("rename", &target, e))
+        }
+    }
+}
+
+fn load_into(staging: &std::path::Path, version: &str) -> Result<LoadReport> {
+    let started = Instant::now();
+    let mut object = MaybeUninit::uninit();
+    let mut open = TetherSkelBuilder::default()
+        .open(&mut object)
+        .map_err(|source| Error::Libbpf {
+            what: "open object",
+            source,
+        })?;
+    if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+        rodata.tc_netns_cookie = u32::from(NetnsKey::probe() == NetnsKey::Cookie);
+    }
+    let skel = open.load().map_err(|source| Error::Libbpf {
+        what: "load object (verifier)",
+        source,
+    })?;
+    let load_time = started.elapsed();
+    let progs: [(Prog, BorrowedFd<'_>); 8] = [
+        (Prog::CgroupIngress, skel.progs.tether_cg_ingress.as_fd()),
+        (Prog::CgroupEgress, skel.progs.tether_cg_egress.as_fd()),
+        (Prog::Connect4, skel.progs.tether_connect4.as_fd()),
+        (Prog::Connect6, skel.progs.tether_connect6.as_fd()),
+        (Prog::Sendmsg4, skel.progs.tether_sendmsg4.as_fd()),
+        (Prog::Sendmsg6, skel.progs.tether_sendmsg6.as_fd()),
+        (Prog::TcIngress, skel.progs.tether_tc_ingress.as_fd()),
+        (Prog::TcEgress, skel.progs.tether_tc_egress.as_fd()),
+    ];
+    let mut verified_insns = 0u64;
+    for (p, fd) in progs {
+        verified_insns += u64::from(sys::prog_info(fd)?.verified_insns);
+        sys::obj_pin(fd, &staging.join("progs").join(p.name()))?;
+    }
+    let maps: [(&str, BorrowedFd<'_>); 9] = [
+        ("containers", skel.maps.containers.as_fd()),
+        ("identities", skel.maps.identities.as_fd()),
+        ("cg_stats", skel.maps.cg_stats.as_fd()),
+        ("tc_ifaces", skel.maps.tc_ifaces.as_fd()),
+        ("tc_stats", skel.maps.tc_stats.as_fd()),
+        ("deny4", skel.maps.deny4.as_fd()),
+        ("deny6", skel.maps.deny6.as_fd()),
+        ("rates", skel.maps.rates.as_fd()),
+        ("events", skel.maps.events.as_fd()),
+    ];
+    for (name, fd) in maps {
+        sys::obj_pin(fd, &staging.join("maps").join(name))?;
+    }
+    Ok(LoadReport {
+        version: version.to_string(),
+        load_time,
+        verified_insns,
+        lost_race: false,
+    })
+}
+
+/// The pinned programs and maps of one version, opened and validated.
+#[derive(Debug)]
+pub struct Programs {
+    version: String,
+    progs: Vec<(Prog, OwnedFd, u32)>,
+    maps: Maps,
+    netns_key: NetnsKey,
+}
+
+impl Programs {
+    /// Opens the pins of `version`. `Error::NotLoaded` when the version directory does not
+    /// exist; `Error::Tampered` when a pin is missing or is not what tether pinned.
+    pub fn open(layout: &PinLayout, version: &str) -> Result<Self> {
+        let dir = layout.version_dir(version);
+        match fs::metadata(&dir) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::NotLoaded {
+                    version: version.to_string(),
+                    dir,
+                })
+            }
+            Err(e) => return Err(Error::path("stat", &dir, e)),
+        }
+        pins::check_private(&dir)?;
+        let mut progs = Vec::with_capacity(Prog::ALL.len());
+        for p in Prog::ALL {
+            let path = layout.prog(version, p.name());
+            let fd = open_pin(&path)?;
+            let info = sys::prog_info(fd.as_fd()).map_err(|_| Error::Tampered {
+                path: path.clone(),
+                reason: "not a program".into(),
+            })?;
+            // The kernel keeps the first 15 bytes of a program name.
+            let want: String = p.name().chars().take(15).collect();
+            if info.prog_type != p.prog_type() || info.name != want {
+                return Err(Error::Tampered {
+                    path,
+                    reason: format!(
+                        "program {:?} of type {}, expected {:?} of type {}",
+                        info.name,
+                        info.prog_type,
+                        want,
+                        p.prog_type()
+                    ),
+                });
+            }
+            progs.push((p, fd, info.id));
+        }
+        let ncpus = sys::possible_cpus()?;
+        let mut opened = Vec::with_capacity(MAPS.len());
+        for (name, ty, key, value) in MAPS {
+            let path = layout.map(version, name);
+            let fd = open_pin(&path)?;
+            let info = sys::map_info(fd.as_fd()).map_err(|_| Error::Tampered {
+                path: path.clone(),
+                reason: "not a map".into(),
+            })?;
+            if info.map_type != ty || info.key_size != key || info.value_size != value {
+                return Err(Error::Tampered {
+                    path,
+                    reason: format!(
+                        "map of type {} with {}-byte keys and {}-byte values, expected type {} \
+                         with {}-byte keys and {}-byte values",
+                        info.map_type, info.key_size, info.value_size, ty, key, value
+                    ),
+                });
+            }
+            opened.push(MapFd {
+                name,
+                fd,
+                max_entries: info.max_entries,
+            });
+        }
+        let mut it = opened.into_iter();
+        let mut next = || it.next().expect("MAPS has nine entries");
+        let maps = Maps {
+            containers: next(),
+            identities: next(),
+            cg_stats: next(),
+            tc_ifaces: next(),
+            tc_stats: next(),
+            deny4: next(),
+            deny6: next(),
+            rates: next(),
+            events: next(),
+            ncpus,
+        };
+        Ok(Programs {
+            version: version.to_string(),
+            progs,
+            maps,
+            netns_key: NetnsKey::probe(),
+        })
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    pub fn netns_key(&self) -> NetnsKey {
+        self.netns_key
+    }
+
+    pub(crate) fn fd(&self, p: Prog) -> BorrowedFd<'_> {
+        // Programs::open pushes every Prog in Prog::ALL order.
+        self.progs[p as usize].1.as_fd()
+    }
+
+    /// The kernel id of a program.
+    pub fn id(&self, p: Prog) -> u32 {
+        self.progs[p as usize].2
+    }
+
+    /// Kernel ids of all programs, in `Prog::ALL` order.
+    pub fn ids(&self) -> Vec<(Prog, u32)> {
+        self.progs.iter().map(|(p, _, id)| (*p, *id)).collect()
+    }
+
+    /// Kernel ids and pins of the maps.
+    pub fn map_ids(
+        &self,
+        layout: &PinLayout,
+    ) -> Result<Vec<(&'static str, u32, std::path::PathBuf)>> {
+        let m = &self.maps;
+        [
+            &m.containers,
+            &m.identities,
+            &m.cg_stats,
+            &m.tc_ifaces,
+            &m.tc_stats,
+            &m.deny4,
+            &m.deny6,
+            &m.rates,
+            &m.events,
+        ]
+        .into_iter()
+        .map(|f| {
+            let info = sys::map_info(f.fd.as_fd())?;
+            Ok((f.name, info.id, layout.map(&self.version, f.name)))
+        })
+        .collect()
+    }
+
+    /// Run time statistics of a program (they move while bpf stats are enabled).
+    pub fn run_stats(&self, p: Prog) -> Result<sys::ProgInfo> {
+        sys::prog_info(self.fd(p))
+    }
+
+    /// Runs a program once on `packet` (BPF_PROG_TEST_RUN) and returns its verdict.
+    pub fn test_run(&self, p: Prog, packet: &[u8]) -> Result<u32> {
+        sys::prog_test_run(self.fd(p), packet, None)
+    }
+
+    /// The events ring buffer's fd (for [`crate::events::EventReader`]).
+    pub(crate) fn events_fd(&self) -> BorrowedFd<'_> {
+        self.maps.events.fd.as_fd()
+    }
+}
+
+fn open_pin(path: &std::path::Path) -> Result<OwnedFd> {
+    sys::obj_get(path).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => Error::Tampered {
+            path: path.to_path_buf(),
+            reason: "missing".into(),
+        },
+        Some(libc::EINVAL) | Some(libc::EPERM) => Error::Tampered {
+            path: path.to_path_buf(),
+            reason: "not a bpf object".into(),
+        },
+        _ => e,
+    })
+}

@@ -1,0 +1,384 @@
+//! The programs against the real kernel: BPF_PROG_TEST_RUN on crafted packets, real connect()
+//! and sendmsg() from a process in a test cgroup, and real traffic over a veth pair.
+mod common;
+
+use std::os::fd::AsFd;
+
+use common::*;
+use tether_bpf::{container, Cidr, ContainerConfig, IfKey, Prog};
+
+/// Re-executed by [`spawn_probe`]; does nothing in a normal test run.
+#[test]
+fn probe_entry() {
+    if let Ok(p) = std::env::var("TETHER_PROBE") {
+        probe_main(&p);
+    }
+}
+
+/// An Ethernet + IPv4 + UDP packet to `dst` with `payload` bytes.
+fn ipv4_packet(dst: [u8; 4], payload: usize) -> Vec<u8> {
+    let mut p = vec![0u8; 14];
+    p[12] = 0x08; // ETH_P_IP
+    let total = 20 + 8 + payload;
+    let mut ip = vec![
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ];
+    ip.extend_from_slice(&[10, 0, 0, 1]);
+    ip.extend_from_slice(&dst);
+    p.extend_from_slice(&ip);
+    p.extend_from_slice(&[0x30, 0x39, 0, 9, 0, (8 + payload) as u8, 0, 0]);
+    p.extend(std::iter::repeat_n(0xab, payload));
+    p
+}
+
+/// An Ethernet + IPv6 + UDP packet to `dst`.
+fn ipv6_packet(dst: [u8; 16], payload: usize) -> Vec<u8> {
+    let mut p = vec![0u8; 14];
+    p[12] = 0x86;
+    p[13] = 0xdd; // ETH_P_IPV6
+    let plen = 8 + payload;
+    p.extend_from_slice(&[0x60, 0, 0, 0, (plen >> 8) as u8, plen as u8, 17, 64]);
+    p.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(&[0x30, 0x39, 0, 9, 0, plen as u8, 0, 0]);
+    p.extend(std::iter::repeat_n(0xab, payload));
+    p
+}
+
+/// In BPF_PROG_TEST_RUN the packet's socket belongs to no cgroup, which the kernel reports
+/// as the root cgroup (id 1).
+const TEST_RUN_CGROUP: u64 = 1;
+
+#[test]
+fn cgroup_skb_counts_and_enforces_without_traffic() {
+    let fs = Bpffs::new();
+    let progs = fs.load();
+    let maps = progs.maps();
+
+    // Untracked cgroup: pass, nothing counted.
+    let pkt = ipv4_packet([192, 0, 2, 7], 100);
+    assert_eq!(progs.test_run(Prog::CgroupEgress, &pkt).unwrap(), 1);
+    assert_eq!(maps.cgroup_counters(TEST_RUN_CGROUP).unwrap().tx_packets, 0);
+
+    maps.set_container(TEST_RUN_CGROUP, &ContainerConfig::default(), "test", "c1")
+        .unwrap();
+    maps.add_deny(TEST_RUN_CGROUP, &"192.0.2.0/24".parse::<Cidr>().unwrap())
+        .unwrap();
+    maps.add_deny(TEST_RUN_CGROUP, &"2001:db8::/32".parse::<Cidr>().unwrap())
+        .unwrap();
+
+    // Allowed destination: passes and is counted (cgroup_skb sees from the IP header on).
+    let ok = ipv4_packet([198, 51, 100, 1], 100);
+    assert_eq!(progs.test_run(Prog::CgroupEgress, &ok).unwrap(), 1);
+    assert_eq!(progs.test_run(Prog::CgroupIngress, &ok).unwrap(), 1);
+    let c = maps.cgroup_counters(TEST_RUN_CGROUP).unwrap();
+    assert_eq!((c.tx_packets, c.rx_packets), (1, 1));
+    assert_eq!(c.tx_bytes, (ok.len() - 14) as u64);
+
+    // Denied: IPv4 and IPv6, dropped and counted, not counted as sent.
+    assert_eq!(progs.test_run(Prog::CgroupEgress, &pkt).unwrap(), 0);
+    let v6 = ipv6_packet(
+        [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9],
+        40,
+    );
+    assert_eq!(progs.test_run(Prog::CgroupEgress, &v6).unwrap(), 0);
+    let v6_ok = ipv6_packet([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], 40);
+    assert_eq!(progs.test_run(Prog::CgroupEgress, &v6_ok).unwrap(), 1);
+    let c = maps.cgroup_counters(TEST_RUN_CGROUP).unwrap();
+    assert_eq!(c.drops, 2);
+    assert_eq!(c.tx_packets, 2);
+
+    // Policy off: the same packet passes.
+    let off = ContainerConfig {
+        policy: false,
+        ..ContainerConfig::default()
+    };
+    maps.set_container(TEST_RUN_CGROUP, &off, "test", "c1")
+        .unwrap();
+    assert_eq!(progs.test_run(Prog::CgroupEgress, &pkt).unwrap(), 1);
+
+    // Removing the container removes every entry.
+    assert!(maps.remove_container(TEST_RUN_CGROUP).unwrap() >= 4);
+    assert!(maps.known_cgroups().unwrap().is_empty());
+    assert!(maps.deny_rules(TEST_RUN_CGROUP).unwrap().is_empty());
+}
+
+#[test]
+fn tc_counts_per_interface_and_drops_denied() {
+    let fs = Bpffs::new();
+    let progs = fs.load();
+    let maps = progs.maps();
+    let cookie = match progs.netns_key() {
+        tether_bpf::NetnsKey::Cookie => tether_bpf::sys::current_netns_cookie().unwrap(),
+        tether_bpf::NetnsKey::IfindexOnly => 0,
+    };
+    // BPF_PROG_TEST_RUN runs on the loopback device (ifindex 1) of the caller's namespace.
+    let key = IfKey::new(cookie, 1);
+    let pkt = ipv4_packet([203, 0, 113, 5], 64);
+    assert_eq!(progs.test_run(Prog::TcEgress, &pkt).unwrap(), u32::MAX); // TC_ACT_UNSPEC
+    assert_eq!(maps.iface_counters(key).unwrap().tx_packets, 0);
+
+    maps.set_container(42, &ContainerConfig::default(), "test", "tc")
+        .unwrap();
+    maps.set_iface(key, 42).unwrap();
+    // Another namespace's interface with the same ifindex has its own counters.
+    let other = IfKey::new(cookie.wrapping_add(1), 1);
+    maps.set_iface(other, 42).unwrap();
+
+    assert_eq!(progs.test_run(Prog::TcEgress, &pkt).unwrap(), u32::MAX);
+    assert_eq!(progs.test_run(Prog::TcIngress, &pkt).unwrap(), u32::MAX);
+    let c = maps.iface_counters(key).unwrap();
+    assert_eq!((c.tx_packets, c.rx_packets), (1, 1));
+    assert_eq!(c.tx_bytes, pkt.len() as u64);
+    if cookie != 0 {
+        assert_eq!(maps.iface_counters(other).unwrap(), Default::default());
+    }
+
+    maps.add_deny(42, &"203.0.113.0/24".parse().unwrap())
+        .unwrap();
+    assert_eq!(progs.test_run(Prog::TcEgress, &pkt).unwrap(), 2); // TC_ACT_SHOT
+    let v6 = ipv6_packet([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x99], 10);
+    assert_eq!(progs.test_run(Prog::TcEgress, &v6).unwrap(), u32::MAX);
+    maps.add_deny(42, &"fd00::99".parse().unwrap()).unwrap();
+    assert_eq!(progs.test_run(Prog::TcEgress, &v6).unwrap(), 2);
+    // Ingress is never subject to the egress policy.
+    assert_eq!(progs.test_run(Prog::TcIngress, &pkt).unwrap(), u32::MAX);
+    assert_eq!(maps.iface_counters(key).unwrap().drops, 2);
+}
+
+#[test]
+fn connect_and_sendmsg_are_denied_in_the_cgroup() {
+    let fs = Bpffs::new();
+    let progs = fs.load();
+    let cg = TestCgroup::new();
+    let dir = cg.open();
+    let deny = [
+        "127.0.0.2/32".parse::<Cidr>().unwrap(),
+        "::1/128".parse::<Cidr>().unwrap(),
+    ];
+    let attached = container::attach_cgroup(
+        &progs,
+        &fs.layout,
+        "test",
+        "deny",
+        dir.as_fd(),
+        &ContainerConfig::default(),
+        &deny,
+    )
+    .unwrap();
+    assert_eq!(attached.links.len(), 6);
+
+    // Nothing listens on port 9: allowed → refused, denied → EPERM.
+    let r = probe_result(&spawn_probe(None, Some(&cg), "connect 127.0.0.2:9"));
+    assert_eq!(r, "permission denied:1", "connect4 to a denied address");
+    let r = probe_result(&spawn_probe(None, Some(&cg), "connect 127.0.0.3:9"));
+    assert_eq!(r, "connection refused:111");
+    let r = probe_result(&spawn_probe(None, Some(&cg), "connect [::1]:9"));
+    assert_eq!(r, "permission denied:1", "connect6");
+    let r = probe_result(&spawn_probe(None, Some(&cg), "sendto 127.0.0.2:9 3"));
+    assert_eq!(r, "permission denied:1", "sendmsg4");
+    let r = probe_result(&spawn_probe(
+        None,
+        Some(&cg),
+        "sendto [::ffff:127.0.0.2]:9 1",
+    ));
+    assert_eq!(
+        r, "permission denied:1",
+        "sendmsg6 to an IPv4-mapped denied address"
+    );
+    // Outside the cgroup nothing is denied.
+    let r = probe_result(&spawn_probe(None, None, "connect 127.0.0.2:9"));
+    assert_eq!(r, "connection refused:111");
+
+    let c = progs.maps().cgroup_counters(attached.cgroup_id).unwrap();
+    assert_eq!(c.denials, 2 + 3 + 1, "{c:?}");
+
+    let d = container::detach(&progs, &fs.layout, "test", "deny").unwrap();
+    assert_eq!(d.links, 6);
+    assert_eq!(d.counters.denials, 6);
+    assert!(progs.maps().known_cgroups().unwrap().is_empty());
+    assert!(!fs.layout.container_dir("test", "deny").unwrap().exists());
+    // Detached: the same probe is no longer denied.
+    let r = probe_result(&spawn_probe(None, Some(&cg), "connect 127.0.0.2:9"));
+    assert_eq!(r, "connection refused:111");
+}
+
+#[test]
+fn veth_traffic_is_counted_per_container_and_interface() {
+    let fs = Bpffs::new();
+    let progs = fs.load();
+    let pair = VethPair::new();
+    let cg = TestCgroup::new();
+    let attached = container::attach_cgroup(
+        &progs,
+        &fs.layout,
+        "test",
+        "veth",
+        cg.open().as_fd(),
+        &ContainerConfig::default(),
+        &[],
+    )
+    .unwrap();
+    let ifaces = container::attach_netns(
+        &progs,
+        &fs.layout,
+        "test",
+        "veth",
+        attached.cgroup_id,
+        pair.a.open().as_fd(),
+    )
+    .unwrap();
+    assert_eq!(ifaces.len(), 1, "{ifaces:?}");
+    assert_eq!(ifaces[0].name, "veth0");
+    assert_eq!(ifaces[0].key.ifindex, pair.a.ifindex("veth0"));
+    // The receiving side is a second container whose veth0 has the same ifindex.
+    let cg_b = TestCgroup::new();
+    let b = container::attach_cgroup(
+        &progs,
+        &fs.layout,
+        "test",
+        "veth-b",
+        cg_b.open().as_fd(),
+        &ContainerConfig::default(),
+        &[],
+    )
+    .unwrap();
+    let ifaces_b = container::attach_netns(
+        &progs,
+        &fs.layout,
+        "test",
+        "veth-b",
+        b.cgroup_id,
+        pair.b.open().as_fd(),
+    )
+    .unwrap();
+    assert_eq!(ifaces_b[0].key.ifindex, ifaces[0].key.ifindex);
+    if progs.netns_key() == tether_bpf::NetnsKey::Cookie {
+        assert_ne!(ifaces_b[0].key, ifaces[0].key);
+    }
+    // Idempotent: nothing new to attach.
+    assert!(container::attach_netns(
+        &progs,
+        &fs.layout,
+        "test",
+        "veth",
+        attached.cgroup_id,
+        pair.a.open().as_fd()
+    )
+    .unwrap()
+    .is_empty());
+
+    const N: u64 = 25;
+    let target = format!("{}:9", pair.addr_b);
+    let r = probe_result(&spawn_probe(
+        Some(&pair.a),
+        Some(&cg),
+        &format!("sendto {target} {N}"),
+    ));
+    assert_eq!(r, "sent");
+
+    let maps = progs.maps();
+    let cgc = maps.cgroup_counters(attached.cgroup_id).unwrap();
+    assert_eq!(
+        cgc.tx_packets, N,
+        "cgroup egress counts exactly the datagrams sent"
+    );
+    assert_eq!(cgc.tx_bytes, N * (20 + 8 + 100));
+    let tc = maps.iface_counters(ifaces[0].key).unwrap();
+    // TC also sees ARP (and maybe IPv6 neighbour discovery): at least N, a few more at most.
+    assert!(tc.tx_packets >= N && tc.tx_packets <= N + 10, "{tc:?}");
+    assert!(tc.tx_bytes >= N * (14 + 20 + 8 + 100), "{tc:?}");
+    assert!(
+        tc.rx_packets >= 1,
+        "replies (ARP, ICMP unreachable) arrive: {tc:?}"
+    );
+    let tc_b = maps.iface_counters(ifaces_b[0].key).unwrap();
+    assert!(
+        tc_b.rx_packets >= N && tc_b.rx_packets <= N + 10,
+        "{tc_b:?}"
+    );
+    assert!(
+        tc_b.tx_packets >= 1 && tc_b.tx_packets < N,
+        "b only replies: {tc_b:?}"
+    );
+    container::detach(&progs, &fs.layout, "test", "veth-b").unwrap();
+
+    // Packet-level policy at TC: a process outside the tracked cgroup is dropped at veth0.
+    maps.add_deny(attached.cgroup_id, &pair.addr_b.parse().unwrap())
+        .unwrap();
+    let before = maps.iface_counters(ifaces[0].key).unwrap();
+    let r = probe_result(&spawn_probe(
+        Some(&pair.a),
+        None,
+        &format!("sendto {target} 5"),
+    ));
+    assert_eq!(r, "sent");
+    let after = maps.iface_counters(ifaces[0].key).unwrap();
+    assert_eq!(after.drops - before.drops, 5, "{after:?}");
+
+    let d = container::detach(&progs, &fs.layout, "test", "veth").unwrap();
+    assert_eq!(d.links, 6 + 2);
+    assert_eq!(d.interfaces.len(), 1);
+    assert!(maps.ifaces().unwrap().is_empty());
+}
+
+#[test]
+fn pins_are_validated_on_open() {
+    let fs = Bpffs::new();
+    let _progs = fs.load();
+    let v = tether_bpf::VERSION;
+    // A map pinned where a program belongs.
+    let prog_pin = fs.layout.prog(v, Prog::Connect4.name());
+    std::fs::remove_file(&prog_pin).unwrap();
+    let err = tether_bpf::Programs::open(&fs.layout, v).unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
+    let wrong = fs.layout.map(v, "containers");
+    let mut m = libbpf_rs::MapHandle::from_pinned_path(&wrong).unwrap();
+    m.pin(&prog_pin).unwrap();
+    let err = tether_bpf::Programs::open(&fs.layout, v)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not tether's"), "{err}");
+    assert!(err.contains("tether_connect4"), "{err}");
+}
+
+#[test]
+fn load_is_atomic_and_adoptable() {
+    let fs = Bpffs::new();
+    let report = tether_bpf::programs::load_and_pin(&fs.layout, tether_bpf::VERSION).unwrap();
+    assert!(!report.lost_race);
+    assert!(report.verified_insns > 0);
+    assert_eq!(
+        fs.layout.versions().unwrap(),
+        vec![tether_bpf::VERSION.to_string()]
+    );
+    assert!(fs.layout.staging_dirs().unwrap().is_empty());
+    let a = tether_bpf::Programs::open(&fs.layout, tether_bpf::VERSION).unwrap();
+    // A second load of the same version loses the race and leaves the first pins in place.
+    let again = tether_bpf::programs::load_and_pin(&fs.layout, tether_bpf::VERSION).unwrap();
+    assert!(again.lost_race);
+    let b = tether_bpf::Programs::open(&fs.layout, tether_bpf::VERSION).unwrap();
+    assert_eq!(a.ids(), b.ids());
+}
+
+#[test]
+fn missing_bpffs_is_a_clear_error() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = tether_bpf::PinLayout::new(dir.path().join("tether"));
+    let err = tether_bpf::programs::load_and_pin(&layout, tether_bpf::VERSION)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not on a bpf file system"), "{err}");
+}
