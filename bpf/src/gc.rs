@@ -32,8 +32,10 @@ pub fn collect(
     let listed = container::list(layout)?;
     let mut live_cgroups = HashSet::new();
     let mut live_progs = HashSet::new();
+    let mut dead = HashSet::new();
     for c in &listed {
         if c.is_stale() {
+            dead.insert((c.namespace.clone(), c.id.clone()));
             report.containers.push(format!("{}/{}", c.namespace, c.id));
             if !dry_run {
                 container::remove_dir_links(&c.dir)?;
@@ -56,10 +58,13 @@ pub fn collect(
         .unwrap_or(0);
     for p in versions {
         let maps = p.maps();
+        // A young entry may belong to a container between writing its entries and pinning
+        // its links; it is kept unless its container was just found stale.
         let young: HashSet<u64> = maps
             .identities()?
             .into_iter()
             .filter(|(_, i)| now.saturating_sub(i.attached_ns) < GRACE.as_nanos() as u64)
+            .filter(|(_, i)| !dead.contains(&(i.namespace.clone(), i.id.clone())))
             .map(|(cg, _)| cg)
             .collect();
         for cg in maps.known_cgroups()? {

@@ -10,11 +10,14 @@ use crate::error::{Error, Result};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/tether/config.toml";
 
-#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub runc: RuncSection,
+    /// tetherd's section of the same file: tetherd validates it.
+    #[serde(default, rename = "broker")]
+    pub _broker: Option<toml::Table>,
 }
 
 /// How to run runc; the runtime options containerd passes override each key.

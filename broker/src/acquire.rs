@@ -1,0 +1,199 @@
+//! Single-flight Acquire: per object version, at most one `adopt`/`load` runs at a time,
+//! and once a version is known to be pinned every later Acquire is answered from memory.
+//! Owns the `loads` and `acquires` counters.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OnceCell;
+
+use crate::backend::Backend;
+use crate::error::BackendError;
+use crate::types::{AcquireReply, Acquired};
+
+/// Runs a blocking backend call on tokio's blocking pool; a panic in the backend
+/// becomes `BackendError::Crashed`.
+pub async fn blocking<T, F>(call: &'static str, f: F) -> Result<T, BackendError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, BackendError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| BackendError::Crashed { call })?
+}
+
+/// Pinned versions known to this tetherd, with single-flight loading.
+pub struct Acquirer {
+    backend: Arc<dyn Backend>,
+    versions: Mutex<HashMap<String, Arc<OnceCell<Acquired>>>>,
+    loads: AtomicU64,
+    acquires: AtomicU64,
+}
+
+/// A version must be usable as one directory name under the pin root.
+fn check_version(v: &str) -> Result<(), BackendError> {
+    let ok = !v.is_empty()
+        && v != "."
+        && v != ".."
+        && v.len() <= 128
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(BackendError::BadVersion(v.to_string()))
+    }
+}
+
+impl Acquirer {
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Acquirer {
+            backend,
+            versions: Mutex::new(HashMap::new()),
+            loads: AtomicU64::new(0),
+            acquires: AtomicU64::new(0),
+        }
+    }
+
+    /// Loads performed by this tetherd.
+    pub fn loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
+    }
+
+    /// Acquire calls served by this tetherd.
+    pub fn acquires(&self) -> u64 {
+        self.acquires.load(Ordering::Relaxed)
+    }
+
+    fn cell(&self, version: &str) -> Arc<OnceCell<Acquired>> {
+        let mut map = self
+            .versions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.entry(version.to_string()).or_default().clone()
+    }
+
+    /// Returns the pins of `version` (empty: the backend's own), adopting existing pins
+    /// or loading them. Concurrent callers for one version share one adopt/load.
+    pub async fn acquire(&self, version: &str) -> Result<AcquireReply, BackendError> {
+        self.acquires.fetch_add(1, Ordering::Relaxed);
+        let version = if version.is_empty() {
+            self.backend.version()
+        } else {
+            version.to_string()
+        };
+        check_version(&version)?;
+        let cell = self.cell(&version);
+        if let Some(a) = cell.get() {
+            return Ok(AcquireReply {
+                acquired: a.clone(),
+                loaded_now: false,
+            });
+        }
+        let loaded_here = AtomicBool::new(false);
+        let acquired = cell
+            .get_or_try_init(|| async {
+                let backend = self.backend.clone();
+                let v = version.clone();
+                if let Some(a) = blocking("adopt", move || backend.adopt(&v)).await? {
+                    log::info!("adopted pins of version {version} at {}", a.pin_dir);
+                    return Ok(a);
+                }
+                let backend = self.backend.clone();
+                let v = version.clone();
+                let a = blocking("load", move || backend.load(&v)).await?;
+                self.loads.fetch_add(1, Ordering::Relaxed);
+                loaded_here.store(true, Ordering::Relaxed);
+                log::info!("loaded version {version}, pinned at {}", a.pin_dir);
+                Ok::<_, BackendError>(a)
+            })
+            .await?;
+        Ok(AcquireReply {
+            acquired: acquired.clone(),
+            loaded_now: loaded_here.load(Ordering::Relaxed),
+        })
+    }
+
+    /// At start-up: adopts the current version's pins if they exist, without loading.
+    /// Returns whether pins were adopted.
+    pub async fn adopt_current(&self) -> Result<bool, BackendError> {
+        let version = self.backend.version();
+        let backend = self.backend.clone();
+        let v = version.clone();
+        match blocking("adopt", move || backend.adopt(&v)).await? {
+            Some(a) => {
+                log::info!("adopted pins of version {version} at {}", a.pin_dir);
+                // A concurrent Acquire may have filled the cell first; either is fine.
+                let _ = self.cell(&version).set(a);
+                Ok(true)
+            }
+            None => {
+                log::info!("no pins of version {version} yet; loading on first Acquire");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Forgets versions whose pins were removed, so the next Acquire adopts or loads again.
+    pub fn forget(&self, versions: &[String]) {
+        let mut map = self
+            .versions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for v in versions {
+            map.remove(v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::testing::{FakeBackend, FAKE_VERSION};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fifty_concurrent_acquires_load_once() {
+        let fake = Arc::new(FakeBackend::new());
+        let acq = Arc::new(Acquirer::new(fake.clone()));
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let acq = acq.clone();
+                tokio::spawn(async move { acq.acquire("").await })
+            })
+            .collect();
+        let mut loaded_now = 0;
+        for t in tasks {
+            let r = t.await.unwrap().unwrap();
+            assert_eq!(r.acquired.version, FAKE_VERSION);
+            loaded_now += usize::from(r.loaded_now);
+        }
+        assert_eq!(fake.loads(), 1);
+        assert_eq!(loaded_now, 1);
+        assert_eq!(acq.loads(), 1);
+        assert_eq!(acq.acquires(), 50);
+    }
+
+    #[tokio::test]
+    async fn adopts_existing_pins_without_loading() {
+        let fake = Arc::new(FakeBackend::new());
+        fake.pin(FAKE_VERSION);
+        let acq = Acquirer::new(fake.clone());
+        assert!(acq.adopt_current().await.unwrap());
+        let r = acq.acquire(FAKE_VERSION).await.unwrap();
+        assert!(!r.loaded_now);
+        assert_eq!(fake.loads(), 0);
+    }
+
+    #[tokio::test]
+    async fn rejects_path_like_versions() {
+        let acq = Acquirer::new(Arc::new(FakeBackend::new()));
+        for bad in ["..", "a/b", "x y"] {
+            assert!(matches!(
+                acq.acquire(bad).await,
+                Err(BackendError::BadVersion(_))
+            ));
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! The real backend: tetherd's view of tether-bpf. It loads and pins the object (the only
+//! caller of `load_and_pin` on a node), opens the pins of every version under the pin root,
+//! and reads containers, counters and audit events out of them.
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tether_bpf::events::{Event, EventReader};
+use tether_bpf::{container, gc, programs, NetnsKey, PinLayout, Programs};
+
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::error::BackendError;
+use crate::types::{
+    Acquired, AttachmentInfo, AuditEvent, ContainerInfo, ContainerStatsInfo, Counters, GcReport,
+    InterfaceStatsInfo, ObjInfo, VersionInfo,
+};
+
+/// Opens the backend over the configured pin root.
+pub fn open(config: &Config) -> Result<Arc<dyn Backend>, BackendError> {
+    Ok(Arc::new(BpfBackend::new(PinLayout::new(&config.pin_root))))
+}
+
+/// tetherd's backend over tether-bpf.
+pub struct BpfBackend {
+    layout: PinLayout,
+    /// The opened pins of this build's version, once adopted or loaded.
+    current: Mutex<Option<Arc<Programs>>>,
+}
+
+impl From<tether_bpf::Error> for BackendError {
+    fn from(e: tether_bpf::Error) -> Self {
+        use tether_bpf::Error as E;
+        match e {
+            E::Syscall { call, source } => BackendError::Kernel { call, source },
+            E::Path { op, path, source } => BackendError::Io {
+                what: op,
+                path,
+                source,
+            },
+            E::Libbpf { what, source } => BackendError::Kernel {
+                call: what,
+                source: io::Error::other(source.to_string()),
+            },
+            E::NoBpffs { path, reason } => BackendError::Pins { path, reason },
+            E::NotLoaded { version, dir } => BackendError::Pins {
+                path: dir,
+                reason: format!("version {version} is not pinned"),
+            },
+            E::Tampered { path, reason } => BackendError::Tampered { path, reason },
+            E::MapFull { map, max_entries } => BackendError::MapFull {
+                map: format!("{map} ({max_entries} entries)"),
+            },
+            other @ (E::Cidr { .. } | E::Name { .. }) => BackendError::NotFound(other.to_string()),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl BpfBackend {
+    pub fn new(layout: PinLayout) -> Self {
+        BpfBackend {
+            layout,
+            current: Mutex::new(None),
+        }
+    }
+
+    fn acquired(&self, p: &Programs) -> Result<Acquired, BackendError> {
+        let v = p.version();
+        let programs = p
+            .ids()
+            .into_iter()
+            .map(|(prog, id)| ObjInfo {
+                name: prog.name().to_string(),
+                id,
+                pin: self.layout.prog(v, prog.name()).display().to_string(),
+                kind: prog_kind(prog).to_string(),
+            })
+            .collect();
+        let maps = p
+            .map_ids(&self.layout)?
+            .into_iter()
+            .map(|(name, id, pin)| ObjInfo {
+                name: name.to_string(),
+                id,
+                pin: pin.display().to_string(),
+                kind: "map".into(),
+            })
+            .collect();
+        Ok(Acquired {
+            version: v.to_string(),
+            pin_dir: self.layout.version_dir(v).display().to_string(),
+            programs,
+            maps,
+        })
+    }
+
+    /// Every version under the pin root that opens cleanly.
+    fn opened(&self) -> Result<Vec<Programs>, BackendError> {
+        let mut out = Vec::new();
+        for v in self.layout.versions()? {
+            match Programs::open(&self.layout, &v) {
+                Ok(p) => out.push(p),
+                Err(e) => log::warn!("version {v}: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    fn current(&self) -> Option<Arc<Programs>> {
+        if let Some(p) = lock(&self.current).as_ref() {
+            return Some(Arc::clone(p));
+        }
+        let p = Arc::new(Programs::open(&self.layout, tether_bpf::VERSION).ok()?);
+        *lock(&self.current) = Some(Arc::clone(&p));
+        Some(p)
+    }
+
+    /// Staging directories of loaders that are gone (killed mid-load).
+    fn remove_dead_staging(&self) -> Result<(), BackendError> {
+        for dir in self.layout.staging_dirs()? {
+            let pid = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.rsplit('-').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+                && pid != Some(std::process::id());
+            if !alive {
+                log::info!("removing unfinished load {}", dir.display());
+                std::fs::remove_dir_all(&dir).map_err(|source| BackendError::Io {
+                    what: "remove",
+                    path: dir.clone(),
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn prog_kind(p: tether_bpf::Prog) -> &'static str {
+    use tether_bpf::Prog::*;
+    match p {
+        CgroupIngress | CgroupEgress => "cgroup_skb",
+        Connect4 | Connect6 | Sendmsg4 | Sendmsg6 => "cgroup_sock_addr",
+        TcIngress | TcEgress => "tc",
+    }
+}
+
+fn counters(c: &tether_bpf::Counters) -> Counters {
+    Counters {
+        rx_packets: c.rx_packets,
+        rx_bytes: c.rx_bytes,
+        tx_packets: c.tx_packets,
+        tx_bytes: c.tx_bytes,
+        drops: c.drops,
+        denials: c.denials,
+        events_lost: c.events_lost,
+    }
+}
+
+/// Attachment details from a pin name: `cgroup_<prog>` or `tc_<ifindex>_<direction>`.
+fn attachment(pin: &str, info: &tether_bpf::sys::LinkInfo) -> AttachmentInfo {
+    if let Some(prog) = pin.strip_prefix("cgroup_") {
+        AttachmentInfo {
+            program: prog.to_string(),
+            kind: "cgroup".into(),
+            target: format!("cgroup:{}", info.cgroup_id),
+            link_id: info.id,
+            prog_id: info.prog_id,
+        }
+    } else {
+        let dir = pin.rsplit('_').next().unwrap_or("");
+        AttachmentInfo {
+            program: format!("tether_tc_{dir}"),
+            kind: "tcx".into(),
+            target: format!("ifindex:{}", info.ifindex),
+            link_id: info.id,
+            prog_id: info.prog_id,
+        }
+    }
+}
+
+thread_local! {
+    /// The ring buffer reader of the thread that polls (it is not `Send`).
+    static READER: RefCell<Option<EventReader>> = const { RefCell::new(None) };
+}
+
+impl Backend for BpfBackend {
+    fn version(&self) -> String {
+        tether_bpf::VERSION.to_string()
+    }
+
+    fn adopt(&self, version: &str) -> Result<Option<Acquired>, BackendError> {
+        match Programs::open(&self.layout, version) {
+            Ok(p) => {
+                let a = self.acquired(&p)?;
+                if version == tether_bpf::VERSION {
+                    *lock(&self.current) = Some(Arc::new(p));
+                }
+                Ok(Some(a))
+            }
+            Err(tether_bpf::Error::NotLoaded { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn load(&self, version: &str) -> Result<Acquired, BackendError> {
+        if version != tether_bpf::VERSION {
+            return Err(BackendError::NotFound(format!(
+                "object version {version} (this tetherd carries {})",
+                tether_bpf::VERSION
+            )));
+        }
+        self.layout.ensure_root()?;
+        self.remove_dead_staging()?;
+        let report = programs::load_and_pin(&self.layout, version)?;
+        log::info!(
+            "loaded version {version} in {:?} ({} instructions verified){}",
+            report.load_time,
+            report.verified_insns,
+            if report.lost_race {
+                ", another loader was first"
+            } else {
+                ""
+            }
+        );
+        let p = Programs::open(&self.layout, version)?;
+        let a = self.acquired(&p)?;
+        *lock(&self.current) = Some(Arc::new(p));
+        Ok(a)
+    }
+
+    fn versions(&self) -> Result<Vec<VersionInfo>, BackendError> {
+        let listed = container::list(&self.layout)?;
+        let mut out = Vec::new();
+        for v in self.layout.versions()? {
+            let dir = self.layout.version_dir(&v).display().to_string();
+            match Programs::open(&self.layout, &v) {
+                Ok(p) => {
+                    let ids: Vec<u32> = p.ids().into_iter().map(|(_, id)| id).collect();
+                    let used = listed
+                        .iter()
+                        .filter(|c| c.links.iter().any(|(_, l)| ids.contains(&l.prog_id)))
+                        .count();
+                    let a = self.acquired(&p)?;
+                    out.push(VersionInfo {
+                        version: v,
+                        pin_dir: dir,
+                        programs: a.programs,
+                        maps: a.maps,
+                        containers: u32::try_from(used).unwrap_or(u32::MAX),
+                        problem: None,
+                    });
+                }
+                Err(e) => out.push(VersionInfo {
+                    version: v,
+                    pin_dir: dir,
+                    problem: Some(e.to_string()),
+                    ..Default::default()
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    fn containers(&self) -> Result<Vec<ContainerInfo>, BackendError> {
+        let versions = self.opened()?;
+        let mut out = Vec::new();
+        for c in container::list(&self.layout)? {
+            let cgroup_id = c
+                .links
+                .iter()
+                .map(|(_, l)| l.cgroup_id)
+                .find(|id| *id != 0)
+                .unwrap_or(0);
+            let version = versions
+                .iter()
+                .find(|p| {
+                    p.ids()
+                        .iter()
+                        .any(|(_, id)| c.links.iter().any(|(_, l)| l.prog_id == *id))
+                })
+                .map(|p| p.version().to_string())
+                .unwrap_or_default();
+            out.push(ContainerInfo {
+                stale: c.is_stale(),
+                attachments: c.links.iter().map(|(n, l)| attachment(n, l)).collect(),
+                id: c.id,
+                namespace: c.namespace,
+                cgroup_id,
+                version,
+            });
+        }
+        Ok(out)
+    }
+
+    fn stats(&self) -> Result<Vec<ContainerStatsInfo>, BackendError> {
+        let mut out = Vec::new();
+        for p in self.opened()? {
+            let maps = p.maps();
+            let ifaces = maps.ifaces()?;
+            for (cg, ident) in maps.identities()? {
+                let cgroup = counters(&maps.cgroup_counters(cg)?);
+                let mut total = cgroup;
+                let mut interfaces = Vec::new();
+                for (k, _) in ifaces.iter().filter(|(_, owner)| *owner == cg) {
+                    let c = counters(&maps.iface_counters(*k)?);
+                    interfaces.push(InterfaceStatsInfo {
+                        name: format!("if{}", k.ifindex),
+                        ifindex: k.ifindex,
+                        netns_cookie: k.netns_cookie,
+                        counters: c,
+                    });
+                    // Packets and bytes are counted at both layers; the total takes the
+                    // cgroup's, and adds the packet-level drops that only TC sees.
+                    total.drops += c.drops;
+                }
+                out.push(ContainerStatsInfo {
+                    id: ident.id,
+                    namespace: ident.namespace,
+                    cgroup_id: cg,
+                    cgroup,
+                    interfaces,
+                    total,
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));
+        Ok(out)
+    }
+
+    fn gc(&self, dry_run: bool) -> Result<GcReport, BackendError> {
+        let versions = self.opened()?;
+        let r = gc::collect(&self.layout, &versions, tether_bpf::VERSION, dry_run)?;
+        if !dry_run && r.versions.iter().any(|v| v == tether_bpf::VERSION) {
+            *lock(&self.current) = None;
+        }
+        Ok(GcReport {
+            removed_containers: r.containers,
+            removed_versions: r.versions,
+            removed_map_entries: u32::try_from(r.map_entries).unwrap_or(u32::MAX),
+        })
+    }
+
+    fn poll_events(&self, timeout: Duration) -> Result<Vec<AuditEvent>, BackendError> {
+        let Some(programs) = self.current() else {
+            std::thread::sleep(timeout);
+            return Ok(Vec::new());
+        };
+        let events = READER.with(|cell| -> Result<Vec<Event>, BackendError> {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(EventReader::new(&programs)?);
+            }
+            match slot.as_mut() {
+                Some(r) => Ok(r.poll(timeout)?),
+                None => Ok(Vec::new()),
+            }
+        })?;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: HashMap<u64, tether_bpf::maps::Identity> =
+            programs.maps().identities()?.into_iter().collect();
+        // Events carry CLOCK_MONOTONIC times; the log wants wall-clock times.
+        let offset = wall_minus_monotonic();
+        Ok(events
+            .into_iter()
+            .map(|e| {
+                let who = names.get(&e.cgroup_id);
+                AuditEvent {
+                    ts_ns: e.ts_ns.wrapping_add(offset),
+                    id: who.map(|w| w.id.clone()).unwrap_or_default(),
+                    namespace: who.map(|w| w.namespace.clone()).unwrap_or_default(),
+                    cgroup_id: e.cgroup_id,
+                    kind: e.kind.as_str().to_string(),
+                    family: if e.daddr.is_ipv4() { "ipv4" } else { "ipv6" }.into(),
+                    protocol: match e.protocol {
+                        6 => "tcp".into(),
+                        17 => "udp".into(),
+                        1 => "icmp".into(),
+                        58 => "icmpv6".into(),
+                        n => n.to_string(),
+                    },
+                    daddr: e.daddr.to_string(),
+                    dport: e.dport,
+                    pid: e.pid,
+                    ifindex: e.ifindex,
+                }
+            })
+            .collect())
+    }
+
+    fn netns_cookie_mode(&self) -> String {
+        NetnsKey::probe().as_str().to_string()
+    }
+}
+
+fn wall_minus_monotonic() -> u64 {
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0);
+    wall.wrapping_sub(mono)
+}

@@ -1,0 +1,312 @@
+//! tetherd's configuration: the `[broker]` table of tether's node config file
+//! (`/etc/tether/config.toml` by default) overlaid with command-line flags. The shim's
+//! tables (`runc`, `attach`, `defaults`) are accepted and ignored here.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::Error;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/tether/config.toml";
+pub const DEFAULT_SOCKET: &str = "/run/tether/tetherd.sock";
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/tether";
+pub const DEFAULT_AUDIT_LOG: &str = "/var/log/tether/audit.jsonl";
+pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 64 << 20;
+
+/// Where tetherd serves Prometheus metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum MetricsAddr {
+    #[default]
+    Off,
+    /// A unix socket path (`unix:/path`).
+    Unix(PathBuf),
+    /// A loopback TCP address (`127.0.0.1:9464`, `[::1]:9464`).
+    Tcp(SocketAddr),
+}
+
+impl MetricsAddr {
+    /// Parses `off`, `unix:/path` or a loopback `ip:port`; any other address is refused.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        if value == "off" {
+            return Ok(MetricsAddr::Off);
+        }
+        if let Some(path) = value.strip_prefix("unix:") {
+            if !path.starts_with('/') {
+                return Err(format!(
+                    "metrics {value:?}: unix socket path must be absolute"
+                ));
+            }
+            return Ok(MetricsAddr::Unix(PathBuf::from(path)));
+        }
+        let addr: SocketAddr = value.parse().map_err(|_| {
+            format!("metrics {value:?}: expected \"off\", \"unix:/path\" or a loopback ip:port")
+        })?;
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "metrics {value:?}: {} is not a loopback address; metrics are only served on loopback or a unix socket",
+                addr.ip()
+            ));
+        }
+        Ok(MetricsAddr::Tcp(addr))
+    }
+}
+
+impl fmt::Display for MetricsAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MetricsAddr::Off => f.write_str("off"),
+            MetricsAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            MetricsAddr::Tcp(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+/// tetherd's effective configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The ttrpc socket.
+    pub socket: PathBuf,
+    /// The bpffs directory holding one directory per object version.
+    pub pin_root: PathBuf,
+    /// The audit JSON-lines file.
+    pub audit_log: PathBuf,
+    /// Rotate `audit_log` to `<audit_log>.1` once it grows past this.
+    pub audit_max_bytes: u64,
+    pub metrics: MetricsAddr,
+    /// Non-root uids allowed to call tetherd besides root.
+    pub allowed_uids: Vec<u32>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: DEFAULT_SOCKET.into(),
+            pin_root: DEFAULT_PIN_ROOT.into(),
+            audit_log: DEFAULT_AUDIT_LOG.into(),
+            audit_max_bytes: DEFAULT_AUDIT_MAX_BYTES,
+            metrics: MetricsAddr::Off,
+            allowed_uids: Vec::new(),
+        }
+    }
+}
+
+/// Command-line values that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub socket: Option<PathBuf>,
+    pub pin_root: Option<PathBuf>,
+    pub audit_log: Option<PathBuf>,
+    pub metrics: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    broker: BrokerTable,
+    // The shim's tables: validated by the shim, not here.
+    #[serde(default)]
+    #[allow(dead_code)]
+    runc: Option<toml::Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    attach: Option<toml::Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    defaults: Option<toml::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BrokerTable {
+    socket: Option<PathBuf>,
+    pin_root: Option<PathBuf>,
+    audit_log: Option<PathBuf>,
+    metrics: Option<String>,
+    audit_max_bytes: Option<u64>,
+    allowed_uids: Option<Vec<u32>>,
+}
+
+impl Config {
+    /// Parses the text of a config file; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, Error> {
+        let err = |reason: String| Error::Config {
+            path: origin.display().to_string(),
+            reason,
+        };
+        let file: File = toml::from_str(text).map_err(|e| err(e.message().to_string()))?;
+        let b = file.broker;
+        let d = Config::default();
+        let metrics = match b.metrics {
+            Some(m) => MetricsAddr::parse(&m).map_err(|r| err(format!("[broker] {r}")))?,
+            None => d.metrics,
+        };
+        if b.audit_max_bytes == Some(0) {
+            return Err(err("[broker] audit_max_bytes must be > 0".into()));
+        }
+        Ok(Config {
+            socket: b.socket.unwrap_or(d.socket),
+            pin_root: b.pin_root.unwrap_or(d.pin_root),
+            audit_log: b.audit_log.unwrap_or(d.audit_log),
+            audit_max_bytes: b.audit_max_bytes.unwrap_or(d.audit_max_bytes),
+            metrics,
+            allowed_uids: b.allowed_uids.unwrap_or_default(),
+        })
+    }
+
+    /// Loads `path`, or the default file if `path` is `None` (a missing default file
+    /// means defaults; a named file must exist).
+    pub fn load(path: Option<&Path>) -> Result<Self, Error> {
+        let (path, required) = match path {
+            Some(p) => (p, true),
+            None => (Path::new(DEFAULT_CONFIG_PATH), false),
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, path),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(Error::ConfigRead {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Applies command-line overrides.
+    pub fn apply(&mut self, o: Overrides) -> Result<(), Error> {
+        if let Some(s) = o.socket {
+            self.socket = s;
+        }
+        if let Some(p) = o.pin_root {
+            self.pin_root = p;
+        }
+        if let Some(a) = o.audit_log {
+            self.audit_log = a;
+        }
+        if let Some(m) = o.metrics {
+            self.metrics = MetricsAddr::parse(&m).map_err(|reason| Error::Flag {
+                flag: "--metrics",
+                reason,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The directory holding the socket, the instance lock and tetherd's log.
+    pub fn socket_dir(&self) -> PathBuf {
+        socket_dir(&self.socket)
+    }
+}
+
+/// The directory of `socket` (`.` for a bare file name).
+pub fn socket_dir(socket: &Path) -> PathBuf {
+    match socket.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Error> {
+        Config::parse(text, Path::new("/etc/tether/config.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn parses_broker_table_and_ignores_shim_tables() {
+        let c = parse(
+            r#"
+[runc]
+binary = "/usr/sbin/runc"
+[attach]
+whatever = 1
+[defaults]
+x = "y"
+[broker]
+socket = "/tmp/t/tetherd.sock"
+pin_root = "/sys/fs/bpf/t2"
+audit_log = "/tmp/audit.jsonl"
+metrics = "127.0.0.1:9464"
+audit_max_bytes = 1024
+allowed_uids = [1000]
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.socket, PathBuf::from("/tmp/t/tetherd.sock"));
+        assert_eq!(c.pin_root, PathBuf::from("/sys/fs/bpf/t2"));
+        assert_eq!(c.audit_log, PathBuf::from("/tmp/audit.jsonl"));
+        assert_eq!(
+            c.metrics,
+            MetricsAddr::Tcp("127.0.0.1:9464".parse().unwrap())
+        );
+        assert_eq!(c.audit_max_bytes, 1024);
+        assert_eq!(c.allowed_uids, vec![1000]);
+        assert_eq!(c.socket_dir(), PathBuf::from("/tmp/t"));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let e = parse("[broker]\nsockett = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sockett"), "{e}");
+        assert!(e.contains("/etc/tether/config.toml"), "{e}");
+        let e = parse("[brokr]\n").unwrap_err().to_string();
+        assert!(e.contains("brokr"), "{e}");
+    }
+
+    #[test]
+    fn metrics_addresses() {
+        assert_eq!(MetricsAddr::parse("off").unwrap(), MetricsAddr::Off);
+        assert_eq!(
+            MetricsAddr::parse("unix:/run/tether/metrics.sock").unwrap(),
+            MetricsAddr::Unix("/run/tether/metrics.sock".into())
+        );
+        assert!(matches!(
+            MetricsAddr::parse("[::1]:9464").unwrap(),
+            MetricsAddr::Tcp(_)
+        ));
+        for bad in [
+            "0.0.0.0:9464",
+            "10.1.2.3:9464",
+            "[::]:9464",
+            "localhost:9464",
+            "unix:rel",
+        ] {
+            let e = MetricsAddr::parse(bad).unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+        let e = parse("[broker]\nmetrics = \"0.0.0.0:9464\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("0.0.0.0:9464") && e.contains("loopback"), "{e}");
+    }
+
+    #[test]
+    fn overrides_win() {
+        let mut c = parse("[broker]\nsocket = \"/a.sock\"\n").unwrap();
+        c.apply(Overrides {
+            socket: Some("/b/c.sock".into()),
+            metrics: Some("unix:/m.sock".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.socket, PathBuf::from("/b/c.sock"));
+        assert_eq!(c.metrics, MetricsAddr::Unix("/m.sock".into()));
+        assert!(c
+            .apply(Overrides {
+                metrics: Some("192.168.1.1:1".into()),
+                ..Default::default()
+            })
+            .is_err());
+    }
+}

@@ -1,0 +1,91 @@
+//! The readable one-line form of an audit event for `tetherctl events`.
+
+use crate::ctl::format::short_id;
+use crate::types::AuditEvent;
+
+/// `1700000000123456789` -> `2023-11-14T22:13:20.123Z`.
+pub fn rfc3339_millis(ts_ns: u64) -> String {
+    let secs = ts_ns / 1_000_000_000;
+    let millis = ts_ns % 1_000_000_000 / 1_000_000;
+    let days = i64::try_from(secs / 86400).unwrap_or(0);
+    let rem = secs % 86400;
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// A readable one-line rendering of an audit event.
+pub fn event_line(e: &AuditEvent) -> String {
+    format!(
+        "{}  {:<14} {} ({})  {}/{} -> {}:{}  pid {}{}",
+        rfc3339_millis(e.ts_ns),
+        e.kind,
+        short_id(&e.id),
+        e.namespace,
+        e.protocol,
+        e.family,
+        if e.family == "ipv6" {
+            format!("[{}]", e.daddr)
+        } else {
+            e.daddr.clone()
+        },
+        e.dport,
+        e.pid,
+        if e.ifindex != 0 {
+            format!("  ifindex {}", e.ifindex)
+        } else {
+            String::new()
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_millis(1_700_000_000_123_456_789),
+            "2023-11-14T22:13:20.123Z"
+        );
+        assert_eq!(
+            rfc3339_millis(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn event_one_liner() {
+        let e = AuditEvent {
+            ts_ns: 1_700_000_000_000_000_000,
+            id: "0123456789abcdef".into(),
+            namespace: "default".into(),
+            kind: "deny_connect".into(),
+            family: "ipv6".into(),
+            protocol: "tcp".into(),
+            daddr: "2001:db8::1".into(),
+            dport: 443,
+            pid: 42,
+            ..Default::default()
+        };
+        assert_eq!(
+            event_line(&e),
+            "2023-11-14T22:13:20.000Z  deny_connect   0123456789ab (default)  tcp/ipv6 -> [2001:db8::1]:443  pid 42"
+        );
+    }
+}

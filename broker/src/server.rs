@@ -1,0 +1,121 @@
+//! tetherd's serving loop: takes the instance lock, binds the socket, adopts existing pins,
+//! starts the ttrpc server, the metrics responder and the audit thread, and tears them
+//! down (removing the sockets) when the shutdown future completes.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use ttrpc::asynchronous::transport::Listener;
+use ttrpc::asynchronous::Server;
+
+use crate::acquire::Acquirer;
+use crate::audit::{self, AuditWriter};
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::error::Error;
+use crate::instance;
+use crate::metrics::MetricsListener;
+use crate::peer::PeerCredHook;
+use crate::service::{BrokerService, ServiceInfo};
+
+fn remove_socket(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!("remove {}: {e}", path.display()),
+    }
+}
+
+/// Serves the broker API for `backend` as configured until `shutdown` completes.
+///
+/// Returns `Error::AlreadyRunning` without touching the socket if another tetherd holds
+/// the instance lock. A bad request (garbage, oversized frame) closes only its
+/// connection.
+pub async fn serve<F>(config: &Config, backend: Arc<dyn Backend>, shutdown: F) -> Result<(), Error>
+where
+    F: Future<Output = ()>,
+{
+    let lock = instance::lock_for(&config.socket)?;
+    let std_listener = instance::bind_socket(&config.socket, &lock)?;
+    let result = run(config, backend, std_listener, shutdown).await;
+    remove_socket(&config.socket);
+    drop(lock);
+    result
+}
+
+async fn run<F>(
+    config: &Config,
+    backend: Arc<dyn Backend>,
+    std_listener: std::os::unix::net::UnixListener,
+    shutdown: F,
+) -> Result<(), Error>
+where
+    F: Future<Output = ()>,
+{
+    let acquirer = Arc::new(Acquirer::new(backend.clone()));
+    if let Err(e) = acquirer.adopt_current().await {
+        // Not fatal: the first Acquire adopts or loads again and reports the error.
+        log::warn!("adopt existing pins: {e}");
+    }
+
+    let writer = AuditWriter::open(&config.audit_log, config.audit_max_bytes)?;
+    let stop_audit = Arc::new(AtomicBool::new(false));
+    let audit_thread =
+        audit::spawn(backend.clone(), writer, stop_audit.clone()).map_err(|source| Error::Io {
+            what: "start audit thread for",
+            path: config.audit_log.clone(),
+            source,
+        })?;
+
+    let metrics = MetricsListener::bind(&config.metrics).await?;
+    let metrics_socket = metrics.as_ref().and_then(MetricsListener::unix_path);
+    let metrics_task = metrics.map(|m| tokio::spawn(m.serve(backend.clone(), acquirer.clone())));
+
+    let service = BrokerService::new(
+        backend,
+        acquirer,
+        ServiceInfo {
+            pin_root: config.pin_root.clone(),
+            audit_log: config.audit_log.clone(),
+            metrics: config.metrics.to_string(),
+            allowed_uids: config.allowed_uids.clone(),
+        },
+    );
+    let listener = Listener::try_from(std_listener).map_err(|source| Error::Io {
+        what: "register socket",
+        path: config.socket.clone(),
+        source,
+    })?;
+    let mut server = Server::new()
+        .add_listener(listener)
+        .set_accept_hook(PeerCredHook)
+        .register_service(tether_proto::create_broker(Arc::new(service)));
+    server.start().await.map_err(Error::Ttrpc)?;
+    log::info!(
+        "serving on {} (metrics {}, audit log {})",
+        config.socket.display(),
+        config.metrics,
+        config.audit_log.display()
+    );
+
+    shutdown.await;
+    log::info!("shutting down");
+
+    let _ = server.shutdown().await;
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    if let Some(p) = metrics_socket {
+        remove_socket(&p);
+    }
+    stop_audit.store(true, Ordering::Relaxed);
+    if tokio::task::spawn_blocking(move || audit_thread.join())
+        .await
+        .is_err()
+    {
+        log::warn!("audit thread did not stop cleanly");
+    }
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! Plain Rust mirrors of the broker API's messages: what a `Backend` returns, what the
+//! client hands to its callers and what tetherctl prints as JSON. Conversions to and from
+//! the protobuf types live in `convert`.
+
+use serde::{Deserialize, Serialize};
+
+/// A pinned program or map of one object version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjInfo {
+    pub name: String,
+    /// Kernel object id.
+    pub id: u32,
+    /// Its pin path in bpffs.
+    pub pin: String,
+    /// Program type (e.g. `cgroup_skb`) or map type (e.g. `percpu_hash`).
+    pub kind: String,
+}
+
+/// The pins of one object version, ready to be opened by a shim.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acquired {
+    pub version: String,
+    pub pin_dir: String,
+    pub programs: Vec<ObjInfo>,
+    pub maps: Vec<ObjInfo>,
+}
+
+/// An Acquire answer: the pins, and whether this very call loaded them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcquireReply {
+    #[serde(flatten)]
+    pub acquired: Acquired,
+    pub loaded_now: bool,
+}
+
+/// One object version found under the pin root.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub version: String,
+    pub pin_dir: String,
+    pub programs: Vec<ObjInfo>,
+    pub maps: Vec<ObjInfo>,
+    /// Containers attached with this version.
+    pub containers: u32,
+    /// Why the pin directory failed validation; `None` if it is sound.
+    pub problem: Option<String>,
+}
+
+/// One attachment of a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentInfo {
+    pub program: String,
+    /// `cgroup`, `tcx` or `clsact`.
+    pub kind: String,
+    /// `cgroup:<path>` or `netns:<cookie>/<ifname>`.
+    pub target: String,
+    pub link_id: u32,
+    pub prog_id: u32,
+}
+
+/// A container with entries in the shared maps.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub namespace: String,
+    pub cgroup_id: u64,
+    pub version: String,
+    pub attachments: Vec<AttachmentInfo>,
+    /// The container's cgroup is gone; garbage collection will remove it.
+    pub stale: bool,
+}
+
+/// Traffic and policy counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub drops: u64,
+    pub denials: u64,
+    pub events_lost: u64,
+}
+
+impl Counters {
+    /// Adds `other` field by field (wrapping, as the kernel's counters do).
+    pub fn add(&mut self, other: &Counters) {
+        self.rx_packets = self.rx_packets.wrapping_add(other.rx_packets);
+        self.rx_bytes = self.rx_bytes.wrapping_add(other.rx_bytes);
+        self.tx_packets = self.tx_packets.wrapping_add(other.tx_packets);
+        self.tx_bytes = self.tx_bytes.wrapping_add(other.tx_bytes);
+        self.drops = self.drops.wrapping_add(other.drops);
+        self.denials = self.denials.wrapping_add(other.denials);
+        self.events_lost = self.events_lost.wrapping_add(other.events_lost);
+    }
+}
+
+/// Counters of one interface in a container's netns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceStatsInfo {
+    pub name: String,
+    pub ifindex: u32,
+    pub netns_cookie: u64,
+    pub counters: Counters,
+}
+
+/// Counters of one container: its cgroup, each interface, and the total.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatsInfo {
+    pub id: String,
+    pub namespace: String,
+    pub cgroup_id: u64,
+    pub cgroup: Counters,
+    pub interfaces: Vec<InterfaceStatsInfo>,
+    pub total: Counters,
+}
+
+/// What a garbage collection removed (or would remove, on a dry run).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcReport {
+    pub removed_containers: Vec<String>,
+    pub removed_versions: Vec<String>,
+    pub removed_map_entries: u32,
+}
+
+/// One audit event (a denial, or another policy event), as written to the audit log,
+/// one JSON object per line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// CLOCK_REALTIME nanoseconds.
+    pub ts_ns: u64,
+    /// containerd container id.
+    pub id: String,
+    pub namespace: String,
+    pub cgroup_id: u64,
+    /// e.g. `deny_connect`, `deny_packet`.
+    pub kind: String,
+    /// `ipv4` or `ipv6`.
+    pub family: String,
+    /// e.g. `tcp`, `udp`, or the protocol number.
+    pub protocol: String,
+    pub daddr: String,
+    pub dport: u16,
+    pub pid: u32,
+    pub ifindex: u32,
+}
+
+/// tetherd's state as reported by Status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    /// The object version this tetherd carries.
+    pub version: String,
+    pub pin_root: String,
+    pub versions: Vec<VersionInfo>,
+    pub loads: u64,
+    pub acquires: u64,
+    pub pid: u32,
+    pub uptime_seconds: u64,
+    pub audit_log: String,
+    /// `off`, `unix:<path>` or `<ip>:<port>`.
+    pub metrics: String,
+    pub netns_cookie_mode: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_add() {
+        let mut a = Counters {
+            rx_packets: 1,
+            rx_bytes: 10,
+            events_lost: u64::MAX,
+            ..Default::default()
+        };
+        a.add(&Counters {
+            rx_packets: 2,
+            rx_bytes: 5,
+            drops: 3,
+            events_lost: 2,
+            ..Default::default()
+        });
+        assert_eq!(
+            (a.rx_packets, a.rx_bytes, a.drops, a.events_lost),
+            (3, 15, 3, 1)
+        );
+    }
+}

@@ -1,0 +1,152 @@
+//! End-to-end over the binaries: 50 concurrent `tetherctl acquire` spawn tetherd on
+//! demand (with its hidden fake backend, so no root or bpf is needed) and cause one load.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+
+const TETHERD: &str = env!("CARGO_BIN_EXE_tetherd");
+const TETHERCTL: &str = env!("CARGO_BIN_EXE_tetherctl");
+
+/// Stops the tetherd serving `socket` (pid from its lock file) when dropped.
+struct Daemon {
+    socket: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let lock = self.socket.with_file_name("tetherd.lock");
+        let Some(pid) = std::fs::read_to_string(lock)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        else {
+            return;
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let end = Instant::now() + Duration::from_secs(10);
+        while self.socket.exists() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn ctl(socket: &Path, args: &[&str]) -> Result<Output> {
+    Command::new(TETHERCTL)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .context("run tetherctl")
+}
+
+#[test]
+fn fifty_acquires_spawn_one_tetherd_and_load_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("run/tetherd.sock");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\naudit_log = \"{}\"\nallowed_uids = [{}]\n",
+            dir.path().join("audit.jsonl").display(),
+            nix::unistd::getuid()
+        ),
+    )?;
+    let wrapper = dir.path().join("tetherd-fake");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec {TETHERD} --fake-backend \"$@\"\n"),
+    )?;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    let _daemon = Daemon {
+        socket: socket.clone(),
+    };
+
+    let children: Vec<_> = (0..50)
+        .map(|_| {
+            Command::new(TETHERCTL)
+                .arg("--socket")
+                .arg(&socket)
+                .args(["--json", "acquire", "--tetherd"])
+                .arg(&wrapper)
+                .arg("--config")
+                .arg(&config)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    let mut loaded_now = 0;
+    for c in children {
+        let out = c.wait_with_output()?;
+        ensure!(
+            out.status.success(),
+            "tetherctl acquire failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        ensure!(v["version"] == "fake-v1", "{v}");
+        ensure!(v["programs"][0]["id"].is_u64(), "{v}");
+        loaded_now += usize::from(v["loaded_now"] == true);
+    }
+    assert_eq!(loaded_now, 1);
+
+    let out = ctl(&socket, &["--json", "status"])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(st["loads"], 1);
+    assert_eq!(st["acquires"], 50);
+
+    let out = ctl(&socket, &["status"])?;
+    let text = String::from_utf8(out.stdout)?;
+    ensure!(text.contains("loads:             1"), "{text}");
+
+    let out = ctl(&socket, &["stats", "nope"])?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr)?;
+    ensure!(err.contains("nope") && err.contains("NOT_FOUND"), "{err}");
+
+    let out = ctl(&socket, &["ps"])?;
+    ensure!(out.status.success());
+    ensure!(String::from_utf8(out.stdout)?.starts_with("ID "));
+
+    let out = ctl(&socket, &["bogus-command"])?;
+    assert_eq!(out.status.code(), Some(2));
+
+    // A second tetherd on the same socket says so and exits 0.
+    let out = Command::new(TETHERD)
+        .args(["--fake-backend", "--config"])
+        .arg(&config)
+        .arg("--socket")
+        .arg(&socket)
+        .output()?;
+    ensure!(out.status.success());
+    let err = String::from_utf8(out.stderr)?;
+    ensure!(err.contains("tetherd already running (pid "), "{err}");
+    Ok(())
+}
+
+#[test]
+fn tetherctl_fails_cleanly_without_tetherd() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = ctl(
+        &dir.path().join("none.sock"),
+        &["--timeout", "0.2", "status"],
+    )?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr)?;
+    if !err.contains("connect to tetherd") {
+        bail!("{err}");
+    }
+    Ok(())
+}

@@ -1,0 +1,268 @@
+//! Benchmarks of tether's programs; prints numbers, asserts nothing. Run as root:
+//!
+//! ```text
+//! cargo build --release -p tether-integration --bin bench-bpf
+//! ./target/release/bench-bpf [SECONDS_PER_RUN] [ROUNDS] [N_CONTAINERS]
+//! ```
+//!
+//! 1. Load cost: one load + N opens of the pins (tether) vs N loads (a loader per container).
+//! 2. Throughput: iperf3 over a veth pair between two namespaces the benchmark creates,
+//!    programs attached vs none, runs alternating; the median ratio.
+//! 3. Per-packet cost of each program from the kernel's bpf_stats (run time / run count).
+use std::fs;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tether_bpf::{container, programs, ContainerConfig, PinLayout, Prog, Programs};
+
+struct Mount(PathBuf);
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+struct Netns(String);
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+struct Cgroup(PathBuf);
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sh(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| cmd.to_string())?;
+    if !out.status.success() {
+        bail!("{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn private_bpffs(tag: &str) -> Result<(Mount, PinLayout)> {
+    let dir = std::env::temp_dir().join(format!("tether-bench-{tag}-{}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    nix::mount::mount(
+        Some("bpf"),
+        &dir,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )?;
+    let layout = PinLayout::new(dir.join("tether"));
+    Ok((Mount(dir), layout))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn load_cost(n: usize) -> Result<()> {
+    println!("== load cost, N = {n} containers");
+    let (_m, layout) = private_bpffs("load")?;
+    let t = Instant::now();
+    let report = programs::load_and_pin(&layout, tether_bpf::VERSION)?;
+    let mut opens = Vec::new();
+    for _ in 0..n {
+        opens.push(Programs::open(&layout, tether_bpf::VERSION)?);
+    }
+    let tether = t.elapsed();
+    drop(opens);
+    let mut naive_verified = 0u64;
+    let t = Instant::now();
+    for i in 0..n {
+        let (_m, l) = private_bpffs(&format!("naive{i}"))?;
+        naive_verified += programs::load_and_pin(&l, tether_bpf::VERSION)?.verified_insns;
+    }
+    let naive = t.elapsed();
+    println!(
+        "tether (1 load + {n} opens): {:>9.1} ms, verifier insns {}",
+        tether.as_secs_f64() * 1e3,
+        report.verified_insns
+    );
+    println!(
+        "naive  ({n} loads):          {:>9.1} ms, verifier insns {}",
+        naive.as_secs_f64() * 1e3,
+        naive_verified
+    );
+    println!(
+        "one load: {:.1} ms; naive / tether total time: {:.1}x",
+        report.load_time.as_secs_f64() * 1e3,
+        naive.as_secs_f64() / tether.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn iperf(ns_a: &str, cgroup: &Path, target: &str, secs: u64) -> Result<f64> {
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec ip netns exec {ns_a} iperf3 -c {target} -t {secs} -J",
+        cgroup.display()
+    );
+    let out = sh("sh", &["-c", &script])?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 result without sum_received")
+}
+
+fn throughput(secs: u64, rounds: usize) -> Result<()> {
+    println!("== iperf3 over veth, {rounds} rounds of {secs} s each, alternating");
+    let (_m, layout) = private_bpffs("tput")?;
+    programs::load_and_pin(&layout, tether_bpf::VERSION)?;
+    let progs = Programs::open(&layout, tether_bpf::VERSION)?;
+    let tag = std::process::id();
+    let a = Netns(format!("tether-bench-a{tag}"));
+    let b = Netns(format!("tether-bench-b{tag}"));
+    for ns in [&a, &b] {
+        sh("ip", &["netns", "add", &ns.0])?;
+        sh("ip", &["-n", &ns.0, "link", "set", "lo", "up"])?;
+    }
+    sh(
+        "ip",
+        &[
+            "-n", &a.0, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns",
+            &b.0,
+        ],
+    )?;
+    for (ns, dev, addr) in [
+        (&a, "veth0", "10.214.0.1/24"),
+        (&b, "veth1", "10.214.0.2/24"),
+    ] {
+        sh("ip", &["-n", &ns.0, "addr", "add", addr, "dev", dev])?;
+        sh("ip", &["-n", &ns.0, "link", "set", dev, "up"])?;
+    }
+    let _server = Server(
+        Command::new("ip")
+            .args(["netns", "exec", &b.0, "iperf3", "-s", "-B", "10.214.0.2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("iperf3 -s")?,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let root = if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+        PathBuf::from("/sys/fs/cgroup/unified")
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    };
+    let plain = Cgroup(root.join(format!("tether-bench-plain-{tag}")));
+    let tracked = Cgroup(root.join(format!("tether-bench-tracked-{tag}")));
+    fs::create_dir_all(&plain.0)?;
+    fs::create_dir_all(&tracked.0)?;
+    let cg = container::attach_cgroup(
+        &progs,
+        &layout,
+        "bench",
+        "tracked",
+        fs::File::open(&tracked.0)?.as_fd(),
+        &ContainerConfig::default(),
+        &["192.0.2.0/24".parse()?],
+    )?;
+    let netns_fd = fs::File::open(format!("/run/netns/{}", a.0))?;
+
+    let stats = tether_bpf::sys::enable_run_time_stats()?;
+    let before: Vec<_> = Prog::ALL
+        .iter()
+        .map(|p| progs.run_stats(*p))
+        .collect::<Result<_, _>>()?;
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        off.push(iperf(&a.0, &plain.0, "10.214.0.2", secs)?);
+        // TC programs are on veth0 only during the "on" runs.
+        container::attach_netns(
+            &progs,
+            &layout,
+            "bench",
+            "tracked",
+            cg.cgroup_id,
+            netns_fd.as_fd(),
+        )?;
+        on.push(iperf(&a.0, &tracked.0, "10.214.0.2", secs)?);
+        let d = container::detach(&progs, &layout, "bench", "tracked")?;
+        drop(d);
+        container::attach_cgroup(
+            &progs,
+            &layout,
+            "bench",
+            "tracked",
+            fs::File::open(&tracked.0)?.as_fd(),
+            &ContainerConfig::default(),
+            &["192.0.2.0/24".parse()?],
+        )?;
+    }
+    let after: Vec<_> = Prog::ALL
+        .iter()
+        .map(|p| progs.run_stats(*p))
+        .collect::<Result<_, _>>()?;
+    drop(stats);
+    let (m_off, m_on) = (median(&mut off.clone()), median(&mut on.clone()));
+    let gbit = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{:.2}", x / 1e9))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "none:     {} Gbit/s (median {:.2})",
+        gbit(&off),
+        m_off / 1e9
+    );
+    println!("attached: {} Gbit/s (median {:.2})", gbit(&on), m_on / 1e9);
+    println!("throughput ratio attached / none: {:.3}", m_on / m_off);
+    println!("== per-packet cost (bpf_stats during the attached runs)");
+    for (i, p) in Prog::ALL.iter().enumerate() {
+        let runs = after[i].run_cnt - before[i].run_cnt;
+        let ns = after[i].run_time_ns - before[i].run_time_ns;
+        if runs > 0 {
+            println!(
+                "{:<20} {:>12} runs {:>8.1} ns/run",
+                p.name(),
+                runs,
+                ns as f64 / runs as f64
+            );
+        } else {
+            println!("{:<20} {:>12} runs", p.name(), 0);
+        }
+    }
+    container::detach(&progs, &layout, "bench", "tracked")?;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("bench-bpf loads programs and makes namespaces: run it as root");
+    }
+    let args: Vec<String> = std::env::args().collect();
+    let secs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let rounds = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);
+    let n = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(50);
+    println!(
+        "kernel {}, tether object {}",
+        sh("uname", &["-r"])?.trim(),
+        tether_bpf::VERSION
+    );
+    load_cost(n)?;
+    throughput(secs, rounds)?;
+    Ok(())
+}
