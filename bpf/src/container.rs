@@ -117,26 +117,70 @@ pub fn attach_netns(
     cgroup_id: u64,
     netns: BorrowedFd<'_>,
 ) -> Result<Vec<IfaceAttached>> {
+    attach_netns_only(programs, layout, namespace, id, cgroup_id, netns, None)
+}
+
+/// [`attach_netns`] limited to the interfaces named in `only` (all but `lo` when `None`).
+pub fn attach_netns_only(
+    programs: &Programs,
+    layout: &PinLayout,
+    namespace: &str,
+    id: &str,
+    cgroup_id: u64,
+    netns: BorrowedFd<'_>,
+    only: Option<&[String]>,
+) -> Result<Vec<IfaceAttached>> {
     refuse_host_netns(netns)?;
     let dir = layout.container_dir(namespace, id)?;
     pins::make_dir(&dir)?;
+    in_netns(netns, || attach_here(programs, &dir, cgroup_id, only))
+}
+
+/// Runs `f` on a dedicated thread that has joined `netns`; the caller's thread never
+/// changes namespace.
+fn in_netns<T: Send>(netns: BorrowedFd<'_>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     std::thread::scope(|s| {
         s.spawn(|| {
             nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(|e| Error::syscall("setns(CLONE_NEWNET)", e.into()))?;
-            attach_here(programs, &dir, cgroup_id)
+            f()
         })
         .join()
-        .unwrap_or_else(|_| {
-            Err(Error::syscall(
-                "netns attach thread",
-                io::Error::other("panicked"),
-            ))
-        })
+        .unwrap_or_else(|_| Err(Error::syscall("netns thread", io::Error::other("panicked"))))
     })
 }
 
-fn attach_here(programs: &Programs, dir: &Path, cgroup_id: u64) -> Result<Vec<IfaceAttached>> {
+/// A netlink socket, bound inside `netns`, that receives a message whenever a link there is
+/// added or changes (RTMGRP_LINK). Non-blocking; the socket stays in that namespace.
+pub fn link_events_socket(netns: BorrowedFd<'_>) -> Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{
+        bind, socket, AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType,
+    };
+    refuse_host_netns(netns)?;
+    in_netns(netns, || {
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkRoute,
+        )
+        .map_err(|e| Error::syscall("socket(AF_NETLINK)", e.into()))?;
+        // RTMGRP_LINK = 1
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &NetlinkAddr::new(0, 1),
+        )
+        .map_err(|e| Error::syscall("bind(RTMGRP_LINK)", e.into()))?;
+        Ok(fd)
+    })
+}
+
+fn attach_here(
+    programs: &Programs,
+    dir: &Path,
+    cgroup_id: u64,
+    only: Option<&[String]>,
+) -> Result<Vec<IfaceAttached>> {
     let cookie = match programs.netns_key() {
         NetnsKey::Cookie => sys::current_netns_cookie()?,
         NetnsKey::IfindexOnly => 0,
@@ -144,7 +188,7 @@ fn attach_here(programs: &Programs, dir: &Path, cgroup_id: u64) -> Result<Vec<If
     let maps = programs.maps();
     let mut out = Vec::new();
     for (ifindex, name) in sys::interfaces()? {
-        if name == "lo" {
+        if name == "lo" || only.is_some_and(|o| !o.contains(&name)) {
             continue;
         }
         let key = IfKey::new(cookie, ifindex);

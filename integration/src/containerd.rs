@@ -63,9 +63,73 @@ impl Containerd {
             namespaces: Mutex::new(BTreeSet::new()),
         };
         cd.write_config()?;
+        cd.write_tether_config()?;
         cd.link_shims()?;
         cd.spawn()?;
         Ok(cd)
+    }
+
+    /// tether's own state for this containerd: a private bpffs (pins), tetherd's socket
+    /// directory, and the config file the shims read through `TETHER_CONFIG`.
+    fn write_tether_config(&self) -> Result<()> {
+        let d = self.dir.path();
+        let bpffs = self.bpffs_dir();
+        fs::create_dir_all(&bpffs).context("creating bpffs mount point")?;
+        nix::mount::mount(
+            Some("bpf"),
+            &bpffs,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mount -t bpf (a private bpffs for this containerd)")?;
+        let toml = format!(
+            "[broker]\nsocket = \"{sock}\"\npin_root = \"{pins}\"\naudit_log = \"{audit}\"\n",
+            sock = self.tetherd_socket().display(),
+            pins = self.pin_root().display(),
+            audit = d.join("tetherd").join("audit.jsonl").display(),
+        );
+        fs::write(self.tether_config(), toml).context("writing tether config")
+    }
+
+    /// The tether config file the shims of this containerd read.
+    pub fn tether_config(&self) -> PathBuf {
+        self.dir.path().join("tether.toml")
+    }
+
+    /// The private bpffs mount.
+    pub fn bpffs_dir(&self) -> PathBuf {
+        self.dir.path().join("bpffs")
+    }
+
+    /// Where tetherd pins the programs for this containerd's shims.
+    pub fn pin_root(&self) -> PathBuf {
+        self.bpffs_dir().join("tether")
+    }
+
+    /// tetherd's socket (tetherd is started on demand by the first shim that needs it).
+    pub fn tetherd_socket(&self) -> PathBuf {
+        self.dir.path().join("tetherd").join("tetherd.sock")
+    }
+
+    /// The pid of the tetherd serving this containerd's shims, if one runs.
+    pub fn tetherd_pid(&self) -> Option<i32> {
+        let lock = self.dir.path().join("tetherd").join("tetherd.lock");
+        let pid: i32 = fs::read_to_string(lock).ok()?.trim().parse().ok()?;
+        procfs::is_alive(pid).ok()?.then_some(pid)
+    }
+
+    fn stop_tetherd(&self) {
+        if let Some(pid) = self.tetherd_pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = wait::wait_until("tetherd to exit", STOP_TIMEOUT, || {
+                Ok((!procfs::is_alive(pid)?).then_some(()))
+            });
+        }
+        let _ = nix::mount::umount2(&self.bpffs_dir(), nix::mount::MntFlags::MNT_DETACH);
     }
 
     /// The gRPC socket (`ctr --address`).
@@ -210,6 +274,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .arg("--log-level")
             .arg(level)
             .env("PATH", path)
+            .env("TETHER_CONFIG", self.tether_config())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
@@ -420,6 +485,7 @@ impl Drop for Containerd {
             eprintln!("cleanup: {e:#}");
         }
         self.remove_namespace_cgroups(&namespaces);
+        self.stop_tetherd();
         // TempDir's own Drop removes the directory.
     }
 }

@@ -9,15 +9,54 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/tether/config.toml";
+/// An environment variable naming the config file (e.g. set for a private containerd).
+pub const CONFIG_ENV: &str = "TETHER_CONFIG";
 
-#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub runc: RuncSection,
-    /// tetherd's section of the same file: tetherd validates it.
-    #[serde(default, rename = "broker")]
-    pub _broker: Option<toml::Table>,
+    #[serde(default)]
+    pub attach: AttachSection,
+    #[serde(default)]
+    pub broker: BrokerSection,
+}
+
+/// What every container of the runtime gets, before its annotations are applied.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachSection {
+    /// Attach programs at all (default true).
+    pub enabled: Option<bool>,
+    /// Which programs: "all" (default), "none", "accounting", "policy".
+    pub programs: Option<String>,
+    /// Egress deny CIDRs for every container (annotations add to them).
+    pub egress_deny: Option<Vec<String>>,
+    /// Interfaces of the container's netns that get TC programs: "all" (default), "none",
+    /// or a comma-separated list of names.
+    pub interfaces: Option<String>,
+    /// "closed" or "open"; default closed when the plan enforces a policy, else open.
+    pub failure_policy: Option<String>,
+    /// Audit events: "denials" (default), "connections" (denials and new connections), "off".
+    pub audit: Option<String>,
+    /// Keep one audit event in N (default 1).
+    pub audit_sample: Option<u32>,
+    /// Audit events per second and CPU per container (default 100; 0 = unlimited).
+    pub audit_rate: Option<u32>,
+    /// Deadline of the whole attach step in milliseconds (default 2000).
+    pub deadline_ms: Option<u64>,
+    /// The tetherd binary started on demand (default: `tetherd` next to the shim, or on PATH).
+    pub tetherd: Option<PathBuf>,
+}
+
+/// The part of tetherd's section the shim reads; tetherd validates the whole section.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+pub struct BrokerSection {
+    /// tetherd's socket (default `/run/tether/tetherd.sock`).
+    pub socket: Option<PathBuf>,
+    /// Where the programs are pinned (default `/sys/fs/bpf/tether`).
+    pub pin_root: Option<PathBuf>,
 }
 
 /// How to run runc; the runtime options containerd passes override each key.
@@ -46,9 +85,13 @@ impl Config {
     /// Loads `path`, or the default file if `path` is `None` (absent default file:
     /// defaults).
     pub fn load(path: Option<&Path>) -> Result<Self> {
-        let (path, required) = match path {
-            Some(p) => (p, true),
-            None => (Path::new(DEFAULT_CONFIG_PATH), false),
+        // TETHER_CONFIG (in containerd's environment, which shims inherit) names the file
+        // when the runtime options do not.
+        let from_env = std::env::var_os(CONFIG_ENV).map(PathBuf::from);
+        let (path, required) = match (path, from_env.as_deref()) {
+            (Some(p), _) => (p, true),
+            (None, Some(p)) => (p, true),
+            (None, None) => (Path::new(DEFAULT_CONFIG_PATH), false),
         };
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(&text, path),

@@ -57,6 +57,9 @@ pub enum Error {
         #[source]
         source: oci_spec::OciSpecError,
     },
+    /// Attaching the container's programs failed (fail-closed plans fail Create with it).
+    #[error("tether attach {id}: {reason}")]
+    Attach { id: String, reason: String },
     #[error("{context}: {source}")]
     Json {
         context: String,
@@ -102,6 +105,7 @@ impl Error {
             Error::Io { .. } | Error::Sys { .. } | Error::Framework { .. } | Error::Json { .. } => {
                 ttrpc::Code::UNKNOWN
             }
+            Error::Attach { .. } => ttrpc::Code::FAILED_PRECONDITION,
         }
     }
 }

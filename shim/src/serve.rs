@@ -17,7 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    attach::NoAttach,
+    attach::ebpf::EbpfAttach,
     error::{Error, Result},
     events::Events,
     reaper::Reaper,
@@ -90,7 +90,7 @@ pub async fn serve(flags: &Flags) -> Result<()> {
         reaper,
         exits,
         Events::start(&ttrpc_address, &flags.namespace),
-        Arc::new(NoAttach),
+        Arc::new(EbpfAttach::new()),
         shutdown.clone(),
     );
     let listener = Listener::try_from(listener).map_err(|e| Error::io("ttrpc listener", e))?;

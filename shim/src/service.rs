@@ -136,7 +136,7 @@ impl TaskService {
         let spec = load_spec(&bundle)?;
         let opts = ShimOptions::from_any(req.options.as_ref())?;
         let config = Config::load(opts.config_path.as_deref())?;
-        self.hook.validate(&spec)?;
+        self.hook.validate(&spec, &config)?;
         let runc = Runc::new(
             opts.runc_config(&config, &self.namespace),
             &bundle,
@@ -153,6 +153,8 @@ impl TaskService {
                 id: &c.id,
                 bundle: &c.bundle,
                 spec: &spec,
+                config: &config,
+                config_path: c.opts.config_path.clone(),
                 pid,
             };
             if let Err(e) = self.hook.attach(&created).await {
@@ -329,9 +331,8 @@ impl TaskService {
             )));
         }
         c.cleanup().await;
-        if let Err(e) = self.hook.detach(&c.id).await {
-            warn!("detach {}: {e}", c.id);
-        }
+        let config = Config::load(c.opts.config_path.as_deref()).unwrap_or_default();
+        self.hook.detach(&self.namespace, &c.id, &config).await;
         // A created-but-never-started init is killed by `runc delete --force`: wait
         // (bounded) for its exit so the response carries it.
         if c.init.pid() != 0 && c.init.exit().is_none() {

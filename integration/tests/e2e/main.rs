@@ -10,6 +10,7 @@
 #[macro_use]
 mod common;
 
+mod attach;
 mod bad_input;
 mod burst;
 mod checkpoint;

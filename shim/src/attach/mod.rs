@@ -5,29 +5,40 @@
 //! created), [`AttachHook::attach`] once the container exists but has not executed a
 //! single instruction, [`AttachHook::before_start`] just before `runc start`, and
 //! [`AttachHook::detach`] after `runc delete`. A failing `attach` makes Create delete
-//! the container and fail. The eBPF attach step is an implementation of this trait.
+//! the container and fail. [`ebpf::EbpfAttach`] is tether's implementation.
+
+pub mod ebpf;
+pub mod plan;
+
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use oci_spec::runtime::Spec;
 
+use crate::config::Config;
 use crate::error::Result;
 
 /// What the hook sees of a container that runc has created but not started.
 pub struct CreatedContainer<'a> {
     pub namespace: &'a str,
     pub id: &'a str,
-    pub bundle: &'a std::path::Path,
+    pub bundle: &'a Path,
     pub spec: &'a Spec,
+    pub config: &'a Config,
+    /// The config file the runtime options named, if any (passed to a tetherd started on
+    /// demand).
+    pub config_path: Option<PathBuf>,
     /// The container's init process, stopped before its first instruction.
     pub pid: u32,
 }
 
 #[async_trait]
 pub trait AttachHook: Send + Sync {
-    fn validate(&self, spec: &Spec) -> Result<()>;
+    /// Checks the container's plan; runs before anything is created.
+    fn validate(&self, spec: &Spec, config: &Config) -> Result<()>;
     async fn attach(&self, container: &CreatedContainer<'_>) -> Result<()>;
     async fn before_start(&self, id: &str, pid: u32) -> Result<()>;
-    async fn detach(&self, id: &str) -> Result<()>;
+    async fn detach(&self, namespace: &str, id: &str, config: &Config);
 }
 
 /// Runs containers exactly as the runc shim does: nothing attached.
@@ -35,7 +46,7 @@ pub struct NoAttach;
 
 #[async_trait]
 impl AttachHook for NoAttach {
-    fn validate(&self, _spec: &Spec) -> Result<()> {
+    fn validate(&self, _spec: &Spec, _config: &Config) -> Result<()> {
         Ok(())
     }
     async fn attach(&self, _container: &CreatedContainer<'_>) -> Result<()> {
@@ -44,7 +55,5 @@ impl AttachHook for NoAttach {
     async fn before_start(&self, _id: &str, _pid: u32) -> Result<()> {
         Ok(())
     }
-    async fn detach(&self, _id: &str) -> Result<()> {
-        Ok(())
-    }
+    async fn detach(&self, _namespace: &str, _id: &str, _config: &Config) {}
 }

@@ -1,0 +1,270 @@
+//! The attach step, end to end through containerd and the tether shim: programs are in place
+//! before the container's first instruction, traffic is counted per container, late
+//! interfaces are attached, bad annotations fail Create cleanly, delete leaves nothing.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{anyhow, ensure, Context, Result};
+use tether_integration::wait::wait_until;
+use tether_integration::{Runtime, TestEnv};
+
+use crate::common::*;
+
+/// Runs `f` against the tether runtime only (these behaviours do not exist in runc.v2).
+fn tether(name: &str, f: fn(&mut TestEnv) -> Result<()>) -> Result<()> {
+    run_scenario(Runtime::Tether, name, f)
+}
+
+fn tetherctl(env: &TestEnv, args: &[&str]) -> Result<serde_json::Value> {
+    let bin = tether_integration::containerd::tether_shim_binary()?
+        .parent()
+        .map(|d| d.join("tetherctl"))
+        .ok_or_else(|| anyhow!("no directory for tetherctl"))?;
+    let out = Command::new(&bin)
+        .arg("--socket")
+        .arg(env.containerd().tetherd_socket())
+        .arg("--json")
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    ensure!(
+        out.status.success(),
+        "tetherctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `stats --json` prints one object per line; the others one document.
+    if args.first() == Some(&"stats") {
+        let rows: Vec<serde_json::Value> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        Ok(serde_json::Value::Array(rows))
+    } else {
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+fn stats_of(env: &TestEnv, id: &str) -> Result<serde_json::Value> {
+    let all = tetherctl(env, &["stats"])?;
+    all.as_array()
+        .and_then(|a| a.iter().find(|r| r["id"] == id).cloned())
+        .ok_or_else(|| anyhow!("no stats for {id}: {all}"))
+}
+
+fn container_dir(env: &TestEnv, id: &str) -> PathBuf {
+    env.containerd()
+        .pin_root()
+        .join("containers")
+        .join(env.namespace())
+        .join(id.replace('.', "%2E"))
+}
+
+fn pins_of(env: &TestEnv, id: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(container_dir(env, id))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn assert_detached(env: &TestEnv, id: &str) -> Result<()> {
+    ensure!(
+        !container_dir(env, id).exists(),
+        "pins of {id} left: {:?}",
+        pins_of(env, id)
+    );
+    let stats = tetherctl(env, &["stats"])?;
+    ensure!(
+        !stats
+            .as_array()
+            .is_some_and(|a| a.iter().any(|r| r["id"] == id)),
+        "map entries of {id} left: {stats}"
+    );
+    Ok(())
+}
+
+#[test]
+fn first_instruction_is_denied() -> Result<()> {
+    tether("first_instruction", |env| {
+        // The container's very first command connects to the denied address.
+        let id = env.id("deny");
+        let out = env.ctr.run_container(
+            &env.run(&id)
+                .rm()
+                .flag("--annotation")
+                .flag("tether.io/egress-deny=127.0.0.2/32")
+                .command(["/bin/nc", "127.0.0.2", "9"]),
+        )?;
+        ensure!(
+            out.code != 0,
+            "connect to a denied address succeeded: {out}"
+        );
+        ensure!(
+            out.stderr.contains("Operation not permitted")
+                || out.stdout.contains("Operation not permitted"),
+            "denied connect: {out}"
+        );
+        assert_detached(env, &id)?;
+        env.assert_no_leaks(&id)?;
+
+        // The same container without the annotation reaches the (closed) port.
+        let id = env.id("allow");
+        let out =
+            env.ctr
+                .run_container(&env.run(&id).rm().command(["/bin/nc", "127.0.0.2", "9"]))?;
+        ensure!(
+            out.stderr.contains("Connection refused") || out.stdout.contains("Connection refused"),
+            "allowed connect: {out}"
+        );
+        env.assert_no_leaks(&id)
+    })
+}
+
+#[test]
+fn short_lived_containers_are_counted_separately() -> Result<()> {
+    tether("counted", |env| {
+        let mut ids = Vec::new();
+        for n in [3, 7] {
+            let id = env.id(&format!("count{n}"));
+            let script = format!("for i in $(seq {n}); do nc 127.0.0.3 9; done; exit 0");
+            env.ctr.run_container(&env.run(&id).detach().sh(&script))?;
+            wait_status(env, &id, "STOPPED")?;
+            ids.push((id, n));
+        }
+        // Both exited at once; their counters are there until delete.
+        for (id, n) in &ids {
+            let s = stats_of(env, id)?;
+            let tx = s["tx_packets"].as_u64().unwrap_or(0);
+            let rx = s["rx_packets"].as_u64().unwrap_or(0);
+            ensure!(
+                tx >= *n && tx <= 2 * n,
+                "{id}: {n} SYNs sent, tx_packets {tx}: {s}"
+            );
+            ensure!(rx >= *n, "{id}: {n} RSTs received, rx_packets {rx}: {s}");
+        }
+        for (id, _) in &ids {
+            env.ctr.ok(["task", "rm", id])?;
+            env.ctr.ok(["container", "rm", id])?;
+            wait_until("detach", STATE_TIMEOUT, || {
+                Ok(assert_detached(env, id).is_ok().then_some(()))
+            })?;
+            env.assert_no_leaks(id)?;
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn malformed_annotation_fails_create() -> Result<()> {
+    tether("bad_annotation", |env| {
+        for (ann, want) in [
+            ("tether.io/egress-deny=10.0.0.1/8", "host bits"),
+            ("tether.io/egress-deny=banana", "banana"),
+            ("tether.io/egres-deny=1.2.3.4", "unknown annotation"),
+            ("tether.io/failure-policy=sometimes", "sometimes"),
+        ] {
+            let id = env.id("bad");
+            let out = env.ctr.run_container(
+                &env.run(&id)
+                    .rm()
+                    .flag("--annotation")
+                    .flag(ann)
+                    .command(["/bin/true"]),
+            )?;
+            ensure!(out.code != 0, "{ann}: created anyway: {out}");
+            ensure!(out.stderr.contains(want), "{ann}: {out}");
+            let _ = env.ctr.run(["container", "rm", &id]);
+            ensure!(!container_dir(env, &id).exists(), "{ann}: pins left");
+            env.assert_no_leaks(&id)?;
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn host_network_gets_cgroup_programs_only() -> Result<()> {
+    tether("host_net", |env| {
+        let id = env.id("hostnet");
+        env.ctr.run_container(
+            &env.run(&id)
+                .detach()
+                .flag("--net-host")
+                .command(["/bin/sleep", "1000"]),
+        )?;
+        wait_status(env, &id, "RUNNING")?;
+        let pins = pins_of(env, &id);
+        ensure!(pins.iter().all(|p| p.starts_with("cgroup_")), "{pins:?}");
+        ensure!(pins.len() == 6, "{pins:?}");
+        env.ctr.ok(["task", "kill", "--signal", "SIGKILL", &id])?;
+        wait_status(env, &id, "STOPPED")?;
+        env.ctr.ok(["task", "rm", &id])?;
+        env.ctr.ok(["container", "rm", &id])?;
+        assert_detached(env, &id)?;
+        env.assert_no_leaks(&id)
+    })
+}
+
+#[test]
+fn interface_added_to_a_running_container_is_attached() -> Result<()> {
+    tether("late_iface", |env| {
+        let id = env.id("late");
+        env.ctr
+            .run_container(&env.run(&id).detach().command(["/bin/sleep", "1000"]))?;
+        wait_status(env, &id, "RUNNING")?;
+        let before = pins_of(env, &id);
+        ensure!(
+            before.iter().all(|p| p.starts_with("cgroup_")),
+            "only lo before: {before:?}"
+        );
+        let pid = env
+            .ctr
+            .task(&id)?
+            .ok_or_else(|| anyhow!("no task {id}"))?
+            .pid;
+        let host_end = format!("tl{}", std::process::id() % 100_000);
+        let run = |args: &[&str]| -> Result<()> {
+            let s = Command::new("ip").args(args).status()?;
+            ensure!(s.success(), "ip {args:?}");
+            Ok(())
+        };
+        run(&[
+            "link", "add", &host_end, "type", "veth", "peer", "name", "eth7",
+        ])?;
+        let cleanup = scopeguard(&host_end);
+        run(&["link", "set", "eth7", "netns", &pid.to_string()])?;
+        wait_until(
+            "the new interface to be attached",
+            Duration::from_secs(1),
+            || {
+                let pins = pins_of(env, &id);
+                Ok((pins.iter().filter(|p| p.starts_with("tc_")).count() == 2).then_some(pins))
+            },
+        )?;
+        drop(cleanup);
+        env.ctr.ok(["task", "kill", "--signal", "SIGKILL", &id])?;
+        wait_status(env, &id, "STOPPED")?;
+        env.ctr.ok(["task", "rm", &id])?;
+        env.ctr.ok(["container", "rm", &id])?;
+        assert_detached(env, &id)?;
+        env.assert_no_leaks(&id)
+    })
+}
+
+/// Deletes the host end of a test veth when dropped (the container end goes with its netns).
+struct VethGuard(String);
+impl Drop for VethGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+fn scopeguard(name: &str) -> VethGuard {
+    VethGuard(name.to_string())
+}

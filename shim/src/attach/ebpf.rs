@@ -1,0 +1,435 @@
+//! tether's attach step: the container's cgroup and network namespace get the shared
+//! programs from their pins (tetherd loads them once per node, started on demand when the
+//! pins are missing), and a netlink watcher inside the namespace attaches to links added
+//! later. Every wait has the plan's deadline.
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use log::{info, warn};
+use oci_spec::runtime::Spec;
+use tether_bpf::{container, PinLayout, Programs};
+use tokio::io::unix::AsyncFd;
+use tokio::task::JoinHandle;
+
+use super::plan::{Interfaces, Netns, Plan};
+use super::{AttachHook, CreatedContainer};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::locked;
+
+const DEFAULT_SOCKET: &str = "/run/tether/tetherd.sock";
+
+/// What the shim keeps of an attached container.
+struct Tracked {
+    namespace: String,
+    layout: PinLayout,
+    programs: Arc<Programs>,
+    cgroup_id: u64,
+    netns: Option<Arc<OwnedFd>>,
+    only: Option<Vec<String>>,
+    deadline: Duration,
+    fail_closed: bool,
+    watcher: Option<JoinHandle<()>>,
+}
+
+/// The eBPF attach hook.
+#[derive(Default)]
+pub struct EbpfAttach {
+    tracked: Mutex<HashMap<String, Tracked>>,
+    programs: Mutex<HashMap<PathBuf, Arc<Programs>>>,
+}
+
+fn layout(config: &Config) -> PinLayout {
+    match &config.broker.pin_root {
+        Some(p) => PinLayout::new(p),
+        None => PinLayout::default(),
+    }
+}
+
+fn attach_err(id: &str, reason: impl std::fmt::Display) -> Error {
+    Error::Attach {
+        id: id.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The cgroup v2 directory of `pid`: its `0::` line in /proc/<pid>/cgroup under the cgroup2
+/// mount (pure v2 at /sys/fs/cgroup, or the hybrid layout's unified mount).
+fn cgroup2_dir(pid: u32) -> std::result::Result<PathBuf, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| format!("read /proc/{pid}/cgroup: {e}"))?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| format!("process {pid} is in no cgroup v2 (no 0:: line)"))?;
+    if rel == "/" {
+        return Err(format!(
+            "process {pid} is at the root of the cgroup v2 hierarchy, not in a cgroup of its own"
+        ));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
+    let root = mounts
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            right
+                .starts_with("cgroup2 ")
+                .then(|| left.split(' ').nth(4).map(PathBuf::from))?
+        })
+        .ok_or("no cgroup2 file system is mounted")?;
+    Ok(root.join(rel.trim_start_matches('/')))
+}
+
+fn tetherd_path(config: &Config) -> PathBuf {
+    if let Some(p) = &config.attach.tetherd {
+        return p.clone();
+    }
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("tetherd")));
+    match sibling {
+        Some(s) if s.exists() => s,
+        _ => PathBuf::from("tetherd"),
+    }
+}
+
+impl EbpfAttach {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The programs from their pins; when they are missing, tetherd loads them (started on
+    /// demand) and the pins are opened after.
+    async fn programs(
+        &self,
+        config: &Config,
+        config_path: Option<&Path>,
+        id: &str,
+    ) -> Result<(PinLayout, Arc<Programs>)> {
+        let layout = layout(config);
+        if let Some(p) = locked(&self.programs).get(layout.root()) {
+            return Ok((layout, p.clone()));
+        }
+        let programs = match Programs::open(&layout, tether_bpf::VERSION) {
+            Ok(p) => p,
+            Err(tether_bpf::Error::NotLoaded { .. }) => {
+                let socket = config
+                    .broker
+                    .socket
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_SOCKET.into());
+                let deadline = Duration::from_millis(config.attach.deadline_ms.unwrap_or(2000));
+                let client = tether_broker::client::Client::connect_or_spawn(
+                    &socket,
+                    &tetherd_path(config),
+                    config_path,
+                    deadline,
+                )
+                .await
+                .map_err(|e| attach_err(id, e))?
+                .with_timeout(deadline);
+                client
+                    .acquire(tether_bpf::VERSION)
+                    .await
+                    .map_err(|e| attach_err(id, e))?;
+                Programs::open(&layout, tether_bpf::VERSION).map_err(|e| attach_err(id, e))?
+            }
+            Err(e) => return Err(attach_err(id, e)),
+        };
+        let programs = Arc::new(programs);
+        locked(&self.programs).insert(layout.root().to_path_buf(), programs.clone());
+        Ok((layout, programs))
+    }
+
+    async fn try_attach(&self, c: &CreatedContainer<'_>, plan: &Plan) -> Result<()> {
+        let id = c.id;
+        let config_path = c
+            .config_path
+            .clone()
+            .or_else(|| std::env::var_os(crate::config::CONFIG_ENV).map(PathBuf::from));
+        let (layout, programs) = self.programs(c.config, config_path.as_deref(), id).await?;
+        let cgroup_dir = cgroup2_dir(c.pid).map_err(|e| attach_err(id, e))?;
+        let cgroup = File::open(&cgroup_dir)
+            .map_err(|e| attach_err(id, format!("open {}: {e}", cgroup_dir.display())))?;
+        let netns = match (&plan.netns, &plan.interfaces) {
+            (Netns::Host, _) | (_, Interfaces::None) => None,
+            (Netns::New, _) => Some(format!("/proc/{}/ns/net", c.pid).into()),
+            (Netns::Path(p), _) => Some(p.clone()),
+        };
+        let netns = match netns {
+            Some(p) => Some(Arc::new(OwnedFd::from(File::open(&p).map_err(|e| {
+                attach_err(id, format!("open network namespace {}: {e}", p.display()))
+            })?))),
+            None => None,
+        };
+        let only = match &plan.interfaces {
+            Interfaces::Named(n) => Some(n.clone()),
+            _ => None,
+        };
+        let (ns, cid) = (c.namespace.to_string(), id.to_string());
+        let (p2, l2, n2, o2, cfg, deny) = (
+            programs.clone(),
+            layout.clone(),
+            netns.clone(),
+            only.clone(),
+            plan.config,
+            plan.deny.clone(),
+        );
+        let work = tokio::task::spawn_blocking(move || -> tether_bpf::Result<u64> {
+            let cg = container::attach_cgroup(&p2, &l2, &ns, &cid, cgroup.as_fd(), &cfg, &deny)?;
+            if let Some(netns) = &n2 {
+                container::attach_netns_only(
+                    &p2,
+                    &l2,
+                    &ns,
+                    &cid,
+                    cg.cgroup_id,
+                    netns.as_fd(),
+                    o2.as_deref(),
+                )?;
+            }
+            Ok(cg.cgroup_id)
+        });
+        let cgroup_id = work
+            .await
+            .map_err(|e| attach_err(id, format!("attach task: {e}")))?
+            .map_err(|e| attach_err(id, e))?;
+        let mut tracked = Tracked {
+            namespace: c.namespace.to_string(),
+            layout,
+            programs,
+            cgroup_id,
+            netns,
+            only,
+            deadline: plan.deadline,
+            fail_closed: plan.fail_closed,
+            watcher: None,
+        };
+        if tracked.netns.is_some() {
+            tracked.watcher = Some(watch_links(id.to_string(), &tracked)?);
+        }
+        locked(&self.tracked).insert(id.to_string(), tracked);
+        Ok(())
+    }
+
+    async fn remove(namespace: String, id: String, layout: PinLayout) {
+        let dir = match layout.container_dir(&namespace, &id) {
+            Ok(d) => d,
+            Err(_) => return,
+        };
+        if !dir.exists() {
+            return;
+        }
+        let r = tokio::task::spawn_blocking(move || {
+            let programs = Programs::open(&layout, tether_bpf::VERSION)?;
+            container::detach(&programs, &layout, &namespace, &id)
+        })
+        .await;
+        match r {
+            Ok(Ok(d)) => {
+                let c = d.counters;
+                info!(
+                    "detached: {} links, {} map entries; final counters rx {} pkts {} B, tx {} pkts {} B, drops {}, denials {}",
+                    d.links, d.map_entries, c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes, c.drops, c.denials
+                );
+            }
+            Ok(Err(e)) => warn!("detach: {e}"),
+            Err(e) => warn!("detach task: {e}"),
+        }
+    }
+}
+
+/// Re-attaches whenever a link is added in the container's network namespace.
+fn watch_links(id: String, t: &Tracked) -> Result<JoinHandle<()>> {
+    let Some(netns) = t.netns.clone() else {
+        return Err(attach_err(&id, "no network namespace to watch"));
+    };
+    let sock = container::link_events_socket(netns.as_fd()).map_err(|e| attach_err(&id, e))?;
+    // SAFETY: the AsyncFd owns the OwnedFd, which stays open and is the same fd for the
+    // AsyncFd's whole life.
+    let sock = unsafe { AsyncFd::register(sock) }
+        .map_err(|e| Error::io("watch links", std::io::Error::from(e)))?;
+    let (programs, layout, ns, only, cgid) = (
+        t.programs.clone(),
+        t.layout.clone(),
+        t.namespace.clone(),
+        t.only.clone(),
+        t.cgroup_id,
+    );
+    Ok(tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let Ok(mut guard) = sock.readable().await else {
+                return;
+            };
+            let mut new_link = false;
+            // Drain what is queued; RTM_NEWLINK (16) at offset 4 of each nlmsghdr.
+            loop {
+                match nix::sys::socket::recv(
+                    std::os::fd::AsRawFd::as_raw_fd(sock.get_ref()),
+                    &mut buf,
+                    nix::sys::socket::MsgFlags::empty(),
+                ) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        let mut off = 0;
+                        while off + 16 <= n {
+                            let len = u32::from_ne_bytes([
+                                buf[off],
+                                buf[off + 1],
+                                buf[off + 2],
+                                buf[off + 3],
+                            ]) as usize;
+                            let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+                            new_link |= ty == 16;
+                            if len < 16 {
+                                break;
+                            }
+                            off += (len + 3) & !3;
+                        }
+                    }
+                    Err(nix::errno::Errno::EAGAIN) => {
+                        guard.clear_ready();
+                        break;
+                    }
+                    Err(e) => {
+                        warn!("link watch of {id}: {e}");
+                        return;
+                    }
+                }
+            }
+            if !new_link {
+                continue;
+            }
+            let (p, l, n, i, o, nsfd) = (
+                programs.clone(),
+                layout.clone(),
+                ns.clone(),
+                id.clone(),
+                only.clone(),
+                netns.clone(),
+            );
+            let r = tokio::task::spawn_blocking(move || {
+                container::attach_netns_only(&p, &l, &n, &i, cgid, nsfd.as_fd(), o.as_deref())
+            })
+            .await;
+            match r {
+                Ok(Ok(added)) => {
+                    for a in added {
+                        info!(
+                            "{id}: attached to new interface {} (ifindex {})",
+                            a.name, a.key.ifindex
+                        );
+                    }
+                }
+                Ok(Err(e)) => warn!("{id}: attach to new interface: {e}"),
+                Err(e) => warn!("{id}: attach task: {e}"),
+            }
+        }
+    }))
+}
+
+#[async_trait]
+impl AttachHook for EbpfAttach {
+    fn validate(&self, spec: &Spec, config: &Config) -> Result<()> {
+        Plan::resolve(config, spec).map(|_| ())
+    }
+
+    async fn attach(&self, c: &CreatedContainer<'_>) -> Result<()> {
+        let plan = Plan::resolve(c.config, c.spec)?;
+        if !plan.enabled {
+            return Ok(());
+        }
+        let r = match tokio::time::timeout(plan.deadline, self.try_attach(c, &plan)).await {
+            Ok(r) => r,
+            Err(_) => Err(attach_err(
+                c.id,
+                format!("not done within the deadline of {:?}", plan.deadline),
+            )),
+        };
+        let Err(e) = r else { return Ok(()) };
+        // Nothing half-attached stays behind, whatever the policy.
+        if let Some(mut t) = locked(&self.tracked).remove(c.id) {
+            if let Some(w) = t.watcher.take() {
+                w.abort();
+            }
+        }
+        Self::remove(c.namespace.to_string(), c.id.to_string(), layout(c.config)).await;
+        if plan.fail_closed {
+            Err(e)
+        } else {
+            warn!("{e}; the container runs without its programs (failure policy: open)");
+            Ok(())
+        }
+    }
+
+    async fn before_start(&self, id: &str, _pid: u32) -> Result<()> {
+        let job = {
+            let map = locked(&self.tracked);
+            let Some(t) = map.get(id) else { return Ok(()) };
+            let Some(netns) = t.netns.clone() else {
+                return Ok(());
+            };
+            (
+                t.programs.clone(),
+                t.layout.clone(),
+                t.namespace.clone(),
+                t.only.clone(),
+                t.cgroup_id,
+                netns,
+                t.deadline,
+                t.fail_closed,
+            )
+        };
+        let (p, l, ns, only, cgid, netns, deadline, fail_closed) = job;
+        let cid = id.to_string();
+        // Interfaces a caller added between create and start (CNI run by the caller).
+        let work = tokio::task::spawn_blocking(move || {
+            container::attach_netns_only(&p, &l, &ns, &cid, cgid, netns.as_fd(), only.as_deref())
+        });
+        let r = match tokio::time::timeout(deadline, work).await {
+            Ok(Ok(Ok(added))) => {
+                for a in added {
+                    info!(
+                        "{id}: attached to {} (ifindex {}) before start",
+                        a.name, a.key.ifindex
+                    );
+                }
+                Ok(())
+            }
+            Ok(Ok(Err(e))) => Err(attach_err(id, e)),
+            Ok(Err(e)) => Err(attach_err(id, format!("attach task: {e}"))),
+            Err(_) => Err(attach_err(
+                id,
+                format!("re-sync not done within {deadline:?}"),
+            )),
+        };
+        match r {
+            Err(e) if !fail_closed => {
+                warn!("{e} (failure policy: open)");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    async fn detach(&self, namespace: &str, id: &str, config: &Config) {
+        let t = locked(&self.tracked).remove(id);
+        let layout = match t {
+            Some(mut t) => {
+                if let Some(w) = t.watcher.take() {
+                    w.abort();
+                }
+                t.layout
+            }
+            None => layout(config),
+        };
+        Self::remove(namespace.to_string(), id.to_string(), layout).await;
+    }
+}

@@ -1,0 +1,376 @@
+//! The attachment plan of one container: the node config overlaid with the container's
+//! `tether.io/` annotations, validated before runc runs. Pure: no I/O.
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use tether_bpf::{Cidr, ContainerConfig};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// The annotation prefix; every key under it must be one of [`KEYS`].
+pub const PREFIX: &str = "tether.io/";
+/// Programs on or off: `all`, `none`, `accounting`, `policy` (comma-separated).
+pub const PROGRAMS: &str = "tether.io/programs";
+/// Egress deny list: comma-separated IPv4/IPv6 CIDRs (or addresses).
+pub const EGRESS_DENY: &str = "tether.io/egress-deny";
+/// Interfaces that get TC programs: `all`, `none`, or comma-separated names.
+pub const INTERFACES: &str = "tether.io/interfaces";
+/// `closed` (fail Create when attaching fails) or `open` (log and go on).
+pub const FAILURE_POLICY: &str = "tether.io/failure-policy";
+/// Audit events: `denials`, `connections`, `off`.
+pub const AUDIT: &str = "tether.io/audit";
+/// Keep one audit event in N.
+pub const AUDIT_SAMPLE: &str = "tether.io/audit-sample";
+/// Audit events per second (and CPU) for this container; 0 = unlimited.
+pub const AUDIT_RATE: &str = "tether.io/audit-rate";
+
+pub const KEYS: [&str; 7] = [
+    PROGRAMS,
+    EGRESS_DENY,
+    INTERFACES,
+    FAILURE_POLICY,
+    AUDIT,
+    AUDIT_SAMPLE,
+    AUDIT_RATE,
+];
+
+/// Which interfaces of the container's network namespace get TC programs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interfaces {
+    All,
+    None,
+    Named(Vec<String>),
+}
+
+/// The container's network namespace as the spec gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Netns {
+    /// The host's: cgroup programs only.
+    Host,
+    /// A new namespace runc creates (found at `/proc/<pid>/ns/net`).
+    New,
+    /// A namespace that exists already (Kubernetes pods): attach there.
+    Path(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub enabled: bool,
+    pub config: ContainerConfig,
+    pub deny: Vec<Cidr>,
+    pub interfaces: Interfaces,
+    pub fail_closed: bool,
+    pub netns: Netns,
+    pub deadline: Duration,
+}
+
+fn bad(key: &str, value: &str, why: impl std::fmt::Display) -> Error {
+    Error::InvalidArgument(format!("{key}={value:?}: {why}"))
+}
+
+fn list(v: &str) -> impl Iterator<Item = &str> {
+    v.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn parse_programs(key: &str, v: &str) -> Result<(bool, bool)> {
+    let (mut account, mut policy) = (false, false);
+    for item in list(v) {
+        match item {
+            "all" => (account, policy) = (true, true),
+            "none" | "off" => (account, policy) = (false, false),
+            "accounting" => account = true,
+            "policy" => policy = true,
+            other => {
+                return Err(bad(
+                    key,
+                    v,
+                    format!("unknown program set {other:?} (all, none, accounting, policy)"),
+                ))
+            }
+        }
+    }
+    Ok((account, policy))
+}
+
+fn parse_interfaces(key: &str, v: &str) -> Result<Interfaces> {
+    match v.trim() {
+        "all" => Ok(Interfaces::All),
+        "none" => Ok(Interfaces::None),
+        _ => {
+            let names: Vec<String> = list(v).map(str::to_string).collect();
+            if names.is_empty() {
+                return Err(bad(key, v, "empty interface list (use \"none\")"));
+            }
+            for n in &names {
+                if n.len() > 15 || n.contains('/') || n.contains(char::is_whitespace) {
+                    return Err(bad(key, v, format!("{n:?} is not an interface name")));
+                }
+            }
+            Ok(Interfaces::Named(names))
+        }
+    }
+}
+
+fn parse_failure(key: &str, v: &str) -> Result<bool> {
+    match v.trim() {
+        "closed" => Ok(true),
+        "open" => Ok(false),
+        _ => Err(bad(key, v, "expected \"closed\" or \"open\"")),
+    }
+}
+
+fn parse_audit(key: &str, v: &str) -> Result<(bool, bool)> {
+    match v.trim() {
+        "denials" => Ok((true, false)),
+        "connections" => Ok((true, true)),
+        "off" | "none" => Ok((false, false)),
+        _ => Err(bad(
+            key,
+            v,
+            "expected \"denials\", \"connections\" or \"off\"",
+        )),
+    }
+}
+
+fn parse_u32(key: &str, v: &str, min: u32) -> Result<u32> {
+    match v.trim().parse::<u32>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => Err(bad(key, v, format!("expected a whole number >= {min}"))),
+    }
+}
+
+fn parse_cidrs(key: &str, v: &str, out: &mut Vec<Cidr>) -> Result<()> {
+    for item in list(v) {
+        let c: Cidr = item.parse().map_err(|e| bad(key, v, e))?;
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    Ok(())
+}
+
+impl Plan {
+    /// Resolves and validates the plan of a container. Every error names the key (config
+    /// key or annotation) and its value.
+    pub fn resolve(config: &Config, spec: &Spec) -> Result<Plan> {
+        let a = &config.attach;
+        let empty = HashMap::new();
+        let ann = spec.annotations().as_ref().unwrap_or(&empty);
+        for k in ann.keys() {
+            if k.starts_with(PREFIX) && !KEYS.contains(&k.as_str()) {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown annotation {k:?} (tether knows {})",
+                    KEYS.join(", ")
+                )));
+            }
+        }
+        let get = |k: &str| ann.get(k).map(String::as_str);
+
+        let (mut account, mut policy) = match &a.programs {
+            Some(v) => parse_programs("[attach] programs", v)?,
+            None => (true, true),
+        };
+        if let Some(v) = get(PROGRAMS) {
+            (account, policy) = parse_programs(PROGRAMS, v)?;
+        }
+        let mut deny = Vec::new();
+        for v in a.egress_deny.iter().flatten() {
+            parse_cidrs("[attach] egress_deny", v, &mut deny)?;
+        }
+        if let Some(v) = get(EGRESS_DENY) {
+            parse_cidrs(EGRESS_DENY, v, &mut deny)?;
+        }
+        let mut interfaces = match &a.interfaces {
+            Some(v) => parse_interfaces("[attach] interfaces", v)?,
+            None => Interfaces::All,
+        };
+        if let Some(v) = get(INTERFACES) {
+            interfaces = parse_interfaces(INTERFACES, v)?;
+        }
+        let mut audit = match &a.audit {
+            Some(v) => parse_audit("[attach] audit", v)?,
+            None => (true, false),
+        };
+        if let Some(v) = get(AUDIT) {
+            audit = parse_audit(AUDIT, v)?;
+        }
+        let mut sample = a.audit_sample.unwrap_or(1).max(1);
+        if let Some(v) = get(AUDIT_SAMPLE) {
+            sample = parse_u32(AUDIT_SAMPLE, v, 1)?;
+        }
+        let mut rate = a.audit_rate.unwrap_or(100);
+        if let Some(v) = get(AUDIT_RATE) {
+            rate = parse_u32(AUDIT_RATE, v, 0)?;
+        }
+        let enforce = policy && !deny.is_empty();
+        let mut fail_closed = match &a.failure_policy {
+            Some(v) => parse_failure("[attach] failure_policy", v)?,
+            None => enforce,
+        };
+        if let Some(v) = get(FAILURE_POLICY) {
+            fail_closed = parse_failure(FAILURE_POLICY, v)?;
+        }
+        let enabled = a.enabled.unwrap_or(true) && (account || enforce);
+        let netns = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network))
+            .map_or(Netns::Host, |n| match n.path() {
+                Some(p) => Netns::Path(p.clone()),
+                None => Netns::New,
+            });
+        Ok(Plan {
+            enabled,
+            config: ContainerConfig {
+                account,
+                policy: enforce,
+                audit_denials: audit.0,
+                audit_connects: audit.1,
+                sample_every: sample,
+                rate_per_sec: rate,
+                burst: rate.saturating_mul(2).max(1),
+            },
+            deny,
+            interfaces,
+            fail_closed,
+            netns,
+            deadline: Duration::from_millis(a.deadline_ms.unwrap_or(2000)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder, SpecBuilder};
+    use std::path::Path;
+
+    fn spec(ann: &[(&str, &str)], netns: Option<Option<&str>>) -> Spec {
+        let mut namespaces = vec![LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Pid)
+            .build()
+            .unwrap()];
+        if let Some(path) = netns {
+            let mut b = LinuxNamespaceBuilder::default();
+            b = b.typ(LinuxNamespaceType::Network);
+            if let Some(p) = path {
+                b = b.path(p);
+            }
+            namespaces.push(b.build().unwrap());
+        }
+        SpecBuilder::default()
+            .annotations(
+                ann.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<HashMap<_, _>>(),
+            )
+            .linux(
+                LinuxBuilder::default()
+                    .namespaces(namespaces)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    }
+
+    fn cfg(text: &str) -> Config {
+        Config::parse(text, Path::new("t.toml")).unwrap()
+    }
+
+    #[test]
+    fn defaults_account_without_enforcing() {
+        let p = Plan::resolve(&Config::default(), &spec(&[], Some(None))).unwrap();
+        assert!(p.enabled && p.config.account && !p.config.policy);
+        assert!(!p.fail_closed, "nothing enforced: fail open");
+        assert_eq!(p.interfaces, Interfaces::All);
+        assert_eq!(p.netns, Netns::New);
+        assert_eq!(p.deadline, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn deny_annotation_enforces_and_fails_closed() {
+        let p = Plan::resolve(
+            &Config::default(),
+            &spec(&[(EGRESS_DENY, "127.0.0.2, fd00::/8")], Some(None)),
+        )
+        .unwrap();
+        assert!(p.config.policy && p.fail_closed);
+        assert_eq!(p.deny.len(), 2);
+        let p = Plan::resolve(
+            &Config::default(),
+            &spec(
+                &[(EGRESS_DENY, "127.0.0.2"), (FAILURE_POLICY, "open")],
+                Some(None),
+            ),
+        )
+        .unwrap();
+        assert!(!p.fail_closed);
+    }
+
+    #[test]
+    fn config_and_annotations_combine() {
+        let c = cfg("[attach]\negress_deny = [\"10.0.0.0/8\"]\ninterfaces = \"eth0\"\naudit = \"connections\"\n");
+        let p = Plan::resolve(&c, &spec(&[(EGRESS_DENY, "192.0.2.1")], Some(None))).unwrap();
+        assert_eq!(p.deny.len(), 2);
+        assert_eq!(p.interfaces, Interfaces::Named(vec!["eth0".into()]));
+        assert!(p.config.audit_connects);
+        let p = Plan::resolve(&c, &spec(&[(PROGRAMS, "none")], Some(None))).unwrap();
+        assert!(!p.enabled);
+    }
+
+    #[test]
+    fn host_and_existing_netns() {
+        let p = Plan::resolve(&Config::default(), &spec(&[], None)).unwrap();
+        assert_eq!(p.netns, Netns::Host);
+        let p = Plan::resolve(
+            &Config::default(),
+            &spec(&[], Some(Some("/var/run/netns/pod"))),
+        )
+        .unwrap();
+        assert_eq!(p.netns, Netns::Path("/var/run/netns/pod".into()));
+    }
+
+    #[test]
+    fn bad_values_name_key_and_value() {
+        for (k, v, why) in [
+            (EGRESS_DENY, "10.0.0.1/8", "host bits"),
+            (EGRESS_DENY, "banana", "not an IPv4"),
+            (PROGRAMS, "everything", "unknown program set"),
+            (FAILURE_POLICY, "maybe", "closed"),
+            (AUDIT_SAMPLE, "0", ">= 1"),
+            (AUDIT_RATE, "-3", "whole number"),
+            (INTERFACES, "a/b", "not an interface"),
+        ] {
+            let e = Plan::resolve(&Config::default(), &spec(&[(k, v)], Some(None)))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(k) && e.contains(v) && e.contains(why),
+                "{k}={v}: {e}"
+            );
+        }
+        let e = Plan::resolve(
+            &Config::default(),
+            &spec(&[("tether.io/egres-deny", "x")], Some(None)),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("unknown annotation") && e.contains("tether.io/egres-deny"),
+            "{e}"
+        );
+        let c = cfg("[attach]\negress_deny = [\"nope\"]\n");
+        let e = Plan::resolve(&c, &spec(&[], Some(None)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[attach] egress_deny") && e.contains("nope"),
+            "{e}"
+        );
+    }
+}
