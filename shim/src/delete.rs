@@ -1,5 +1,6 @@
 //! The `delete` action: containerd's cleanup when it cannot reach the shim (the shim
-//! died, or `start` failed). Force-deletes runc's container and unmounts the rootfs.
+//! died, or `start` failed). Force-deletes runc's container, detaches its programs and
+//! unmounts the rootfs.
 
 use std::time::SystemTime;
 
@@ -33,6 +34,10 @@ pub async fn delete(flags: &Flags) -> Result<Vec<u8>> {
         Err(e) => warn!("runc delete {}: {e}", flags.id),
         Ok(()) => {}
     }
+    // The shim that attached the programs is gone: detach here (idempotent).
+    crate::attach::ebpf::EbpfAttach::new()
+        .detach_now(&flags.namespace, &flags.id, &config)
+        .await;
     let rootfs = bundle.join("rootfs");
     if let Err(e) =
         containerd_shim::mount::umount_recursive(Some(&rootfs.to_string_lossy()), libc::MNT_DETACH)

@@ -268,3 +268,212 @@ impl Drop for VethGuard {
 fn scopeguard(name: &str) -> VethGuard {
     VethGuard(name.to_string())
 }
+
+/// Starts `n` detached `sleep` containers at once and waits until each runs.
+fn start_many(env: &TestEnv, what: &str, n: usize) -> Result<Vec<String>> {
+    let ids: Vec<String> = (0..n).map(|_| env.id(what)).collect();
+    let runs: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let run = env
+                .run(id)
+                .detach()
+                .timeout(Duration::from_secs(240))
+                .command(["/bin/sleep", "1000"]);
+            spawn_run(env, run)
+        })
+        .collect();
+    for (id, r) in ids.iter().zip(runs) {
+        let out = join(r)?;
+        ensure!(out.success(), "{id}: {out}");
+    }
+    Ok(ids)
+}
+
+fn prog_ids_in_use(env: &TestEnv) -> Result<std::collections::BTreeSet<u64>> {
+    let ps = tetherctl(env, &["ps"])?;
+    let mut ids = std::collections::BTreeSet::new();
+    for c in ps.as_array().into_iter().flatten() {
+        for a in c["attachments"].as_array().into_iter().flatten() {
+            ids.insert(a["prog_id"].as_u64().unwrap_or(0));
+        }
+    }
+    Ok(ids)
+}
+
+#[test]
+fn burst_of_50_loads_once_and_attaches_all() -> Result<()> {
+    tether("burst50", |env| {
+        ensure!(
+            env.containerd().tetherd_pid().is_none(),
+            "tetherd runs already"
+        );
+        let ids = start_many(env, "b", 50)?;
+        for id in &ids {
+            let pins = pins_of(env, id);
+            ensure!(pins.len() == 6, "{id} is not attached: {pins:?}");
+        }
+        let status = tetherctl(env, &["status"])?;
+        ensure!(
+            status["loads"] == 1,
+            "one load for the whole burst: {status}"
+        );
+        // Every container's links point at the same six cgroup programs.
+        let progs = prog_ids_in_use(env)?;
+        ensure!(progs.len() == 6, "programs in use: {progs:?}");
+        let ps = tetherctl(env, &["ps"])?;
+        ensure!(ps.as_array().map_or(0, Vec::len) == 50, "{ps}");
+
+        // tetherd killed: new containers still attach, from the pins.
+        let pid = env
+            .containerd()
+            .tetherd_pid()
+            .ok_or_else(|| anyhow!("no tetherd"))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        wait_until("tetherd to die", STATE_TIMEOUT, || {
+            Ok(env.containerd().tetherd_pid().is_none().then_some(()))
+        })?;
+        let more = start_many(env, "k", 10)?;
+        for id in &more {
+            ensure!(pins_of(env, id).len() == 6, "{id} without tetherd");
+        }
+        for id in ids.iter().chain(&more) {
+            env.ctr.force_remove(id)?;
+        }
+        for id in ids.iter().chain(&more) {
+            ensure!(!container_dir(env, id).exists(), "{id} left pins");
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn leftovers_of_a_killed_shim_are_collected() -> Result<()> {
+    tether("killed_shim", |env| {
+        let id = env.id("orphan");
+        env.ctr
+            .run_container(&env.run(&id).detach().command(["/bin/sleep", "1000"]))?;
+        wait_status(env, &id, "RUNNING")?;
+        ensure!(pins_of(env, &id).len() == 6);
+        let shim = env.shim_of(&id)?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(shim.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        // containerd notices, runs the shim's `delete` action and forgets the task.
+        wait_until("the task to go", STATE_TIMEOUT, || {
+            Ok(env.ctr.task(&id)?.is_none().then_some(()))
+        })?;
+        let _ = env.ctr.run(["container", "rm", &id]);
+        // Whatever the delete action left, tetherd's garbage collection removes.
+        let gc = tetherctl(env, &["gc"])?;
+        ensure!(
+            !container_dir(env, &id).exists(),
+            "pins left after gc: {gc}"
+        );
+        assert_detached(env, &id)?;
+        env.assert_no_leaks(&id)
+    })
+}
+
+/// A CNI bridge network for `ctr run --cni` (ctr 1.6 reads /etc/cni/net.d and
+/// /opt/cni/bin): a test-owned subnet on a test-owned bridge, removed on drop together with
+/// whatever the test created under /etc/cni and /opt/cni.
+struct CniNetwork {
+    conf: PathBuf,
+    created: Vec<PathBuf>,
+    bridge: String,
+    _ipam: tempfile::TempDir,
+}
+
+const CNI_SUBNET_GW: &str = "10.215.0.1";
+
+impl CniNetwork {
+    fn new() -> Result<Self> {
+        let mut created = Vec::new();
+        for dir in ["/etc/cni", "/etc/cni/net.d", "/opt/cni"] {
+            if !std::path::Path::new(dir).exists() {
+                std::fs::create_dir(dir)?;
+                created.push(PathBuf::from(dir));
+            }
+        }
+        let bin = PathBuf::from("/opt/cni/bin");
+        if !bin.exists() {
+            std::os::unix::fs::symlink("/usr/lib/cni", &bin)?;
+            created.push(bin);
+        }
+        let ipam = tempfile::tempdir()?;
+        let bridge = "tethere2e0".to_string();
+        let conf = PathBuf::from("/etc/cni/net.d/00-tether-e2e.conflist");
+        let json = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "tether-e2e",
+            "plugins": [{
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": "10.215.0.0/24", "gateway": CNI_SUBNET_GW}]],
+                    "dataDir": ipam.path(),
+                }
+            }]
+        });
+        std::fs::write(&conf, serde_json::to_vec_pretty(&json)?)?;
+        Ok(CniNetwork {
+            conf,
+            created,
+            bridge,
+            _ipam: ipam,
+        })
+    }
+}
+
+impl Drop for CniNetwork {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.conf);
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+        for p in self.created.iter().rev() {
+            let _ = std::fs::remove_file(p).or_else(|_| std::fs::remove_dir(p));
+        }
+    }
+}
+
+#[test]
+fn cni_interface_is_attached_before_start() -> Result<()> {
+    tether("cni", |env| {
+        let _net = CniNetwork::new()?;
+        let id = env.id("cni");
+        // The first thing the container does is send three pings over eth0.
+        env.ctr
+            .run_container(&env.run(&id).detach().flag("--cni").sh(&format!(
+                "ping -c 3 -i 0.2 -W 1 {CNI_SUBNET_GW}; sleep 1000"
+            )))?;
+        wait_status(env, &id, "RUNNING")?;
+        let pins = pins_of(env, &id);
+        ensure!(
+            pins.iter().filter(|p| p.starts_with("tc_")).count() == 2,
+            "eth0 not attached: {pins:?}"
+        );
+        let counted = wait_until("eth0 to count the pings", Duration::from_secs(10), || {
+            let s = stats_of(env, &id)?;
+            let tx: u64 = s["interfaces"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|i| i["tx_packets"].as_u64().unwrap_or(0))
+                .sum();
+            Ok((tx >= 3).then_some(s))
+        })?;
+        eprintln!("{counted}");
+        env.ctr.force_remove(&id)?;
+        assert_detached(env, &id)?;
+        env.assert_no_leaks(&id)
+    })
+}

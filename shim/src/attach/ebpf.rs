@@ -104,6 +104,11 @@ impl EbpfAttach {
         Self::default()
     }
 
+    /// Detaches a container this process did not attach (the `delete` action).
+    pub async fn detach_now(&self, namespace: &str, id: &str, config: &Config) {
+        Self::remove(namespace.to_string(), id.to_string(), layout(config)).await;
+    }
+
     /// The programs from their pins; when they are missing, tetherd loads them (started on
     /// demand) and the pins are opened after.
     async fn programs(
