@@ -34,6 +34,13 @@ pub fn collect(
     let mut live_progs = HashSet::new();
     let mut dead = HashSet::new();
     for c in &listed {
+        if is_attaching(c) {
+            // Not stale yet: its shim is between creating the directory and pinning the
+            // first cgroup link (container::attach_cgroup). Removing the directory now
+            // would make that attach fail.
+            live_progs.extend(c.links.iter().map(|(_, l)| l.prog_id));
+            continue;
+        }
         if c.is_stale() {
             dead.insert((c.namespace.clone(), c.id.clone()));
             report.containers.push(format!("{}/{}", c.namespace, c.id));
@@ -52,10 +59,7 @@ pub fn collect(
             }
         }
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
+    let now = unix_nanos(SystemTime::now());
     for p in versions {
         let maps = p.maps();
         // A young entry may belong to a container between writing its entries and pinning
@@ -86,4 +90,22 @@ pub fn collect(
         }
     }
     Ok(report)
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// A container directory with no cgroup link that changed within [`GRACE`]: an attach in
+/// progress, not a leftover.
+fn is_attaching(c: &container::ContainerLinks) -> bool {
+    if c.links.iter().any(|(name, _)| name.starts_with("cgroup_")) {
+        return false;
+    }
+    let changed = std::fs::metadata(&c.dir).and_then(|m| m.modified());
+    changed.is_ok_and(|t| {
+        unix_nanos(SystemTime::now()).saturating_sub(unix_nanos(t)) < GRACE.as_nanos() as u64
+    })
 }

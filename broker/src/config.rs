@@ -5,6 +5,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -15,6 +16,8 @@ pub const DEFAULT_SOCKET: &str = "/run/tether/tetherd.sock";
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/tether";
 pub const DEFAULT_AUDIT_LOG: &str = "/var/log/tether/audit.jsonl";
 pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 64 << 20;
+/// How often tetherd collects garbage unless `[broker] gc_interval` says otherwise.
+pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Where tetherd serves Prometheus metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -78,6 +81,8 @@ pub struct Config {
     pub metrics: MetricsAddr,
     /// Non-root uids allowed to call tetherd besides root.
     pub allowed_uids: Vec<u32>,
+    /// Collect garbage this often (`[broker] gc_interval` in seconds; 0 = never).
+    pub gc_interval: Option<Duration>,
 }
 
 impl Default for Config {
@@ -89,6 +94,7 @@ impl Default for Config {
             audit_max_bytes: DEFAULT_AUDIT_MAX_BYTES,
             metrics: MetricsAddr::Off,
             allowed_uids: Vec::new(),
+            gc_interval: Some(DEFAULT_GC_INTERVAL),
         }
     }
 }
@@ -128,6 +134,7 @@ struct BrokerTable {
     metrics: Option<String>,
     audit_max_bytes: Option<u64>,
     allowed_uids: Option<Vec<u32>>,
+    gc_interval: Option<u64>,
 }
 
 impl Config {
@@ -154,6 +161,11 @@ impl Config {
             audit_max_bytes: b.audit_max_bytes.unwrap_or(d.audit_max_bytes),
             metrics,
             allowed_uids: b.allowed_uids.unwrap_or_default(),
+            gc_interval: match b.gc_interval {
+                None => d.gc_interval,
+                Some(0) => None,
+                Some(secs) => Some(Duration::from_secs(secs)),
+            },
         })
     }
 
@@ -238,6 +250,7 @@ audit_log = "/tmp/audit.jsonl"
 metrics = "127.0.0.1:9464"
 audit_max_bytes = 1024
 allowed_uids = [1000]
+gc_interval = 300
 "#,
         )
         .unwrap();
@@ -250,7 +263,33 @@ allowed_uids = [1000]
         );
         assert_eq!(c.audit_max_bytes, 1024);
         assert_eq!(c.allowed_uids, vec![1000]);
+        assert_eq!(c.gc_interval, Some(Duration::from_secs(300)));
         assert_eq!(c.socket_dir(), PathBuf::from("/tmp/t"));
+    }
+
+    #[test]
+    fn gc_interval_defaults_to_a_minute_and_zero_turns_it_off() {
+        assert_eq!(parse("").unwrap().gc_interval, Some(DEFAULT_GC_INTERVAL));
+        assert_eq!(DEFAULT_GC_INTERVAL, Duration::from_secs(60));
+        assert_eq!(
+            parse("[broker]\ngc_interval = 0\n").unwrap().gc_interval,
+            None
+        );
+        assert_eq!(
+            parse("[broker]\ngc_interval = 5\n").unwrap().gc_interval,
+            Some(Duration::from_secs(5))
+        );
+        let e = parse("[broker]\ngc_interval = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("gc_interval") || e.contains("invalid value"),
+            "{e}"
+        );
+        let e = parse("[broker]\ngc_interval = \"1m\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/etc/tether/config.toml"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod convert;
 pub mod ctl;
 pub mod daemon;
 pub mod error;
+pub mod gc;
 pub mod instance;
 pub mod logger;
 pub mod metrics;

@@ -1,6 +1,7 @@
 //! tetherd's serving loop: takes the instance lock, binds the socket, adopts existing pins,
-//! starts the ttrpc server, the metrics responder and the audit thread, and tears them
-//! down (removing the sockets) when the shutdown future completes.
+//! starts the ttrpc server, the metrics responder, the audit thread and the periodic
+//! garbage collection, and tears them down (removing the sockets) when the shutdown
+//! future completes.
 
 use std::future::Future;
 use std::path::Path;
@@ -15,6 +16,7 @@ use crate::audit::{self, AuditWriter};
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::Error;
+use crate::gc;
 use crate::instance;
 use crate::metrics::MetricsListener;
 use crate::peer::PeerCredHook;
@@ -73,6 +75,7 @@ where
     let metrics_socket = metrics.as_ref().and_then(MetricsListener::unix_path);
     let metrics_task = metrics.map(|m| tokio::spawn(m.serve(backend.clone(), acquirer.clone())));
 
+    let for_gc = (backend.clone(), acquirer.clone());
     let service = BrokerService::new(
         backend,
         acquirer,
@@ -93,17 +96,27 @@ where
         .set_accept_hook(PeerCredHook)
         .register_service(tether_proto::create_broker(Arc::new(service)));
     server.start().await.map_err(Error::Ttrpc)?;
+    let gc_task = config
+        .gc_interval
+        .map(|every| tokio::spawn(gc::periodic(for_gc.0, for_gc.1, every)));
     log::info!(
-        "serving on {} (metrics {}, audit log {})",
+        "serving on {} (metrics {}, audit log {}, garbage collection {})",
         config.socket.display(),
         config.metrics,
-        config.audit_log.display()
+        config.audit_log.display(),
+        match config.gc_interval {
+            Some(every) => format!("every {}s", every.as_secs()),
+            None => "off".into(),
+        }
     );
 
     shutdown.await;
     log::info!("shutting down");
 
     let _ = server.shutdown().await;
+    if let Some(t) = gc_task {
+        t.abort();
+    }
     if let Some(t) = metrics_task {
         t.abort();
     }

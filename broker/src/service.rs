@@ -13,6 +13,7 @@ use ttrpc::asynchronous::TtrpcContext;
 use crate::acquire::{blocking, Acquirer};
 use crate::backend::Backend;
 use crate::error::BackendError;
+use crate::gc;
 use crate::peer::authorize;
 use crate::types::{ContainerStatsInfo, StatusInfo};
 
@@ -158,17 +159,9 @@ impl pb::Broker for BrokerService {
         req: pb::GarbageCollectRequest,
     ) -> ttrpc::Result<pb::GarbageCollectResponse> {
         authorize(ctx, &self.info.allowed_uids)?;
-        let dry_run = req.dry_run;
-        let report = self.call("GarbageCollect", move |b| b.gc(dry_run)).await?;
-        if !dry_run {
-            self.acquirer.forget(&report.removed_versions);
-            log::info!(
-                "garbage collected {} containers, {} versions, {} map entries",
-                report.removed_containers.len(),
-                report.removed_versions.len(),
-                report.removed_map_entries
-            );
-        }
+        let report = gc::collect(&self.backend, &self.acquirer, req.dry_run)
+            .await
+            .map_err(|e| failed("GarbageCollect", e))?;
         Ok(report.into())
     }
 }
