@@ -48,11 +48,18 @@ pub struct Containerd {
     child: Option<Child>,
     /// Namespaces handed out through [`Containerd::ctr`], for cleanup.
     namespaces: Mutex<BTreeSet<String>>,
+    /// Extra environment for containerd (and so for its shims).
+    env: Vec<(String, String)>,
 }
 
 impl Containerd {
     /// Starts a private containerd and waits (with a deadline) until it serves requests.
     pub fn start() -> Result<Self> {
+        Self::start_with_env(Vec::new())
+    }
+
+    /// [`Containerd::start`] with extra environment variables (inherited by the shims).
+    pub fn start_with_env(env: Vec<(String, String)>) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("tether-ctd-")
             .tempdir()
@@ -61,6 +68,7 @@ impl Containerd {
             dir,
             child: None,
             namespaces: Mutex::new(BTreeSet::new()),
+            env,
         };
         cd.write_config()?;
         cd.write_tether_config()?;
@@ -275,6 +283,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .arg(level)
             .env("PATH", path)
             .env("TETHER_CONFIG", self.tether_config())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);

@@ -477,3 +477,44 @@ fn cni_interface_is_attached_before_start() -> Result<()> {
         env.assert_no_leaks(&id)
     })
 }
+
+#[test]
+fn existing_netns_named_in_the_spec_is_used() -> Result<()> {
+    tether("pod_netns", |env| {
+        // A namespace made beforehand, as Kubernetes does for a pod, with a veth in it.
+        let ns = format!("tether-pod{}", std::process::id());
+        let status = Command::new("ip").args(["netns", "add", &ns]).status()?;
+        ensure!(status.success(), "ip netns add");
+        struct Ns(String);
+        impl Drop for Ns {
+            fn drop(&mut self) {
+                let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+            }
+        }
+        let _ns = Ns(ns.clone());
+        let s = Command::new("ip")
+            .args([
+                "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+            ])
+            .status()?;
+        ensure!(s.success(), "veth in {ns}");
+        let id = env.id("podns");
+        env.ctr.run_container(
+            &env.run(&id)
+                .detach()
+                .flag("--with-ns")
+                .flag(&format!("network:/run/netns/{ns}"))
+                .command(["/bin/sleep", "1000"]),
+        )?;
+        wait_status(env, &id, "RUNNING")?;
+        let pins = pins_of(env, &id);
+        // eth0 and eth1 of the pod's namespace: two TC links each.
+        ensure!(
+            pins.iter().filter(|p| p.starts_with("tc_")).count() == 4,
+            "{pins:?}"
+        );
+        env.ctr.force_remove(&id)?;
+        assert_detached(env, &id)?;
+        env.assert_no_leaks(&id)
+    })
+}

@@ -23,6 +23,26 @@ use crate::error::{Error, Result};
 use crate::locked;
 
 const DEFAULT_SOCKET: &str = "/run/tether/tetherd.sock";
+/// Benchmark-only: each container loads its own copy of the programs (the load storm tether
+/// exists to avoid), to compare against. Set in containerd's environment.
+pub const NAIVE_LOAD_ENV: &str = "TETHER_BENCH_NAIVE_LOAD";
+/// Benchmark-only: a file each attach appends `<id> <microseconds>` to.
+pub const TIMES_FILE_ENV: &str = "TETHER_BENCH_ATTACH_TIMES";
+
+fn record_time(id: &str, us: u128) {
+    let Some(path) = std::env::var_os(TIMES_FILE_ENV) else {
+        return;
+    };
+    let line = format!("{id} {us}\n");
+    let r = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+    if let Err(e) = r {
+        warn!("{}: {e}", PathBuf::from(path).display());
+    }
+}
 
 /// What the shim keeps of an attached container.
 struct Tracked {
@@ -35,6 +55,13 @@ struct Tracked {
     deadline: Duration,
     fail_closed: bool,
     watcher: Option<JoinHandle<()>>,
+}
+
+/// Where an attach step spent its time (logged with every attach).
+struct AttachTimes {
+    programs: Duration,
+    links: Duration,
+    watch: Duration,
 }
 
 /// The eBPF attach hook.
@@ -118,6 +145,9 @@ impl EbpfAttach {
         id: &str,
     ) -> Result<(PinLayout, Arc<Programs>)> {
         let layout = layout(config);
+        if std::env::var_os(NAIVE_LOAD_ENV).is_some() {
+            return naive_load(&layout, id).await;
+        }
         if let Some(p) = locked(&self.programs).get(layout.root()) {
             return Ok((layout, p.clone()));
         }
@@ -152,13 +182,15 @@ impl EbpfAttach {
         Ok((layout, programs))
     }
 
-    async fn try_attach(&self, c: &CreatedContainer<'_>, plan: &Plan) -> Result<()> {
+    async fn try_attach(&self, c: &CreatedContainer<'_>, plan: &Plan) -> Result<AttachTimes> {
         let id = c.id;
         let config_path = c
             .config_path
             .clone()
             .or_else(|| std::env::var_os(crate::config::CONFIG_ENV).map(PathBuf::from));
+        let t0 = std::time::Instant::now();
         let (layout, programs) = self.programs(c.config, config_path.as_deref(), id).await?;
+        let t_programs = t0.elapsed();
         let cgroup_dir = cgroup2_dir(c.pid).map_err(|e| attach_err(id, e))?;
         let cgroup = File::open(&cgroup_dir)
             .map_err(|e| attach_err(id, format!("open {}: {e}", cgroup_dir.display())))?;
@@ -205,6 +237,7 @@ impl EbpfAttach {
             .await
             .map_err(|e| attach_err(id, format!("attach task: {e}")))?
             .map_err(|e| attach_err(id, e))?;
+        let t_links = t0.elapsed();
         let mut tracked = Tracked {
             namespace: c.namespace.to_string(),
             layout,
@@ -220,10 +253,28 @@ impl EbpfAttach {
             tracked.watcher = Some(watch_links(id.to_string(), &tracked)?);
         }
         locked(&self.tracked).insert(id.to_string(), tracked);
-        Ok(())
+        Ok(AttachTimes {
+            programs: t_programs,
+            links: t_links - t_programs,
+            watch: t0.elapsed() - t_links,
+        })
     }
 
     async fn remove(namespace: String, id: String, layout: PinLayout) {
+        let naive = layout
+            .root()
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("naive-"));
+        if naive {
+            let root = layout.root().to_path_buf();
+            Self::remove_links(namespace, id, layout).await;
+            let _ = std::fs::remove_dir_all(root);
+            return;
+        }
+        Self::remove_links(namespace, id, layout).await;
+    }
+
+    async fn remove_links(namespace: String, id: String, layout: PinLayout) {
         let dir = match layout.container_dir(&namespace, &id) {
             Ok(d) => d,
             Err(_) => return,
@@ -248,6 +299,33 @@ impl EbpfAttach {
             Err(e) => warn!("detach task: {e}"),
         }
     }
+}
+
+/// Loads a private copy of the object for one container (benchmarks only).
+async fn naive_load(shared: &PinLayout, id: &str) -> Result<(PinLayout, Arc<Programs>)> {
+    let own = PinLayout::new(shared.root().join(format!("naive-{id}")));
+    let l = own.clone();
+    let cid = id.to_string();
+    tokio::task::spawn_blocking(move || -> tether_bpf::Result<Programs> {
+        shared_root_exists(&l)?;
+        tether_bpf::programs::load_and_pin(&l, tether_bpf::VERSION)?;
+        Programs::open(&l, tether_bpf::VERSION)
+    })
+    .await
+    .map_err(|e| attach_err(&cid, e))?
+    .map(|p| (own, Arc::new(p)))
+    .map_err(|e| attach_err(id, e))
+}
+
+fn shared_root_exists(own: &PinLayout) -> tether_bpf::Result<()> {
+    if let Some(parent) = own.root().parent() {
+        std::fs::create_dir_all(parent).map_err(|e| tether_bpf::Error::Path {
+            op: "mkdir",
+            path: parent.to_path_buf(),
+            source: e,
+        })?;
+    }
+    Ok(())
 }
 
 /// Re-attaches whenever a link is added in the container's network namespace.
@@ -351,8 +429,21 @@ impl AttachHook for EbpfAttach {
         if !plan.enabled {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let r = match tokio::time::timeout(plan.deadline, self.try_attach(c, &plan)).await {
-            Ok(r) => r,
+            Ok(Ok(t)) => {
+                record_time(c.id, started.elapsed().as_micros());
+                info!(
+                    "attached {} in {} us (pins {} us, links {} us, link watch {} us)",
+                    c.id,
+                    started.elapsed().as_micros(),
+                    t.programs.as_micros(),
+                    t.links.as_micros(),
+                    t.watch.as_micros()
+                );
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(attach_err(
                 c.id,
                 format!("not done within the deadline of {:?}", plan.deadline),

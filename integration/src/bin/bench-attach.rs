@@ -1,0 +1,207 @@
+//! `bench-attach [SEQUENTIAL] [CONCURRENT]`: the attach step's duration, tether (programs
+//! from the pins tetherd loaded once) against a naive mode in which every shim loads its own
+//! copy of the programs (`TETHER_BENCH_NAIVE_LOAD`, benchmark-only).
+//!
+//! Each mode gets its own private containerd. Each shim appends `<id> <microseconds>` per
+//! attach to the file named by `TETHER_BENCH_ATTACH_TIMES` (benchmark-only). Sequential: containers
+//! one after another (`ctr run --rm ... /bin/true`); concurrent: that many `ctr run -d` at
+//! once. Prints p50 / p99 / max and the ratio; asserts nothing.
+use std::collections::HashMap;
+use std::fs;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tether_integration::ctr::{Run, Source};
+use tether_integration::harness::require_root;
+use tether_integration::{image, rootfs, Containerd, Ctr, Runtime};
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Attach durations (µs) of `ids`, from the file the shims append to
+/// (`TETHER_BENCH_ATTACH_TIMES`, benchmark-only).
+fn attach_times(m: &Mode, ids: &[String]) -> Result<Vec<f64>> {
+    let text = fs::read_to_string(&m.times).context("reading the attach times")?;
+    let mut by_id = HashMap::new();
+    for line in text.lines() {
+        if let Some((id, us)) = line.split_once(' ') {
+            if let Ok(us) = us.parse::<f64>() {
+                by_id.insert(id.to_string(), us);
+            }
+        }
+    }
+    let mut out: Vec<f64> = ids.iter().filter_map(|i| by_id.get(i).copied()).collect();
+    if out.len() != ids.len() {
+        bail!(
+            "{}: {} of {} containers recorded an attach time",
+            m.name,
+            out.len(),
+            ids.len()
+        );
+    }
+    out.sort_by(f64::total_cmp);
+    Ok(out)
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    let i = ((p / 100.0) * (v.len() as f64 - 1.0)).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+struct Mode {
+    name: &'static str,
+    times: std::path::PathBuf,
+    _cd: Containerd,
+    ctr: Ctr,
+    source: Source,
+    _work: tempfile::TempDir,
+}
+
+fn mode(name: &'static str, mut env: Vec<(String, String)>) -> Result<Mode> {
+    let work = tempfile::Builder::new().prefix("tether-bench-").tempdir()?;
+    let times = work.path().join("attach-times");
+    env.push((
+        "TETHER_BENCH_ATTACH_TIMES".into(),
+        times.display().to_string(),
+    ));
+    let cd = Containerd::start_with_env(env)?;
+    // A naive burst takes seconds per container: give every mode the same long deadline so
+    // nothing is cut short (and attached fail-open without a time).
+    let mut cfg = fs::read_to_string(cd.tether_config())?;
+    cfg.push_str("\n[attach]\ndeadline_ms = 120000\n");
+    fs::write(cd.tether_config(), cfg)?;
+    let ctr = cd.ctr(&format!("bench-{name}"));
+    let rootfs = rootfs::build_busybox(&work.path().join("rootfs"))?;
+    image::import(
+        &ctr,
+        &rootfs,
+        image::BUSYBOX_IMAGE,
+        &work.path().join("image"),
+    )?;
+    Ok(Mode {
+        name,
+        times,
+        _cd: cd,
+        ctr,
+        source: Source::Image(image::BUSYBOX_IMAGE.to_owned()),
+        _work: work,
+    })
+}
+
+fn sequential(m: &Mode, first: usize, n: usize) -> Result<Vec<f64>> {
+    let ids: Vec<String> = (first..first + n)
+        .map(|i| format!("seq-{}-{i}", m.name))
+        .collect();
+    for id in &ids {
+        let run = Run::new(Runtime::Tether, m.source.clone(), id.clone())
+            .rm()
+            .timeout(RUN_TIMEOUT)
+            .command(["/bin/true"]);
+        let out = m.ctr.run_container(&run)?;
+        if !out.success() {
+            bail!("{id}: {out}");
+        }
+    }
+    attach_times(m, &ids)
+}
+
+fn concurrent(m: &Mode, n: usize) -> Result<Vec<f64>> {
+    let ids: Vec<String> = (0..n).map(|i| format!("conc-{}-{i}", m.name)).collect();
+    let handles: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let run = Run::new(Runtime::Tether, m.source.clone(), id.clone())
+                .detach()
+                .timeout(RUN_TIMEOUT)
+                .command(["/bin/sleep", "1000"]);
+            let ctr = m.ctr.clone();
+            thread::spawn(move || ctr.run_container(&run))
+        })
+        .collect();
+    for h in handles {
+        let out = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("ctr thread panicked"))??;
+        if !out.success() {
+            bail!("{out}");
+        }
+    }
+    // A running shim may hold its last log lines; they are written by the time it exits.
+    for id in &ids {
+        let _ = m.ctr.force_remove(id);
+    }
+    attach_times(m, &ids)
+}
+
+fn row(name: &str, v: &[f64], base: Option<&[f64]>) -> String {
+    let ms = |us: f64| us / 1000.0;
+    let ratio = base.map_or("-".to_string(), |b| {
+        format!("{:.1}x", pct(v, 50.0) / pct(b, 50.0))
+    });
+    format!(
+        "| {name} | {} | {:.2} | {:.2} | {:.2} | {ratio} |",
+        v.len(),
+        ms(pct(v, 50.0)),
+        ms(pct(v, 99.0)),
+        ms(pct(v, 100.0)),
+    )
+}
+
+fn main() -> Result<()> {
+    require_root()?;
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let seq_n = args.first().copied().unwrap_or(30);
+    let conc_n = args.get(1).copied().unwrap_or(50);
+    let tether = mode("tether", Vec::new())?;
+    let naive = mode(
+        "naive",
+        vec![("TETHER_BENCH_NAIVE_LOAD".into(), "1".into())],
+    )?;
+    // Warm-up: tetherd starts and loads once; page cache.
+    sequential(&tether, 1_000_000, 1)?;
+    sequential(&naive, 1_000_000, 1)?;
+    // A node normally runs containers: one stays up in each mode, so the kernel's
+    // per-hook static keys stay on (the first attach on an idle node patches kernel text).
+    for m in [&tether, &naive] {
+        let run = Run::new(Runtime::Tether, m.source.clone(), "resident".to_string())
+            .detach()
+            .timeout(RUN_TIMEOUT)
+            .command(["/bin/sleep", "1000"]);
+        m.ctr.run_container(&run)?;
+    }
+    let mut t_seq = Vec::new();
+    let mut n_seq = Vec::new();
+    // Alternate in chunks of five so drift hits both alike.
+    for chunk in 0..seq_n.div_ceil(5) {
+        t_seq.extend(sequential(&tether, chunk * 5, 5)?);
+        n_seq.extend(sequential(&naive, chunk * 5, 5)?);
+    }
+    t_seq.sort_by(f64::total_cmp);
+    n_seq.sort_by(f64::total_cmp);
+    let t_conc = concurrent(&tether, conc_n)?;
+    let n_conc = concurrent(&naive, conc_n)?;
+    for m in [&tether, &naive] {
+        let _ = m.ctr.force_remove("resident");
+    }
+    println!("## bench-attach: attach step duration (ms), from the shims' log lines\n");
+    println!("| mode | n | p50 | p99 | max | p50 / tether |");
+    println!("|---|---|---|---|---|---|");
+    println!("{}", row("tether, sequential", &t_seq, None));
+    println!("{}", row("naive, sequential", &n_seq, Some(&t_seq)));
+    println!(
+        "{}",
+        row(&format!("tether, {conc_n} concurrent"), &t_conc, None)
+    );
+    println!(
+        "{}",
+        row(
+            &format!("naive, {conc_n} concurrent"),
+            &n_conc,
+            Some(&t_conc)
+        )
+    );
+    Ok(())
+}
