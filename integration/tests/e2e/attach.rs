@@ -503,7 +503,7 @@ fn existing_netns_named_in_the_spec_is_used() -> Result<()> {
             &env.run(&id)
                 .detach()
                 .flag("--with-ns")
-                .flag(&format!("network:/run/netns/{ns}"))
+                .flag(format!("network:/run/netns/{ns}"))
                 .command(["/bin/sleep", "1000"]),
         )?;
         wait_status(env, &id, "RUNNING")?;
