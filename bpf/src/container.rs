@@ -11,6 +11,7 @@ use crate::maps::{Cidr, ContainerConfig, Counters, IfKey};
 use crate::pins::{self, PinLayout};
 use crate::programs::{NetnsKey, Prog, Programs};
 use crate::sys::{self, LinkInfo};
+use crate::tc::{self, TcAttach};
 
 /// The cgroup id of a cgroup v2 directory: the inode number of the directory, which is the
 /// kernfs node id the kernel reports as the cgroup id (64-bit kernels, Linux 5.5+).
@@ -130,10 +131,53 @@ pub fn attach_netns_only(
     netns: BorrowedFd<'_>,
     only: Option<&[String]>,
 ) -> Result<Vec<IfaceAttached>> {
+    attach_netns_with(
+        programs,
+        layout,
+        namespace,
+        id,
+        cgroup_id,
+        netns,
+        only,
+        TcAttach::probe(),
+    )
+}
+
+/// [`attach_netns_only`] with an explicit TC attach mode.
+#[allow(clippy::too_many_arguments)]
+pub fn attach_netns_with(
+    programs: &Programs,
+    layout: &PinLayout,
+    namespace: &str,
+    id: &str,
+    cgroup_id: u64,
+    netns: BorrowedFd<'_>,
+    only: Option<&[String]>,
+    tc: TcAttach,
+) -> Result<Vec<IfaceAttached>> {
     refuse_host_netns(netns)?;
     let dir = layout.container_dir(namespace, id)?;
     pins::make_dir(&dir)?;
-    in_netns(netns, || attach_here(programs, &dir, cgroup_id, only))
+    in_netns(netns, || attach_here(programs, &dir, cgroup_id, only, tc))
+}
+
+/// Removes the clsact filters of a container's interfaces (the clsact mode of
+/// [`TcAttach`]; TCX links go with their pins in [`detach`]). Run it while the namespace
+/// is still reachable through `netns`, before [`detach`] forgets the interfaces.
+pub fn detach_clsact(programs: &Programs, netns: BorrowedFd<'_>, cgroup_id: u64) -> Result<usize> {
+    let ifaces: Vec<u32> = programs
+        .maps()
+        .ifaces()?
+        .into_iter()
+        .filter(|(_, cg)| *cg == cgroup_id)
+        .map(|(k, _)| k.ifindex)
+        .collect();
+    in_netns(netns, || {
+        for ifindex in &ifaces {
+            tc::clsact_detach(programs, *ifindex)?;
+        }
+        Ok(ifaces.len())
+    })
 }
 
 /// Runs `f` on a dedicated thread that has joined `netns`; the caller's thread never
@@ -180,6 +224,7 @@ fn attach_here(
     dir: &Path,
     cgroup_id: u64,
     only: Option<&[String]>,
+    tc: TcAttach,
 ) -> Result<Vec<IfaceAttached>> {
     let cookie = match programs.netns_key() {
         NetnsKey::Cookie => sys::current_netns_cookie()?,
@@ -192,6 +237,23 @@ fn attach_here(
             continue;
         }
         let key = IfKey::new(cookie, ifindex);
+        if tc == TcAttach::Clsact {
+            let known = maps
+                .ifaces()?
+                .into_iter()
+                .any(|(k, cg)| k == key && cg == cgroup_id);
+            if known {
+                continue;
+            }
+            maps.set_iface(key, cgroup_id)?;
+            tc::clsact_attach(programs, ifindex)?;
+            out.push(IfaceAttached {
+                key,
+                name,
+                links: Vec::new(),
+            });
+            continue;
+        }
         let pin_in = dir.join(format!("tc_{ifindex}_ingress"));
         let pin_eg = dir.join(format!("tc_{ifindex}_egress"));
         if let Ok(existing) = Link::open_pinned(&pin_in) {

@@ -17,6 +17,7 @@ pub mod maps;
 pub mod pins;
 pub mod programs;
 pub mod sys;
+pub mod tc;
 
 #[allow(
     clippy::all,

@@ -382,3 +382,219 @@ fn missing_bpffs_is_a_clear_error() {
         .to_string();
     assert!(err.contains("is not on a bpf file system"), "{err}");
 }
+
+#[test]
+fn a_full_map_is_a_clear_error() {
+    let fs = Bpffs::new();
+    let progs = fs.load();
+    let maps = progs.maps();
+    let cfg = ContainerConfig::default();
+    // identities and containers hold 16384 entries each.
+    let mut n = 0u64;
+    let err = loop {
+        n += 1;
+        match maps.set_container(n, &cfg, "full", &format!("c{n}")) {
+            Ok(()) => assert!(n <= 16384, "more entries than the map holds"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(n, 16385);
+    let msg = err.to_string();
+    assert!(msg.contains("is full") && msg.contains("16384"), "{msg}");
+    // Entries already written stay usable; removing one makes room again.
+    assert!(maps.remove_container(1).unwrap() >= 2);
+    maps.set_container(n, &cfg, "full", "again").unwrap();
+}
+
+#[test]
+fn a_new_version_is_pinned_beside_the_old_and_gc_removes_it_once_unused() {
+    let fs = Bpffs::new();
+    let current = fs.load();
+    // An older build's object, pinned under its own version.
+    let old_version = "00000000000000aa";
+    tether_bpf::programs::load_and_pin(&fs.layout, old_version).unwrap();
+    let old = tether_bpf::Programs::open(&fs.layout, old_version).unwrap();
+    assert_ne!(
+        old.ids(),
+        current.ids(),
+        "each version has its own programs"
+    );
+    let mut versions = fs.layout.versions().unwrap();
+    versions.sort();
+    assert_eq!(versions.len(), 2);
+
+    // A container attached with the old version keeps it alive.
+    let cg = TestCgroup::new();
+    container::attach_cgroup(
+        &old,
+        &fs.layout,
+        "test",
+        "old",
+        cg.open().as_fd(),
+        &ContainerConfig::default(),
+        &[],
+    )
+    .unwrap();
+    let all = [
+        tether_bpf::Programs::open(&fs.layout, tether_bpf::VERSION).unwrap(),
+        tether_bpf::Programs::open(&fs.layout, old_version).unwrap(),
+    ];
+    let r = tether_bpf::gc::collect(&fs.layout, &all, tether_bpf::VERSION, false).unwrap();
+    assert!(r.versions.is_empty(), "{r:?}");
+    assert!(fs.layout.version_dir(old_version).exists());
+
+    container::detach(&old, &fs.layout, "test", "old").unwrap();
+    let r = tether_bpf::gc::collect(&fs.layout, &all, tether_bpf::VERSION, false).unwrap();
+    assert_eq!(r.versions, vec![old_version.to_string()]);
+    assert!(!fs.layout.version_dir(old_version).exists());
+    assert!(
+        fs.layout.version_dir(tether_bpf::VERSION).exists(),
+        "current stays"
+    );
+}
+
+#[test]
+fn audit_events_are_sampled_and_rate_limited() {
+    let fs = Bpffs::new();
+    let progs = fs.load();
+    let maps = progs.maps();
+    let mut reader = tether_bpf::events::EventReader::new(&progs).unwrap();
+    // Burst of 3 tokens, refilled at 1 per second: a flood yields about 3 events.
+    let cfg = ContainerConfig {
+        rate_per_sec: 1,
+        burst: 3,
+        ..ContainerConfig::default()
+    };
+    maps.set_container(TEST_RUN_CGROUP, &cfg, "test", "noisy")
+        .unwrap();
+    maps.add_deny(TEST_RUN_CGROUP, &"192.0.2.0/24".parse().unwrap())
+        .unwrap();
+    let pkt = ipv4_packet([192, 0, 2, 1], 10);
+    for _ in 0..100 {
+        assert_eq!(progs.test_run(Prog::CgroupEgress, &pkt).unwrap(), 0);
+    }
+    let events = reader.poll(std::time::Duration::from_millis(100)).unwrap();
+    // Per-CPU buckets: at most burst events per CPU the test ran on.
+    assert!(
+        !events.is_empty() && events.len() <= 3 * 2,
+        "{}",
+        events.len()
+    );
+    let e = &events[0];
+    assert_eq!(e.kind, tether_bpf::events::EventKind::DropCgroup);
+    assert_eq!(e.daddr.to_string(), "192.0.2.1");
+    assert_eq!(e.cgroup_id, TEST_RUN_CGROUP);
+    let c = maps.cgroup_counters(TEST_RUN_CGROUP).unwrap();
+    assert_eq!(c.drops, 100);
+    assert_eq!(c.events_lost as usize, 100 - events.len());
+
+    // Sampling: one in ten, no rate limit.
+    let cfg = ContainerConfig {
+        sample_every: 10,
+        rate_per_sec: 0,
+        ..ContainerConfig::default()
+    };
+    maps.remove_container(TEST_RUN_CGROUP).unwrap();
+    maps.set_container(TEST_RUN_CGROUP, &cfg, "test", "sampled")
+        .unwrap();
+    maps.add_deny(TEST_RUN_CGROUP, &"192.0.2.0/24".parse().unwrap())
+        .unwrap();
+    for _ in 0..100 {
+        progs.test_run(Prog::CgroupEgress, &pkt).unwrap();
+    }
+    let events = reader.poll(std::time::Duration::from_millis(100)).unwrap();
+    // One in ten per CPU: 10, or 9 if the runs were split across two CPUs.
+    assert!((9..=10).contains(&events.len()), "{}", events.len());
+}
+
+#[test]
+fn clsact_fallback_counts_and_detaches() {
+    use tether_bpf::tc::TcAttach;
+    let fs = Bpffs::new();
+    let progs = fs.load();
+    let pair = VethPair::new();
+    let cg = TestCgroup::new();
+    let attached = container::attach_cgroup(
+        &progs,
+        &fs.layout,
+        "test",
+        "clsact",
+        cg.open().as_fd(),
+        &ContainerConfig::default(),
+        &[],
+    )
+    .unwrap();
+    let netns = pair.a.open();
+    let ifaces = container::attach_netns_with(
+        &progs,
+        &fs.layout,
+        "test",
+        "clsact",
+        attached.cgroup_id,
+        netns.as_fd(),
+        None,
+        TcAttach::Clsact,
+    )
+    .unwrap();
+    assert_eq!(ifaces.len(), 1);
+    let shown = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &pair.a.name,
+            "tc",
+            "filter",
+            "show",
+            "dev",
+            "veth0",
+            "egress",
+        ],
+    );
+    assert!(shown.contains("tether_tc_egres"), "{shown}");
+    // Idempotent.
+    assert!(container::attach_netns_with(
+        &progs,
+        &fs.layout,
+        "test",
+        "clsact",
+        attached.cgroup_id,
+        netns.as_fd(),
+        None,
+        TcAttach::Clsact,
+    )
+    .unwrap()
+    .is_empty());
+
+    let target = format!("{}:9", pair.addr_b);
+    let r = probe_result(&spawn_probe(
+        Some(&pair.a),
+        None,
+        &format!("sendto {target} 10"),
+    ));
+    assert_eq!(r, "sent");
+    let c = progs.maps().iface_counters(ifaces[0].key).unwrap();
+    assert!(c.tx_packets >= 10 && c.tx_packets <= 20, "{c:?}");
+
+    assert_eq!(
+        container::detach_clsact(&progs, netns.as_fd(), attached.cgroup_id).unwrap(),
+        1
+    );
+    let shown = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &pair.a.name,
+            "tc",
+            "filter",
+            "show",
+            "dev",
+            "veth0",
+            "egress",
+        ],
+    );
+    assert!(!shown.contains("tether"), "{shown}");
+    container::detach(&progs, &fs.layout, "test", "clsact").unwrap();
+    assert!(progs.maps().ifaces().unwrap().is_empty());
+}

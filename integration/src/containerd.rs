@@ -100,6 +100,14 @@ impl Containerd {
         fs::write(self.tether_config(), toml).context("writing tether config")
     }
 
+    /// An extra environment variable this containerd was started with.
+    pub fn env_var(&self, key: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The tether config file the shims of this containerd read.
     pub fn tether_config(&self) -> PathBuf {
         self.dir.path().join("tether.toml")

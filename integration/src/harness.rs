@@ -33,6 +33,11 @@ pub struct TestEnv {
 impl TestEnv {
     /// Starts a private containerd for `scenario` (a short `[a-z0-9_]` name) and `runtime`.
     pub fn new(runtime: Runtime, scenario: &str) -> Result<Self> {
+        Self::with_env(runtime, scenario, Vec::new())
+    }
+
+    /// [`TestEnv::new`] with extra environment for containerd and its shims.
+    pub fn with_env(runtime: Runtime, scenario: &str, env: Vec<(String, String)>) -> Result<Self> {
         require_root()?;
         require_shim(runtime)?;
         // Unique per env even if two envs of one process share a scenario name: runc's
@@ -46,7 +51,7 @@ impl TestEnv {
             std::process::id(),
             ENVS.fetch_add(1, Ordering::Relaxed)
         );
-        let containerd = Containerd::start()?;
+        let containerd = Containerd::start_with_env(env)?;
         let ctr = containerd.ctr(&suffix);
         let dir = tempfile::Builder::new()
             .prefix("tether-env-")

@@ -480,9 +480,26 @@ fn cni_interface_is_attached_before_start() -> Result<()> {
 
 #[test]
 fn existing_netns_named_in_the_spec_is_used() -> Result<()> {
-    tether("pod_netns", |env| {
+    tether("pod_netns", pod_netns)
+}
+
+/// The clsact fallback (kernels without TCX; forced here): filters go on the pod's
+/// interfaces and are removed at delete, while the pod's namespace lives on.
+#[test]
+fn clsact_filters_are_removed_from_a_pod_netns_at_delete() -> Result<()> {
+    let mut env = TestEnv::with_env(
+        Runtime::Tether,
+        "clsact",
+        vec![("TETHER_TC_ATTACH".into(), "clsact".into())],
+    )?;
+    pod_netns(&mut env)
+}
+
+fn pod_netns(env: &mut TestEnv) -> Result<()> {
+    let clsact = env.containerd().env_var("TETHER_TC_ATTACH") == Some("clsact");
+    {
         // A namespace made beforehand, as Kubernetes does for a pod, with a veth in it.
-        let ns = format!("tether-pod{}", std::process::id());
+        let ns = format!("tp-{}", env.id("ns"));
         let status = Command::new("ip").args(["netns", "add", &ns]).status()?;
         ensure!(status.success(), "ip netns add");
         struct Ns(String);
@@ -508,13 +525,42 @@ fn existing_netns_named_in_the_spec_is_used() -> Result<()> {
         )?;
         wait_status(env, &id, "RUNNING")?;
         let pins = pins_of(env, &id);
-        // eth0 and eth1 of the pod's namespace: two TC links each.
-        ensure!(
-            pins.iter().filter(|p| p.starts_with("tc_")).count() == 4,
-            "{pins:?}"
-        );
+        let filters = |dev: &str| -> Result<String> {
+            let out = Command::new("ip")
+                .args([
+                    "netns", "exec", &ns, "tc", "filter", "show", "dev", dev, "egress",
+                ])
+                .output()?;
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        if clsact {
+            ensure!(pins.len() == 6, "clsact pins nothing for TC: {pins:?}");
+            ensure!(
+                filters("eth0")?.contains("tether_tc_egres"),
+                "{}",
+                filters("eth0")?
+            );
+            let s = stats_of(env, &id)?;
+            ensure!(s["interfaces"].as_array().map_or(0, Vec::len) == 2, "{s}");
+        } else {
+            // eth0 and eth1 of the pod's namespace: two TC links each.
+            ensure!(
+                pins.iter().filter(|p| p.starts_with("tc_")).count() == 4,
+                "{pins:?}"
+            );
+        }
         env.ctr.force_remove(&id)?;
         assert_detached(env, &id)?;
+        ensure!(
+            !filters("eth0")?.contains("tether"),
+            "filters left: {}",
+            filters("eth0")?
+        );
+        ensure!(
+            !filters("eth1")?.contains("tether"),
+            "filters left: {}",
+            filters("eth1")?
+        );
         env.assert_no_leaks(&id)
-    })
+    }
 }

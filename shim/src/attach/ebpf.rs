@@ -522,6 +522,20 @@ impl AttachHook for EbpfAttach {
                 if let Some(w) = t.watcher.take() {
                     w.abort();
                 }
+                // clsact filters are not pinned: remove them while the shim still holds
+                // the namespace (runc delete has already run).
+                if let Some(netns) = t.netns.clone() {
+                    if tether_bpf::tc::TcAttach::probe() == tether_bpf::tc::TcAttach::Clsact {
+                        let (p, cg) = (t.programs.clone(), t.cgroup_id);
+                        let r = tokio::task::spawn_blocking(move || {
+                            container::detach_clsact(&p, netns.as_fd(), cg)
+                        })
+                        .await;
+                        if let Ok(Err(e)) = r {
+                            warn!("{id}: remove clsact filters: {e}");
+                        }
+                    }
+                }
                 t.layout
             }
             None => layout(config),

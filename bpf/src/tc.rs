@@ -1,0 +1,84 @@
+//! How TC programs are attached: TCX links (Linux 6.6+), or clsact filters on older kernels.
+//!
+//! A TCX link is a bpf_link: pinned under the container's directory, listed by tetherd, and
+//! detached by unpinning. A clsact filter (cls_bpf in direct-action mode, through netlink)
+//! is not a bpf object: it lives on the interface until removed, so tether gives its filters
+//! a fixed handle and priority and removes them by those at detach, from inside the
+//! container's network namespace.
+use std::os::fd::BorrowedFd;
+
+use libbpf_rs::{TcHookBuilder, TC_EGRESS, TC_INGRESS};
+
+use crate::error::{Error, Result};
+use crate::programs::{Prog, Programs};
+
+/// The filter handle and priority tether's clsact filters use.
+const CLSACT_HANDLE: u32 = 0x7e7;
+const CLSACT_PRIORITY: u32 = 0x7e7;
+
+/// The way TC programs go on an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcAttach {
+    /// TCX links (Linux 6.6+): multi-program, owned by a bpf_link, pinnable.
+    Tcx,
+    /// A clsact qdisc with a direct-action cls_bpf filter per direction (older kernels).
+    Clsact,
+}
+
+impl TcAttach {
+    /// TCX where the kernel has it (6.6+), clsact otherwise. `TETHER_TC_ATTACH=tcx|clsact`
+    /// overrides the choice (for kernels with TCX disabled, and for tests of the fallback).
+    pub fn probe() -> Self {
+        match std::env::var("TETHER_TC_ATTACH").as_deref() {
+            Ok("clsact") => TcAttach::Clsact,
+            Ok("tcx") => TcAttach::Tcx,
+            _ if crate::sys::kernel_at_least(6, 6) => TcAttach::Tcx,
+            _ => TcAttach::Clsact,
+        }
+    }
+}
+
+fn hook(prog: BorrowedFd<'_>, ifindex: u32, ingress: bool) -> libbpf_rs::TcHook {
+    let mut b = TcHookBuilder::new(prog);
+    b.ifindex(ifindex as i32)
+        .replace(true)
+        .handle(CLSACT_HANDLE)
+        .priority(CLSACT_PRIORITY);
+    b.hook(if ingress { TC_INGRESS } else { TC_EGRESS })
+}
+
+fn tc_err(call: &'static str, e: libbpf_rs::Error) -> Error {
+    Error::Libbpf {
+        what: call,
+        source: e,
+    }
+}
+
+/// Attaches both TC programs to `ifindex` as clsact filters in the calling thread's network
+/// namespace (creating the clsact qdisc if needed). Replaces tether's own earlier filters.
+pub(crate) fn clsact_attach(programs: &Programs, ifindex: u32) -> Result<()> {
+    for (prog, ingress) in [(Prog::TcIngress, true), (Prog::TcEgress, false)] {
+        let mut h = hook(programs.fd(prog), ifindex, ingress);
+        h.create().map_err(|e| tc_err("create clsact qdisc", e))?;
+        h.attach().map_err(|e| tc_err("attach cls_bpf filter", e))?;
+    }
+    Ok(())
+}
+
+/// Removes tether's clsact filters from `ifindex` in the calling thread's network namespace.
+/// Filters (or the interface) already gone are fine.
+pub(crate) fn clsact_detach(programs: &Programs, ifindex: u32) -> Result<()> {
+    for (prog, ingress) in [(Prog::TcIngress, true), (Prog::TcEgress, false)] {
+        let mut h = hook(programs.fd(prog), ifindex, ingress);
+        if let Err(e) = h.detach() {
+            let gone = matches!(
+                e.kind(),
+                libbpf_rs::ErrorKind::NotFound | libbpf_rs::ErrorKind::InvalidInput
+            );
+            if !gone {
+                return Err(tc_err("detach cls_bpf filter", e));
+            }
+        }
+    }
+    Ok(())
+}
