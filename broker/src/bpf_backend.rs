@@ -330,6 +330,9 @@ impl Backend for BpfBackend {
                     cgroup,
                     interfaces,
                     total,
+                    // In the maps, so not deleted: retired containers are the service's.
+                    deleted: false,
+                    deleted_at_unix_ns: 0,
                 });
             }
         }

@@ -221,6 +221,20 @@ impl Client {
         Ok(r.stats.into_iter().map(Into::into).collect())
     }
 
+    /// Reports the final counters of a deleted container, after everything of it was
+    /// detached; tetherd keeps them for a while and Stats lists them as deleted.
+    /// `stats.id` and `stats.namespace` must be set (else INVALID_ARGUMENT); `deleted`
+    /// and `deleted_at_unix_ns` are set by tetherd.
+    pub async fn retire(&self, stats: ContainerStatsInfo) -> Result<(), ClientError> {
+        let req = pb::RetireRequest {
+            stats: protobuf::MessageField::some(stats.into()),
+            ..Default::default()
+        };
+        self.rpc("Retire", self.inner.retire(self.ctx(), &req))
+            .await?;
+        Ok(())
+    }
+
     pub async fn gc(&self, dry_run: bool) -> Result<GcReport, ClientError> {
         let req = pb::GarbageCollectRequest {
             dry_run,

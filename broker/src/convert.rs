@@ -266,6 +266,8 @@ impl From<ContainerStatsInfo> for pb::ContainerStats {
             cgroup: counters_in(s.cgroup),
             interfaces: list(s.interfaces),
             total: counters_in(s.total),
+            deleted: s.deleted,
+            deleted_at_unix_ns: s.deleted_at_unix_ns,
             ..Default::default()
         }
     }
@@ -280,6 +282,8 @@ impl From<pb::ContainerStats> for ContainerStatsInfo {
             namespace: s.namespace,
             cgroup_id: s.cgroup_id,
             interfaces: list(s.interfaces),
+            deleted: s.deleted,
+            deleted_at_unix_ns: s.deleted_at_unix_ns,
         }
     }
 }
@@ -332,9 +336,29 @@ mod tests {
                 counters: c,
             }],
             total: c,
+            deleted: false,
+            deleted_at_unix_ns: 0,
         };
         let back: ContainerStatsInfo = pb::ContainerStats::from(s.clone()).into();
         assert_eq!(back, s);
+
+        let retired = ContainerStatsInfo {
+            deleted: true,
+            deleted_at_unix_ns: 1_700_000_000_123_456_789,
+            ..s
+        };
+        let msg = pb::ContainerStats::from(retired.clone());
+        assert!(msg.deleted);
+        assert_eq!(msg.deleted_at_unix_ns, 1_700_000_000_123_456_789);
+        // Through the wire format too, as the client sees it.
+        let bytes = protobuf::Message::write_to_bytes(&pb::RetireRequest {
+            stats: MessageField::some(msg),
+            ..Default::default()
+        })
+        .unwrap();
+        let req: pb::RetireRequest = protobuf::Message::parse_from_bytes(&bytes).unwrap();
+        let back: ContainerStatsInfo = req.stats.unwrap().into();
+        assert_eq!(back, retired);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The errors of tether-broker: `BackendError` (what a backend reports, and its one
-//! mapping to a ttrpc status), `Error` (tetherd setup: config, socket, lock, files) and
+//! The errors of tether-broker: `BackendError` (what a backend or a request handler
+//! reports, and its one mapping to a ttrpc status), `Error` (tetherd setup: config, socket, lock, files) and
 //! `ClientError` (what a broker client sees) and `CtlError` (a tetherctl command).
 
 use std::io;
@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use ttrpc::Code;
 
-/// An error of a `Backend` call; becomes a ttrpc status through [`BackendError::code`].
+/// An error of a `Backend` call or of a request tetherd refuses; becomes a ttrpc status
+/// through [`BackendError::code`].
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// A pin directory or pin is missing pieces or unusable.
@@ -47,6 +48,12 @@ pub enum BackendError {
     /// The backend panicked during `call`.
     #[error("backend crashed during {call}")]
     Crashed { call: &'static str },
+    /// A request field (dotted path, e.g. `stats.id`) is missing or unusable.
+    #[error("invalid request: {field} {reason}")]
+    InvalidRequest {
+        field: &'static str,
+        reason: &'static str,
+    },
 }
 
 impl BackendError {
@@ -69,6 +76,7 @@ impl BackendError {
             BackendError::Unavailable(_) => Code::UNAVAILABLE,
             BackendError::BadVersion(_) => Code::INVALID_ARGUMENT,
             BackendError::Crashed { .. } => Code::INTERNAL,
+            BackendError::InvalidRequest { .. } => Code::INVALID_ARGUMENT,
         }
     }
 
@@ -235,6 +243,13 @@ mod tests {
                 Code::INVALID_ARGUMENT,
             ),
             (BackendError::Crashed { call: "load" }, Code::INTERNAL),
+            (
+                BackendError::InvalidRequest {
+                    field: "stats.id",
+                    reason: "is empty",
+                },
+                Code::INVALID_ARGUMENT,
+            ),
         ];
         for (err, code) in cases {
             assert_eq!(err.code(), code, "{err}");

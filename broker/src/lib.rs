@@ -17,6 +17,7 @@ pub mod instance;
 pub mod logger;
 pub mod metrics;
 pub mod peer;
+pub mod retired;
 pub mod server;
 pub mod service;
 pub mod types;

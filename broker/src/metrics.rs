@@ -22,6 +22,9 @@ pub struct Snapshot {
     pub loads: u64,
     pub acquires: u64,
     pub containers: Vec<ContainerInfo>,
+    /// Live containers only, straight from the backend. Retired (deleted) containers are
+    /// kept by the service, not the backend, and never reach the per-container families:
+    /// a deleted container's series end with it, as Prometheus expects.
     pub stats: Vec<ContainerStatsInfo>,
 }
 

@@ -60,6 +60,18 @@ pub fn authorize(ctx: &TtrpcContext, allowed_uids: &[u32]) -> ttrpc::Result<Peer
     Ok(*peer)
 }
 
+/// A request context as the accept hook leaves it for a connection of `peer`, for tests
+/// that call handlers directly.
+#[cfg(test)]
+pub(crate) fn context_of(peer: Peer) -> TtrpcContext {
+    let mut data = ConnectionData::new();
+    data.insert(PEER_KEY.to_string(), Box::new(peer));
+    TtrpcContext {
+        connection_data: std::sync::Arc::new(data),
+        ..Default::default()
+    }
+}
+
 fn check_uid(uid: u32, allowed_uids: &[u32]) -> ttrpc::Result<()> {
     if uid == 0 || allowed_uids.contains(&uid) {
         Ok(())

@@ -113,6 +113,13 @@ pub struct ContainerStatsInfo {
     pub cgroup: Counters,
     pub interfaces: Vec<InterfaceStatsInfo>,
     pub total: Counters,
+    /// The container was deleted: these are its final counters, kept by tetherd for a
+    /// while after the shim retired it.
+    #[serde(default)]
+    pub deleted: bool,
+    /// When tetherd received the retirement (CLOCK_REALTIME nanoseconds); 0 if not deleted.
+    #[serde(default)]
+    pub deleted_at_unix_ns: u64,
 }
 
 /// What a garbage collection removed (or would remove, on a dry run).
@@ -185,5 +192,18 @@ mod tests {
             (a.rx_packets, a.rx_bytes, a.drops, a.events_lost),
             (3, 15, 3, 1)
         );
+    }
+
+    #[test]
+    fn stats_json_without_deleted_fields_parses() {
+        // What a tether-broker from before Retire serialized.
+        let old = r#"{"id":"a","namespace":"default","cgroup_id":7,
+            "cgroup":{"rx_packets":0,"rx_bytes":0,"tx_packets":0,"tx_bytes":0,"drops":0,"denials":0,"events_lost":0},
+            "interfaces":[],
+            "total":{"rx_packets":1,"rx_bytes":0,"tx_packets":0,"tx_bytes":0,"drops":0,"denials":0,"events_lost":0}}"#;
+        let s: ContainerStatsInfo = serde_json::from_str(old).unwrap();
+        assert_eq!((s.id.as_str(), s.total.rx_packets), ("a", 1));
+        assert!(!s.deleted);
+        assert_eq!(s.deleted_at_unix_ns, 0);
     }
 }

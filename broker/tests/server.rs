@@ -194,6 +194,139 @@ async fn round_trip_and_bad_frames() -> Result<()> {
     Ok(())
 }
 
+fn unix_now_ns() -> u64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retired_containers_are_listed_as_deleted() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let backend: Arc<dyn Backend> = fake();
+    let server_cfg = cfg.clone();
+    let server = tokio::spawn(async move {
+        server::serve(&server_cfg, backend, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    let client = Client::connect(&cfg.socket, DEADLINE).await?;
+
+    let gone = |rx_bytes| ContainerStatsInfo {
+        id: "fedcba9876543210".into(),
+        namespace: "default".into(),
+        cgroup_id: 100,
+        total: Counters {
+            rx_bytes,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let before = unix_now_ns();
+    client.retire(gone(4242)).await?;
+    let after = unix_now_ns();
+
+    // Live containers first, then the retired one, marked and dated by tetherd.
+    let all = client.stats(None).await?;
+    let ids: Vec<_> = all.iter().map(|s| (s.id.as_str(), s.deleted)).collect();
+    assert_eq!(
+        ids,
+        [("0123456789abcdef", false), ("fedcba9876543210", true)]
+    );
+    assert_eq!(all[0].deleted_at_unix_ns, 0);
+    let retired = &all[1];
+    assert_eq!((retired.cgroup_id, retired.total.rx_bytes), (100, 4242));
+    assert!(
+        (before..=after).contains(&retired.deleted_at_unix_ns),
+        "{before} <= {} <= {after}",
+        retired.deleted_at_unix_ns
+    );
+    let by_prefix = client.stats(Some("fedc")).await?;
+    assert_eq!(by_prefix, std::slice::from_ref(retired));
+
+    // A second Retire of the same container replaces the first.
+    client.retire(gone(5000)).await?;
+    let all = client.stats(None).await?;
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1].total.rx_bytes, 5000);
+
+    // A retired container with a live one's id: the live one answers for that id.
+    client
+        .retire(ContainerStatsInfo {
+            id: "0123456789abcdef".into(),
+            namespace: "default".into(),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(client.stats(None).await?.len(), 3);
+    let one = client.stats(Some("0123456789abcdef")).await?;
+    assert_eq!((one.len(), one[0].deleted), (1, false));
+
+    // Requests without an id or a namespace are refused, naming the field.
+    for (stats, field) in [
+        (
+            ContainerStatsInfo {
+                namespace: "default".into(),
+                ..Default::default()
+            },
+            "stats.id",
+        ),
+        (
+            ContainerStatsInfo {
+                id: "abc".into(),
+                ..Default::default()
+            },
+            "stats.namespace",
+        ),
+    ] {
+        match client.retire(stats).await {
+            Err(ClientError::Rpc {
+                method,
+                code,
+                message,
+            }) => {
+                assert_eq!(method, "Retire");
+                assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
+                assert!(message.contains(field), "{message}");
+            }
+            other => bail!("expected INVALID_ARGUMENT for {field}, got {other:?}"),
+        }
+    }
+    assert_eq!(client.stats(None).await?.len(), 3);
+
+    // Metrics show live containers only.
+    let MetricsAddr::Unix(metrics) = &cfg.metrics else {
+        unreachable!()
+    };
+    let mut m = raw(metrics, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+    let mut resp = String::new();
+    tokio::time::timeout(DEADLINE, m.read_to_string(&mut resp)).await??;
+    assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
+    assert!(resp.contains(r#"id="0123456789abcdef""#), "{resp}");
+    assert!(!resp.contains("fedcba9876543210"), "{resp}");
+    let rx_series = resp
+        .lines()
+        .filter(|l| l.starts_with("tether_container_rx_bytes_total{"))
+        .count();
+    assert_eq!(rx_series, 1, "{resp}");
+    assert!(
+        resp.contains(
+            r#"tether_container_rx_bytes_total{id="0123456789abcdef",namespace="default"} 500"#
+        ),
+        "{resp}"
+    );
+
+    let _ = stop_tx.send(());
+    tokio::time::timeout(DEADLINE, server)
+        .await
+        .context("server did not stop")???;
+    Ok(())
+}
+
 #[tokio::test]
 async fn connect_reports_absent_socket_after_deadline() -> Result<()> {
     let dir = tempfile::tempdir()?;

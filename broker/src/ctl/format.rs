@@ -37,6 +37,16 @@ pub fn human_duration(secs: u64) -> String {
     }
 }
 
+/// How long ago, in its largest unit: `45s`, `3m`, `2h`, `1d`.
+pub fn human_ago(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
 /// The first 12 characters of a container id.
 pub fn short_id(id: &str) -> &str {
     id.char_indices()
@@ -174,8 +184,18 @@ pub fn ps_table(containers: &[ContainerInfo], wide: bool) -> String {
     out
 }
 
-/// `tetherctl stats`.
-pub fn stats_table(stats: &[ContainerStatsInfo]) -> String {
+/// The STATE cell of `tetherctl stats`: `live` (attached, counters still moving) or
+/// `deleted 3m ago` (final counters; `now_unix_ns` is the wall clock).
+fn stats_state(s: &ContainerStatsInfo, now_unix_ns: u64) -> String {
+    if !s.deleted {
+        return "live".into();
+    }
+    let ago = now_unix_ns.saturating_sub(s.deleted_at_unix_ns) / 1_000_000_000;
+    format!("deleted {} ago", human_ago(ago))
+}
+
+/// `tetherctl stats`; `now_unix_ns` (the wall clock) dates deleted containers.
+pub fn stats_table(stats: &[ContainerStatsInfo], now_unix_ns: u64) -> String {
     let mut t = Table::new(&[
         ("ID", false),
         ("NAMESPACE", false),
@@ -185,6 +205,7 @@ pub fn stats_table(stats: &[ContainerStatsInfo]) -> String {
         ("TX BYTES", true),
         ("DROPS", true),
         ("DENIALS", true),
+        ("STATE", false),
     ]);
     for s in stats {
         let c = &s.total;
@@ -197,6 +218,7 @@ pub fn stats_table(stats: &[ContainerStatsInfo]) -> String {
             human_bytes(c.tx_bytes),
             c.drops.to_string(),
             c.denials.to_string(),
+            stats_state(s, now_unix_ns),
         ]);
     }
     t.render()
@@ -222,6 +244,8 @@ struct StatsLine<'a> {
     total: Counters,
     cgroup: Counters,
     interfaces: Vec<InterfaceLine<'a>>,
+    deleted: bool,
+    deleted_at_unix_ns: u64,
 }
 
 /// `tetherctl stats --json`: one JSON object per line per container.
@@ -244,6 +268,8 @@ pub fn stats_json_lines(stats: &[ContainerStatsInfo]) -> String {
                     counters: i.counters,
                 })
                 .collect(),
+            deleted: s.deleted,
+            deleted_at_unix_ns: s.deleted_at_unix_ns,
         };
         out.push_str(&serde_json::to_string(&line).unwrap_or_default());
         out.push('\n');
@@ -364,12 +390,27 @@ mod tests {
                 counters: c,
             }],
             total: c,
+            deleted: false,
+            deleted_at_unix_ns: 0,
         }
     }
 
     #[test]
+    fn ago() {
+        assert_eq!(human_ago(0), "0s");
+        assert_eq!(human_ago(59), "59s");
+        assert_eq!(human_ago(60), "1m");
+        assert_eq!(human_ago(3599), "59m");
+        assert_eq!(human_ago(7200), "2h");
+        assert_eq!(human_ago(86400 * 3), "3d");
+    }
+
+    #[test]
     fn stats_table_is_aligned() {
-        let t = stats_table(&[stats("0123456789abcdef0123", 500), stats("short", 3 << 20)]);
+        let t = stats_table(
+            &[stats("0123456789abcdef0123", 500), stats("short", 3 << 20)],
+            0,
+        );
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("ID            NAMESPACE"), "{t}");
@@ -381,6 +422,38 @@ mod tests {
         assert_eq!(&lines[1][end - 5..end], "500 B");
         assert_eq!(&lines[2][end - 7..end], "3.0 MiB");
         assert!(lines.iter().all(|l| !l.ends_with(' ')));
+        assert!(lines[0].ends_with("DENIALS  STATE"), "{t}");
+        assert!(lines[1].ends_with("  live"), "{t}");
+    }
+
+    #[test]
+    fn stats_table_marks_deleted() {
+        let now = 1_700_000_000 * 1_000_000_000;
+        let gone = ContainerStatsInfo {
+            deleted: true,
+            deleted_at_unix_ns: now - 185 * 1_000_000_000,
+            ..stats("gone", 1)
+        };
+        let t = stats_table(&[stats("here", 1), gone], now);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[1].starts_with("here") && lines[1].ends_with("  live"),
+            "{t}"
+        );
+        assert!(
+            lines[2].starts_with("gone") && lines[2].ends_with("  deleted 3m ago"),
+            "{t}"
+        );
+        // The number columns stay aligned.
+        let end = lines[0].find("DENIALS").unwrap() + "DENIALS".len();
+        assert_eq!(&lines[1][..end], &lines[2][..end].replace("gone", "here"));
+        // A deletion stamped after `now` (clock stepped back) reads as just now.
+        let future = ContainerStatsInfo {
+            deleted: true,
+            deleted_at_unix_ns: now + 5,
+            ..stats("x", 1)
+        };
+        assert!(stats_table(&[future], now).contains("deleted 0s ago"));
     }
 
     #[test]
@@ -401,6 +474,17 @@ mod tests {
         assert_eq!(v["interfaces"][0]["name"], "eth0");
         assert_eq!(v["interfaces"][0]["tx_packets"], 12345);
         assert_eq!(v["cgroup"]["drops"], 1);
+        assert_eq!(v["deleted"], false);
+        assert_eq!(v["deleted_at_unix_ns"], 0);
+
+        let gone = ContainerStatsInfo {
+            deleted: true,
+            deleted_at_unix_ns: 1_700_000_000_000_000_000,
+            ..stats("c", 3)
+        };
+        let v: serde_json::Value = serde_json::from_str(stats_json_lines(&[gone]).trim()).unwrap();
+        assert_eq!(v["deleted"], true);
+        assert_eq!(v["deleted_at_unix_ns"], 1_700_000_000_000_000_000u64);
     }
 
     #[test]

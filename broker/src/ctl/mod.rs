@@ -7,7 +7,7 @@ pub mod format;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 
@@ -43,7 +43,8 @@ pub enum Command {
         #[arg(short = 'v', long = "wide", alias = "verbose")]
         wide: bool,
     },
-    /// Per-container traffic counters (of one container if ID is given; a unique prefix works).
+    /// Per-container traffic counters (of one container if ID is given; a unique prefix
+    /// works), of live containers and, marked, of those deleted in the last minutes.
     Stats { id: Option<String> },
     /// Audit events from the audit log, followed like `tail -F`.
     Events {
@@ -122,7 +123,10 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             print(&if cli.json {
                 format::stats_json_lines(&s)
             } else {
-                format::stats_table(&s)
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+                format::stats_table(&s, now)
             })
         }
         Command::Gc { dry_run } => {

@@ -85,7 +85,7 @@ fn assert_detached(env: &TestEnv, id: &str) -> Result<()> {
     ensure!(
         !stats
             .as_array()
-            .is_some_and(|a| a.iter().any(|r| r["id"] == id)),
+            .is_some_and(|a| a.iter().any(|r| r["id"] == id && r["deleted"] != true)),
         "map entries of {id} left: {stats}"
     );
     Ok(())
@@ -150,12 +150,16 @@ fn short_lived_containers_are_counted_separately() -> Result<()> {
             );
             ensure!(rx >= *n, "{id}: {n} RSTs received, rx_packets {rx}: {s}");
         }
-        for (id, _) in &ids {
+        for (id, n) in &ids {
             env.ctr.ok(["task", "rm", id])?;
             env.ctr.ok(["container", "rm", id])?;
             wait_until("detach", STATE_TIMEOUT, || {
                 Ok(assert_detached(env, id).is_ok().then_some(()))
             })?;
+            // Gone from bpffs and the maps, its final counters stay readable in tetherd.
+            let s = stats_of(env, id)?;
+            ensure!(s["deleted"] == true, "{s}");
+            ensure!(s["tx_packets"].as_u64().unwrap_or(0) >= *n, "{s}");
             env.assert_no_leaks(id)?;
         }
         Ok(())

@@ -133,7 +133,13 @@ impl EbpfAttach {
 
     /// Detaches a container this process did not attach (the `delete` action).
     pub async fn detach_now(&self, namespace: &str, id: &str, config: &Config) {
-        Self::remove(namespace.to_string(), id.to_string(), layout(config)).await;
+        Self::remove(
+            namespace.to_string(),
+            id.to_string(),
+            layout(config),
+            Some(socket(config)),
+        )
+        .await;
     }
 
     /// The programs from their pins; when they are missing, tetherd loads them (started on
@@ -154,11 +160,7 @@ impl EbpfAttach {
         let programs = match Programs::open(&layout, tether_bpf::VERSION) {
             Ok(p) => p,
             Err(tether_bpf::Error::NotLoaded { .. }) => {
-                let socket = config
-                    .broker
-                    .socket
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_SOCKET.into());
+                let socket = socket(config);
                 let deadline = Duration::from_millis(config.attach.deadline_ms.unwrap_or(2000));
                 let client = tether_broker::client::Client::connect_or_spawn(
                     &socket,
@@ -260,21 +262,28 @@ impl EbpfAttach {
         })
     }
 
-    async fn remove(namespace: String, id: String, layout: PinLayout) {
+    /// Detaches a container; with `report_to`, its final counters go to tetherd (which keeps
+    /// them readable for a while after the container is gone).
+    async fn remove(namespace: String, id: String, layout: PinLayout, report_to: Option<PathBuf>) {
         let naive = layout
             .root()
             .file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with("naive-"));
         if naive {
             let root = layout.root().to_path_buf();
-            Self::remove_links(namespace, id, layout).await;
+            Self::remove_links(namespace, id, layout, None).await;
             let _ = std::fs::remove_dir_all(root);
             return;
         }
-        Self::remove_links(namespace, id, layout).await;
+        Self::remove_links(namespace, id, layout, report_to).await;
     }
 
-    async fn remove_links(namespace: String, id: String, layout: PinLayout) {
+    async fn remove_links(
+        namespace: String,
+        id: String,
+        layout: PinLayout,
+        report_to: Option<PathBuf>,
+    ) {
         let dir = match layout.container_dir(&namespace, &id) {
             Ok(d) => d,
             Err(_) => return,
@@ -282,9 +291,10 @@ impl EbpfAttach {
         if !dir.exists() {
             return;
         }
+        let (ns, cid) = (namespace.clone(), id.clone());
         let r = tokio::task::spawn_blocking(move || {
             let programs = Programs::open(&layout, tether_bpf::VERSION)?;
-            container::detach(&programs, &layout, &namespace, &id)
+            container::detach(&programs, &layout, &ns, &cid)
         })
         .await;
         match r {
@@ -294,10 +304,80 @@ impl EbpfAttach {
                     "detached: {} links, {} map entries; final counters rx {} pkts {} B, tx {} pkts {} B, drops {}, denials {}",
                     d.links, d.map_entries, c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes, c.drops, c.denials
                 );
+                if let Some(socket) = report_to {
+                    retire(&socket, &namespace, &id, &d).await;
+                }
             }
             Ok(Err(e)) => warn!("detach: {e}"),
             Err(e) => warn!("detach task: {e}"),
         }
+    }
+}
+
+fn socket(config: &Config) -> PathBuf {
+    config
+        .broker
+        .socket
+        .clone()
+        .unwrap_or_else(|| DEFAULT_SOCKET.into())
+}
+
+fn counters(c: &tether_bpf::Counters) -> tether_broker::types::Counters {
+    tether_broker::types::Counters {
+        rx_packets: c.rx_packets,
+        rx_bytes: c.rx_bytes,
+        tx_packets: c.tx_packets,
+        tx_bytes: c.tx_bytes,
+        drops: c.drops,
+        denials: c.denials,
+        events_lost: c.events_lost,
+    }
+}
+
+/// How long a deleted container's counters may take to reach tetherd; delete does not wait
+/// longer (tetherd down: the counters are still in the shim's log line).
+const RETIRE_DEADLINE: Duration = Duration::from_millis(300);
+
+/// Hands a deleted container's final counters to tetherd, if it runs. Best effort.
+async fn retire(socket: &Path, namespace: &str, id: &str, d: &container::Detached) {
+    use tether_broker::types::{ContainerStatsInfo, InterfaceStatsInfo};
+    if !socket.exists() {
+        return;
+    }
+    let cgroup = counters(&d.counters);
+    let mut total = cgroup;
+    let interfaces = d
+        .interfaces
+        .iter()
+        .map(|(k, c)| {
+            total.drops += c.drops;
+            InterfaceStatsInfo {
+                name: format!("if{}", k.ifindex),
+                ifindex: k.ifindex,
+                netns_cookie: k.netns_cookie,
+                counters: counters(c),
+            }
+        })
+        .collect();
+    let stats = ContainerStatsInfo {
+        id: id.to_string(),
+        namespace: namespace.to_string(),
+        cgroup_id: d.cgroup_id.unwrap_or(0),
+        cgroup,
+        interfaces,
+        total,
+        ..Default::default()
+    };
+    let sent = async {
+        let client = tether_broker::client::Client::connect(socket, RETIRE_DEADLINE)
+            .await?
+            .with_timeout(RETIRE_DEADLINE);
+        client.retire(stats).await
+    };
+    match tokio::time::timeout(RETIRE_DEADLINE, sent).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => info!("final counters not handed to tetherd: {e}"),
+        Err(_) => info!("final counters not handed to tetherd within {RETIRE_DEADLINE:?}"),
     }
 }
 
@@ -456,7 +536,13 @@ impl AttachHook for EbpfAttach {
                 w.abort();
             }
         }
-        Self::remove(c.namespace.to_string(), c.id.to_string(), layout(c.config)).await;
+        Self::remove(
+            c.namespace.to_string(),
+            c.id.to_string(),
+            layout(c.config),
+            None,
+        )
+        .await;
         if plan.fail_closed {
             Err(e)
         } else {
@@ -540,6 +626,12 @@ impl AttachHook for EbpfAttach {
             }
             None => layout(config),
         };
-        Self::remove(namespace.to_string(), id.to_string(), layout).await;
+        Self::remove(
+            namespace.to_string(),
+            id.to_string(),
+            layout,
+            Some(socket(config)),
+        )
+        .await;
     }
 }
