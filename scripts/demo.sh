@@ -67,14 +67,14 @@ set -e
 
 echo "== its first instruction connects to a denied address (tether.io/egress-deny=127.0.0.2)"
 set +e
-ctr_ run --rm --runtime io.containerd.tether.v1 --rootfs "$work/rootfs" \
-  --annotation tether.io/egress-deny=127.0.0.2 demo-denied /bin/nc 127.0.0.2 80
+ctr_ run --rm --runtime io.containerd.tether.v1 --annotation tether.io/egress-deny=127.0.0.2 \
+  --rootfs "$work/rootfs" demo-denied /bin/nc 127.0.0.2 80
 echo "exit code: $? (the programs were in place before the first instruction)"
 set -e
 
 echo "== a long-running one sends traffic (20 connection attempts), then hits the deny rule"
-ctr_ run -d --runtime io.containerd.tether.v1 --rootfs "$work/rootfs" \
-  --annotation tether.io/egress-deny=127.0.0.2 demo-sleeper \
+ctr_ run -d --runtime io.containerd.tether.v1 --annotation tether.io/egress-deny=127.0.0.2 \
+  --rootfs "$work/rootfs" demo-sleeper \
   /bin/sh -c 'for i in $(seq 20); do nc 127.0.0.3 80 2>/dev/null; done; nc 127.0.0.2 80; exec sleep 600'
 for _ in $(seq 50); do
   tetherctl_ --json stats demo-sleeper 2>/dev/null | grep -q '"denials":1' && break
