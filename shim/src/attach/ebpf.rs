@@ -88,9 +88,16 @@ fn attach_err(id: &str, reason: impl std::fmt::Display) -> Error {
 /// The cgroup v2 directory of `pid`: its `0::` line in /proc/<pid>/cgroup under the cgroup2
 /// mount (pure v2 at /sys/fs/cgroup, or the hybrid layout's unified mount).
 fn cgroup2_dir(pid: u32) -> std::result::Result<PathBuf, String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .map_err(|e| format!("read /proc/{pid}/cgroup: {e}"))?;
-    let rel = text
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
+    cgroup2_dir_of(pid, &cgroup, &mounts)
+}
+
+/// [`cgroup2_dir`] over the text of /proc/<pid>/cgroup and /proc/self/mountinfo.
+fn cgroup2_dir_of(pid: u32, cgroup: &str, mountinfo: &str) -> std::result::Result<PathBuf, String> {
+    let rel = cgroup
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .ok_or_else(|| format!("process {pid} is in no cgroup v2 (no 0:: line)"))?;
@@ -99,9 +106,7 @@ fn cgroup2_dir(pid: u32) -> std::result::Result<PathBuf, String> {
             "process {pid} is at the root of the cgroup v2 hierarchy, not in a cgroup of its own"
         ));
     }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
-    let root = mounts
+    let root = mountinfo
         .lines()
         .find_map(|l| {
             let (left, right) = l.split_once(" - ")?;
@@ -633,5 +638,43 @@ impl AttachHook for EbpfAttach {
             Some(socket(config)),
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PURE_V2: &str = "25 1 0:22 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
+    const HYBRID: &str = "30 25 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+                          31 25 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n";
+
+    #[test]
+    fn cgroup_dir_on_pure_v2_and_hybrid() {
+        let cg = "0::/default/web\n";
+        assert_eq!(
+            cgroup2_dir_of(1, cg, PURE_V2).unwrap(),
+            PathBuf::from("/sys/fs/cgroup/default/web")
+        );
+        let cg = "4:memory:/default/web\n0::/default/web\n";
+        assert_eq!(
+            cgroup2_dir_of(1, cg, HYBRID).unwrap(),
+            PathBuf::from("/sys/fs/cgroup/unified/default/web")
+        );
+    }
+
+    #[test]
+    fn no_cgroup_of_its_own_is_an_error() {
+        let e = cgroup2_dir_of(7, "0::/\n", PURE_V2).unwrap_err();
+        assert!(e.contains("root of the cgroup v2 hierarchy"), "{e}");
+        let e = cgroup2_dir_of(7, "4:memory:/x\n", HYBRID).unwrap_err();
+        assert!(e.contains("no 0:: line"), "{e}");
+        let e = cgroup2_dir_of(
+            7,
+            "0::/x\n",
+            "30 25 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("no cgroup2"), "{e}");
     }
 }
