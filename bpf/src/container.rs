@@ -197,11 +197,38 @@ fn in_netns<T: Send>(netns: BorrowedFd<'_>, f: impl FnOnce() -> Result<T> + Send
 /// A netlink socket, bound inside `netns`, that receives a message whenever a link there is
 /// added or changes (RTMGRP_LINK). Non-blocking; the socket stays in that namespace.
 pub fn link_events_socket(netns: BorrowedFd<'_>) -> Result<std::os::fd::OwnedFd> {
+    refuse_host_netns(netns)?;
+    in_netns(netns, link_events_here)
+}
+
+/// [`attach_netns_only`] and [`link_events_socket`] in one visit to the namespace: the watch
+/// socket is bound before the interfaces are listed, so no link added in between is missed.
+#[allow(clippy::too_many_arguments)]
+pub fn attach_netns_and_watch(
+    programs: &Programs,
+    layout: &PinLayout,
+    namespace: &str,
+    id: &str,
+    cgroup_id: u64,
+    netns: BorrowedFd<'_>,
+    only: Option<&[String]>,
+) -> Result<(Vec<IfaceAttached>, std::os::fd::OwnedFd)> {
+    refuse_host_netns(netns)?;
+    let dir = layout.container_dir(namespace, id)?;
+    pins::make_dir(&dir)?;
+    let tc = TcAttach::probe();
+    in_netns(netns, || {
+        let watch = link_events_here()?;
+        let attached = attach_here(programs, &dir, cgroup_id, only, tc)?;
+        Ok((attached, watch))
+    })
+}
+
+fn link_events_here() -> Result<std::os::fd::OwnedFd> {
     use nix::sys::socket::{
         bind, socket, AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType,
     };
-    refuse_host_netns(netns)?;
-    in_netns(netns, || {
+    {
         let fd = socket(
             AddressFamily::Netlink,
             SockType::Raw,
@@ -216,7 +243,7 @@ pub fn link_events_socket(netns: BorrowedFd<'_>) -> Result<std::os::fd::OwnedFd>
         )
         .map_err(|e| Error::syscall("bind(RTMGRP_LINK)", e.into()))?;
         Ok(fd)
-    })
+    }
 }
 
 fn attach_here(

@@ -225,22 +225,28 @@ impl EbpfAttach {
             plan.config,
             plan.deny.clone(),
         );
-        let work = tokio::task::spawn_blocking(move || -> tether_bpf::Result<u64> {
-            let cg = container::attach_cgroup(&p2, &l2, &ns, &cid, cgroup.as_fd(), &cfg, &deny)?;
-            if let Some(netns) = &n2 {
-                container::attach_netns_only(
-                    &p2,
-                    &l2,
-                    &ns,
-                    &cid,
-                    cg.cgroup_id,
-                    netns.as_fd(),
-                    o2.as_deref(),
-                )?;
-            }
-            Ok(cg.cgroup_id)
-        });
-        let cgroup_id = work
+        let work =
+            tokio::task::spawn_blocking(move || -> tether_bpf::Result<(u64, Option<OwnedFd>)> {
+                let cg =
+                    container::attach_cgroup(&p2, &l2, &ns, &cid, cgroup.as_fd(), &cfg, &deny)?;
+                let watch = match &n2 {
+                    Some(netns) => Some(
+                        container::attach_netns_and_watch(
+                            &p2,
+                            &l2,
+                            &ns,
+                            &cid,
+                            cg.cgroup_id,
+                            netns.as_fd(),
+                            o2.as_deref(),
+                        )?
+                        .1,
+                    ),
+                    None => None,
+                };
+                Ok((cg.cgroup_id, watch))
+            });
+        let (cgroup_id, watch) = work
             .await
             .map_err(|e| attach_err(id, format!("attach task: {e}")))?
             .map_err(|e| attach_err(id, e))?;
@@ -256,8 +262,8 @@ impl EbpfAttach {
             fail_closed: plan.fail_closed,
             watcher: None,
         };
-        if tracked.netns.is_some() {
-            tracked.watcher = Some(watch_links(id.to_string(), &tracked)?);
+        if let Some(sock) = watch {
+            tracked.watcher = Some(watch_links(id.to_string(), &tracked, sock)?);
         }
         locked(&self.tracked).insert(id.to_string(), tracked);
         Ok(AttachTimes {
@@ -414,11 +420,10 @@ fn shared_root_exists(own: &PinLayout) -> tether_bpf::Result<()> {
 }
 
 /// Re-attaches whenever a link is added in the container's network namespace.
-fn watch_links(id: String, t: &Tracked) -> Result<JoinHandle<()>> {
+fn watch_links(id: String, t: &Tracked, sock: OwnedFd) -> Result<JoinHandle<()>> {
     let Some(netns) = t.netns.clone() else {
         return Err(attach_err(&id, "no network namespace to watch"));
     };
-    let sock = container::link_events_socket(netns.as_fd()).map_err(|e| attach_err(&id, e))?;
     // SAFETY: the AsyncFd owns the OwnedFd, which stays open and is the same fd for the
     // AsyncFd's whole life.
     let sock = unsafe { AsyncFd::register(sock) }
