@@ -472,7 +472,12 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int dir)
 		return TC_ACT_UNSPEC;
 	struct tether_counters *c = counters_for(&tc_stats, &k);
 
-	if (dir == DIR_TX) {
+	/*
+	 * Packets from a socket of the container's own cgroup were checked by the cgroup
+	 * egress program already; TC enforces only what bypasses it (packet sockets, packets
+	 * of processes outside the container's cgroup, forwarded packets).
+	 */
+	if (dir == DIR_TX && bpf_skb_cgroup_id(skb) != *cgid) {
 		struct tether_container *ct = lookup_container(cgid);
 
 		if (ct && (ct->flags & TETHER_F_POLICY)) {
