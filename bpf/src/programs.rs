@@ -382,6 +382,12 @@ impl Programs {
         sys::prog_test_run(self.fd(p), packet, None)
     }
 
+    /// Runs a program `repeat` times on `packet` in the kernel and returns the mean time of
+    /// one run in nanoseconds (BPF_PROG_TEST_RUN's own measurement).
+    pub fn test_run_cost(&self, p: Prog, packet: &[u8], repeat: u32) -> Result<u32> {
+        sys::prog_test_run_repeat(self.fd(p), packet, None, repeat).map(|(_, ns)| ns)
+    }
+
     /// The events ring buffer's fd (for [`crate::events::EventReader`]).
     pub(crate) fn events_fd(&self) -> BorrowedFd<'_> {
         self.maps.events.fd.as_fd()

@@ -322,6 +322,17 @@ pub(crate) fn prog_test_run(
     data: &[u8],
     ctx: Option<&mut [u8]>,
 ) -> Result<u32> {
+    prog_test_run_repeat(prog, data, ctx, 1).map(|(ret, _)| ret)
+}
+
+/// BPF_PROG_TEST_RUN `repeat` times; returns the verdict and the kernel's mean duration of
+/// one run in nanoseconds.
+pub(crate) fn prog_test_run_repeat(
+    prog: BorrowedFd<'_>,
+    data: &[u8],
+    ctx: Option<&mut [u8]>,
+    repeat: u32,
+) -> Result<(u32, u32)> {
     let mut out = vec![0u8; data.len() + 256];
     let mut opts = libbpf_sys::bpf_test_run_opts {
         sz: size_of::<libbpf_sys::bpf_test_run_opts>() as _,
@@ -329,7 +340,7 @@ pub(crate) fn prog_test_run(
         data_size_in: data.len() as u32,
         data_out: out.as_mut_ptr().cast::<c_void>(),
         data_size_out: out.len() as u32,
-        repeat: 1,
+        repeat: repeat as i32,
         ..Default::default()
     };
     if let Some(ctx) = ctx {
@@ -341,7 +352,7 @@ pub(crate) fn prog_test_run(
     // SAFETY: every pointer in `opts` refers to a live buffer of the stated size.
     let ret = unsafe { libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
     check("BPF_PROG_TEST_RUN", ret)?;
-    Ok(opts.retval)
+    Ok((opts.retval, opts.duration))
 }
 
 /// BPF_ENABLE_STATS(BPF_STATS_RUN_TIME): run time accounting stays on while the fd is open.
