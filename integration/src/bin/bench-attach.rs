@@ -5,7 +5,8 @@
 //! Each mode gets its own private containerd. Each shim appends `<id> <microseconds>` per
 //! attach to the file named by `TETHER_BENCH_ATTACH_TIMES` (benchmark-only). Sequential: containers
 //! one after another (`ctr run --rm ... /bin/true`); concurrent: that many `ctr run -d` at
-//! once. Prints p50 / p99 / max and the ratio; asserts nothing.
+//! once. Then the whole create -> start -> exit -> delete of a trivial container for runc.v2,
+//! tether and naive, sequential and concurrent. Prints p50 / p99 and ratios; asserts nothing.
 use std::collections::HashMap;
 use std::fs;
 use std::thread;
@@ -133,6 +134,71 @@ fn concurrent(m: &Mode, n: usize) -> Result<Vec<f64>> {
     attach_times(m, &ids)
 }
 
+/// Wall times (ms) of `n` concurrent `ctr run --rm ... /bin/true` (create, start, exit,
+/// delete) of `rt`.
+fn concurrent_latency(m: &Mode, rt: Runtime, tag: &str, n: usize) -> Result<Vec<f64>> {
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let run = Run::new(rt, m.source.clone(), format!("lat-{tag}-{i}"))
+                .rm()
+                .timeout(RUN_TIMEOUT)
+                .command(["/bin/true"]);
+            let ctr = m.ctr.clone();
+            thread::spawn(move || {
+                let t = std::time::Instant::now();
+                let out = ctr.run_container(&run)?;
+                if !out.success() {
+                    bail!("{out}");
+                }
+                Ok(t.elapsed().as_secs_f64() * 1000.0)
+            })
+        })
+        .collect();
+    let mut v = Vec::new();
+    for h in handles {
+        v.push(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("ctr thread panicked"))??,
+        );
+    }
+    v.sort_by(f64::total_cmp);
+    Ok(v)
+}
+
+/// Wall times (ms) of `n` sequential `ctr run --rm ... /bin/true` of `rt`.
+fn sequential_latency(
+    m: &Mode,
+    rt: Runtime,
+    tag: &str,
+    first: usize,
+    n: usize,
+) -> Result<Vec<f64>> {
+    let mut v = Vec::new();
+    for i in first..first + n {
+        let run = Run::new(rt, m.source.clone(), format!("slat-{tag}-{i}"))
+            .rm()
+            .timeout(RUN_TIMEOUT)
+            .command(["/bin/true"]);
+        let t = std::time::Instant::now();
+        let out = m.ctr.run_container(&run)?;
+        if !out.success() {
+            bail!("{out}");
+        }
+        v.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(v)
+}
+
+fn lat_row(name: &str, v: &[f64], base: &[f64]) -> String {
+    format!(
+        "| {name} | {} | {:.1} | {:.1} | {:.2} |",
+        v.len(),
+        pct(v, 50.0),
+        pct(v, 99.0),
+        pct(v, 50.0) / pct(base, 50.0)
+    )
+}
+
 fn row(name: &str, v: &[f64], base: Option<&[f64]>) -> String {
     let ms = |us: f64| us / 1000.0;
     let ratio = base.map_or("-".to_string(), |b| {
@@ -183,6 +249,37 @@ fn main() -> Result<()> {
     n_seq.sort_by(f64::total_cmp);
     let t_conc = concurrent(&tether, conc_n)?;
     let n_conc = concurrent(&naive, conc_n)?;
+    // create -> start -> exit -> delete, runc.v2 (in the tether containerd) vs tether vs naive.
+    let (mut l_runc, mut l_tether, mut l_naive) = (Vec::new(), Vec::new(), Vec::new());
+    for chunk in 0..seq_n.div_ceil(5) {
+        l_runc.extend(sequential_latency(
+            &tether,
+            Runtime::RuncV2,
+            "runc",
+            chunk * 5,
+            5,
+        )?);
+        l_tether.extend(sequential_latency(
+            &tether,
+            Runtime::Tether,
+            "tether",
+            chunk * 5,
+            5,
+        )?);
+        l_naive.extend(sequential_latency(
+            &naive,
+            Runtime::Tether,
+            "naive",
+            chunk * 5,
+            5,
+        )?);
+    }
+    for v in [&mut l_runc, &mut l_tether, &mut l_naive] {
+        v.sort_by(f64::total_cmp);
+    }
+    let c_runc = concurrent_latency(&tether, Runtime::RuncV2, "crunc", conc_n)?;
+    let c_tether = concurrent_latency(&tether, Runtime::Tether, "ctether", conc_n)?;
+    let c_naive = concurrent_latency(&naive, Runtime::Tether, "cnaive", conc_n)?;
     for m in [&tether, &naive] {
         let _ = m.ctr.force_remove("resident");
     }
@@ -203,5 +300,15 @@ fn main() -> Result<()> {
             Some(&t_conc)
         )
     );
+    println!("\n## create -> start -> exit -> delete (`ctr run --rm IMAGE ID /bin/true`, ms)\n");
+    println!("| runtime | n | p50 | p99 | p50 / runc.v2 |");
+    println!("|---|---|---|---|---|");
+    println!("{}", lat_row("runc.v2, sequential", &l_runc, &l_runc));
+    println!("{}", lat_row("tether, sequential", &l_tether, &l_runc));
+    println!("{}", lat_row("naive, sequential", &l_naive, &l_runc));
+    let c = format!("{conc_n} concurrent");
+    println!("{}", lat_row(&format!("runc.v2, {c}"), &c_runc, &c_runc));
+    println!("{}", lat_row(&format!("tether, {c}"), &c_tether, &c_runc));
+    println!("{}", lat_row(&format!("naive, {c}"), &c_naive, &c_runc));
     Ok(())
 }
