@@ -14,6 +14,7 @@ pub mod options;
 pub mod process;
 pub mod reaper;
 pub mod runc;
+pub mod runc_compat;
 pub mod serve;
 pub mod service;
 pub mod start;

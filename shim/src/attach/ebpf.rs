@@ -136,6 +136,77 @@ impl EbpfAttach {
         Self::default()
     }
 
+    /// Attaches to interfaces added since create, for a container this process did not
+    /// attach (`tether-runc start`). Nothing to do for a container tether does not track.
+    pub async fn resync(
+        &self,
+        namespace: &str,
+        id: &str,
+        pid: u32,
+        config: &Config,
+        plan: &Plan,
+    ) -> Result<()> {
+        if !plan.enabled || plan.netns == Netns::Host || plan.interfaces == Interfaces::None {
+            return Ok(());
+        }
+        let layout = layout(config);
+        let (ns, cid) = (namespace.to_string(), id.to_string());
+        let netns_path: PathBuf = match &plan.netns {
+            Netns::Path(p) => p.clone(),
+            _ => format!("/proc/{pid}/ns/net").into(),
+        };
+        let only = match &plan.interfaces {
+            Interfaces::Named(n) => Some(n.clone()),
+            _ => None,
+        };
+        let work = tokio::task::spawn_blocking(move || -> tether_bpf::Result<usize> {
+            let programs = match Programs::open(&layout, tether_bpf::VERSION) {
+                Ok(p) => p,
+                Err(tether_bpf::Error::NotLoaded { .. }) => return Ok(0),
+                Err(e) => return Err(e),
+            };
+            let Some(cgid) = programs
+                .maps()
+                .identities()?
+                .into_iter()
+                .find(|(_, i)| i.namespace == ns && i.id == cid)
+                .map(|(cg, _)| cg)
+            else {
+                return Ok(0);
+            };
+            let netns = File::open(&netns_path).map_err(|e| tether_bpf::Error::Path {
+                op: "open",
+                path: netns_path.clone(),
+                source: e,
+            })?;
+            let added = container::attach_netns_only(
+                &programs,
+                &layout,
+                &ns,
+                &cid,
+                cgid,
+                netns.as_fd(),
+                only.as_deref(),
+            )?;
+            Ok(added.len())
+        });
+        let r = match tokio::time::timeout(plan.deadline, work).await {
+            Ok(Ok(r)) => r.map(|_| ()).map_err(|e| attach_err(id, e)),
+            Ok(Err(e)) => Err(attach_err(id, format!("attach task: {e}"))),
+            Err(_) => Err(attach_err(
+                id,
+                format!("re-sync not done within {:?}", plan.deadline),
+            )),
+        };
+        match r {
+            Err(e) if !plan.fail_closed => {
+                warn!("{e} (failure policy: open)");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
     /// Detaches a container this process did not attach (the `delete` action).
     pub async fn detach_now(&self, namespace: &str, id: &str, config: &Config) {
         Self::remove(
