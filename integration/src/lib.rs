@@ -21,6 +21,7 @@
 pub mod cgroup;
 pub mod containerd;
 pub mod ctr;
+pub mod dockerd;
 pub mod events;
 pub mod harness;
 pub mod image;

@@ -1,0 +1,137 @@
+//! Docker 20.10 (Debian's dockerd, private) with tether as a runc-compatible runtime
+//! (`"runtimes": {"tether": {"path": ".../tether-runc"}}`): the programs are in place before
+//! the first instruction, counters are visible with tetherctl, docker exec/stop/rm behave as
+//! with runc, and nothing is left after `docker rm`.
+use std::process::Command;
+
+use anyhow::{anyhow, ensure, Result};
+use tether_integration::dockerd::{Dockerd, BRIDGE_IP, IMAGE};
+
+fn tetherctl(d: &Dockerd, args: &[&str]) -> Result<serde_json::Value> {
+    let bin = tether_integration::containerd::tether_shim_binary()?
+        .parent()
+        .map(|p| p.join("tetherctl"))
+        .ok_or_else(|| anyhow!("no tetherctl"))?;
+    let out = Command::new(bin)
+        .arg("--socket")
+        .arg(d.tetherd_socket())
+        .arg("--json")
+        .args(args)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "tetherctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    Ok(serde_json::Value::Array(rows))
+}
+
+#[test]
+fn docker_run_with_tether_runtime() -> Result<()> {
+    // Node-wide deny rule: Docker 20.10 has no `docker run --annotation`.
+    let d = Dockerd::start("[attach]\negress_deny = [\"127.0.0.2/32\"]\n")?;
+
+    // The very first instruction connects to the denied address.
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "tether",
+        IMAGE,
+        "nc",
+        "127.0.0.2",
+        "9",
+    ])?;
+    ensure!(
+        out.code != 0 && out.stderr.contains("Operation not permitted"),
+        "denied: {out}"
+    );
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "tether",
+        IMAGE,
+        "nc",
+        "127.0.0.3",
+        "9",
+    ])?;
+    ensure!(out.stderr.contains("Connection refused"), "allowed: {out}");
+
+    // Exit codes as with runc.
+    for runtime in ["runc", "tether"] {
+        let out = d.docker(&[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            IMAGE,
+            "sh",
+            "-c",
+            "exit 3",
+        ])?;
+        ensure!(out.code == 3, "{runtime}: {out}");
+    }
+
+    // A container on the bridge: its eth0 is attached at create, its pings are counted.
+    let id = d
+        .ok(&[
+            "run",
+            "-d",
+            "--runtime",
+            "tether",
+            IMAGE,
+            "sh",
+            "-c",
+            &format!("ping -c 3 -i 0.2 {BRIDGE_IP}; exec sleep 1000"),
+        ])?
+        .stdout
+        .trim()
+        .to_string();
+    let pins: Vec<String> = std::fs::read_dir(d.container_dir(&id))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    ensure!(
+        pins.iter().filter(|p| p.starts_with("tc_")).count() == 2,
+        "{pins:?}"
+    );
+    ensure!(
+        pins.iter().filter(|p| p.starts_with("cgroup_")).count() == 6,
+        "{pins:?}"
+    );
+    tether_integration::wait::wait_until(
+        "the pings to be counted",
+        std::time::Duration::from_secs(10),
+        || {
+            let s = tetherctl(&d, &["stats", &id])?;
+            let row = &s[0];
+            let tx: u64 = row["interfaces"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|i| i["tx_packets"].as_u64().unwrap_or(0))
+                .sum();
+            Ok((tx >= 3 && row["namespace"] == "moby").then_some(()))
+        },
+    )?;
+    let out = d.ok(&["exec", &id, "echo", "exec-ok"])?;
+    ensure!(out.stdout.contains("exec-ok"), "{out}");
+    d.ok(&["stop", "-t", "1", &id])?;
+    d.ok(&["rm", &id])?;
+    ensure!(!d.container_dir(&id).exists(), "pins left after docker rm");
+    let live = tetherctl(&d, &["stats"])?;
+    ensure!(
+        !live.as_array().is_some_and(|a| a
+            .iter()
+            .any(|r| r["id"] == id.as_str() && r["deleted"] != true)),
+        "map entries left after docker rm: {live}"
+    );
+    Ok(())
+}
