@@ -157,7 +157,7 @@ pub fn attach_netns_with(
 ) -> Result<Vec<IfaceAttached>> {
     refuse_host_netns(netns)?;
     let dir = layout.container_dir(namespace, id)?;
-    pins::make_dir(&dir)?;
+    require_attached(&dir, id)?;
     in_netns(netns, || attach_here(programs, &dir, cgroup_id, only, tc))
 }
 
@@ -178,6 +178,21 @@ pub fn detach_clsact(programs: &Programs, netns: BorrowedFd<'_>, cgroup_id: u64)
         }
         Ok(ifaces.len())
     })
+}
+
+/// The TC step comes after [`attach_cgroup`], which makes the container's directory: a
+/// missing directory means the container is not (or no longer) attached, and nothing may be
+/// pinned for it (a late link event must not resurrect a deleted container).
+fn require_attached(dir: &Path, id: &str) -> Result<()> {
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(Error::Name {
+            what: "id",
+            value: id.to_string(),
+            reason: "is not attached (no cgroup attachment)",
+        })
+    }
 }
 
 /// Runs `f` on a dedicated thread that has joined `netns`; the caller's thread never
@@ -215,7 +230,7 @@ pub fn attach_netns_and_watch(
 ) -> Result<(Vec<IfaceAttached>, std::os::fd::OwnedFd)> {
     refuse_host_netns(netns)?;
     let dir = layout.container_dir(namespace, id)?;
-    pins::make_dir(&dir)?;
+    require_attached(&dir, id)?;
     let tc = TcAttach::probe();
     in_netns(netns, || {
         let watch = link_events_here()?;
@@ -303,7 +318,6 @@ fn attach_here(
                 }
             }
         }
-        maps.set_iface(key, cgroup_id)?;
         let ingress = Link::tcx(programs, Prog::TcIngress, ifindex)?;
         let egress = Link::tcx(programs, Prog::TcEgress, ifindex)?;
         ingress.pin(&pin_in)?;
@@ -311,6 +325,8 @@ fn attach_here(
             let _ = fs::remove_file(&pin_in);
             return Err(e);
         }
+        // The entry goes in once the links are pinned: a failure above leaves nothing.
+        maps.set_iface(key, cgroup_id)?;
         out.push(IfaceAttached {
             key,
             name,

@@ -202,6 +202,8 @@ impl Drop for Dockerd {
                 let _ = self.docker(&["rm", "-f", id]);
             }
         }
+        // Networks a test made: their bridges outlive the daemon otherwise.
+        let _ = self.docker(&["network", "prune", "-f"]);
         if let Some(mut child) = self.child.take() {
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);

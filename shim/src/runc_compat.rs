@@ -298,7 +298,9 @@ fn create(runc: &Path, args: &RuncArgs, config: &Config, create_args: &[OsString
         return status_code(status);
     }
     let namespace = args.namespace();
+    let mut init_pid = 0;
     let result = container_pid(runc, args, &id).and_then(|pid| {
+        init_pid = pid;
         let rt = runtime()?;
         rt.block_on(async {
             let created = CreatedContainer {
@@ -314,13 +316,157 @@ fn create(runc: &Path, args: &RuncArgs, config: &Config, create_args: &[OsString
         })
     });
     match result {
-        Ok(()) => 0,
+        Ok(()) => {
+            spawn_watcher(&namespace, &id, &bundle, init_pid);
+            0
+        }
         Err(e) => {
             let _ = runc_cmd(runc, args, "delete", &["--force".into(), id.clone().into()]).status();
             report(args, &format!("tether-runc: {e}"));
             1
         }
     }
+}
+
+/// Starts the container's link watcher: a small detached process that attaches to links
+/// added to the container's namespace later (`docker network connect`) and exits with the
+/// container. (The shim does this in-process; `tether-runc` returns right after create.)
+fn spawn_watcher(namespace: &str, id: &str, bundle: &Path, pid: u32) {
+    let Ok(me) = std::env::current_exe() else {
+        return;
+    };
+    let r = Command::new(me)
+        .arg(WATCH_ARG)
+        .arg(namespace)
+        .arg(id)
+        .arg(bundle)
+        .arg(pid.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn();
+    if let Err(e) = r {
+        log::warn!("{id}: link watcher not started: {e}");
+    }
+}
+
+/// The link watcher: `--tether-watch NAMESPACE ID BUNDLE PID`. Waits for links added to the
+/// container's network namespace and attaches to them; exits when the container's init
+/// is gone or its programs were detached.
+fn watch(argv: &[OsString]) -> i32 {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let [ns, id, bundle, pid] = argv else {
+        return 2;
+    };
+    let Ok(pid) = pid.to_string_lossy().parse::<u32>() else {
+        return 2;
+    };
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let (ns, id) = (
+        ns.to_string_lossy().into_owned(),
+        id.to_string_lossy().into_owned(),
+    );
+    let Ok(config) = Config::load(None) else {
+        return 1;
+    };
+    let Ok(spec) = load_spec(Path::new(bundle)) else {
+        return 1;
+    };
+    let Ok(plan) = crate::attach::plan::Plan::resolve(&config, &spec) else {
+        return 1;
+    };
+    use crate::attach::plan::{Interfaces, Netns};
+    if !plan.enabled || plan.netns == Netns::Host || plan.interfaces == Interfaces::None {
+        return 0;
+    }
+    let layout = match &config.broker.pin_root {
+        Some(p) => tether_bpf::PinLayout::new(p),
+        None => tether_bpf::PinLayout::default(),
+    };
+    let Ok(dir) = layout.container_dir(&ns, &id) else {
+        return 1;
+    };
+    let Ok(programs) = tether_bpf::Programs::open(&layout, tether_bpf::VERSION) else {
+        return 1;
+    };
+    let Some(cgid) = programs
+        .maps()
+        .identities()
+        .ok()
+        .and_then(|v| v.into_iter().find(|(_, i)| i.namespace == ns && i.id == id))
+        .map(|(cg, _)| cg)
+    else {
+        return 0;
+    };
+    let netns_path = match &plan.netns {
+        Netns::Path(p) => p.clone(),
+        _ => proc_dir.join("ns/net"),
+    };
+    let Ok(netns) = std::fs::File::open(&netns_path) else {
+        return 1;
+    };
+    let only = match &plan.interfaces {
+        Interfaces::Named(n) => Some(n.clone()),
+        _ => None,
+    };
+    let Ok(sock) = tether_bpf::container::link_events_socket(netns.as_fd()) else {
+        return 1;
+    };
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        // The container's init is gone, or its programs were detached (`delete`): done.
+        if !dir.exists() || !proc_dir.exists() {
+            return 0;
+        }
+        let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(1000u16)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 1,
+        }
+        let mut new_link = false;
+        while let Ok(n) = nix::sys::socket::recv(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            &mut buf,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        ) {
+            if n == 0 {
+                return 0;
+            }
+            new_link |= has_new_link(&buf[..n]);
+        }
+        if !new_link || !dir.exists() {
+            continue;
+        }
+        let _ = tether_bpf::container::attach_netns_only(
+            &programs,
+            &layout,
+            &ns,
+            &id,
+            cgid,
+            netns.as_fd(),
+            only.as_deref(),
+        );
+    }
+}
+
+/// Whether a netlink datagram holds an RTM_NEWLINK (16) message.
+pub(crate) fn has_new_link(buf: &[u8]) -> bool {
+    let mut off = 0;
+    while off + 16 <= buf.len() {
+        let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+        if u16::from_ne_bytes([buf[off + 4], buf[off + 5]]) == 16 {
+            return true;
+        }
+        if len < 16 {
+            break;
+        }
+        off += (len + 3) & !3;
+    }
+    false
 }
 
 fn exec(runc: &Path, args: &RuncArgs) -> i32 {
@@ -338,8 +484,15 @@ fn exec(runc: &Path, args: &RuncArgs) -> i32 {
     127
 }
 
+/// The first argument that makes `tether-runc` the link watcher of one container (never a
+/// runc flag).
+const WATCH_ARG: &str = "--tether-watch";
+
 /// Runs `tether-runc` with `argv` (without the program name); returns the exit code.
 pub fn main_with(argv: Vec<OsString>) -> i32 {
+    if argv.first().is_some_and(|a| a == WATCH_ARG) {
+        return watch(&argv[1..]);
+    }
     let args = RuncArgs::parse(&argv);
     let config = match Config::load(None) {
         Ok(c) => c,

@@ -121,10 +121,31 @@ fn docker_run_with_tether_runtime() -> Result<()> {
             Ok((tx >= 3 && row["namespace"] == "moby").then_some(()))
         },
     )?;
+    // A second network connected to the running container: its new interface is attached.
+    d.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.217.0.0/24",
+        "tether-e2e-net2",
+    ])?;
+    d.ok(&["network", "connect", "tether-e2e-net2", &id])?;
+    tether_integration::wait::wait_until(
+        "the new interface to be attached",
+        std::time::Duration::from_secs(2),
+        || {
+            let n = std::fs::read_dir(d.container_dir(&id))?
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("tc_"))
+                .count();
+            Ok((n == 4).then_some(()))
+        },
+    )?;
     let out = d.ok(&["exec", &id, "echo", "exec-ok"])?;
     ensure!(out.stdout.contains("exec-ok"), "{out}");
     d.ok(&["stop", "-t", "1", &id])?;
     d.ok(&["rm", &id])?;
+    d.ok(&["network", "rm", "tether-e2e-net2"])?;
     ensure!(!d.container_dir(&id).exists(), "pins left after docker rm");
     let live = tetherctl(&d, &["stats"])?;
     ensure!(

@@ -521,23 +521,7 @@ fn watch_links(id: String, t: &Tracked, sock: OwnedFd) -> Result<JoinHandle<()>>
                     nix::sys::socket::MsgFlags::empty(),
                 ) {
                     Ok(0) => return,
-                    Ok(n) => {
-                        let mut off = 0;
-                        while off + 16 <= n {
-                            let len = u32::from_ne_bytes([
-                                buf[off],
-                                buf[off + 1],
-                                buf[off + 2],
-                                buf[off + 3],
-                            ]) as usize;
-                            let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-                            new_link |= ty == 16;
-                            if len < 16 {
-                                break;
-                            }
-                            off += (len + 3) & !3;
-                        }
-                    }
+                    Ok(n) => new_link |= crate::runc_compat::has_new_link(&buf[..n]),
                     Err(nix::errno::Errno::EAGAIN) => {
                         guard.clear_ready();
                         break;
