@@ -222,6 +222,13 @@ pub fn socket_dir(socket: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_packaged_default_config_parses() {
+        let text = include_str!("../../packaging/config.toml");
+        Config::parse(text, std::path::Path::new("packaging/config.toml")).unwrap();
+    }
+
     use super::*;
 
     fn parse(text: &str) -> Result<Config, Error> {

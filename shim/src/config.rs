@@ -133,6 +133,12 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_default_config_parses() {
+        let text = include_str!("../../packaging/config.toml");
+        Config::parse(text, Path::new("packaging/config.toml")).unwrap();
+    }
+
+    #[test]
     fn missing_named_file_is_an_error_missing_default_is_not() {
         let e = Config::load(Some(Path::new("/nonexistent/tether.toml"))).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/tether.toml"));

@@ -1,0 +1,78 @@
+//! packaging/install.sh installs into a host root (as the Kubernetes installer does) what the
+//! README and the systemd unit expect, and leaves an existing config alone.
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{ensure, Result};
+
+#[test]
+fn install_script_installs_binaries_unit_config_and_containerd_handler() -> Result<()> {
+    let bin_dir = tether_integration::containerd::tether_shim_binary()?
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow::anyhow!("no build directory"))?;
+    let root = tempfile::tempdir()?;
+    std::fs::create_dir_all(root.path().join("etc/containerd"))?;
+    std::fs::write(
+        root.path().join("etc/containerd/config.toml"),
+        "version = 2\n[grpc]\n  address = \"/run/containerd/containerd.sock\"\n",
+    )?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/install.sh");
+    let run = || {
+        Command::new("bash")
+            .arg(&script)
+            .arg("--bin-dir")
+            .arg(&bin_dir)
+            .arg("--host-root")
+            .arg(root.path())
+            .output()
+    };
+    let out = run()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for b in [
+        "containerd-shim-tether-v1",
+        "tether-runc",
+        "tetherd",
+        "tetherctl",
+    ] {
+        let p = root.path().join("usr/local/bin").join(b);
+        let mode = std::fs::metadata(&p)?.permissions().mode();
+        ensure!(mode & 0o777 == 0o755, "{}: mode {mode:o}", p.display());
+    }
+    let unit = std::fs::read_to_string(root.path().join("etc/systemd/system/tetherd.service"))?;
+    ensure!(unit.contains("ExecStart=/usr/local/bin/tetherd"), "{unit}");
+    ensure!(unit.contains("CapabilityBoundingSet=CAP_BPF"), "{unit}");
+    let ctd = std::fs::read_to_string(root.path().join("etc/containerd/config.toml"))?;
+    ensure!(
+        ctd.contains("runtime_type = \"io.containerd.tether.v1\""),
+        "{ctd}"
+    );
+    ensure!(ctd.matches("version = ").count() == 1, "{ctd}");
+
+    // A second run keeps the operator's config and adds the handler only once.
+    std::fs::write(
+        root.path().join("etc/tether/config.toml"),
+        "[attach]\nenabled = false\n",
+    )?;
+    let out = run()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg = std::fs::read_to_string(root.path().join("etc/tether/config.toml"))?;
+    ensure!(cfg.contains("enabled = false"), "{cfg}");
+    let ctd = std::fs::read_to_string(root.path().join("etc/containerd/config.toml"))?;
+    ensure!(
+        ctd.matches("runtime_type = \"io.containerd.tether.v1\"")
+            .count()
+            == 1,
+        "{ctd}"
+    );
+    Ok(())
+}
