@@ -75,3 +75,146 @@ fn untouched_commands_behave_exactly_as_runc() -> Result<()> {
     );
     Ok(())
 }
+
+/// A private bpffs and tether config for tether-runc, with the tetherd it starts stopped
+/// (by the pid in its lock file) and bpffs unmounted on drop.
+struct Node {
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new(extra: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let bpffs = dir.path().join("bpffs");
+        std::fs::create_dir(&bpffs)?;
+        nix::mount::mount(
+            Some("bpf"),
+            &bpffs,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )?;
+        std::fs::write(
+            dir.path().join("tether.toml"),
+            format!(
+                "[broker]\nsocket = \"{0}/tetherd/tetherd.sock\"\npin_root = \"{0}/bpffs/tether\"\naudit_log = \"{0}/tetherd/audit.jsonl\"\n{extra}\n",
+                dir.path().display()
+            ),
+        )?;
+        Ok(Node { dir })
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("tether.toml")
+    }
+
+    fn container_dir(&self, ns: &str, id: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("bpffs/tether/containers")
+            .join(ns)
+            .join(id)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let lock = self.dir.path().join("tetherd/tetherd.lock");
+        if let Some(pid) = std::fs::read_to_string(lock)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let _ = nix::mount::umount2(
+            &self.dir.path().join("bpffs"),
+            nix::mount::MntFlags::MNT_DETACH,
+        );
+    }
+}
+
+/// A bundle whose process is `args` (busybox rootfs, no terminal, a new netns).
+fn bundle(args: &[&str]) -> Result<tempfile::TempDir> {
+    let b = tempfile::tempdir()?;
+    tether_integration::rootfs::build_busybox(&b.path().join("rootfs"))?;
+    let ok = Command::new("runc")
+        .args(["spec", "--bundle"])
+        .arg(b.path())
+        .status()?;
+    ensure!(ok.success(), "runc spec");
+    let path = b.path().join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    spec["process"]["terminal"] = serde_json::Value::Bool(false);
+    spec["process"]["args"] = serde_json::json!(args);
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)?;
+    Ok(b)
+}
+
+#[test]
+fn run_attaches_before_the_first_instruction_and_returns_the_exit_code() -> Result<()> {
+    let node = Node::new("[attach]\negress_deny = [\"127.0.0.2/32\"]\n")?;
+    let root = tempfile::tempdir()?;
+    let runc_root = root.path().join("tether-runc-test");
+    let id = format!("trun{}", std::process::id());
+    let run = |b: &tempfile::TempDir, extra: &[&str], detach: bool| -> Result<Output> {
+        let mut c = Command::new(tether_runc()?);
+        if detach {
+            // A detached container keeps the stdio it was given: give it none to hold open.
+            c.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+        }
+        Ok(c.arg("--root")
+            .arg(&runc_root)
+            .arg("run")
+            .args(extra)
+            .arg("--bundle")
+            .arg(b.path())
+            .arg(&id)
+            .env("TETHER_CONFIG", node.config())
+            .output()?)
+    };
+
+    // Foreground: the first instruction is denied; the container's exit code comes back.
+    let b = bundle(&["/bin/sh", "-c", "nc 127.0.0.2 9; exit 7"])?;
+    let out = run(&b, &[], false)?;
+    ensure!(
+        out.status.code() == Some(7),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        !node.container_dir("tether-runc-test", &id).exists(),
+        "pins left after run"
+    );
+
+    // Detached: attached and running; delete detaches.
+    let b = bundle(&["/bin/sleep", "1000"])?;
+    let out = run(&b, &["--detach"], true)?;
+    ensure!(out.status.success(), "detached run: {:?}", out.status);
+    ensure!(
+        node.container_dir("tether-runc-test", &id).exists(),
+        "not attached"
+    );
+    let del = Command::new(tether_runc()?)
+        .arg("--root")
+        .arg(&runc_root)
+        .args(["delete", "--force", &id])
+        .env("TETHER_CONFIG", node.config())
+        .status()?;
+    ensure!(del.success(), "delete");
+    ensure!(
+        !node.container_dir("tether-runc-test", &id).exists(),
+        "pins left after delete"
+    );
+    Ok(())
+}

@@ -264,10 +264,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("tether-runc: tokio runtime: {e}"))
 }
 
-/// `create` (also the first half of `run`): runc's create, then the attach step.
-fn create(runc: &Path, args: &RuncArgs, config: &Config, create_args: &[OsString]) -> i32 {
+/// `create` (also the first half of `run`): runc's create, then the attach step. Returns
+/// the exit code and the container's init pid (0 unless created).
+fn create(runc: &Path, args: &RuncArgs, config: &Config, create_args: &[OsString]) -> (i32, u32) {
     let Some(id) = args.container_id() else {
-        return exec(runc, args);
+        return (exec(runc, args), 0);
     };
     let bundle = args
         .arg_value(&["--bundle", "-b"])
@@ -279,23 +280,23 @@ fn create(runc: &Path, args: &RuncArgs, config: &Config, create_args: &[OsString
         Ok(s) => s,
         Err(e) => {
             report(args, &format!("tether-runc: {e}"));
-            return 1;
+            return (1, 0);
         }
     };
     let hook = EbpfAttach::new();
     if let Err(e) = hook.validate(&spec, config) {
         report(args, &format!("tether-runc: {e}"));
-        return 1;
+        return (1, 0);
     }
     let status = match runc_cmd(runc, args, "create", create_args).status() {
         Ok(s) => s,
         Err(e) => {
             report(args, &format!("tether-runc: run {}: {e}", runc.display()));
-            return 1;
+            return (1, 0);
         }
     };
     if !status.success() {
-        return status_code(status);
+        return (status_code(status), 0);
     }
     let namespace = args.namespace();
     let mut init_pid = 0;
@@ -318,12 +319,12 @@ fn create(runc: &Path, args: &RuncArgs, config: &Config, create_args: &[OsString
     match result {
         Ok(()) => {
             spawn_watcher(&namespace, &id, &bundle, init_pid);
-            0
+            (0, init_pid)
         }
         Err(e) => {
             let _ = runc_cmd(runc, args, "delete", &["--force".into(), id.clone().into()]).status();
             report(args, &format!("tether-runc: {e}"));
-            1
+            (1, 0)
         }
     }
 }
@@ -509,7 +510,7 @@ pub fn main_with(argv: Vec<OsString>) -> i32 {
         }
     };
     match args.command.as_deref() {
-        Some("create") => create(&runc, &args, &config, &args.args),
+        Some("create") => create(&runc, &args, &config, &args.args).0,
         Some("start") => {
             if let Some(id) = args.container_id() {
                 if let Err(e) = resync(&runc, &args, &config, &id) {
@@ -578,7 +579,7 @@ fn run(runc: &Path, args: &RuncArgs, config: &Config) -> i32 {
             return 1;
         }
     }
-    let code = create(runc, args, config, &create_args);
+    let (code, pid) = create(runc, args, config, &create_args);
     if code != 0 {
         return code;
     }
@@ -593,13 +594,7 @@ fn run(runc: &Path, args: &RuncArgs, config: &Config) -> i32 {
     if detach {
         return 0;
     }
-    let code = match container_pid(runc, args, &id) {
-        Ok(pid) => wait_for(pid),
-        Err(e) => {
-            report(args, &format!("tether-runc: {e}"));
-            1
-        }
-    };
+    let code = wait_for(pid);
     if !keep {
         let _ = runc_cmd(
             runc,
