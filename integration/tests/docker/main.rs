@@ -147,6 +147,20 @@ fn docker_run_with_tether_runtime() -> Result<()> {
     d.ok(&["rm", &id])?;
     d.ok(&["network", "rm", "tether-e2e-net2"])?;
     ensure!(!d.container_dir(&id).exists(), "pins left after docker rm");
+    // Its link watcher exits with it.
+    tether_integration::wait::wait_until(
+        "the container's link watcher to exit",
+        std::time::Duration::from_secs(5),
+        || {
+            let left = tether_integration::procfs::processes()?
+                .into_iter()
+                .any(|p| {
+                    p.cmdline_string().contains("--tether-watch")
+                        && p.cmdline_string().contains(&id)
+                });
+            Ok((!left).then_some(()))
+        },
+    )?;
     let live = tetherctl(&d, &["stats"])?;
     ensure!(
         !live.as_array().is_some_and(|a| a
