@@ -26,3 +26,9 @@ fi
 if ! mountpoint -q /sys/fs/bpf; then
   mount -t bpf bpf /sys/fs/bpf
 fi
+
+# The Debian package of tether is built with cargo-deb (its test builds one).
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "tether: installing cargo-deb"
+  cargo install cargo-deb --locked --quiet
+fi

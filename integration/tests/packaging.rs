@@ -76,3 +76,58 @@ fn install_script_installs_binaries_unit_config_and_containerd_handler() -> Resu
     );
     Ok(())
 }
+
+#[test]
+fn debian_package_holds_binaries_unit_and_config() -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let build = Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "tether-shim",
+            "-p",
+            "tether-broker",
+        ])
+        .current_dir(&root)
+        .status()?;
+    ensure!(build.success(), "cargo build --release");
+    let out = Command::new("cargo")
+        .args(["deb", "-p", "tether-shim", "--no-build", "--output"])
+        .arg(root.join("target/debian/tether-test.deb"))
+        .current_dir(&root)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "cargo deb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = Command::new("dpkg-deb")
+        .arg("-c")
+        .arg(root.join("target/debian/tether-test.deb"))
+        .output()?;
+    let list = String::from_utf8_lossy(&list.stdout);
+    for want in [
+        "./usr/bin/containerd-shim-tether-v1",
+        "./usr/bin/tether-runc",
+        "./usr/bin/tetherd",
+        "./usr/bin/tetherctl",
+        "./lib/systemd/system/tetherd.service",
+        "./etc/tether/config.toml",
+    ] {
+        ensure!(
+            list.contains(want),
+            "{want} missing from the package:\n{list}"
+        );
+    }
+    let conf = Command::new("dpkg-deb")
+        .arg("-I")
+        .arg(root.join("target/debian/tether-test.deb"))
+        .arg("conffiles")
+        .output()?;
+    ensure!(
+        String::from_utf8_lossy(&conf.stdout).contains("/etc/tether/config.toml"),
+        "the config is not a conffile"
+    );
+    Ok(())
+}
