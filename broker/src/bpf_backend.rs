@@ -154,18 +154,6 @@ fn prog_kind(p: tether_bpf::Prog) -> &'static str {
     }
 }
 
-fn counters(c: &tether_bpf::Counters) -> Counters {
-    Counters {
-        rx_packets: c.rx_packets,
-        rx_bytes: c.rx_bytes,
-        tx_packets: c.tx_packets,
-        tx_bytes: c.tx_bytes,
-        drops: c.drops,
-        denials: c.denials,
-        events_lost: c.events_lost,
-    }
-}
-
 /// Attachment details from a pin name: `cgroup_<prog>` or `tc_<ifindex>_<direction>`.
 fn attachment(pin: &str, info: &tether_bpf::sys::LinkInfo) -> AttachmentInfo {
     if let Some(prog) = pin.strip_prefix("cgroup_") {
@@ -308,11 +296,11 @@ impl Backend for BpfBackend {
             let maps = p.maps();
             let ifaces = maps.ifaces()?;
             for (cg, ident) in maps.identities()? {
-                let cgroup = counters(&maps.cgroup_counters(cg)?);
+                let cgroup = Counters::from(&maps.cgroup_counters(cg)?);
                 let mut total = cgroup;
                 let mut interfaces = Vec::new();
                 for (k, _) in ifaces.iter().filter(|(_, owner)| *owner == cg) {
-                    let c = counters(&maps.iface_counters(*k)?);
+                    let c = Counters::from(&maps.iface_counters(*k)?);
                     interfaces.push(InterfaceStatsInfo {
                         name: format!("if{}", k.ifindex),
                         ifindex: k.ifindex,

@@ -95,6 +95,20 @@ impl Counters {
     }
 }
 
+impl From<&tether_bpf::Counters> for Counters {
+    fn from(c: &tether_bpf::Counters) -> Self {
+        Counters {
+            rx_packets: c.rx_packets,
+            rx_bytes: c.rx_bytes,
+            tx_packets: c.tx_packets,
+            tx_bytes: c.tx_bytes,
+            drops: c.drops,
+            denials: c.denials,
+            events_lost: c.events_lost,
+        }
+    }
+}
+
 /// Counters of one interface in a container's netns.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InterfaceStatsInfo {

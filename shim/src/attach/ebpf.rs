@@ -404,18 +404,6 @@ fn socket(config: &Config) -> PathBuf {
         .unwrap_or_else(|| DEFAULT_SOCKET.into())
 }
 
-fn counters(c: &tether_bpf::Counters) -> tether_broker::types::Counters {
-    tether_broker::types::Counters {
-        rx_packets: c.rx_packets,
-        rx_bytes: c.rx_bytes,
-        tx_packets: c.tx_packets,
-        tx_bytes: c.tx_bytes,
-        drops: c.drops,
-        denials: c.denials,
-        events_lost: c.events_lost,
-    }
-}
-
 /// How long a deleted container's counters may take to reach tetherd; delete does not wait
 /// longer (tetherd down: the counters are still in the shim's log line).
 const RETIRE_DEADLINE: Duration = Duration::from_millis(300);
@@ -426,7 +414,7 @@ async fn retire(socket: &Path, namespace: &str, id: &str, d: &container::Detache
     if !socket.exists() {
         return;
     }
-    let cgroup = counters(&d.counters);
+    let cgroup = tether_broker::types::Counters::from(&d.counters);
     let mut total = cgroup;
     let interfaces = d
         .interfaces
@@ -437,7 +425,7 @@ async fn retire(socket: &Path, namespace: &str, id: &str, d: &container::Detache
                 name: format!("if{}", k.ifindex),
                 ifindex: k.ifindex,
                 netns_cookie: k.netns_cookie,
-                counters: counters(c),
+                counters: c.into(),
             }
         })
         .collect();
