@@ -273,44 +273,18 @@ impl Programs {
             }
             progs.push((p, fd, info.id));
         }
-        let ncpus = sys::possible_cpus()?;
-        let mut opened = Vec::with_capacity(MAPS.len());
-        for (name, ty, key, value) in MAPS {
-            let path = layout.map(version, name);
-            let fd = open_pin(&path)?;
-            let info = sys::map_info(fd.as_fd()).map_err(|_| Error::Tampered {
-                path: path.clone(),
-                reason: "not a map".into(),
-            })?;
-            if info.map_type != ty || info.key_size != key || info.value_size != value {
-                return Err(Error::Tampered {
-                    path,
-                    reason: format!(
-                        "map of type {} with {}-byte keys and {}-byte values, expected type {} \
-                         with {}-byte keys and {}-byte values",
-                        info.map_type, info.key_size, info.value_size, ty, key, value
-                    ),
-                });
-            }
-            opened.push(MapFd {
-                name,
-                fd,
-                max_entries: info.max_entries,
-            });
-        }
-        let mut it = opened.into_iter();
-        let mut next = || it.next().expect("MAPS has nine entries");
+        let open = |name: &'static str| open_map(layout, version, name);
         let maps = Maps {
-            containers: next(),
-            identities: next(),
-            cg_stats: next(),
-            tc_ifaces: next(),
-            tc_stats: next(),
-            deny4: next(),
-            deny6: next(),
-            rates: next(),
-            events: next(),
-            ncpus,
+            containers: open("containers")?,
+            identities: open("identities")?,
+            cg_stats: open("cg_stats")?,
+            tc_ifaces: open("tc_ifaces")?,
+            tc_stats: open("tc_stats")?,
+            deny4: open("deny4")?,
+            deny6: open("deny6")?,
+            rates: open("rates")?,
+            events: open("events")?,
+            ncpus: sys::possible_cpus()?,
         };
         Ok(Programs {
             version: version.to_string(),
@@ -392,6 +366,37 @@ impl Programs {
     pub(crate) fn events_fd(&self) -> BorrowedFd<'_> {
         self.maps.events.fd.as_fd()
     }
+}
+
+/// Opens one pinned map and checks it against [`MAPS`].
+fn open_map(layout: &PinLayout, version: &str, name: &'static str) -> Result<MapFd> {
+    let path = layout.map(version, name);
+    let Some((_, ty, key, value)) = MAPS.iter().copied().find(|(n, ..)| *n == name) else {
+        return Err(Error::Tampered {
+            path,
+            reason: "not one of tether's maps".into(),
+        });
+    };
+    let fd = open_pin(&path)?;
+    let info = sys::map_info(fd.as_fd()).map_err(|_| Error::Tampered {
+        path: path.clone(),
+        reason: "not a map".into(),
+    })?;
+    if info.map_type != ty || info.key_size != key || info.value_size != value {
+        return Err(Error::Tampered {
+            path,
+            reason: format!(
+                "map of type {} with {}-byte keys and {}-byte values, expected type {} \
+                 with {}-byte keys and {}-byte values",
+                info.map_type, info.key_size, info.value_size, ty, key, value
+            ),
+        });
+    }
+    Ok(MapFd {
+        name,
+        fd,
+        max_entries: info.max_entries,
+    })
 }
 
 fn open_pin(path: &std::path::Path) -> Result<OwnedFd> {
