@@ -29,11 +29,24 @@ pub const NAIVE_LOAD_ENV: &str = "TETHER_BENCH_NAIVE_LOAD";
 /// Benchmark-only: a file each attach appends `<id> <microseconds>` to.
 pub const TIMES_FILE_ENV: &str = "TETHER_BENCH_ATTACH_TIMES";
 
-fn record_time(id: &str, us: u128) {
+/// CPU time (user + system, all threads) this process has used so far.
+fn cpu_time() -> Duration {
+    match nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
+        Ok(u) => {
+            let t = |tv: nix::sys::time::TimeVal| {
+                Duration::new(tv.tv_sec() as u64, tv.tv_usec() as u32 * 1000)
+            };
+            t(u.user_time()) + t(u.system_time())
+        }
+        Err(_) => Duration::ZERO,
+    }
+}
+
+fn record_time(id: &str, us: u128, cpu_us: u128) {
     let Some(path) = std::env::var_os(TIMES_FILE_ENV) else {
         return;
     };
-    let line = format!("{id} {us}\n");
+    let line = format!("{id} {us} {cpu_us}\n");
     let r = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -563,9 +576,14 @@ impl AttachHook for EbpfAttach {
             return Ok(());
         }
         let started = std::time::Instant::now();
+        let cpu_before = cpu_time();
         let r = match tokio::time::timeout(plan.deadline, self.try_attach(c, &plan)).await {
             Ok(Ok(t)) => {
-                record_time(c.id, started.elapsed().as_micros());
+                record_time(
+                    c.id,
+                    started.elapsed().as_micros(),
+                    cpu_time().saturating_sub(cpu_before).as_micros(),
+                );
                 info!(
                     "attached {} in {} us (pins {} us, links {} us, link watch {} us)",
                     c.id,
