@@ -15,8 +15,8 @@ use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::BackendError;
 use crate::types::{
-    Acquired, AttachmentInfo, AuditEvent, ContainerInfo, ContainerStatsInfo, Counters, GcReport,
-    InterfaceStatsInfo, ObjInfo, VersionInfo,
+    Acquired, AttachmentInfo, AuditEvent, ContainerInfo, ContainerStatsInfo, GcReport, ObjInfo,
+    VersionInfo,
 };
 
 /// Opens the backend over the configured pin root.
@@ -296,32 +296,18 @@ impl Backend for BpfBackend {
             let maps = p.maps();
             let ifaces = maps.ifaces()?;
             for (cg, ident) in maps.identities()? {
-                let cgroup = Counters::from(&maps.cgroup_counters(cg)?);
-                let mut total = cgroup;
-                let mut interfaces = Vec::new();
+                let mut per_iface = Vec::new();
                 for (k, _) in ifaces.iter().filter(|(_, owner)| *owner == cg) {
-                    let c = Counters::from(&maps.iface_counters(*k)?);
-                    interfaces.push(InterfaceStatsInfo {
-                        name: format!("if{}", k.ifindex),
-                        ifindex: k.ifindex,
-                        netns_cookie: k.netns_cookie,
-                        counters: c,
-                    });
-                    // Packets and bytes are counted at both layers; the total takes the
-                    // cgroup's, and adds the packet-level drops that only TC sees.
-                    total.drops += c.drops;
+                    per_iface.push((*k, maps.iface_counters(*k)?));
                 }
-                out.push(ContainerStatsInfo {
-                    id: ident.id,
-                    namespace: ident.namespace,
-                    cgroup_id: cg,
-                    cgroup,
-                    interfaces,
-                    total,
-                    // In the maps, so not deleted: retired containers are the service's.
-                    deleted: false,
-                    deleted_at_unix_ns: 0,
-                });
+                // In the maps, so not deleted: retired containers are the service's.
+                out.push(ContainerStatsInfo::from_counters(
+                    &ident.namespace,
+                    &ident.id,
+                    cg,
+                    &maps.cgroup_counters(cg)?,
+                    &per_iface,
+                ));
             }
         }
         out.sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));

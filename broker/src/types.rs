@@ -136,6 +136,44 @@ pub struct ContainerStatsInfo {
     pub deleted_at_unix_ns: u64,
 }
 
+impl ContainerStatsInfo {
+    /// A live container's statistics from its cgroup counters and its interfaces' counters.
+    /// Packets and bytes are counted at both layers, so the total takes the cgroup's and adds
+    /// the packet-level drops only TC sees.
+    pub fn from_counters(
+        namespace: &str,
+        id: &str,
+        cgroup_id: u64,
+        cgroup: &tether_bpf::Counters,
+        interfaces: &[(tether_bpf::IfKey, tether_bpf::Counters)],
+    ) -> Self {
+        let cgroup = Counters::from(cgroup);
+        let mut total = cgroup;
+        let interfaces = interfaces
+            .iter()
+            .map(|(k, c)| {
+                total.drops = total.drops.wrapping_add(c.drops);
+                InterfaceStatsInfo {
+                    name: format!("if{}", k.ifindex),
+                    ifindex: k.ifindex,
+                    netns_cookie: k.netns_cookie,
+                    counters: c.into(),
+                }
+            })
+            .collect();
+        ContainerStatsInfo {
+            id: id.to_string(),
+            namespace: namespace.to_string(),
+            cgroup_id,
+            cgroup,
+            interfaces,
+            total,
+            deleted: false,
+            deleted_at_unix_ns: 0,
+        }
+    }
+}
+
 /// What a garbage collection removed (or would remove, on a dry run).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GcReport {

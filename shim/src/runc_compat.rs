@@ -300,7 +300,16 @@ fn create(runc: &Path, args: &RuncArgs, config: &Config, create_args: &[OsString
     }
     let namespace = args.namespace();
     let mut init_pid = 0;
-    let result = container_pid(runc, args, &id).and_then(|pid| {
+    let pid = match args
+        .arg_value(&["--pid-file"])
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .and_then(|p| p.trim().parse::<u32>().ok())
+    {
+        // runc wrote it at create: no second runc run needed.
+        Some(pid) => Ok(pid),
+        None => container_pid(runc, args, &id),
+    };
+    let result = pid.and_then(|pid| {
         init_pid = pid;
         let rt = runtime()?;
         rt.block_on(async {
@@ -382,10 +391,7 @@ fn watch(argv: &[OsString]) -> i32 {
     if !plan.enabled || plan.netns == Netns::Host || plan.interfaces == Interfaces::None {
         return 0;
     }
-    let layout = match &config.broker.pin_root {
-        Some(p) => tether_bpf::PinLayout::new(p),
-        None => tether_bpf::PinLayout::default(),
-    };
+    let layout = crate::attach::ebpf::layout(&config);
     let Ok(dir) = layout.container_dir(&ns, &id) else {
         return 1;
     };

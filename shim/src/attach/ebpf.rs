@@ -22,7 +22,6 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::locked;
 
-const DEFAULT_SOCKET: &str = "/run/tether/tetherd.sock";
 /// Benchmark-only: each container loads its own copy of the programs (the load storm tether
 /// exists to avoid), to compare against. Set in containerd's environment.
 pub const NAIVE_LOAD_ENV: &str = "TETHER_BENCH_NAIVE_LOAD";
@@ -84,7 +83,8 @@ pub struct EbpfAttach {
     programs: Mutex<HashMap<PathBuf, Arc<Programs>>>,
 }
 
-fn layout(config: &Config) -> PinLayout {
+/// The pin layout the config names (default `/sys/fs/bpf/tether`).
+pub(crate) fn layout(config: &Config) -> PinLayout {
     match &config.broker.pin_root {
         Some(p) => PinLayout::new(p),
         None => PinLayout::default(),
@@ -226,6 +226,7 @@ impl EbpfAttach {
             namespace.to_string(),
             id.to_string(),
             layout(config),
+            None,
             Some(socket(config)),
         )
         .await;
@@ -359,24 +360,32 @@ impl EbpfAttach {
 
     /// Detaches a container; with `report_to`, its final counters go to tetherd (which keeps
     /// them readable for a while after the container is gone).
-    async fn remove(namespace: String, id: String, layout: PinLayout, report_to: Option<PathBuf>) {
+    /// `programs`: the pins this process opened already, if any (else they are opened).
+    async fn remove(
+        namespace: String,
+        id: String,
+        layout: PinLayout,
+        programs: Option<Arc<Programs>>,
+        report_to: Option<PathBuf>,
+    ) {
         let naive = layout
             .root()
             .file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with("naive-"));
         if naive {
             let root = layout.root().to_path_buf();
-            Self::remove_links(namespace, id, layout, None).await;
+            Self::remove_links(namespace, id, layout, programs, None).await;
             let _ = std::fs::remove_dir_all(root);
             return;
         }
-        Self::remove_links(namespace, id, layout, report_to).await;
+        Self::remove_links(namespace, id, layout, programs, report_to).await;
     }
 
     async fn remove_links(
         namespace: String,
         id: String,
         layout: PinLayout,
+        programs: Option<Arc<Programs>>,
         report_to: Option<PathBuf>,
     ) {
         let dir = match layout.container_dir(&namespace, &id) {
@@ -388,7 +397,10 @@ impl EbpfAttach {
         }
         let (ns, cid) = (namespace.clone(), id.clone());
         let r = tokio::task::spawn_blocking(move || {
-            let programs = Programs::open(&layout, tether_bpf::VERSION)?;
+            let programs = match programs {
+                Some(p) => p,
+                None => Arc::new(Programs::open(&layout, tether_bpf::VERSION)?),
+            };
             container::detach(&programs, &layout, &ns, &cid)
         })
         .await;
@@ -414,7 +426,7 @@ fn socket(config: &Config) -> PathBuf {
         .broker
         .socket
         .clone()
-        .unwrap_or_else(|| DEFAULT_SOCKET.into())
+        .unwrap_or_else(|| tether_broker::config::DEFAULT_SOCKET.into())
 }
 
 /// How long a deleted container's counters may take to reach tetherd; delete does not wait
@@ -423,34 +435,16 @@ const RETIRE_DEADLINE: Duration = Duration::from_millis(300);
 
 /// Hands a deleted container's final counters to tetherd, if it runs. Best effort.
 async fn retire(socket: &Path, namespace: &str, id: &str, d: &container::Detached) {
-    use tether_broker::types::{ContainerStatsInfo, InterfaceStatsInfo};
     if !socket.exists() {
         return;
     }
-    let cgroup = tether_broker::types::Counters::from(&d.counters);
-    let mut total = cgroup;
-    let interfaces = d
-        .interfaces
-        .iter()
-        .map(|(k, c)| {
-            total.drops += c.drops;
-            InterfaceStatsInfo {
-                name: format!("if{}", k.ifindex),
-                ifindex: k.ifindex,
-                netns_cookie: k.netns_cookie,
-                counters: c.into(),
-            }
-        })
-        .collect();
-    let stats = ContainerStatsInfo {
-        id: id.to_string(),
-        namespace: namespace.to_string(),
-        cgroup_id: d.cgroup_id.unwrap_or(0),
-        cgroup,
-        interfaces,
-        total,
-        ..Default::default()
-    };
+    let stats = tether_broker::types::ContainerStatsInfo::from_counters(
+        namespace,
+        id,
+        d.cgroup_id.unwrap_or(0),
+        &d.counters,
+        &d.interfaces,
+    );
     let sent = async {
         let client = tether_broker::client::Client::connect(socket, RETIRE_DEADLINE)
             .await?
@@ -607,10 +601,13 @@ impl AttachHook for EbpfAttach {
                 w.abort();
             }
         }
+        let layout = layout(c.config);
+        let programs = locked(&self.programs).get(layout.root()).cloned();
         Self::remove(
             c.namespace.to_string(),
             c.id.to_string(),
-            layout(c.config),
+            layout,
+            programs,
             None,
         )
         .await;
@@ -674,7 +671,7 @@ impl AttachHook for EbpfAttach {
 
     async fn detach(&self, namespace: &str, id: &str, config: &Config) {
         let t = locked(&self.tracked).remove(id);
-        let layout = match t {
+        let (layout, programs) = match t {
             Some(mut t) => {
                 if let Some(w) = t.watcher.take() {
                     w.abort();
@@ -693,14 +690,15 @@ impl AttachHook for EbpfAttach {
                         }
                     }
                 }
-                t.layout
+                (t.layout, Some(t.programs))
             }
-            None => layout(config),
+            None => (layout(config), None),
         };
         Self::remove(
             namespace.to_string(),
             id.to_string(),
             layout,
+            programs,
             Some(socket(config)),
         )
         .await;
