@@ -108,8 +108,8 @@ fn clear_stale(dir: &Path) -> Result<()> {
 /// none yet, and routes their traffic to the container's cgroup id. Idempotent: run it at
 /// create, at start and whenever a link appears. Returns the interfaces attached by this call.
 ///
-/// The work runs on a dedicated thread that joins `netns` (TCX attaches by ifindex in the
-/// caller's namespace); the calling thread never changes namespace.
+/// The calling thread joins `netns` for the work (TCX attaches by ifindex in the caller's
+/// namespace) and returns to its own namespace before this returns.
 pub fn attach_netns(
     programs: &Programs,
     layout: &PinLayout,
@@ -195,18 +195,47 @@ fn require_attached(dir: &Path, id: &str) -> Result<()> {
     }
 }
 
-/// Runs `f` on a dedicated thread that has joined `netns`; the caller's thread never
-/// changes namespace.
-fn in_netns<T: Send>(netns: BorrowedFd<'_>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| Error::syscall("setns(CLONE_NEWNET)", e.into()))?;
-            f()
+/// Runs `f` with the calling thread inside `netns`, then returns the thread to the network
+/// namespace it was in. The network namespace is per thread, so the process's other threads
+/// never see the change; running on the caller's thread costs no thread start and no wait
+/// for a scheduler slot (both dominate under a burst of container starts).
+///
+/// Returning can in principle fail (setns(2) allocates); the thread is then marked stranded
+/// and every later call on it tries to return first and fails until it can, so nothing runs
+/// in a container's namespace by mistake.
+fn in_netns<T>(netns: BorrowedFd<'_>, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    use std::cell::RefCell;
+    use std::os::fd::{AsFd, OwnedFd};
+    thread_local! {
+        /// The namespace this thread must return to, while it could not.
+        static STRANDED: RefCell<Option<OwnedFd>> = const { RefCell::new(None) };
+    }
+    let back = |home: BorrowedFd<'_>| {
+        nix::sched::setns(home, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+            Error::syscall(
+                "setns(CLONE_NEWNET) back to the thread's namespace",
+                e.into(),
+            )
         })
-        .join()
-        .unwrap_or_else(|_| Err(Error::syscall("netns thread", io::Error::other("panicked"))))
-    })
+    };
+    STRANDED.with(|s| -> Result<()> {
+        let mut s = s.borrow_mut();
+        if let Some(home) = s.as_ref() {
+            back(home.as_fd())?;
+            *s = None;
+        }
+        Ok(())
+    })?;
+    let home = fs::File::open("/proc/thread-self/ns/net")
+        .map_err(|e| Error::path("open", "/proc/thread-self/ns/net", e))?;
+    nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| Error::syscall("setns(CLONE_NEWNET)", e.into()))?;
+    let r = f();
+    if let Err(e) = back(home.as_fd()) {
+        STRANDED.with(|s| *s.borrow_mut() = Some(OwnedFd::from(home)));
+        return Err(e);
+    }
+    r
 }
 
 /// A netlink socket, bound inside `netns`, that receives a message whenever a link there is

@@ -284,7 +284,14 @@ fn create(runc: &Path, args: &RuncArgs, config: &Config, create_args: &[OsString
         }
     };
     let hook = EbpfAttach::new();
-    if let Err(e) = hook.validate(&spec, config) {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            report(args, &e);
+            return (1, 0);
+        }
+    };
+    if let Err(e) = rt.block_on(hook.prepare(&id, &spec, config, None)) {
         report(args, &format!("tether-runc: {e}"));
         return (1, 0);
     }
@@ -311,7 +318,6 @@ fn create(runc: &Path, args: &RuncArgs, config: &Config, create_args: &[OsString
     };
     let result = pid.and_then(|pid| {
         init_pid = pid;
-        let rt = runtime()?;
         rt.block_on(async {
             let created = CreatedContainer {
                 namespace: &namespace,

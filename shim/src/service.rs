@@ -136,7 +136,9 @@ impl TaskService {
         let spec = load_spec(&bundle)?;
         let opts = ShimOptions::from_any(req.options.as_ref())?;
         let config = Config::load(opts.config_path.as_deref())?;
-        self.hook.validate(&spec, &config)?;
+        self.hook
+            .prepare(&req.id, &spec, &config, opts.config_path.as_deref())
+            .await?;
         let runc = Runc::new(
             opts.runc_config(&config, &self.namespace),
             &bundle,

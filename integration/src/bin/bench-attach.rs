@@ -54,6 +54,23 @@ fn attach_column(m: &Mode, ids: &[String], col: usize) -> Result<Vec<f64>> {
     Ok(out)
 }
 
+/// Phase columns of the times file after `<id> <wall> <cpu>` (the shim's `AttachTimes`).
+const PHASES: [&str; 5] = ["pins", "open", "cgroup", "netns", "watch"];
+
+/// p50 and p99 (ms) of every phase of the attach steps of `ids`.
+fn phase_row(m: &Mode, label: &str, ids: &[String]) -> Result<String> {
+    let mut row = format!("| {label} |");
+    for i in 0..PHASES.len() {
+        let v = attach_column(m, ids, 3 + i)?;
+        row.push_str(&format!(
+            " {:.2} / {:.2} |",
+            pct(&v, 50.0) / 1000.0,
+            pct(&v, 99.0) / 1000.0
+        ));
+    }
+    Ok(row)
+}
+
 fn pct(v: &[f64], p: f64) -> f64 {
     let i = ((p / 100.0) * (v.len() as f64 - 1.0)).round() as usize;
     v[i.min(v.len() - 1)]
@@ -315,6 +332,18 @@ fn main() -> Result<()> {
         "\ntether, {conc_n} concurrent: the shim's CPU time during the attach step: p50 {:.2} ms, p99 {:.2} ms",
         pct(&t_cpu, 50.0) / 1000.0,
         pct(&t_cpu, 99.0) / 1000.0
+    );
+    println!("\n### tether's attach step by phase (ms, p50 / p99)\n");
+    println!("| mode | {} |", PHASES.join(" | "));
+    println!("|---|{}", "---|".repeat(PHASES.len()));
+    let seq_ids: Vec<String> = (0..seq_n.div_ceil(5) * 5)
+        .map(|i| format!("seq-tether-{i}"))
+        .collect();
+    let conc_ids: Vec<String> = (0..conc_n).map(|i| format!("conc-tether-{i}")).collect();
+    println!("{}", phase_row(&tether, "sequential", &seq_ids)?);
+    println!(
+        "{}",
+        phase_row(&tether, &format!("{conc_n} concurrent"), &conc_ids)?
     );
     println!("\n## create -> start -> exit -> delete (`ctr run --rm IMAGE ID /bin/true`, ms)\n");
     println!("| runtime | n | p50 | p99 | p50 / runc.v2 |");

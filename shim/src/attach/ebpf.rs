@@ -41,11 +41,16 @@ fn cpu_time() -> Duration {
     }
 }
 
-fn record_time(id: &str, us: u128, cpu_us: u128) {
+/// Appends `<id> <wall µs> <cpu µs> <phase µs>...` (phases in [`AttachTimes::PHASES`] order).
+fn record_time(id: &str, us: u128, cpu_us: u128, t: &AttachTimes) {
     let Some(path) = std::env::var_os(TIMES_FILE_ENV) else {
         return;
     };
-    let line = format!("{id} {us} {cpu_us}\n");
+    let mut line = format!("{id} {us} {cpu_us}");
+    for d in t.phases() {
+        line.push_str(&format!(" {}", d.as_micros()));
+    }
+    line.push('\n');
     let r = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -64,16 +69,38 @@ struct Tracked {
     cgroup_id: u64,
     netns: Option<Arc<OwnedFd>>,
     only: Option<Vec<String>>,
-    deadline: Duration,
     fail_closed: bool,
     watcher: Option<JoinHandle<()>>,
 }
 
 /// Where an attach step spent its time (logged with every attach).
 struct AttachTimes {
+    /// Taking the programs from this process's cache, or opening their pins.
     programs: Duration,
-    links: Duration,
+    /// Finding and opening the container's cgroup directory and network namespace.
+    open: Duration,
+    /// Map entries and cgroup links.
+    cgroup: Duration,
+    /// Entering the network namespace, TC links, the link watch socket.
+    netns: Duration,
+    /// Registering the link watcher.
     watch: Duration,
+}
+
+impl AttachTimes {
+    /// Phase names: the log line's, and the benchmark times file's columns after
+    /// `<id> <wall> <cpu>`.
+    const PHASES: [&'static str; 5] = ["pins", "open", "cgroup", "netns", "watch"];
+
+    fn phases(&self) -> [Duration; 5] {
+        [
+            self.programs,
+            self.open,
+            self.cgroup,
+            self.netns,
+            self.watch,
+        ]
+    }
 }
 
 /// The eBPF attach hook.
@@ -103,13 +130,50 @@ fn attach_err(id: &str, reason: impl std::fmt::Display) -> Error {
 fn cgroup2_dir(pid: u32) -> std::result::Result<PathBuf, String> {
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .map_err(|e| format!("read /proc/{pid}/cgroup: {e}"))?;
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
-    cgroup2_dir_of(pid, &cgroup, &mounts)
+    cgroup2_dir_of(pid, &cgroup, &cgroup2_mount()?)
 }
 
-/// [`cgroup2_dir`] over the text of /proc/<pid>/cgroup and /proc/self/mountinfo.
-fn cgroup2_dir_of(pid: u32, cgroup: &str, mountinfo: &str) -> std::result::Result<PathBuf, String> {
+/// Where the cgroup2 file system is mounted; found once per process. The two usual places
+/// are checked with statfs(2); only elsewhere is /proc/self/mountinfo read (it grows with
+/// every container's rootfs mount, and reading it takes the mount table's lock).
+fn cgroup2_mount() -> std::result::Result<PathBuf, String> {
+    static MOUNT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(m) = MOUNT.get() {
+        return Ok(m.clone());
+    }
+    let usual = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .find(|p| {
+            nix::sys::statfs::statfs(*p)
+                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+        })
+        .map(PathBuf::from);
+    let mount = match usual {
+        Some(m) => m,
+        None => {
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+                .map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
+            cgroup2_mount_of(&mounts)?
+        }
+    };
+    Ok(MOUNT.get_or_init(|| mount).clone())
+}
+
+/// The cgroup2 mount point in the text of /proc/self/mountinfo.
+fn cgroup2_mount_of(mountinfo: &str) -> std::result::Result<PathBuf, String> {
+    mountinfo
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            right
+                .starts_with("cgroup2 ")
+                .then(|| left.split(' ').nth(4).map(PathBuf::from))?
+        })
+        .ok_or_else(|| "no cgroup2 file system is mounted".to_string())
+}
+
+/// [`cgroup2_dir`] over the text of /proc/<pid>/cgroup and the cgroup2 mount point.
+fn cgroup2_dir_of(pid: u32, cgroup: &str, mount: &Path) -> std::result::Result<PathBuf, String> {
     let rel = cgroup
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
@@ -119,16 +183,15 @@ fn cgroup2_dir_of(pid: u32, cgroup: &str, mountinfo: &str) -> std::result::Resul
             "process {pid} is at the root of the cgroup v2 hierarchy, not in a cgroup of its own"
         ));
     }
-    let root = mountinfo
-        .lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            right
-                .starts_with("cgroup2 ")
-                .then(|| left.split(' ').nth(4).map(PathBuf::from))?
-        })
-        .ok_or("no cgroup2 file system is mounted")?;
-    Ok(root.join(rel.trim_start_matches('/')))
+    Ok(mount.join(rel.trim_start_matches('/')))
+}
+
+/// The config file a tetherd started on demand is given: the one the runtime options named,
+/// else `$TETHER_CONFIG`.
+fn config_path(from_options: Option<&Path>) -> Option<PathBuf> {
+    from_options
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os(crate::config::CONFIG_ENV).map(PathBuf::from))
 }
 
 fn tetherd_path(config: &Config) -> PathBuf {
@@ -172,7 +235,7 @@ impl EbpfAttach {
             Interfaces::Named(n) => Some(n.clone()),
             _ => None,
         };
-        let work = tokio::task::spawn_blocking(move || -> tether_bpf::Result<usize> {
+        let work = || -> tether_bpf::Result<usize> {
             let programs = match Programs::open(&layout, tether_bpf::VERSION) {
                 Ok(p) => p,
                 Err(tether_bpf::Error::NotLoaded { .. }) => return Ok(0),
@@ -202,15 +265,9 @@ impl EbpfAttach {
                 only.as_deref(),
             )?;
             Ok(added.len())
-        });
-        let r = match tokio::time::timeout(plan.deadline, work).await {
-            Ok(Ok(r)) => r.map(|_| ()).map_err(|e| attach_err(id, e)),
-            Ok(Err(e)) => Err(attach_err(id, format!("attach task: {e}"))),
-            Err(_) => Err(attach_err(
-                id,
-                format!("re-sync not done within {:?}", plan.deadline),
-            )),
         };
+        // No unbounded wait inside: bpf(2), setns(2) and a netlink dump of the namespace.
+        let r = work().map(|_| ()).map_err(|e| attach_err(id, e));
         match r {
             Err(e) if !plan.fail_closed => {
                 warn!("{e} (failure policy: open)");
@@ -274,15 +331,16 @@ impl EbpfAttach {
         Ok((layout, programs))
     }
 
+    /// Attaches a created container. The syscalls run on this thread: the shim's runtime is
+    /// single-threaded and the work is a few hundred microseconds of bpf(2), setns(2) and
+    /// netlink calls with no unbounded wait, while handing it to another thread would add a
+    /// wait for a scheduler slot each way (milliseconds when containers start in a burst).
     async fn try_attach(&self, c: &CreatedContainer<'_>, plan: &Plan) -> Result<AttachTimes> {
         let id = c.id;
-        let config_path = c
-            .config_path
-            .clone()
-            .or_else(|| std::env::var_os(crate::config::CONFIG_ENV).map(PathBuf::from));
+        let config_path = config_path(c.config_path.as_deref());
         let t0 = std::time::Instant::now();
         let (layout, programs) = self.programs(c.config, config_path.as_deref(), id).await?;
-        let t_programs = t0.elapsed();
+        let t_programs = std::time::Instant::now();
         let cgroup_dir = cgroup2_dir(c.pid).map_err(|e| attach_err(id, e))?;
         let cgroup = File::open(&cgroup_dir)
             .map_err(|e| attach_err(id, format!("open {}: {e}", cgroup_dir.display())))?;
@@ -301,49 +359,42 @@ impl EbpfAttach {
             Interfaces::Named(n) => Some(n.clone()),
             _ => None,
         };
-        let (ns, cid) = (c.namespace.to_string(), id.to_string());
-        let (p2, l2, n2, o2, cfg, deny) = (
-            programs.clone(),
-            layout.clone(),
-            netns.clone(),
-            only.clone(),
-            plan.config,
-            plan.deny.clone(),
-        );
-        let work =
-            tokio::task::spawn_blocking(move || -> tether_bpf::Result<(u64, Option<OwnedFd>)> {
-                let cg =
-                    container::attach_cgroup(&p2, &l2, &ns, &cid, cgroup.as_fd(), &cfg, &deny)?;
-                let watch = match &n2 {
-                    Some(netns) => Some(
-                        container::attach_netns_and_watch(
-                            &p2,
-                            &l2,
-                            &ns,
-                            &cid,
-                            cg.cgroup_id,
-                            netns.as_fd(),
-                            o2.as_deref(),
-                        )?
-                        .1,
-                    ),
-                    None => None,
-                };
-                Ok((cg.cgroup_id, watch))
-            });
-        let (cgroup_id, watch) = work
-            .await
-            .map_err(|e| attach_err(id, format!("attach task: {e}")))?
-            .map_err(|e| attach_err(id, e))?;
-        let t_links = t0.elapsed();
+        let t_open = std::time::Instant::now();
+        let cg = container::attach_cgroup(
+            &programs,
+            &layout,
+            c.namespace,
+            id,
+            cgroup.as_fd(),
+            &plan.config,
+            &plan.deny,
+        )
+        .map_err(|e| attach_err(id, e))?;
+        let t_cgroup = std::time::Instant::now();
+        let watch = match &netns {
+            Some(netns) => Some(
+                container::attach_netns_and_watch(
+                    &programs,
+                    &layout,
+                    c.namespace,
+                    id,
+                    cg.cgroup_id,
+                    netns.as_fd(),
+                    only.as_deref(),
+                )
+                .map_err(|e| attach_err(id, e))?
+                .1,
+            ),
+            None => None,
+        };
+        let t_netns = std::time::Instant::now();
         let mut tracked = Tracked {
             namespace: c.namespace.to_string(),
             layout,
             programs,
-            cgroup_id,
+            cgroup_id: cg.cgroup_id,
             netns,
             only,
-            deadline: plan.deadline,
             fail_closed: plan.fail_closed,
             watcher: None,
         };
@@ -352,9 +403,11 @@ impl EbpfAttach {
         }
         locked(&self.tracked).insert(id.to_string(), tracked);
         Ok(AttachTimes {
-            programs: t_programs,
-            links: t_links - t_programs,
-            watch: t0.elapsed() - t_links,
+            programs: t_programs - t0,
+            open: t_open - t_programs,
+            cgroup: t_cgroup - t_open,
+            netns: t_netns - t_cgroup,
+            watch: t_netns.elapsed(),
         })
     }
 
@@ -395,17 +448,13 @@ impl EbpfAttach {
         if !dir.exists() {
             return;
         }
-        let (ns, cid) = (namespace.clone(), id.clone());
-        let r = tokio::task::spawn_blocking(move || {
-            let programs = match programs {
-                Some(p) => p,
-                None => Arc::new(Programs::open(&layout, tether_bpf::VERSION)?),
-            };
-            container::detach(&programs, &layout, &ns, &cid)
-        })
-        .await;
+        let r = match programs {
+            Some(p) => Ok(p),
+            None => Programs::open(&layout, tether_bpf::VERSION).map(Arc::new),
+        }
+        .and_then(|p| container::detach(&p, &layout, &namespace, &id));
         match r {
-            Ok(Ok(d)) => {
+            Ok(d) => {
                 let c = d.counters;
                 info!(
                     "detached: {} links, {} map entries; final counters rx {} pkts {} B, tx {} pkts {} B, drops {}, denials {}",
@@ -415,8 +464,7 @@ impl EbpfAttach {
                     retire(&socket, &namespace, &id, &d).await;
                 }
             }
-            Ok(Err(e)) => warn!("detach: {e}"),
-            Err(e) => warn!("detach task: {e}"),
+            Err(e) => warn!("detach: {e}"),
         }
     }
 }
@@ -538,12 +586,8 @@ fn watch_links(id: String, t: &Tracked, sock: OwnedFd) -> Result<JoinHandle<()>>
                 only.clone(),
                 netns.clone(),
             );
-            let r = tokio::task::spawn_blocking(move || {
-                container::attach_netns_only(&p, &l, &n, &i, cgid, nsfd.as_fd(), o.as_deref())
-            })
-            .await;
-            match r {
-                Ok(Ok(added)) => {
+            match container::attach_netns_only(&p, &l, &n, &i, cgid, nsfd.as_fd(), o.as_deref()) {
+                Ok(added) => {
                     for a in added {
                         info!(
                             "{id}: attached to new interface {} (ifindex {})",
@@ -551,8 +595,7 @@ fn watch_links(id: String, t: &Tracked, sock: OwnedFd) -> Result<JoinHandle<()>>
                         );
                     }
                 }
-                Ok(Err(e)) => warn!("{id}: attach to new interface: {e}"),
-                Err(e) => warn!("{id}: attach task: {e}"),
+                Err(e) => warn!("{id}: attach to new interface: {e}"),
             }
         }
     }))
@@ -560,8 +603,43 @@ fn watch_links(id: String, t: &Tracked, sock: OwnedFd) -> Result<JoinHandle<()>>
 
 #[async_trait]
 impl AttachHook for EbpfAttach {
-    fn validate(&self, spec: &Spec, config: &Config) -> Result<()> {
-        Plan::resolve(config, spec).map(|_| ())
+    /// Resolves the plan and takes the programs from their pins (tetherd loads them first
+    /// when they are missing) while runc has not run yet: the attach step after `runc
+    /// create` then finds them open, and programs that cannot be had fail Create with nothing
+    /// to undo (fail-closed) or leave the retry to the attach step (fail-open).
+    async fn prepare(
+        &self,
+        id: &str,
+        spec: &Spec,
+        config: &Config,
+        config_path: Option<&Path>,
+    ) -> Result<()> {
+        let plan = Plan::resolve(config, spec)?;
+        // The naive benchmark mode loads inside the attach step, which is what it measures.
+        if !plan.enabled || std::env::var_os(NAIVE_LOAD_ENV).is_some() {
+            return Ok(());
+        }
+        let path = self::config_path(config_path);
+        let r =
+            match tokio::time::timeout(plan.deadline, self.programs(config, path.as_deref(), id))
+                .await
+            {
+                Ok(r) => r.map(|_| ()),
+                Err(_) => Err(attach_err(
+                    id,
+                    format!(
+                        "programs not available within the deadline of {:?}",
+                        plan.deadline
+                    ),
+                )),
+            };
+        match r {
+            Err(e) if !plan.fail_closed => {
+                warn!("{e} (failure policy: open; the attach step tries again)");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     async fn attach(&self, c: &CreatedContainer<'_>) -> Result<()> {
@@ -573,19 +651,19 @@ impl AttachHook for EbpfAttach {
         let cpu_before = cpu_time();
         let r = match tokio::time::timeout(plan.deadline, self.try_attach(c, &plan)).await {
             Ok(Ok(t)) => {
+                let wall = started.elapsed().as_micros();
                 record_time(
                     c.id,
-                    started.elapsed().as_micros(),
+                    wall,
                     cpu_time().saturating_sub(cpu_before).as_micros(),
+                    &t,
                 );
-                info!(
-                    "attached {} in {} us (pins {} us, links {} us, link watch {} us)",
-                    c.id,
-                    started.elapsed().as_micros(),
-                    t.programs.as_micros(),
-                    t.links.as_micros(),
-                    t.watch.as_micros()
-                );
+                let phases: Vec<String> = AttachTimes::PHASES
+                    .iter()
+                    .zip(t.phases())
+                    .map(|(n, d)| format!("{n} {} us", d.as_micros()))
+                    .collect();
+                info!("attached {} in {wall} us ({})", c.id, phases.join(", "));
                 Ok(())
             }
             Ok(Err(e)) => Err(e),
@@ -633,33 +711,21 @@ impl AttachHook for EbpfAttach {
                 t.only.clone(),
                 t.cgroup_id,
                 netns,
-                t.deadline,
                 t.fail_closed,
             )
         };
-        let (p, l, ns, only, cgid, netns, deadline, fail_closed) = job;
-        let cid = id.to_string();
+        let (p, l, ns, only, cgid, netns, fail_closed) = job;
         // Interfaces a caller added between create and start (CNI run by the caller).
-        let work = tokio::task::spawn_blocking(move || {
-            container::attach_netns_only(&p, &l, &ns, &cid, cgid, netns.as_fd(), only.as_deref())
-        });
-        let r = match tokio::time::timeout(deadline, work).await {
-            Ok(Ok(Ok(added))) => {
+        let r = container::attach_netns_only(&p, &l, &ns, id, cgid, netns.as_fd(), only.as_deref())
+            .map(|added| {
                 for a in added {
                     info!(
                         "{id}: attached to {} (ifindex {}) before start",
                         a.name, a.key.ifindex
                     );
                 }
-                Ok(())
-            }
-            Ok(Ok(Err(e))) => Err(attach_err(id, e)),
-            Ok(Err(e)) => Err(attach_err(id, format!("attach task: {e}"))),
-            Err(_) => Err(attach_err(
-                id,
-                format!("re-sync not done within {deadline:?}"),
-            )),
-        };
+            })
+            .map_err(|e| attach_err(id, e));
         match r {
             Err(e) if !fail_closed => {
                 warn!("{e} (failure policy: open)");
@@ -680,12 +746,9 @@ impl AttachHook for EbpfAttach {
                 // the namespace (runc delete has already run).
                 if let Some(netns) = t.netns.clone() {
                     if tether_bpf::tc::TcAttach::probe() == tether_bpf::tc::TcAttach::Clsact {
-                        let (p, cg) = (t.programs.clone(), t.cgroup_id);
-                        let r = tokio::task::spawn_blocking(move || {
-                            container::detach_clsact(&p, netns.as_fd(), cg)
-                        })
-                        .await;
-                        if let Ok(Err(e)) = r {
+                        if let Err(e) =
+                            container::detach_clsact(&t.programs, netns.as_fd(), t.cgroup_id)
+                        {
                             warn!("{id}: remove clsact filters: {e}");
                         }
                     }
@@ -716,29 +779,35 @@ mod tests {
     #[test]
     fn cgroup_dir_on_pure_v2_and_hybrid() {
         let cg = "0::/default/web\n";
+        let pure = cgroup2_mount_of(PURE_V2).unwrap();
+        assert_eq!(pure, PathBuf::from("/sys/fs/cgroup"));
         assert_eq!(
-            cgroup2_dir_of(1, cg, PURE_V2).unwrap(),
+            cgroup2_dir_of(1, cg, &pure).unwrap(),
             PathBuf::from("/sys/fs/cgroup/default/web")
         );
         let cg = "4:memory:/default/web\n0::/default/web\n";
+        let hybrid = cgroup2_mount_of(HYBRID).unwrap();
         assert_eq!(
-            cgroup2_dir_of(1, cg, HYBRID).unwrap(),
+            cgroup2_dir_of(1, cg, &hybrid).unwrap(),
             PathBuf::from("/sys/fs/cgroup/unified/default/web")
         );
     }
 
     #[test]
     fn no_cgroup_of_its_own_is_an_error() {
-        let e = cgroup2_dir_of(7, "0::/\n", PURE_V2).unwrap_err();
+        let root = Path::new("/sys/fs/cgroup");
+        let e = cgroup2_dir_of(7, "0::/\n", root).unwrap_err();
         assert!(e.contains("root of the cgroup v2 hierarchy"), "{e}");
-        let e = cgroup2_dir_of(7, "4:memory:/x\n", HYBRID).unwrap_err();
+        let e = cgroup2_dir_of(7, "4:memory:/x\n", root).unwrap_err();
         assert!(e.contains("no 0:: line"), "{e}");
-        let e = cgroup2_dir_of(
-            7,
-            "0::/x\n",
-            "30 25 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw\n",
-        )
-        .unwrap_err();
+        let e = cgroup2_mount_of("30 25 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw\n")
+            .unwrap_err();
         assert!(e.contains("no cgroup2"), "{e}");
+    }
+
+    #[test]
+    fn this_machine_has_a_cgroup2_mount() {
+        let m = cgroup2_mount().unwrap();
+        assert!(m.join("cgroup.procs").exists(), "{}", m.display());
     }
 }

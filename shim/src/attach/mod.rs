@@ -1,8 +1,8 @@
 //! The seam between `runc create` and `runc start`.
 //!
 //! The task service calls an [`AttachHook`] at fixed points of a container's life:
-//! [`AttachHook::validate`] before runc runs (a bad plan must fail Create with nothing
-//! created), [`AttachHook::attach`] once the container exists but has not executed a
+//! [`AttachHook::prepare`] before runc runs (a bad plan, or programs that cannot be had,
+//! must fail Create with nothing created), [`AttachHook::attach`] once the container exists but has not executed a
 //! single instruction, [`AttachHook::before_start`] just before `runc start`, and
 //! [`AttachHook::detach`] after `runc delete`. A failing `attach` makes Create delete
 //! the container and fail. [`ebpf::EbpfAttach`] is tether's implementation.
@@ -34,8 +34,15 @@ pub struct CreatedContainer<'a> {
 
 #[async_trait]
 pub trait AttachHook: Send + Sync {
-    /// Checks the container's plan; runs before anything is created.
-    fn validate(&self, spec: &Spec, config: &Config) -> Result<()>;
+    /// Checks the container's plan and readies what attaching it needs; runs before
+    /// anything is created. `config_path`: the config file the runtime options named.
+    async fn prepare(
+        &self,
+        id: &str,
+        spec: &Spec,
+        config: &Config,
+        config_path: Option<&Path>,
+    ) -> Result<()>;
     async fn attach(&self, container: &CreatedContainer<'_>) -> Result<()>;
     async fn before_start(&self, id: &str, pid: u32) -> Result<()>;
     async fn detach(&self, namespace: &str, id: &str, config: &Config);
@@ -46,7 +53,13 @@ pub struct NoAttach;
 
 #[async_trait]
 impl AttachHook for NoAttach {
-    fn validate(&self, _spec: &Spec, _config: &Config) -> Result<()> {
+    async fn prepare(
+        &self,
+        _id: &str,
+        _spec: &Spec,
+        _config: &Config,
+        _config_path: Option<&Path>,
+    ) -> Result<()> {
         Ok(())
     }
     async fn attach(&self, _container: &CreatedContainer<'_>) -> Result<()> {
