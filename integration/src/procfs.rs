@@ -95,13 +95,30 @@ pub fn is_alive(pid: i32) -> Result<bool> {
 
 /// `VmRSS` of `pid` in KiB.
 pub fn vm_rss_kib(pid: i32) -> Result<u64> {
+    status_field(pid, "VmRSS")
+}
+
+/// `Pss` of `pid` in KiB (/proc/<pid>/smaps_rollup): its resident set with every page
+/// shared with other processes counted as its share.
+pub fn pss_kib(pid: i32) -> Result<u64> {
+    let path = format!("/proc/{pid}/smaps_rollup");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow!("no Pss line in {path}"))
+}
+
+/// A numeric field of /proc/<pid>/status (`VmRSS`, `RssAnon`, `RssFile`, `Threads`, ...),
+/// in its own unit (KiB for sizes).
+pub fn status_field(pid: i32, key: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow!("no VmRSS line in {path}"))
+        .ok_or_else(|| anyhow!("no {key} line in {path}"))
 }
 
 /// One line of `/proc/self/mountinfo`.

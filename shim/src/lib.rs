@@ -46,8 +46,12 @@ pub fn main() -> i32 {
         println!("containerd-shim-tether-v1 {}", env!("CARGO_PKG_VERSION"));
         return 0;
     }
+    // One thread serves everything. The few blocking calls made through the runtime
+    // (containerd-shim's rootfs mounts and event socket) get a helper thread that exits
+    // after a second idle, so an idle shim is one thread.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .thread_keep_alive(std::time::Duration::from_secs(1))
         .build()
     {
         Ok(rt) => rt,

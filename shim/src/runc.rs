@@ -8,7 +8,7 @@
 
 use std::{
     ffi::OsString,
-    io::{Read, Seek, SeekFrom, Write},
+    io::{Read, Seek, SeekFrom},
     os::fd::OwnedFd,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -16,11 +16,22 @@ use std::{
 };
 
 use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
 
 use crate::{
     error::{Error, Result},
     reaper::Reaper,
 };
+
+/// Everything until EOF from one of a child's pipes (nothing for no pipe).
+async fn read_pipe(fd: Option<OwnedFd>) -> Vec<u8> {
+    let mut v = Vec::new();
+    if let Some(Ok(mut r)) = fd.map(pipe::Receiver::from_owned_fd) {
+        let _ = r.read_to_end(&mut v).await;
+    }
+    v
+}
 
 /// What went wrong, as far as callers need to tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,22 +216,21 @@ impl Runc {
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take().filter(|_| capture_stderr);
-        let (out, err) = tokio::task::spawn_blocking(move || {
-            if let (Some(mut w), Some(data)) = (stdin, input) {
-                let _ = w.write_all(&data);
+        // runc's pipes are read on this thread's event loop: no thread to hand them to (and
+        // no wait for it to be scheduled), stdout and stderr drained together so that
+        // neither can fill and stall runc.
+        let write = async {
+            if let (Some(w), Some(data)) = (stdin, input) {
+                if let Ok(mut w) = pipe::Sender::from_owned_fd(OwnedFd::from(w)) {
+                    let _ = w.write_all(&data).await;
+                }
             }
-            let mut out = Vec::new();
-            if let Some(mut r) = stdout {
-                let _ = r.read_to_end(&mut out);
-            }
-            let mut err = Vec::new();
-            if let Some(mut r) = stderr {
-                let _ = r.read_to_end(&mut err);
-            }
-            (out, err)
-        })
-        .await
-        .unwrap_or_default();
+        };
+        let (_, out, err) = tokio::join!(
+            write,
+            read_pipe(stdout.map(OwnedFd::from)),
+            read_pipe(stderr.map(OwnedFd::from))
+        );
         let exit = exit
             .await
             .map_err(|_| Error::FailedPrecondition(format!("runc {name}: exit status lost")))?;

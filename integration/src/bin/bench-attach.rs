@@ -232,9 +232,10 @@ fn row(name: &str, v: &[f64], base: Option<&[f64]>) -> String {
         format!("{:.1}x", pct(v, 50.0) / pct(b, 50.0))
     });
     format!(
-        "| {name} | {} | {:.2} | {:.2} | {:.2} | {ratio} |",
+        "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {ratio} |",
         v.len(),
         ms(pct(v, 50.0)),
+        ms(pct(v, 90.0)),
         ms(pct(v, 99.0)),
         ms(pct(v, 100.0)),
     )
@@ -312,8 +313,8 @@ fn main() -> Result<()> {
         let _ = m.ctr.force_remove("resident");
     }
     println!("## bench-attach: attach step duration (ms), from the shims' log lines\n");
-    println!("| mode | n | p50 | p99 | max | p50 / tether |");
-    println!("|---|---|---|---|---|---|");
+    println!("| mode | n | p50 | p90 | p99 | max | p50 / tether |");
+    println!("|---|---|---|---|---|---|---|");
     println!("{}", row("tether, sequential", &t_seq, None));
     println!("{}", row("naive, sequential", &n_seq, Some(&t_seq)));
     println!(

@@ -114,9 +114,13 @@ fn load_cost(n: usize) -> Result<()> {
     Ok(())
 }
 
+/// One iperf3 run from `ns_a` (the client in `cgroup`) to `target`; bits per second
+/// received. The client runs on CPU 0 and the server on CPU 1 (`-A 0,1`), so the scheduler
+/// does not move them between runs; the first second (slow start) is omitted.
 fn iperf(ns_a: &str, cgroup: &Path, target: &str, secs: u64) -> Result<f64> {
+    let affinity = if num_cpus() >= 2 { "-A 0,1" } else { "" };
     let script = format!(
-        "echo $$ > {}/cgroup.procs && exec ip netns exec {ns_a} iperf3 -c {target} -t {secs} -J",
+        "echo $$ > {}/cgroup.procs && exec ip netns exec {ns_a} iperf3 -c {target} -t {secs} -O 1 {affinity} -J",
         cgroup.display()
     );
     let out = sh("sh", &["-c", &script])?;
@@ -124,6 +128,10 @@ fn iperf(ns_a: &str, cgroup: &Path, target: &str, secs: u64) -> Result<f64> {
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .context("iperf3 result without sum_received")
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn throughput(secs: u64, rounds: usize) -> Result<()> {
@@ -181,11 +189,10 @@ fn throughput(secs: u64, rounds: usize) -> Result<()> {
     )?;
     let netns_fd = fs::File::open(format!("/run/netns/{}", a.0))?;
 
-    // Throughput first, without bpf_stats (which adds its own cost to every run).
-    let (mut off, mut on) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        off.push(iperf(&a.0, &plain.0, "10.214.0.2", secs)?);
-        // TC programs are on veth0 only during the "on" runs.
+    // Throughput first, without bpf_stats (which adds its own cost to every run). Each
+    // round is a pair of runs, in ABBA order (none first in even rounds, attached first in
+    // odd ones) so that drift and any effect of going first cancel out.
+    let attach_tc = || {
         container::attach_netns(
             &progs,
             &layout,
@@ -193,34 +200,49 @@ fn throughput(secs: u64, rounds: usize) -> Result<()> {
             "tracked",
             cg.cgroup_id,
             netns_fd.as_fd(),
-        )?;
-        on.push(iperf(&a.0, &tracked.0, "10.214.0.2", secs)?);
-        container::detach(&progs, &layout, "bench", "tracked")?;
-        container::attach_cgroup(
-            &progs,
-            &layout,
-            "bench",
-            "tracked",
-            fs::File::open(&tracked.0)?.as_fd(),
-            &ContainerConfig::default(),
-            &["192.0.2.0/24".parse()?],
-        )?;
+        )
+    };
+    let (mut off, mut on, mut pairs) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let mut pair = [0.0; 2];
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for attached in order {
+            if attached {
+                // TC programs are on veth0 only during the attached runs.
+                attach_tc()?;
+                pair[1] = iperf(&a.0, &tracked.0, "10.214.0.2", secs)?;
+                container::detach(&progs, &layout, "bench", "tracked")?;
+                container::attach_cgroup(
+                    &progs,
+                    &layout,
+                    "bench",
+                    "tracked",
+                    fs::File::open(&tracked.0)?.as_fd(),
+                    &ContainerConfig::default(),
+                    &["192.0.2.0/24".parse()?],
+                )?;
+            } else {
+                pair[0] = iperf(&a.0, &plain.0, "10.214.0.2", secs)?;
+            }
+        }
+        off.push(pair[0]);
+        on.push(pair[1]);
+        pairs.push(pair[1] / pair[0]);
     }
     // Then one attached run with bpf_stats on, for each program's cost per run.
-    container::attach_netns(
-        &progs,
-        &layout,
-        "bench",
-        "tracked",
-        cg.cgroup_id,
-        netns_fd.as_fd(),
-    )?;
+    attach_tc()?;
     let stats = tether_bpf::sys::enable_run_time_stats()?;
     let before: Vec<_> = Prog::ALL
         .iter()
         .map(|p| progs.run_stats(*p))
         .collect::<Result<_, _>>()?;
-    iperf(&a.0, &tracked.0, "10.214.0.2", secs)?;
+    let stats_started = Instant::now();
+    let stats_bps = iperf(&a.0, &tracked.0, "10.214.0.2", secs)?;
+    let stats_wall = stats_started.elapsed();
     let after: Vec<_> = Prog::ALL
         .iter()
         .map(|p| progs.run_stats(*p))
@@ -239,11 +261,22 @@ fn throughput(secs: u64, rounds: usize) -> Result<()> {
         m_off / 1e9
     );
     println!("attached: {} Gbit/s (median {:.2})", gbit(&on), m_on / 1e9);
-    println!("throughput ratio attached / none: {:.3}", m_on / m_off);
+    println!(
+        "throughput ratio attached / none: {:.3} (medians); per round: {} (median {:.3})",
+        m_on / m_off,
+        pairs
+            .iter()
+            .map(|r| format!("{r:.3}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        median(&mut pairs.clone())
+    );
     println!("== per-packet cost (bpf_stats during one more attached run)");
+    let mut total_ns = 0u64;
     for (i, p) in Prog::ALL.iter().enumerate() {
         let runs = after[i].run_cnt - before[i].run_cnt;
         let ns = after[i].run_time_ns - before[i].run_time_ns;
+        total_ns += ns;
         if runs > 0 {
             println!(
                 "{:<20} {:>12} runs {:>8.1} ns/run",
@@ -255,6 +288,18 @@ fn throughput(secs: u64, rounds: usize) -> Result<()> {
             println!("{:<20} {:>12} runs", p.name(), 0);
         }
     }
+    // What the programs cost the whole transfer: their run time against the run's CPU
+    // time (two busy CPUs: iperf3's client and server with their softirqs). This bounds
+    // the throughput they can take, without the run-to-run noise of throughput itself.
+    let cpu_ns = stats_wall.as_nanos() as f64 * num_cpus().min(2) as f64;
+    println!(
+        "programs' run time: {:.2} ms over {:.1} s at {:.2} Gbit/s: {:.4}% of two CPUs, {:.2} ns per KiB",
+        total_ns as f64 / 1e6,
+        stats_wall.as_secs_f64(),
+        stats_bps / 1e9,
+        100.0 * total_ns as f64 / cpu_ns,
+        total_ns as f64 / (stats_bps / 8.0 * stats_wall.as_secs_f64() / 1024.0)
+    );
     container::detach(&progs, &layout, "bench", "tracked")?;
     Ok(())
 }

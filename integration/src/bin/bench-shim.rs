@@ -168,8 +168,11 @@ fn main() -> Result<()> {
         report,
         "\n### (b) shim VmRSS with one idle container (`sleep 1000`)\n"
     )?;
-    writeln!(report, "| runtime | VmRSS KiB | / runc.v2 |")?;
-    writeln!(report, "|---|---|---|")?;
+    writeln!(
+        report,
+        "| runtime | VmRSS KiB | / runc.v2 | anonymous KiB | file-backed KiB | Pss KiB | threads |"
+    )?;
+    writeln!(report, "|---|---|---|---|---|---|---|")?;
     let mut base_rss = None;
     for rt in &runtimes {
         let id = format!("idle-{}", rt.tag());
@@ -178,18 +181,18 @@ fn main() -> Result<()> {
             eprintln!("removing {id}: {e:#}");
         }
         match rss {
-            Ok(kib) => {
+            Ok([kib, anon, file, pss, threads]) => {
                 let kib = kib as f64;
                 if *rt == Runtime::RuncV2 {
                     base_rss = Some(kib);
                 }
                 writeln!(
                     report,
-                    "| {rt} | {kib:.0} | {} |",
+                    "| {rt} | {kib:.0} | {} | {anon} | {file} | {pss} | {threads} |",
                     ratio(Some(kib), base_rss)
                 )?;
             }
-            Err(e) => writeln!(report, "| {rt} | error: {e:#} | - |")?,
+            Err(e) => writeln!(report, "| {rt} | error: {e:#} | - | - | - | - | - |")?,
         }
     }
 
@@ -214,14 +217,16 @@ fn time_run(ctr: &Ctr, rt: Runtime, source: &Source, id: &str) -> Result<Duratio
     Ok(elapsed)
 }
 
-/// Starts `sleep 1000` detached and reads the VmRSS of its shim.
+/// Starts `sleep 1000` detached and reads its shim's VmRSS, RssAnon, RssFile, Pss and
+/// thread count, once the shim has been idle for a while (as on a node, where a shim serves a
+/// long-running container).
 fn idle_shim_rss(
     cd: &Containerd,
     ctr: &Ctr,
     rt: Runtime,
     source: &Source,
     id: &str,
-) -> Result<u64> {
+) -> Result<[u64; 5]> {
     let run = Run::new(rt, source.clone(), id)
         .detach()
         .timeout(RUN_TIMEOUT)
@@ -232,8 +237,18 @@ fn idle_shim_rss(
         .into_iter()
         .find(|p| p.arg_after("-id") == Some(id))
         .with_context(|| format!("no shim process with -id {id}"))?;
-    procfs::vm_rss_kib(shim.pid)
+    std::thread::sleep(IDLE_SETTLE);
+    let mut out = [0; 5];
+    for (o, key) in out.iter_mut().zip(["VmRSS", "RssAnon", "RssFile"]) {
+        *o = procfs::status_field(shim.pid, key)?;
+    }
+    out[3] = procfs::pss_kib(shim.pid)?;
+    out[4] = procfs::status_field(shim.pid, "Threads")?;
+    Ok(out)
 }
+
+/// How long a shim is left idle before its memory is read.
+const IDLE_SETTLE: Duration = Duration::from_secs(2);
 
 /// Nearest-rank percentile `p` (0..=100) of `samples`.
 fn percentile(samples: &[f64], p: f64) -> Option<f64> {

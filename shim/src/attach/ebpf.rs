@@ -649,7 +649,8 @@ impl AttachHook for EbpfAttach {
         }
         let started = std::time::Instant::now();
         let cpu_before = cpu_time();
-        let r = match tokio::time::timeout(plan.deadline, self.try_attach(c, &plan)).await {
+        let r = tokio::time::timeout(plan.deadline, self.try_attach(c, &plan)).await;
+        let r = match r {
             Ok(Ok(t)) => {
                 let wall = started.elapsed().as_micros();
                 record_time(
