@@ -73,6 +73,26 @@ impl Counters {
     }
 }
 
+/// A tracked cgroup's value in the per-CPU `cgroups` map (`struct tether_cgroup`).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RawCgroup {
+    pub config: RawContainer,
+    pub counters: Counters,
+}
+// SAFETY: repr(C): 16 bytes of u32s then seven u64s at offset 16: no padding.
+unsafe impl Pod for RawCgroup {}
+
+/// A tracked interface's value in the per-CPU `tc_ifaces` map (`struct tether_iface`).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RawIface {
+    pub cgroup_id: u64,
+    pub counters: Counters,
+}
+// SAFETY: repr(C): eight u64s, no padding.
+unsafe impl Pod for RawIface {}
+
 /// An interface inside a network namespace: the TC programs' key.
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -308,6 +328,30 @@ impl MapFd {
         })
     }
 
+    /// Per-CPU maps: one value per possible CPU, each at an 8-byte aligned stride.
+    fn update_percpu<K: Pod, V: Pod>(&self, key: &K, value: &V, ncpus: usize) -> Result<()> {
+        let stride = std::mem::size_of::<V>().next_multiple_of(8);
+        let mut buf = vec![0u8; stride * ncpus];
+        for cpu in buf.chunks_exact_mut(stride) {
+            cpu[..std::mem::size_of::<V>()].copy_from_slice(as_bytes(value));
+        }
+        self.update_bytes(as_bytes(key), &buf)
+    }
+
+    /// Every CPU's value of a per-CPU map's entry.
+    fn lookup_percpu<K: Pod, V: Pod>(&self, key: &K, ncpus: usize) -> Result<Option<Vec<V>>> {
+        let stride = std::mem::size_of::<V>().next_multiple_of(8);
+        let mut buf = vec![0u8; stride * ncpus];
+        if !sys::map_lookup(self.fd.as_fd(), as_bytes(key), &mut buf)? {
+            return Ok(None);
+        }
+        Ok(Some(
+            buf.chunks_exact(stride)
+                .filter_map(|cpu| from_bytes::<V>(&cpu[..std::mem::size_of::<V>()]))
+                .collect(),
+        ))
+    }
+
     fn lookup<K: Pod, V: Pod>(&self, key: &K) -> Result<Option<V>> {
         let mut buf = vec![0u8; std::mem::size_of::<V>()];
         if sys::map_lookup(self.fd.as_fd(), as_bytes(key), &mut buf)? {
@@ -342,11 +386,9 @@ impl MapFd {
 /// The shared maps of one object version.
 #[derive(Debug)]
 pub struct Maps {
-    pub(crate) containers: MapFd,
+    pub(crate) cgroups: MapFd,
     pub(crate) identities: MapFd,
-    pub(crate) cg_stats: MapFd,
     pub(crate) tc_ifaces: MapFd,
-    pub(crate) tc_stats: MapFd,
     pub(crate) deny4: MapFd,
     pub(crate) deny6: MapFd,
     pub(crate) rates: MapFd,
@@ -359,7 +401,8 @@ fn split(cgid: u64) -> (u32, u32) {
 }
 
 impl Maps {
-    /// Writes (or replaces) a container's configuration and identity.
+    /// Writes (or replaces) a container's configuration and identity; its counters start at
+    /// zero.
     pub fn set_container(
         &self,
         cgroup_id: u64,
@@ -377,15 +420,19 @@ impl Maps {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
         self.identities.update(&cgroup_id, &ident)?;
-        // The config goes last: the programs act on a cgroup only once it is in `containers`.
-        self.containers.update(&cgroup_id, &config.raw())
+        // The config goes last: the programs act on a cgroup only once it is in `cgroups`.
+        let entry = RawCgroup {
+            config: config.raw(),
+            counters: Counters::default(),
+        };
+        self.cgroups.update_percpu(&cgroup_id, &entry, self.ncpus)
     }
 
     pub fn container_config(&self, cgroup_id: u64) -> Result<Option<ContainerConfig>> {
         Ok(self
-            .containers
-            .lookup::<u64, RawContainer>(&cgroup_id)?
-            .map(|r| ContainerConfig::from_raw(&r)))
+            .cgroups
+            .lookup_percpu::<u64, RawCgroup>(&cgroup_id, self.ncpus)?
+            .and_then(|cpus| cpus.first().map(|r| ContainerConfig::from_raw(&r.config))))
     }
 
     /// Every tracked cgroup and who it is.
@@ -455,57 +502,65 @@ impl Maps {
         Ok(out)
     }
 
-    fn sum_percpu<K: Pod>(&self, map: &MapFd, key: &K) -> Result<Counters> {
-        // Per-CPU values are laid out with an 8-byte aligned stride per possible CPU.
-        let stride = std::mem::size_of::<Counters>().next_multiple_of(8);
-        let mut buf = vec![0u8; stride * self.ncpus];
+    /// A container's cgroup counters, summed over CPUs (zero for an unknown cgroup).
+    pub fn cgroup_counters(&self, cgroup_id: u64) -> Result<Counters> {
         let mut total = Counters::default();
-        if sys::map_lookup(map.fd.as_fd(), as_bytes(key), &mut buf)? {
-            for cpu in buf.chunks_exact(stride) {
-                if let Some(c) = from_bytes::<Counters>(cpu) {
-                    total.add(&c);
-                }
-            }
+        for cpu in self
+            .cgroups
+            .lookup_percpu::<u64, RawCgroup>(&cgroup_id, self.ncpus)?
+            .unwrap_or_default()
+        {
+            total.add(&cpu.counters);
         }
         Ok(total)
     }
 
-    /// A container's cgroup counters, summed over CPUs.
-    pub fn cgroup_counters(&self, cgroup_id: u64) -> Result<Counters> {
-        self.sum_percpu(&self.cg_stats, &cgroup_id)
-    }
-
-    /// Routes an interface's TC traffic to a container.
+    /// Routes an interface's TC traffic to a container; its counters start at zero.
     pub fn set_iface(&self, key: IfKey, cgroup_id: u64) -> Result<()> {
-        self.tc_ifaces.update(&key, &cgroup_id)
+        let entry = RawIface {
+            cgroup_id,
+            counters: Counters::default(),
+        };
+        self.tc_ifaces.update_percpu(&key, &entry, self.ncpus)
     }
 
     /// Every tracked interface and its container's cgroup id.
     pub fn ifaces(&self) -> Result<Vec<(IfKey, u64)>> {
         let mut out = Vec::new();
         for k in self.tc_ifaces.keys::<IfKey>()? {
-            if let Some(cg) = self.tc_ifaces.lookup::<IfKey, u64>(&k)? {
-                out.push((k, cg));
+            let cpus = self
+                .tc_ifaces
+                .lookup_percpu::<IfKey, RawIface>(&k, self.ncpus)?;
+            if let Some(first) = cpus.as_deref().and_then(<[RawIface]>::first) {
+                out.push((k, first.cgroup_id));
             }
         }
         Ok(out)
     }
 
-    /// An interface's counters, summed over CPUs.
+    /// An interface's counters, summed over CPUs (zero for an unknown interface).
     pub fn iface_counters(&self, key: IfKey) -> Result<Counters> {
-        self.sum_percpu(&self.tc_stats, &key)
+        let mut total = Counters::default();
+        for cpu in self
+            .tc_ifaces
+            .lookup_percpu::<IfKey, RawIface>(&key, self.ncpus)?
+            .unwrap_or_default()
+        {
+            total.add(&cpu.counters);
+        }
+        Ok(total)
     }
 
     /// Forgets an interface (and its counters).
     pub fn remove_iface(&self, key: IfKey) -> Result<usize> {
-        Ok(self.tc_ifaces.delete(&key)? as usize + self.tc_stats.delete(&key)? as usize)
+        Ok(self.tc_ifaces.delete(&key)? as usize)
     }
 
     /// Removes every entry of a container from every map; returns how many were removed.
     /// Idempotent.
     pub fn remove_container(&self, cgroup_id: u64) -> Result<usize> {
-        // Config first: from here on the programs ignore the cgroup.
-        let mut n = self.containers.delete(&cgroup_id)? as usize;
+        // Config (and counters) first: from here on the programs ignore the cgroup.
+        let mut n = self.cgroups.delete(&cgroup_id)? as usize;
         for (k, cg) in self.ifaces()? {
             if cg == cgroup_id {
                 n += self.remove_iface(k)?;
@@ -523,16 +578,14 @@ impl Maps {
             }
         }
         n += self.rates.delete(&cgroup_id)? as usize;
-        n += self.cg_stats.delete(&cgroup_id)? as usize;
         n += self.identities.delete(&cgroup_id)? as usize;
         Ok(n)
     }
 
     /// Every cgroup id with an entry in any per-container map (for garbage collection).
     pub fn known_cgroups(&self) -> Result<Vec<u64>> {
-        let mut ids: Vec<u64> = self.containers.keys::<u64>()?;
+        let mut ids: Vec<u64> = self.cgroups.keys::<u64>()?;
         ids.extend(self.identities.keys::<u64>()?);
-        ids.extend(self.cg_stats.keys::<u64>()?);
         ids.extend(self.rates.keys::<u64>()?);
         ids.extend(self.ifaces()?.into_iter().map(|(_, cg)| cg));
         ids.sort_unstable();
@@ -544,9 +597,9 @@ impl Maps {
     pub fn occupancy(&self) -> Result<Vec<(&'static str, usize, u32)>> {
         Ok(vec![
             (
-                self.containers.name,
-                self.containers.keys::<u64>()?.len(),
-                self.containers.max_entries,
+                self.cgroups.name,
+                self.cgroups.keys::<u64>()?.len(),
+                self.cgroups.max_entries,
             ),
             (
                 self.tc_ifaces.name,
@@ -618,6 +671,8 @@ mod tests {
             size_of::<types::tether_identity>()
         );
         assert_eq!(size_of::<Counters>(), size_of::<types::tether_counters>());
+        assert_eq!(size_of::<RawCgroup>(), size_of::<types::tether_cgroup>());
+        assert_eq!(size_of::<RawIface>(), size_of::<types::tether_iface>());
         assert_eq!(size_of::<IfKey>(), size_of::<types::tether_if_key>());
         assert_eq!(size_of::<Deny4Key>(), size_of::<types::tether_deny4_key>());
         assert_eq!(size_of::<Deny6Key>(), size_of::<types::tether_deny6_key>());

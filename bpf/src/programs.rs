@@ -83,12 +83,10 @@ impl Prog {
 }
 
 /// (name, map type, key size, value size) of every shared map.
-const MAPS: [(&str, u32, u32, u32); 9] = [
-    ("containers", libbpf_sys::BPF_MAP_TYPE_HASH, 8, 16),
+const MAPS: [(&str, u32, u32, u32); 7] = [
+    ("cgroups", libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH, 8, 72),
     ("identities", libbpf_sys::BPF_MAP_TYPE_HASH, 8, 168),
-    ("cg_stats", libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH, 8, 56),
-    ("tc_ifaces", libbpf_sys::BPF_MAP_TYPE_HASH, 16, 8),
-    ("tc_stats", libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH, 16, 56),
+    ("tc_ifaces", libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH, 16, 64),
     ("deny4", libbpf_sys::BPF_MAP_TYPE_LPM_TRIE, 16, 4),
     ("deny6", libbpf_sys::BPF_MAP_TYPE_LPM_TRIE, 28, 4),
     ("rates", libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH, 8, 24),
@@ -202,12 +200,10 @@ fn load_into(staging: &std::path::Path, version: &str) -> Result<LoadReport> {
         verified_insns += u64::from(sys::prog_info(fd)?.verified_insns);
         sys::obj_pin(fd, &staging.join("progs").join(p.name()))?;
     }
-    let maps: [(&str, BorrowedFd<'_>); 9] = [
-        ("containers", skel.maps.containers.as_fd()),
+    let maps: [(&str, BorrowedFd<'_>); 7] = [
+        ("cgroups", skel.maps.cgroups.as_fd()),
         ("identities", skel.maps.identities.as_fd()),
-        ("cg_stats", skel.maps.cg_stats.as_fd()),
         ("tc_ifaces", skel.maps.tc_ifaces.as_fd()),
-        ("tc_stats", skel.maps.tc_stats.as_fd()),
         ("deny4", skel.maps.deny4.as_fd()),
         ("deny6", skel.maps.deny6.as_fd()),
         ("rates", skel.maps.rates.as_fd()),
@@ -275,11 +271,9 @@ impl Programs {
         }
         let open = |name: &'static str| open_map(layout, version, name);
         let maps = Maps {
-            containers: open("containers")?,
+            cgroups: open("cgroups")?,
             identities: open("identities")?,
-            cg_stats: open("cg_stats")?,
             tc_ifaces: open("tc_ifaces")?,
-            tc_stats: open("tc_stats")?,
             deny4: open("deny4")?,
             deny6: open("deny6")?,
             rates: open("rates")?,
@@ -328,11 +322,9 @@ impl Programs {
     ) -> Result<Vec<(&'static str, u32, std::path::PathBuf)>> {
         let m = &self.maps;
         [
-            &m.containers,
+            &m.cgroups,
             &m.identities,
-            &m.cg_stats,
             &m.tc_ifaces,
-            &m.tc_stats,
             &m.deny4,
             &m.deny6,
             &m.rates,

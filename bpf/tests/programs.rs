@@ -157,6 +157,85 @@ fn tc_counts_per_interface_and_drops_denied() {
     assert_eq!(maps.iface_counters(key).unwrap().drops, 2);
 }
 
+/// Outbound TCP is checked once, at connect(), and its packets are not looked up in the
+/// deny rules again; a connection a denied peer opens to the container is checked packet
+/// by packet, so the container's replies never reach the peer.
+#[test]
+fn tcp_out_is_vetted_at_connect_and_accepted_connections_per_packet() {
+    let fs = Bpffs::new();
+    let progs = fs.load();
+    let cg = TestCgroup::new();
+    let dir = cg.open();
+    let attached = container::attach_cgroup(
+        &progs,
+        &fs.layout,
+        "test",
+        "tcp",
+        dir.as_fd(),
+        &ContainerConfig::default(),
+        &["127.0.0.2/32".parse::<Cidr>().unwrap()],
+    )
+    .unwrap();
+    let counters = || progs.maps().cgroup_counters(attached.cgroup_id).unwrap();
+
+    // Out, to an allowed server outside the container: every byte arrives and is counted.
+    let listener = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut s, &mut buf).unwrap();
+        buf.len()
+    });
+    let r = probe_result(&spawn_probe(
+        None,
+        Some(&cg),
+        &format!("send 127.0.0.3:{port} 200000"),
+    ));
+    assert_eq!(r, "sent:200000");
+    assert_eq!(server.join().unwrap(), 200000);
+    let c = counters();
+    assert!(c.tx_bytes >= 200000, "{c:?}");
+    assert_eq!(c.drops, 0, "{c:?}");
+
+    // In, from a denied peer: the SYN-ACK is dropped and the peer's connect times out; an
+    // allowed peer then gets through to the same listener.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut server = spawn_probe_child(Some(&cg), &format!("accept 127.0.0.1:{port} 10"));
+    let to = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port);
+    let denied = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let started = std::time::Instant::now();
+    let outcome = loop {
+        match connect_from(denied, to, std::time::Duration::from_millis(1500)) {
+            // Not listening yet.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                assert!(started.elapsed().as_secs() < 5, "the probe never listened");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => break other,
+        }
+    };
+    let e = outcome.expect_err("a denied peer's connection was answered");
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+    assert!(counters().drops >= 1, "{:?}", counters());
+    let mut s = connect_from(
+        std::net::Ipv4Addr::new(127, 0, 0, 3),
+        to,
+        std::time::Duration::from_secs(3),
+    )
+    .unwrap();
+    std::io::Write::write_all(&mut s, b"0123456789").unwrap();
+    drop(s);
+    let _ = server.wait();
+    let mut out = String::new();
+    std::io::Read::read_to_string(server.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(out.contains("RESULT accepted:10"), "{out}");
+    container::detach(&progs, &fs.layout, "test", "tcp").unwrap();
+}
+
 #[test]
 fn connect_and_sendmsg_are_denied_in_the_cgroup() {
     let fs = Bpffs::new();
@@ -343,7 +422,7 @@ fn pins_are_validated_on_open() {
     std::fs::remove_file(&prog_pin).unwrap();
     let err = tether_bpf::Programs::open(&fs.layout, v).unwrap_err();
     assert!(err.to_string().contains("missing"), "{err}");
-    let wrong = fs.layout.map(v, "containers");
+    let wrong = fs.layout.map(v, "cgroups");
     let mut m = libbpf_rs::MapHandle::from_pinned_path(&wrong).unwrap();
     m.pin(&prog_pin).unwrap();
     let err = tether_bpf::Programs::open(&fs.layout, v)

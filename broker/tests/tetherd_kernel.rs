@@ -248,7 +248,7 @@ fn garbage_and_tampered_pins_are_reported_not_fatal() -> Result<()> {
     let v = tether_bpf::VERSION;
     let prog_pin = node.layout().prog(v, Prog::Connect4.name());
     fs::remove_file(&prog_pin)?;
-    let mut map = libbpf_rs::MapHandle::from_pinned_path(node.layout().map(v, "containers"))?;
+    let mut map = libbpf_rs::MapHandle::from_pinned_path(node.layout().map(v, "cgroups"))?;
     map.pin(&prog_pin)?;
     let pid = node.start_tetherd()?;
 

@@ -75,12 +75,13 @@ static __always_inline __u64 skb_dev_netns_cookie(struct __sk_buff *skb)
 	return net ? net->net_cookie : 0;
 }
 
+/* Tracked cgroups: config and counters, one lookup per packet (see tether.h). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, TETHER_MAX_CONTAINERS);
 	__type(key, __u64);
-	__type(value, struct tether_container);
-} containers SEC(".maps");
+	__type(value, struct tether_cgroup);
+} cgroups SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -89,26 +90,13 @@ struct {
 	__type(value, struct tether_identity);
 } identities SEC(".maps");
 
+/* Tracked interfaces: their container and counters, one lookup per packet. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, TETHER_MAX_CONTAINERS);
-	__type(key, __u64);
-	__type(value, struct tether_counters);
-} cg_stats SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, TETHER_MAX_INTERFACES);
 	__type(key, struct tether_if_key);
-	__type(value, __u64);
+	__type(value, struct tether_iface);
 } tc_ifaces SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, TETHER_MAX_INTERFACES);
-	__type(key, struct tether_if_key);
-	__type(value, struct tether_counters);
-} tc_stats SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -126,6 +114,18 @@ struct {
 	__type(value, __u32);
 } deny6 SEC(".maps");
 
+/*
+ * Per-socket cache of the connect()-time verdict: a TCP socket whose connect() the
+ * container's hook allowed carries the destination it allowed. Socket storage lives and
+ * dies with the socket; nothing to clean up.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct tether_vetted);
+} vetted SEC(".maps");
+
 /* Per-CPU token buckets: no cross-CPU contention; the limit applies per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -142,21 +142,9 @@ struct {
 #define DIR_RX 0
 #define DIR_TX 1
 
-static __always_inline struct tether_container *lookup_container(__u64 *cgid)
+static __always_inline struct tether_cgroup *lookup_cgroup(__u64 *cgid)
 {
-	return bpf_map_lookup_elem(&containers, cgid);
-}
-
-static __always_inline struct tether_counters *counters_for(void *map, void *key)
-{
-	struct tether_counters *c = bpf_map_lookup_elem(map, key);
-
-	if (c)
-		return c;
-	struct tether_counters zero = {};
-	/* BPF_NOEXIST: a racing CPU may have created it first; either way, look up again. */
-	bpf_map_update_elem(map, key, &zero, BPF_NOEXIST);
-	return bpf_map_lookup_elem(map, key);
+	return bpf_map_lookup_elem(&cgroups, cgid);
 }
 
 static __always_inline void count(struct tether_counters *c, int dir, __u64 bytes)
@@ -282,22 +270,22 @@ static __always_inline bool denied6(__u64 cgid, const __u32 *daddr)
  * the container (e.g. systemd inside it) still runs the container's program;
  * look up its ancestors when the leaf is not tracked (bounded walk).
  */
-static __always_inline struct tether_container *skb_container(struct __sk_buff *skb, __u64 *cgid)
+static __always_inline struct tether_cgroup *skb_cgroup(struct __sk_buff *skb, __u64 *cgid)
 {
 	*cgid = bpf_skb_cgroup_id(skb);
-	struct tether_container *ct = lookup_container(cgid);
+	struct tether_cgroup *cg = lookup_cgroup(cgid);
 
-	if (ct)
-		return ct;
+	if (cg)
+		return cg;
 	for (int level = TETHER_MAX_CGROUP_DEPTH - 1; level >= 0; level--) {
 		__u64 id = bpf_skb_ancestor_cgroup_id(skb, level);
 
 		if (!id)
 			continue;
-		ct = lookup_container(&id);
-		if (ct) {
+		cg = lookup_cgroup(&id);
+		if (cg) {
 			*cgid = id;
-			return ct;
+			return cg;
 		}
 	}
 	return NULL;
@@ -307,11 +295,11 @@ SEC("cgroup_skb/ingress")
 int tether_cg_ingress(struct __sk_buff *skb)
 {
 	__u64 cgid;
-	struct tether_container *ct = skb_container(skb, &cgid);
+	struct tether_cgroup *cg = skb_cgroup(skb, &cgid);
 
-	if (!ct || !(ct->flags & TETHER_F_ACCOUNT))
+	if (!cg || !(cg->config.flags & TETHER_F_ACCOUNT))
 		return 1;
-	count(counters_for(&cg_stats, &cgid), DIR_RX, skb->len);
+	count(&cg->counters, DIR_RX, skb->len);
 	return 1;
 }
 
@@ -344,24 +332,69 @@ static __always_inline bool skb_denied(struct __sk_buff *skb, __u32 nh_off, __u6
 	return false;
 }
 
+/*
+ * True when the packet's socket is a TCP socket whose connect() the container's hook
+ * allowed, still connected to the destination it allowed: its packets need no lookup in
+ * the deny trie (the costliest part of the per-packet work). The hooks are attached
+ * before the container's first instruction, so every socket the container connects out
+ * passes them. The socket's current destination is compared, not trusted: a later
+ * program that rewrote connect()'s address (a service load balancer) leaves the packets
+ * checked one by one, as are accepted connections (their peer connected in) and every
+ * other kind of socket (UDP, ICMP, raw, and sockets the kernel connects itself).
+ * The deny rules of a container do not change while it runs.
+ */
+/*
+ * A 32-bit field of a `struct bpf_sock`, read with one load at a constant offset: the
+ * verifier refuses arithmetic on socket pointers, which the compiler may otherwise emit
+ * when it reuses an address for neighbouring fields.
+ */
+#define SK_U32(sk, field)                                                              \
+	({                                                                             \
+		__u32 __v;                                                             \
+		asm volatile("%0 = *(u32 *)(%1 + %2)"                                  \
+			     : "=r"(__v)                                               \
+			     : "r"(sk), "i"(__builtin_offsetof(struct bpf_sock, field))); \
+		__v;                                                                   \
+	})
+
+static __always_inline bool vetted_socket(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+
+	if (!sk)
+		return false;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || SK_U32(sk, protocol) != IPPROTO_TCP)
+		return false;
+	struct tether_vetted *v = bpf_sk_storage_get(&vetted, sk, 0, 0);
+
+	if (!v)
+		return false;
+	if (SK_U32(sk, family) == TETHER_AF_INET)
+		return v->family == TETHER_AF_INET && v->daddr[0] == SK_U32(sk, dst_ip4);
+	return v->family == TETHER_AF_INET6 && v->daddr[0] == SK_U32(sk, dst_ip6[0]) &&
+	       v->daddr[1] == SK_U32(sk, dst_ip6[1]) && v->daddr[2] == SK_U32(sk, dst_ip6[2]) &&
+	       v->daddr[3] == SK_U32(sk, dst_ip6[3]);
+}
+
 SEC("cgroup_skb/egress")
 int tether_cg_egress(struct __sk_buff *skb)
 {
 	__u64 cgid;
-	struct tether_container *ct = skb_container(skb, &cgid);
+	struct tether_cgroup *cg = skb_cgroup(skb, &cgid);
 
-	if (!ct)
+	if (!cg)
 		return 1;
-	struct tether_counters *c = counters_for(&cg_stats, &cgid);
+	const struct tether_container *ct = &cg->config;
+	struct tether_counters *c = &cg->counters;
 
-	if (ct->flags & TETHER_F_POLICY) {
+	if ((ct->flags & TETHER_F_POLICY) && !vetted_socket(skb)) {
 		__u32 daddr[4] = {};
 		__u16 family = 0, proto = 0;
 
 		/* cgroup_skb sees the packet from the network header on. */
 		if (skb_denied(skb, 0, cgid, daddr, &family, &proto)) {
-			if (c)
-				c->drops++;
+			c->drops++;
 			if (ct->flags & TETHER_F_AUDIT_DENY)
 				emit(cgid, ct, c, TETHER_EV_DROP_CGROUP, family, proto, daddr, 0,
 				     0, false);
@@ -378,24 +411,25 @@ int tether_cg_egress(struct __sk_buff *skb)
 static __always_inline int sock_addr_check(struct bpf_sock_addr *ctx, bool v6, __u32 kind_deny)
 {
 	__u64 cgid = bpf_get_current_cgroup_id();
-	struct tether_container *ct = lookup_container(&cgid);
+	struct tether_cgroup *cg = lookup_cgroup(&cgid);
 
-	if (!ct) {
+	if (!cg) {
 		/* Child cgroup of a tracked container: walk up (bounded). */
 		for (int level = TETHER_MAX_CGROUP_DEPTH - 1; level >= 0; level--) {
 			__u64 id = bpf_get_current_ancestor_cgroup_id(level);
 
 			if (!id)
 				continue;
-			ct = lookup_container(&id);
-			if (ct) {
+			cg = lookup_cgroup(&id);
+			if (cg) {
 				cgid = id;
 				break;
 			}
 		}
-		if (!ct)
+		if (!cg)
 			return 1;
 	}
+	const struct tether_container *ct = &cg->config;
 
 	__u32 daddr[4] = {};
 	__u16 family;
@@ -419,17 +453,28 @@ static __always_inline int sock_addr_check(struct bpf_sock_addr *ctx, bool v6, _
 	__u16 proto = (__u16)ctx->protocol;
 
 	if (deny) {
-		struct tether_counters *c = counters_for(&cg_stats, &cgid);
-
-		if (c)
-			c->denials++;
+		cg->counters.denials++;
 		if (ct->flags & TETHER_F_AUDIT_DENY)
-			emit(cgid, ct, c, kind_deny, family, proto, daddr, dport, 0, true);
+			emit(cgid, ct, &cg->counters, kind_deny, family, proto, daddr, dport, 0,
+			     true);
 		return 0;
 	}
+	if (kind_deny == TETHER_EV_DENY_CONNECT && (ct->flags & TETHER_F_POLICY) &&
+	    ctx->protocol == IPPROTO_TCP) {
+		struct tether_vetted *v =
+			bpf_sk_storage_get(&vetted, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+
+		if (v) {
+			v->family = family;
+			v->daddr[0] = daddr[0];
+			v->daddr[1] = daddr[1];
+			v->daddr[2] = daddr[2];
+			v->daddr[3] = daddr[3];
+		}
+	}
 	if ((ct->flags & TETHER_F_AUDIT_CONNECT) && kind_deny == TETHER_EV_DENY_CONNECT)
-		emit(cgid, ct, counters_for(&cg_stats, &cgid), TETHER_EV_CONNECT, family, proto,
-		     daddr, dport, 0, true);
+		emit(cgid, ct, &cg->counters, TETHER_EV_CONNECT, family, proto, daddr, dport, 0,
+		     true);
 	return 1;
 }
 
@@ -466,31 +511,30 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int dir)
 		.ifindex = skb->ifindex,
 	};
 
-	__u64 *cgid = bpf_map_lookup_elem(&tc_ifaces, &k);
+	struct tether_iface *ifc = bpf_map_lookup_elem(&tc_ifaces, &k);
 
-	if (!cgid)
+	if (!ifc)
 		return TC_ACT_UNSPEC;
-	struct tether_counters *c = counters_for(&tc_stats, &k);
+	struct tether_counters *c = &ifc->counters;
+	__u64 id = ifc->cgroup_id;
 
 	/*
 	 * Packets from a socket of the container's own cgroup were checked by the cgroup
 	 * egress program already; TC enforces only what bypasses it (packet sockets, packets
 	 * of processes outside the container's cgroup, forwarded packets).
 	 */
-	if (dir == DIR_TX && bpf_skb_cgroup_id(skb) != *cgid) {
-		struct tether_container *ct = lookup_container(cgid);
+	if (dir == DIR_TX && bpf_skb_cgroup_id(skb) != id) {
+		struct tether_cgroup *cg = lookup_cgroup(&id);
 
-		if (ct && (ct->flags & TETHER_F_POLICY)) {
+		if (cg && (cg->config.flags & TETHER_F_POLICY)) {
 			__u32 daddr[4] = {};
 			__u16 family = 0, proto = 0;
-			__u64 id = *cgid;
 
 			if (skb_denied(skb, sizeof(struct ethhdr), id, daddr, &family, &proto)) {
-				if (c)
-					c->drops++;
-				if (ct->flags & TETHER_F_AUDIT_DENY)
-					emit(id, ct, c, TETHER_EV_DROP_TC, family, proto, daddr, 0,
-					     k.ifindex, false);
+				c->drops++;
+				if (cg->config.flags & TETHER_F_AUDIT_DENY)
+					emit(id, &cg->config, c, TETHER_EV_DROP_TC, family, proto,
+					     daddr, 0, k.ifindex, false);
 				return TC_ACT_SHOT;
 			}
 		}

@@ -55,6 +55,28 @@ struct tether_counters {
 	__u64 events_lost; /* audit events sampled out, rate limited or not fitting the ring */
 };
 
+/*
+ * A tracked cgroup's entry in `cgroups`, a per-CPU map: userspace writes the same
+ * config into every CPU's copy (with zero counters); each CPU counts in its own copy, so
+ * a packet costs one lookup and no atomic operation. Userspace sums the counters.
+ */
+struct tether_cgroup {
+	struct tether_container config;
+	struct tether_counters counters;
+};
+
+/* A tracked interface's entry in `tc_ifaces` (per-CPU, as `cgroups`). */
+struct tether_iface {
+	__u64 cgroup_id; /* the container the interface belongs to */
+	struct tether_counters counters;
+};
+
+/* A TCP socket's destination that its container's connect() hook allowed. */
+struct tether_vetted {
+	__u32 family; /* TETHER_AF_INET or TETHER_AF_INET6 */
+	__u32 daddr[4]; /* network byte order; IPv4 in daddr[0] */
+};
+
 /* An interface inside a network namespace. */
 struct tether_if_key {
 	__u64 netns_cookie;

@@ -209,7 +209,70 @@ pub fn spawn_probe(netns: Option<&Netns>, cgroup: Option<&TestCgroup>, probe: &s
     cmd.output().expect("spawn probe")
 }
 
-/// The probe's body: `connect ADDR` (TCP), `sendto ADDR N` (UDP). Prints `RESULT <outcome>`.
+/// [`spawn_probe`] without waiting: the probe runs while the test goes on.
+pub fn spawn_probe_child(cgroup: Option<&TestCgroup>, probe: &str) -> std::process::Child {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "--exact",
+        "probe_entry",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ])
+    .env("TETHER_PROBE", probe)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    if let Some(cg) = cgroup {
+        cmd.env("TETHER_PROBE_CGROUP", &cg.path);
+    }
+    cmd.spawn().expect("spawn probe")
+}
+
+/// A TCP connection from `src` (any port) to `dst`, or the error after `timeout`.
+pub fn connect_from(
+    src: std::net::Ipv4Addr,
+    dst: std::net::SocketAddrV4,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{
+        bind, connect, getsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    use std::os::fd::AsRawFd;
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(src, 0)),
+    )?;
+    match connect(fd.as_raw_fd(), &SockaddrIn::from(dst)) {
+        Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut pfd = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(&fd),
+        nix::poll::PollFlags::POLLOUT,
+    )];
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    if nix::poll::poll(&mut pfd, ms)? == 0 {
+        return Err(std::io::ErrorKind::TimedOut.into());
+    }
+    let err = getsockopt(&fd, sockopt::SocketError)?;
+    if err != 0 {
+        return Err(std::io::Error::from_raw_os_error(err));
+    }
+    let stream = TcpStream::from(fd);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+/// The probe's body: `connect ADDR` (TCP), `sendto ADDR N` (UDP), `send ADDR N` (N bytes
+/// over TCP), `accept ADDR SECS` (one TCP connection, read to its end). Prints
+/// `RESULT <outcome>`.
 pub fn probe_main(probe: &str) {
     if let Ok(cg) = std::env::var("TETHER_PROBE_CGROUP") {
         fs::write(
@@ -245,6 +308,37 @@ pub fn probe_main(probe: &str) {
                 }
             }
             last
+        }
+        "send" => {
+            let n: usize = parts[2].parse().expect("count");
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                Ok(mut s) => match std::io::Write::write_all(&mut s, &vec![0x5a; n]) {
+                    Ok(()) => format!("sent:{n}"),
+                    Err(e) => e.kind().to_string(),
+                },
+                Err(e) => e.kind().to_string(),
+            }
+        }
+        "accept" => {
+            let secs: u64 = parts[2].parse().expect("seconds");
+            let l = std::net::TcpListener::bind(addr).expect("listen");
+            l.set_nonblocking(true).expect("nonblocking");
+            println!("\nLISTENING");
+            let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+            loop {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).expect("blocking");
+                        let mut buf = Vec::new();
+                        let _ = std::io::Read::read_to_end(&mut s, &mut buf);
+                        break format!("accepted:{}", buf.len());
+                    }
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Err(e) => break e.kind().to_string(),
+                }
+            }
         }
         other => panic!("unknown probe {other}"),
     };
