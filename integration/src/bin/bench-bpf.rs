@@ -2,12 +2,14 @@
 //!
 //! ```text
 //! cargo build --release -p tether-integration --bin bench-bpf
-//! ./target/release/bench-bpf [SECONDS_PER_RUN] [ROUNDS] [N_CONTAINERS]
+//! ./target/release/bench-bpf [SECONDS_PER_RUN] [ROUNDS] [N_CONTAINERS] [TOGGLED_FLOW_SECONDS]
 //! ```
 //!
 //! 1. Load cost: one load + N opens of the pins (tether) vs N loads (a loader per container).
 //! 2. Throughput: iperf3 over a veth pair between two namespaces the benchmark creates,
-//!    programs attached vs none, runs alternating; the median ratio.
+//!    programs attached vs none: separate runs alternating (median ratio), then one long
+//!    flow with the programs attached and detached every two seconds (each attached
+//!    period against its detached neighbours).
 //! 3. Per-packet cost of each program from the kernel's bpf_stats (run time / run count).
 use std::fs;
 use std::os::fd::AsFd;
@@ -134,7 +136,175 @@ fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn throughput(secs: u64, rounds: usize) -> Result<()> {
+/// What [`toggled`] measures with.
+struct Toggled<'a> {
+    progs: &'a Programs,
+    layout: &'a PinLayout,
+    ns_a: &'a str,
+    tracked: &'a Path,
+    netns: &'a fs::File,
+    cgroup_id: u64,
+    total: Duration,
+}
+
+/// How long the programs stay attached (then detached) in [`toggled`].
+const TOGGLE_PERIOD: Duration = Duration::from_secs(2);
+/// Around a toggle, iperf3 intervals are not used: the flow's start lags ours by the
+/// control connection, and attaching or detaching takes a few RCU grace periods.
+const TOGGLE_GUARD: f64 = 0.15;
+
+/// One long iperf3 flow from the tracked cgroup while the programs are attached and
+/// detached every [`TOGGLE_PERIOD`]; compares the throughput of each attached period with
+/// the detached periods on either side. Adjacent periods of one flow share its connection,
+/// its CPUs and nearly its moment, so most of the noise between separate runs cancels.
+/// Expects the tracked cgroup attached and no TC programs; leaves it so.
+fn toggled(t: &Toggled<'_>) -> Result<()> {
+    let secs = t.total.as_secs();
+    println!(
+        "== iperf3, one {secs} s flow, programs attached and detached every {} ms",
+        TOGGLE_PERIOD.as_millis()
+    );
+    let attach = || -> Result<()> {
+        container::attach_cgroup(
+            t.progs,
+            t.layout,
+            "bench",
+            "tracked",
+            fs::File::open(t.tracked)?.as_fd(),
+            &ContainerConfig::default(),
+            &["192.0.2.0/24".parse()?],
+        )?;
+        container::attach_netns(
+            t.progs,
+            t.layout,
+            "bench",
+            "tracked",
+            t.cgroup_id,
+            t.netns.as_fd(),
+        )?;
+        Ok(())
+    };
+    let detach = || -> Result<()> {
+        container::detach(t.progs, t.layout, "bench", "tracked")?;
+        Ok(())
+    };
+    detach()?;
+    let affinity = if num_cpus() >= 2 { "-A 0,1" } else { "" };
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec ip netns exec {} iperf3 -c 10.214.0.2 -t {secs} -i 0.25 {affinity} -J",
+        t.tracked.display(),
+        t.ns_a
+    );
+    let t0 = Instant::now();
+    let client = Command::new("sh")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("iperf3 -c")?;
+    // (start, end, attached after) of every toggle, in seconds since the client started.
+    let mut toggles: Vec<(f64, f64, bool)> = Vec::new();
+    let mut on = false;
+    let mut next = TOGGLE_PERIOD;
+    while next + TOGGLE_PERIOD / 2 < t.total {
+        if let Some(wait) = next.checked_sub(t0.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let start = t0.elapsed().as_secs_f64();
+        if on {
+            detach()?;
+        } else {
+            attach()?;
+        }
+        on = !on;
+        toggles.push((start, t0.elapsed().as_secs_f64(), on));
+        next += TOGGLE_PERIOD;
+    }
+    let out = client.wait_with_output().context("iperf3 -c")?;
+    if on {
+        detach()?;
+    }
+    container::attach_cgroup(
+        t.progs,
+        t.layout,
+        "bench",
+        "tracked",
+        fs::File::open(t.tracked)?.as_fd(),
+        &ContainerConfig::default(),
+        &["192.0.2.0/24".parse()?],
+    )?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("iperf3 -J output: {}", String::from_utf8_lossy(&out.stderr)))?;
+    // Mean throughput of the clean intervals of each period (period k follows toggle k-1).
+    let mut periods: Vec<(bool, Vec<f64>)> = std::iter::once(false)
+        .chain(toggles.iter().map(|t| t.2))
+        .map(|on| (on, Vec::new()))
+        .collect();
+    for iv in v["intervals"].as_array().context("iperf3 intervals")? {
+        let (Some(s), Some(e), Some(bps)) = (
+            iv["sum"]["start"].as_f64(),
+            iv["sum"]["end"].as_f64(),
+            iv["sum"]["bits_per_second"].as_f64(),
+        ) else {
+            continue;
+        };
+        let clean = toggles
+            .iter()
+            .all(|(ts, te, _)| *te + TOGGLE_GUARD < s || e + TOGGLE_GUARD < *ts);
+        if !clean {
+            continue;
+        }
+        let k = toggles.iter().filter(|(_, te, _)| *te < s).count();
+        periods[k].1.push(bps);
+    }
+    let means: Vec<Option<(bool, f64)>> = periods
+        .iter()
+        .map(|(on, v)| (!v.is_empty()).then(|| (*on, v.iter().sum::<f64>() / v.len() as f64)))
+        .collect();
+    // Each attached period against the mean of the detached periods on either side.
+    let mut ratios = Vec::new();
+    for k in 1..means.len().saturating_sub(1) {
+        if let (Some((false, before)), Some((true, during)), Some((false, after))) =
+            (means[k - 1], means[k], means[k + 1])
+        {
+            ratios.push(during / ((before + after) / 2.0));
+        }
+    }
+    if ratios.is_empty() {
+        bail!("no attached period with clean detached periods on both sides");
+    }
+    let mut sorted = ratios.clone();
+    sorted.sort_by(f64::total_cmp);
+    let n = ratios.len() as f64;
+    let mean = ratios.iter().sum::<f64>() / n;
+    let sd = (ratios.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+    let gbit = |on: bool| {
+        let v: Vec<f64> = means
+            .iter()
+            .flatten()
+            .filter(|m| m.0 == on)
+            .map(|m| m.1)
+            .collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64 / 1e9
+    };
+    println!(
+        "detached periods {:.2} Gbit/s, attached {:.2} Gbit/s (means)",
+        gbit(false),
+        gbit(true)
+    );
+    println!(
+        "attached / neighbouring detached, {} periods: median {:.3}, mean {:.3} ± {:.3} (95% CI), quartiles {:.3}–{:.3}",
+        ratios.len(),
+        sorted[sorted.len() / 2],
+        mean,
+        1.96 * sd / n.sqrt(),
+        sorted[sorted.len() / 4],
+        sorted[(3 * sorted.len()) / 4]
+    );
+    Ok(())
+}
+
+fn throughput(secs: u64, rounds: usize, toggle_secs: u64) -> Result<()> {
     println!("== iperf3 over veth, {rounds} rounds of {secs} s each, alternating");
     let (_m, layout) = private_bpffs("tput")?;
     programs::load_and_pin(&layout, tether_bpf::VERSION)?;
@@ -233,6 +403,18 @@ fn throughput(secs: u64, rounds: usize) -> Result<()> {
         on.push(pair[1]);
         pairs.push(pair[1] / pair[0]);
     }
+    if toggle_secs > 0 {
+        toggled(&Toggled {
+            progs: &progs,
+            layout: &layout,
+            ns_a: &a.0,
+            tracked: &tracked.0,
+            netns: &netns_fd,
+            cgroup_id: cg.cgroup_id,
+            total: Duration::from_secs(toggle_secs),
+        })?;
+    }
+
     // Then one attached run with bpf_stats on, for each program's cost per run.
     attach_tc()?;
     let stats = tether_bpf::sys::enable_run_time_stats()?;
@@ -446,6 +628,7 @@ fn main() -> Result<()> {
     let secs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
     let rounds = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);
     let n = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(50);
+    let toggle_secs = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(60);
     println!(
         "kernel {}, tether object {}",
         sh("uname", &["-r"])?.trim(),
@@ -455,7 +638,7 @@ fn main() -> Result<()> {
     load_cost(n)?;
     attach_cost(n)?;
     if secs > 0 {
-        throughput(secs, rounds)?;
+        throughput(secs, rounds, toggle_secs)?;
     }
     Ok(())
 }
