@@ -164,7 +164,14 @@ fn toggled(t: &Toggled<'_>) -> Result<()> {
         "== iperf3, one {secs} s flow, programs attached and detached every {} ms",
         TOGGLE_PERIOD.as_millis()
     );
-    let attach = || -> Result<()> {
+    // Which programs come and go (benchmark-only): `all` (default), `cgroup` (TC stays
+    // off) or `tc` (the cgroup programs stay on).
+    let what = std::env::var("TETHER_BENCH_TOGGLE").unwrap_or_else(|_| "all".into());
+    if !["all", "cgroup", "tc"].contains(&what.as_str()) {
+        bail!("TETHER_BENCH_TOGGLE={what}: expected all, cgroup or tc");
+    }
+    println!("toggled: {what}");
+    let attach_cg = || -> Result<()> {
         container::attach_cgroup(
             t.progs,
             t.layout,
@@ -174,6 +181,9 @@ fn toggled(t: &Toggled<'_>) -> Result<()> {
             &ContainerConfig::default(),
             &["192.0.2.0/24".parse()?],
         )?;
+        Ok(())
+    };
+    let attach_tc = || -> Result<()> {
         container::attach_netns(
             t.progs,
             t.layout,
@@ -184,8 +194,20 @@ fn toggled(t: &Toggled<'_>) -> Result<()> {
         )?;
         Ok(())
     };
+    let attach = || -> Result<()> {
+        if what != "tc" {
+            attach_cg()?;
+        }
+        if what != "cgroup" {
+            attach_tc()?;
+        }
+        Ok(())
+    };
     let detach = || -> Result<()> {
         container::detach(t.progs, t.layout, "bench", "tracked")?;
+        if what == "tc" {
+            attach_cg()?;
+        }
         Ok(())
     };
     detach()?;
@@ -224,15 +246,9 @@ fn toggled(t: &Toggled<'_>) -> Result<()> {
     if on {
         detach()?;
     }
-    container::attach_cgroup(
-        t.progs,
-        t.layout,
-        "bench",
-        "tracked",
-        fs::File::open(t.tracked)?.as_fd(),
-        &ContainerConfig::default(),
-        &["192.0.2.0/24".parse()?],
-    )?;
+    if what != "tc" {
+        attach_cg()?;
+    }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("iperf3 -J output: {}", String::from_utf8_lossy(&out.stderr)))?;
     // Mean throughput of the clean intervals of each period (period k follows toggle k-1).
