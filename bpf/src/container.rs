@@ -203,12 +203,18 @@ fn require_attached(dir: &Path, id: &str) -> Result<()> {
 /// Returning can in principle fail (setns(2) allocates); the thread is then marked stranded
 /// and every later call on it tries to return first and fails until it can, so nothing runs
 /// in a container's namespace by mistake.
+///
+/// The thread's own namespace is opened once per thread: code that moves a thread to
+/// another network namespace by itself must not call this on that thread afterwards.
 fn in_netns<T>(netns: BorrowedFd<'_>, f: impl FnOnce() -> Result<T>) -> Result<T> {
     use std::cell::RefCell;
     use std::os::fd::{AsFd, OwnedFd};
+    use std::rc::Rc;
     thread_local! {
+        /// The thread's own network namespace, opened on its first visit elsewhere.
+        static HOME: RefCell<Option<Rc<OwnedFd>>> = const { RefCell::new(None) };
         /// The namespace this thread must return to, while it could not.
-        static STRANDED: RefCell<Option<OwnedFd>> = const { RefCell::new(None) };
+        static STRANDED: RefCell<Option<Rc<OwnedFd>>> = const { RefCell::new(None) };
     }
     let back = |home: BorrowedFd<'_>| {
         nix::sched::setns(home, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
@@ -226,13 +232,24 @@ fn in_netns<T>(netns: BorrowedFd<'_>, f: impl FnOnce() -> Result<T>) -> Result<T
         }
         Ok(())
     })?;
-    let home = fs::File::open("/proc/thread-self/ns/net")
-        .map_err(|e| Error::path("open", "/proc/thread-self/ns/net", e))?;
+    // Opened while the thread is at home (never stranded here: that was handled above).
+    let home = HOME.with(|h| -> Result<Rc<OwnedFd>> {
+        let mut h = h.borrow_mut();
+        if let Some(fd) = h.as_ref() {
+            return Ok(fd.clone());
+        }
+        let fd = Rc::new(OwnedFd::from(
+            fs::File::open("/proc/thread-self/ns/net")
+                .map_err(|e| Error::path("open", "/proc/thread-self/ns/net", e))?,
+        ));
+        *h = Some(fd.clone());
+        Ok(fd)
+    })?;
     nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| Error::syscall("setns(CLONE_NEWNET)", e.into()))?;
     let r = f();
     if let Err(e) = back(home.as_fd()) {
-        STRANDED.with(|s| *s.borrow_mut() = Some(OwnedFd::from(home)));
+        STRANDED.with(|s| *s.borrow_mut() = Some(home));
         return Err(e);
     }
     r

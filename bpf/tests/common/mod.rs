@@ -187,9 +187,10 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs `probe` in a new process (this test binary, re-executed), optionally inside a network
-/// namespace and a cgroup. The probe joins the cgroup itself before doing anything else.
-pub fn spawn_probe(netns: Option<&Netns>, cgroup: Option<&TestCgroup>, probe: &str) -> Output {
+/// The command that runs `probe` in a new process (this test binary, re-executed),
+/// optionally inside a network namespace and a cgroup. The probe joins the cgroup itself
+/// before doing anything else.
+fn probe_command(netns: Option<&Netns>, cgroup: Option<&TestCgroup>, probe: &str) -> Command {
     let exe = std::env::current_exe().expect("current_exe");
     let mut cmd = Command::new(exe);
     if let Some(ns) = netns {
@@ -206,27 +207,23 @@ pub fn spawn_probe(netns: Option<&Netns>, cgroup: Option<&TestCgroup>, probe: &s
     if let Some(cg) = cgroup {
         cmd.env("TETHER_PROBE_CGROUP", &cg.path);
     }
-    cmd.output().expect("spawn probe")
+    cmd
+}
+
+/// Runs `probe` (see [`probe_command`]) and waits for it.
+pub fn spawn_probe(netns: Option<&Netns>, cgroup: Option<&TestCgroup>, probe: &str) -> Output {
+    probe_command(netns, cgroup, probe)
+        .output()
+        .expect("spawn probe")
 }
 
 /// [`spawn_probe`] without waiting: the probe runs while the test goes on.
 pub fn spawn_probe_child(cgroup: Option<&TestCgroup>, probe: &str) -> std::process::Child {
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "--exact",
-        "probe_entry",
-        "--nocapture",
-        "--test-threads",
-        "1",
-    ])
-    .env("TETHER_PROBE", probe)
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
-    if let Some(cg) = cgroup {
-        cmd.env("TETHER_PROBE_CGROUP", &cg.path);
-    }
-    cmd.spawn().expect("spawn probe")
+    probe_command(None, cgroup, probe)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn probe")
 }
 
 /// A TCP connection from `src` (any port) to `dst`, or the error after `timeout`.

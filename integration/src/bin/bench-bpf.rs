@@ -136,6 +136,34 @@ fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// The throughput benchmark's tracked cgroup, attached as a container with one deny rule.
+fn attach_tracked(
+    progs: &Programs,
+    layout: &PinLayout,
+    tracked: &Path,
+) -> Result<container::CgroupAttached> {
+    Ok(container::attach_cgroup(
+        progs,
+        layout,
+        "bench",
+        "tracked",
+        fs::File::open(tracked)?.as_fd(),
+        &ContainerConfig::default(),
+        &["192.0.2.0/24".parse()?],
+    )?)
+}
+
+/// TC programs on the interfaces of the tracked container's namespace.
+fn attach_tracked_tc(
+    progs: &Programs,
+    layout: &PinLayout,
+    cgroup_id: u64,
+    netns: &fs::File,
+) -> Result<()> {
+    container::attach_netns(progs, layout, "bench", "tracked", cgroup_id, netns.as_fd())?;
+    Ok(())
+}
+
 /// What [`toggled`] measures with.
 struct Toggled<'a> {
     progs: &'a Programs,
@@ -171,29 +199,8 @@ fn toggled(t: &Toggled<'_>) -> Result<()> {
         bail!("TETHER_BENCH_TOGGLE={what}: expected all, cgroup or tc");
     }
     println!("toggled: {what}");
-    let attach_cg = || -> Result<()> {
-        container::attach_cgroup(
-            t.progs,
-            t.layout,
-            "bench",
-            "tracked",
-            fs::File::open(t.tracked)?.as_fd(),
-            &ContainerConfig::default(),
-            &["192.0.2.0/24".parse()?],
-        )?;
-        Ok(())
-    };
-    let attach_tc = || -> Result<()> {
-        container::attach_netns(
-            t.progs,
-            t.layout,
-            "bench",
-            "tracked",
-            t.cgroup_id,
-            t.netns.as_fd(),
-        )?;
-        Ok(())
-    };
+    let attach_cg = || attach_tracked(t.progs, t.layout, t.tracked).map(|_| ());
+    let attach_tc = || attach_tracked_tc(t.progs, t.layout, t.cgroup_id, t.netns);
     let attach = || -> Result<()> {
         if what != "tc" {
             attach_cg()?;
@@ -364,30 +371,13 @@ fn throughput(secs: u64, rounds: usize, toggle_secs: u64) -> Result<()> {
     let tracked = Cgroup(root.join(format!("tether-bench-tracked-{tag}")));
     fs::create_dir_all(&plain.0)?;
     fs::create_dir_all(&tracked.0)?;
-    let cg = container::attach_cgroup(
-        &progs,
-        &layout,
-        "bench",
-        "tracked",
-        fs::File::open(&tracked.0)?.as_fd(),
-        &ContainerConfig::default(),
-        &["192.0.2.0/24".parse()?],
-    )?;
+    let cg = attach_tracked(&progs, &layout, &tracked.0)?;
     let netns_fd = fs::File::open(format!("/run/netns/{}", a.0))?;
 
     // Throughput first, without bpf_stats (which adds its own cost to every run). Each
     // round is a pair of runs, in ABBA order (none first in even rounds, attached first in
     // odd ones) so that drift and any effect of going first cancel out.
-    let attach_tc = || {
-        container::attach_netns(
-            &progs,
-            &layout,
-            "bench",
-            "tracked",
-            cg.cgroup_id,
-            netns_fd.as_fd(),
-        )
-    };
+    let attach_tc = || attach_tracked_tc(&progs, &layout, cg.cgroup_id, &netns_fd);
     let (mut off, mut on, mut pairs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let mut pair = [0.0; 2];
@@ -402,15 +392,7 @@ fn throughput(secs: u64, rounds: usize, toggle_secs: u64) -> Result<()> {
                 attach_tc()?;
                 pair[1] = iperf(&a.0, &tracked.0, "10.214.0.2", secs)?;
                 container::detach(&progs, &layout, "bench", "tracked")?;
-                container::attach_cgroup(
-                    &progs,
-                    &layout,
-                    "bench",
-                    "tracked",
-                    fs::File::open(&tracked.0)?.as_fd(),
-                    &ContainerConfig::default(),
-                    &["192.0.2.0/24".parse()?],
-                )?;
+                attach_tracked(&progs, &layout, &tracked.0)?;
             } else {
                 pair[0] = iperf(&a.0, &plain.0, "10.214.0.2", secs)?;
             }
