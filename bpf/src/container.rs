@@ -62,7 +62,10 @@ pub fn attach_cgroup(
             maps.add_deny(cgid, cidr)?;
         }
         let mut links = Vec::new();
-        for p in Prog::ALL.into_iter().filter(|p| p.is_cgroup()) {
+        for p in Prog::ALL
+            .into_iter()
+            .filter(|p| p.is_cgroup() && config.uses(*p))
+        {
             let link = Link::cgroup(programs, p, cgroup)?;
             link.pin(&dir.join(format!("cgroup_{}", p.name())))?;
             links.push((p, link.info()));

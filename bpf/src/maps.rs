@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
+use crate::programs::Prog;
 use crate::sys::{self, as_bytes, from_bytes, Pod};
 
 const F_ACCOUNT: u32 = 1;
@@ -189,6 +190,20 @@ impl Default for ContainerConfig {
 }
 
 impl ContainerConfig {
+    /// Whether a container with this config needs program `p` attached: a program with
+    /// nothing to do for it costs every packet (or connect()) a run and its cgroup link costs
+    /// the attach step a wait on the kernel's cgroup lock, so only what does work is attached.
+    /// The config is fixed for the container's life.
+    pub fn uses(&self, p: Prog) -> bool {
+        match p {
+            Prog::CgroupIngress => self.account,
+            Prog::CgroupEgress | Prog::TcIngress | Prog::TcEgress => self.account || self.policy,
+            // connect() is where TCP sockets are vetted and connections audited.
+            Prog::Connect4 | Prog::Connect6 => self.policy || self.audit_connects,
+            Prog::Sendmsg4 | Prog::Sendmsg6 => self.policy,
+        }
+    }
+
     fn raw(&self) -> RawContainer {
         let mut flags = 0;
         for (on, f) in [
@@ -642,6 +657,61 @@ mod tests {
             let e = bad.parse::<Cidr>().unwrap_err().to_string();
             assert!(e.contains(why) && e.contains(bad), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn only_programs_with_work_are_used() {
+        let used = |c: ContainerConfig| -> Vec<Prog> {
+            Prog::ALL.into_iter().filter(|p| c.uses(*p)).collect()
+        };
+        let base = ContainerConfig {
+            account: false,
+            policy: false,
+            audit_denials: true,
+            audit_connects: false,
+            ..ContainerConfig::default()
+        };
+        let account = ContainerConfig {
+            account: true,
+            ..base
+        };
+        assert_eq!(
+            used(account),
+            [
+                Prog::CgroupIngress,
+                Prog::CgroupEgress,
+                Prog::TcIngress,
+                Prog::TcEgress
+            ]
+        );
+        let audit = ContainerConfig {
+            audit_connects: true,
+            ..account
+        };
+        assert_eq!(
+            used(audit),
+            [
+                Prog::CgroupIngress,
+                Prog::CgroupEgress,
+                Prog::Connect4,
+                Prog::Connect6,
+                Prog::TcIngress,
+                Prog::TcEgress
+            ]
+        );
+        let policy = ContainerConfig {
+            policy: true,
+            ..base
+        };
+        assert_eq!(
+            used(policy),
+            Prog::ALL
+                .into_iter()
+                .filter(|p| *p != Prog::CgroupIngress)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(used(ContainerConfig::default()), Prog::ALL);
+        assert!(used(base).is_empty());
     }
 
     #[test]

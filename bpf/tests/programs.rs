@@ -321,7 +321,8 @@ fn veth_traffic_is_counted_per_container_and_interface() {
     assert_eq!(ifaces.len(), 1, "{ifaces:?}");
     assert_eq!(ifaces[0].name, "veth0");
     assert_eq!(ifaces[0].key.ifindex, pair.a.ifindex("veth0"));
-    // The receiving side is a second container whose veth0 has the same ifindex.
+    // The receiving side is a second container whose veth0 has the same ifindex. It only
+    // counts (no deny rules), so it gets only the cgroup_skb programs.
     let cg_b = TestCgroup::new();
     let b = container::attach_cgroup(
         &progs,
@@ -329,10 +330,15 @@ fn veth_traffic_is_counted_per_container_and_interface() {
         "test",
         "veth-b",
         cg_b.open().as_fd(),
-        &ContainerConfig::default(),
+        &ContainerConfig {
+            policy: false,
+            ..ContainerConfig::default()
+        },
         &[],
     )
     .unwrap();
+    let b_progs: Vec<Prog> = b.links.iter().map(|(p, _)| *p).collect();
+    assert_eq!(b_progs, [Prog::CgroupIngress, Prog::CgroupEgress]);
     let ifaces_b = container::attach_netns(
         &progs,
         &fs.layout,

@@ -212,12 +212,17 @@ impl Containerd {
         self.spawn()
     }
 
-    /// The last `lines` lines of containerd's log.
+    /// The last `lines` lines of containerd's log, without the plugin-loading lines of its boot.
     pub fn log_tail(&self, lines: usize) -> String {
         let Ok(f) = File::open(self.log_path()) else {
             return String::new();
         };
-        let all: Vec<String> = BufReader::new(f).lines().map_while(Result::ok).collect();
+        // Plugin loading at boot says nothing about a failure and would crowd out what does.
+        let all: Vec<String> = BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| !l.contains("loading plugin"))
+            .collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 

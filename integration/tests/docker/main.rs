@@ -102,6 +102,7 @@ fn docker_run_with_tether_runtime() -> Result<()> {
         pins.iter().filter(|p| p.starts_with("tc_")).count() == 2,
         "{pins:?}"
     );
+    // The node's deny rule: every cgroup program (cgroup_skb and sock_addr).
     ensure!(
         pins.iter().filter(|p| p.starts_with("cgroup_")).count() == 6,
         "{pins:?}"

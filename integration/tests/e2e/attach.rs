@@ -75,6 +75,28 @@ fn pins_of(env: &TestEnv, id: &str) -> Vec<String> {
     v
 }
 
+/// The cgroup links of a container with the default plan (accounting, no deny rules), as
+/// sorted pin names: the sock_addr programs are attached only for deny rules or connection
+/// audit.
+const ACCOUNTING_LINKS: [&str; 2] = ["cgroup_tether_cg_egress", "cgroup_tether_cg_ingress"];
+/// The cgroup links of a container with deny rules: every cgroup program.
+const POLICY_LINKS: [&str; 6] = [
+    "cgroup_tether_cg_egress",
+    "cgroup_tether_cg_ingress",
+    "cgroup_tether_connect4",
+    "cgroup_tether_connect6",
+    "cgroup_tether_sendmsg4",
+    "cgroup_tether_sendmsg6",
+];
+
+/// The cgroup link pins among `pins` (sorted as `pins` is).
+fn cgroup_pins(pins: &[String]) -> Vec<&str> {
+    pins.iter()
+        .map(String::as_str)
+        .filter(|p| p.starts_with("cgroup_"))
+        .collect()
+}
+
 fn assert_detached(env: &TestEnv, id: &str) -> Result<()> {
     ensure!(
         !container_dir(env, id).exists(),
@@ -201,12 +223,14 @@ fn host_network_gets_cgroup_programs_only() -> Result<()> {
             &env.run(&id)
                 .detach()
                 .flag("--net-host")
+                .flag("--annotation")
+                .flag("tether.io/egress-deny=127.0.0.2/32")
                 .command(["/bin/sleep", "1000"]),
         )?;
         wait_status(env, &id, "RUNNING")?;
+        // Deny rules: every cgroup program, and nothing on the host's interfaces.
         let pins = pins_of(env, &id);
-        ensure!(pins.iter().all(|p| p.starts_with("cgroup_")), "{pins:?}");
-        ensure!(pins.len() == 6, "{pins:?}");
+        ensure!(pins == POLICY_LINKS, "{pins:?}");
         env.ctr.ok(["task", "kill", "--signal", "SIGKILL", &id])?;
         wait_status(env, &id, "STOPPED")?;
         env.ctr.ok(["task", "rm", &id])?;
@@ -315,16 +339,16 @@ fn burst_of_50_loads_once_and_attaches_all() -> Result<()> {
         let ids = start_many(env, "b", 50)?;
         for id in &ids {
             let pins = pins_of(env, id);
-            ensure!(pins.len() == 6, "{id} is not attached: {pins:?}");
+            ensure!(pins == ACCOUNTING_LINKS, "{id} is not attached: {pins:?}");
         }
         let status = tetherctl(env, &["status"])?;
         ensure!(
             status["loads"] == 1,
             "one load for the whole burst: {status}"
         );
-        // Every container's links point at the same six cgroup programs.
+        // Every container's links point at the same two cgroup programs.
         let progs = prog_ids_in_use(env)?;
-        ensure!(progs.len() == 6, "programs in use: {progs:?}");
+        ensure!(progs.len() == 2, "programs in use: {progs:?}");
         let ps = tetherctl(env, &["ps"])?;
         ensure!(ps.as_array().map_or(0, Vec::len) == 50, "{ps}");
 
@@ -342,7 +366,7 @@ fn burst_of_50_loads_once_and_attaches_all() -> Result<()> {
         })?;
         let more = start_many(env, "k", 10)?;
         for id in &more {
-            ensure!(pins_of(env, id).len() == 6, "{id} without tetherd");
+            ensure!(pins_of(env, id) == ACCOUNTING_LINKS, "{id} without tetherd");
         }
         for id in ids.iter().chain(&more) {
             env.ctr.force_remove(id)?;
@@ -361,7 +385,7 @@ fn leftovers_of_a_killed_shim_are_collected() -> Result<()> {
         env.ctr
             .run_container(&env.run(&id).detach().command(["/bin/sleep", "1000"]))?;
         wait_status(env, &id, "RUNNING")?;
-        ensure!(pins_of(env, &id).len() == 6);
+        ensure!(pins_of(env, &id) == ACCOUNTING_LINKS);
         let shim = env.shim_of(&id)?;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(shim.pid),
@@ -466,6 +490,7 @@ fn cni_interface_is_attached_before_start() -> Result<()> {
             pins.iter().filter(|p| p.starts_with("tc_")).count() == 2,
             "eth0 not attached: {pins:?}"
         );
+        ensure!(cgroup_pins(&pins) == ACCOUNTING_LINKS, "{pins:?}");
         let counted = wait_until("eth0 to count the pings", Duration::from_secs(10), || {
             let s = stats_of(env, &id)?;
             let tx: u64 = s["interfaces"]
@@ -539,7 +564,10 @@ fn pod_netns(env: &mut TestEnv) -> Result<()> {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         };
         if clsact {
-            ensure!(pins.len() == 6, "clsact pins nothing for TC: {pins:?}");
+            ensure!(
+                pins == ACCOUNTING_LINKS,
+                "clsact pins nothing for TC: {pins:?}"
+            );
             ensure!(
                 filters("eth0")?.contains("tether_tc_egres"),
                 "{}",
@@ -553,6 +581,7 @@ fn pod_netns(env: &mut TestEnv) -> Result<()> {
                 pins.iter().filter(|p| p.starts_with("tc_")).count() == 4,
                 "{pins:?}"
             );
+            ensure!(cgroup_pins(&pins) == ACCOUNTING_LINKS, "{pins:?}");
         }
         env.ctr.force_remove(&id)?;
         assert_detached(env, &id)?;
@@ -699,7 +728,11 @@ fn tether_runc_under_containerds_runc_shim() -> Result<()> {
                 .sh("for i in 1 2 3; do nc 127.0.0.3 9; done; exec sleep 1000"),
         )?;
         wait_status(env, &id, "RUNNING")?;
-        ensure!(pins_of(env, &id).len() == 6, "{:?}", pins_of(env, &id));
+        ensure!(
+            pins_of(env, &id) == ACCOUNTING_LINKS,
+            "{:?}",
+            pins_of(env, &id)
+        );
         let out = env.ctr.ok([
             "task",
             "exec",

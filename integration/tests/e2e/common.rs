@@ -36,7 +36,8 @@ macro_rules! scenario {
     };
 }
 
-/// Runs `scenario` in a fresh [`TestEnv`]; on failure, prints containerd's log to stderr.
+/// Runs `scenario` in a fresh [`TestEnv`]; on failure, prints the error and containerd's log to
+/// stderr.
 pub fn run_scenario(
     runtime: Runtime,
     name: &str,
@@ -44,7 +45,9 @@ pub fn run_scenario(
 ) -> Result<()> {
     let mut env = TestEnv::new(runtime, name)?;
     let result = scenario(&mut env);
-    if result.is_err() {
+    if let Err(e) = &result {
+        // The error first: a CI log that is cut short still says what failed.
+        eprintln!("--- {name} on {runtime} failed: {e:#}");
         eprintln!(
             "--- {runtime} containerd log ({}), last lines ---\n{}\n--- end ---",
             env.containerd().log_path().display(),
