@@ -30,6 +30,11 @@ fn attach_cpu(m: &Mode, ids: &[String]) -> Result<Vec<f64>> {
     attach_column(m, ids, 2)
 }
 
+/// How long the shim's thread waited for a CPU (µs) during each attach step.
+fn attach_runq(m: &Mode, ids: &[String]) -> Result<Vec<f64>> {
+    attach_column(m, ids, 3)
+}
+
 fn attach_column(m: &Mode, ids: &[String], col: usize) -> Result<Vec<f64>> {
     let text = fs::read_to_string(&m.times).context("reading the attach times")?;
     let mut by_id = HashMap::new();
@@ -54,14 +59,15 @@ fn attach_column(m: &Mode, ids: &[String], col: usize) -> Result<Vec<f64>> {
     Ok(out)
 }
 
-/// Phase columns of the times file after `<id> <wall> <cpu>` (the shim's `AttachTimes`).
+/// Phase columns of the times file after `<id> <wall> <cpu> <run-queue wait>` (the shim's
+/// `AttachTimes`).
 const PHASES: [&str; 5] = ["pins", "open", "cgroup", "netns", "watch"];
 
 /// p50 and p99 (ms) of every phase of the attach steps of `ids`.
 fn phase_row(m: &Mode, label: &str, ids: &[String]) -> Result<String> {
     let mut row = format!("| {label} |");
     for i in 0..PHASES.len() {
-        let v = attach_column(m, ids, 3 + i)?;
+        let v = attach_column(m, ids, 4 + i)?;
         row.push_str(&format!(
             " {:.2} / {:.2} |",
             pct(&v, 50.0) / 1000.0,
@@ -133,8 +139,9 @@ fn sequential(m: &Mode, first: usize, n: usize) -> Result<Vec<f64>> {
     attach_times(m, &ids)
 }
 
-/// Wall and CPU times (µs) of the attach steps of `n` containers created at once.
-fn concurrent(m: &Mode, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+/// Wall, CPU and run-queue wait times (µs) of the attach steps of `n` containers created
+/// at once.
+fn concurrent(m: &Mode, n: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     let ids: Vec<String> = (0..n).map(|i| format!("conc-{}-{i}", m.name)).collect();
     let handles: Vec<_> = ids
         .iter()
@@ -158,7 +165,11 @@ fn concurrent(m: &Mode, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
     for id in &ids {
         let _ = m.ctr.force_remove(id);
     }
-    Ok((attach_times(m, &ids)?, attach_cpu(m, &ids)?))
+    Ok((
+        attach_times(m, &ids)?,
+        attach_cpu(m, &ids)?,
+        attach_runq(m, &ids)?,
+    ))
 }
 
 /// Wall times (ms) of `n` concurrent `ctr run --rm ... /bin/true` (create, start, exit,
@@ -275,8 +286,9 @@ fn main() -> Result<()> {
     }
     t_seq.sort_by(f64::total_cmp);
     n_seq.sort_by(f64::total_cmp);
-    let (t_conc, mut t_cpu) = concurrent(&tether, conc_n)?;
-    let (n_conc, _) = concurrent(&naive, conc_n)?;
+    let (t_conc, mut t_cpu, mut t_runq) = concurrent(&tether, conc_n)?;
+    let (n_conc, _, _) = concurrent(&naive, conc_n)?;
+    t_runq.sort_by(f64::total_cmp);
     t_cpu.sort_by(f64::total_cmp);
     // create -> start -> exit -> delete, runc.v2 (in the tether containerd) vs tether vs naive.
     let (mut l_runc, mut l_tether, mut l_naive) = (Vec::new(), Vec::new(), Vec::new());
@@ -333,6 +345,11 @@ fn main() -> Result<()> {
         "\ntether, {conc_n} concurrent: the shim's CPU time during the attach step: p50 {:.2} ms, p99 {:.2} ms",
         pct(&t_cpu, 50.0) / 1000.0,
         pct(&t_cpu, 99.0) / 1000.0
+    );
+    println!(
+        "tether, {conc_n} concurrent: the shim's thread waiting for a CPU during the attach step: p50 {:.2} ms, p99 {:.2} ms",
+        pct(&t_runq, 50.0) / 1000.0,
+        pct(&t_runq, 99.0) / 1000.0
     );
     println!("\n### tether's attach step by phase (ms, p50 / p99)\n");
     println!("| mode | {} |", PHASES.join(" | "));

@@ -136,21 +136,107 @@ fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// The throughput benchmark's tracked cgroup, attached as a container with one deny rule.
+/// The plan of the throughput benchmark's tracked container (benchmark-only
+/// `TETHER_BENCH_PLAN`): `accounting` (the default plan of a container: counters only) or
+/// `policy` (counters and one deny rule, so every cgroup program is attached).
+fn bench_plan() -> Result<(&'static str, ContainerConfig, Vec<tether_bpf::Cidr>)> {
+    match std::env::var("TETHER_BENCH_PLAN").as_deref() {
+        Ok("accounting") | Err(_) => Ok((
+            "accounting",
+            ContainerConfig {
+                policy: false,
+                ..ContainerConfig::default()
+            },
+            vec![],
+        )),
+        Ok("policy") => Ok((
+            "policy",
+            ContainerConfig::default(),
+            vec!["192.0.2.0/24".parse()?],
+        )),
+        Ok(other) => bail!("TETHER_BENCH_PLAN={other}: expected accounting or policy"),
+    }
+}
+
+/// The throughput benchmark's tracked cgroup, attached as a container with [`bench_plan`].
 fn attach_tracked(
     progs: &Programs,
     layout: &PinLayout,
     tracked: &Path,
 ) -> Result<container::CgroupAttached> {
+    let (_, config, deny) = bench_plan()?;
     Ok(container::attach_cgroup(
         progs,
         layout,
         "bench",
         "tracked",
         fs::File::open(tracked)?.as_fd(),
-        &ContainerConfig::default(),
-        &["192.0.2.0/24".parse()?],
+        &config,
+        &deny,
     )?)
+}
+
+/// A cgroup_skb program that passes every packet and does nothing else, linked to both
+/// directions of a cgroup: the cost of the kernel's cgroup hook by itself, a floor for what
+/// any cgroup_skb program can cost. Dropping it closes the links, which detaches.
+struct NoopCgroupSkb {
+    _links: Vec<std::os::fd::OwnedFd>,
+}
+
+impl NoopCgroupSkb {
+    fn attach(cgroup: &Path) -> Result<Self> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // r0 = 1 (pass); exit.
+        let insns: [u64; 2] = [0x0000_0001_0000_00b7, 0x0000_0000_0000_0095];
+        let name = c"tether_noop";
+        let license = c"GPL";
+        // SAFETY: `insns` holds two 8-byte eBPF instructions in the kernel's encoding (the
+        // layout of bpf_insn) and outlives the call; name and license are NUL-terminated;
+        // a null opts pointer selects libbpf's defaults.
+        let prog = unsafe {
+            libbpf_sys::bpf_prog_load(
+                libbpf_sys::BPF_PROG_TYPE_CGROUP_SKB,
+                name.as_ptr(),
+                license.as_ptr(),
+                insns.as_ptr().cast(),
+                insns.len() as _,
+                std::ptr::null_mut(),
+            )
+        };
+        if prog < 0 {
+            bail!(
+                "BPF_PROG_LOAD (no-op cgroup_skb): {}",
+                std::io::Error::from_raw_os_error(-prog)
+            );
+        }
+        // SAFETY: bpf_prog_load returned a new file descriptor that nothing else owns.
+        let prog = unsafe { OwnedFd::from_raw_fd(prog) };
+        let cg = fs::File::open(cgroup)?;
+        let mut links = Vec::new();
+        for attach_type in [
+            libbpf_sys::BPF_CGROUP_INET_INGRESS,
+            libbpf_sys::BPF_CGROUP_INET_EGRESS,
+        ] {
+            // SAFETY: both fds are open for the call; a null opts pointer is allowed.
+            let link = unsafe {
+                libbpf_sys::bpf_link_create(
+                    prog.as_raw_fd(),
+                    cg.as_raw_fd(),
+                    attach_type,
+                    std::ptr::null(),
+                )
+            };
+            if link < 0 {
+                bail!(
+                    "BPF_LINK_CREATE (no-op cgroup_skb): {}",
+                    std::io::Error::from_raw_os_error(-link)
+                );
+            }
+            // SAFETY: bpf_link_create returned a new file descriptor that nothing else owns.
+            links.push(unsafe { OwnedFd::from_raw_fd(link) });
+        }
+        Ok(NoopCgroupSkb { _links: links })
+    }
 }
 
 /// TC programs on the interfaces of the tracked container's namespace.
@@ -193,15 +279,21 @@ fn toggled(t: &Toggled<'_>) -> Result<()> {
         TOGGLE_PERIOD.as_millis()
     );
     // Which programs come and go (benchmark-only): `all` (default), `cgroup` (TC stays
-    // off) or `tc` (the cgroup programs stay on).
+    // off), `tc` (the cgroup programs stay on), or `noop` (not tether's programs: a
+    // cgroup_skb program that does nothing, for the cost of the kernel's hook itself).
     let what = std::env::var("TETHER_BENCH_TOGGLE").unwrap_or_else(|_| "all".into());
-    if !["all", "cgroup", "tc"].contains(&what.as_str()) {
-        bail!("TETHER_BENCH_TOGGLE={what}: expected all, cgroup or tc");
+    if !["all", "cgroup", "tc", "noop"].contains(&what.as_str()) {
+        bail!("TETHER_BENCH_TOGGLE={what}: expected all, cgroup, tc or noop");
     }
     println!("toggled: {what}");
+    let noop = std::cell::RefCell::new(None);
     let attach_cg = || attach_tracked(t.progs, t.layout, t.tracked).map(|_| ());
     let attach_tc = || attach_tracked_tc(t.progs, t.layout, t.cgroup_id, t.netns);
     let attach = || -> Result<()> {
+        if what == "noop" {
+            *noop.borrow_mut() = Some(NoopCgroupSkb::attach(t.tracked)?);
+            return Ok(());
+        }
         if what != "tc" {
             attach_cg()?;
         }
@@ -211,12 +303,20 @@ fn toggled(t: &Toggled<'_>) -> Result<()> {
         Ok(())
     };
     let detach = || -> Result<()> {
+        if what == "noop" {
+            noop.borrow_mut().take();
+            return Ok(());
+        }
         container::detach(t.progs, t.layout, "bench", "tracked")?;
         if what == "tc" {
             attach_cg()?;
         }
         Ok(())
     };
+    if what == "noop" {
+        // Only the no-op program comes and goes; tether's stay off for the whole flow.
+        container::detach(t.progs, t.layout, "bench", "tracked")?;
+    }
     detach()?;
     let affinity = if num_cpus() >= 2 { "-A 0,1" } else { "" };
     let script = format!(
@@ -329,6 +429,7 @@ fn toggled(t: &Toggled<'_>) -> Result<()> {
 
 fn throughput(secs: u64, rounds: usize, toggle_secs: u64) -> Result<()> {
     println!("== iperf3 over veth, {rounds} rounds of {secs} s each, alternating");
+    println!("tracked container's plan: {}", bench_plan()?.0);
     let (_m, layout) = private_bpffs("tput")?;
     programs::load_and_pin(&layout, tether_bpf::VERSION)?;
     let progs = Programs::open(&layout, tether_bpf::VERSION)?;

@@ -41,12 +41,23 @@ fn cpu_time() -> Duration {
     }
 }
 
-/// Appends `<id> <wall µs> <cpu µs> <phase µs>...` (phases in [`AttachTimes::PHASES`] order).
-fn record_time(id: &str, us: u128, cpu_us: u128, t: &AttachTimes) {
+/// How long this thread has waited for a CPU while runnable (the second field of
+/// `/proc/thread-self/schedstat`); zero where the kernel does not keep it.
+fn run_delay() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .map(Duration::from_nanos)
+        .unwrap_or_default()
+}
+
+/// Appends `<id> <wall µs> <cpu µs> <run-queue wait µs> <phase µs>...` (phases in
+/// [`AttachTimes::PHASES`] order).
+fn record_time(id: &str, us: u128, cpu_us: u128, runq_us: u128, t: &AttachTimes) {
     let Some(path) = std::env::var_os(TIMES_FILE_ENV) else {
         return;
     };
-    let mut line = format!("{id} {us} {cpu_us}");
+    let mut line = format!("{id} {us} {cpu_us} {runq_us}");
     for d in t.phases() {
         line.push_str(&format!(" {}", d.as_micros()));
     }
@@ -89,7 +100,7 @@ struct AttachTimes {
 
 impl AttachTimes {
     /// Phase names: the log line's, and the benchmark times file's columns after
-    /// `<id> <wall> <cpu>`.
+    /// `<id> <wall> <cpu> <run-queue wait>`.
     const PHASES: [&'static str; 5] = ["pins", "open", "cgroup", "netns", "watch"];
 
     fn phases(&self) -> [Duration; 5] {
@@ -651,6 +662,7 @@ impl AttachHook for EbpfAttach {
         }
         let started = std::time::Instant::now();
         let cpu_before = cpu_time();
+        let runq_before = run_delay();
         let r = tokio::time::timeout(plan.deadline, self.try_attach(c, &plan)).await;
         let r = match r {
             Ok(Ok(t)) => {
@@ -659,6 +671,7 @@ impl AttachHook for EbpfAttach {
                     c.id,
                     wall,
                     cpu_time().saturating_sub(cpu_before).as_micros(),
+                    run_delay().saturating_sub(runq_before).as_micros(),
                     &t,
                 );
                 let phases: Vec<String> = AttachTimes::PHASES
