@@ -691,6 +691,16 @@ fn run_cost(repeat: u32) -> Result<()> {
         "cgroup egress, untracked cgroup     {:>6}",
         cost(Prog::CgroupEgress)?
     );
+    let accounting = ContainerConfig {
+        policy: false,
+        ..ContainerConfig::default()
+    };
+    maps.set_container(1, &accounting, "bench", "cost")?;
+    println!(
+        "cgroup egress, tracked, accounting  {:>6}",
+        cost(Prog::CgroupEgress)?
+    );
+    maps.remove_container(1)?;
     maps.set_container(1, &ContainerConfig::default(), "bench", "cost")?;
     println!(
         "cgroup egress, tracked, no rules    {:>6}",
