@@ -10,11 +10,16 @@ use std::time::Duration;
 
 use containerd_shim::{
     protos::{
-        protobuf::{well_known_types::any::Any, MessageDyn},
+        events::task::{
+            TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit,
+            TaskOOM, TaskPaused, TaskResumed, TaskStart,
+        },
+        protobuf::{well_known_types::any::Any, Message},
         shim::{event::Envelope, events::ForwardRequest},
         shim_async::{Client, EventsClient},
+        topics::*,
     },
-    util::{convert_to_any, timestamp},
+    util::timestamp,
 };
 use log::{debug, warn};
 use tokio::sync::mpsc;
@@ -24,6 +29,51 @@ use crate::error::{Error, Result};
 const QUEUE: usize = 1024;
 const ATTEMPTS: u32 = 8;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A task event: the topic it is published under and its protobuf type name, by which
+/// containerd decodes the envelope's `Any`.
+///
+/// The name is written here, not read through protobuf's reflection: the first reflection
+/// lookup builds the descriptors of the event's proto file and of every file it imports,
+/// about 350 KiB of heap that the shim would then keep for its whole life (more than all the
+/// rest of an idle shim's heap). A unit test checks the names against the descriptors.
+pub trait TaskEvent: Message {
+    const TOPIC: &'static str;
+    const TYPE_NAME: &'static str;
+}
+
+macro_rules! task_events {
+    ($($event:ident => $topic:ident),* $(,)?) => {
+        $(
+            impl TaskEvent for $event {
+                const TOPIC: &'static str = $topic;
+                const TYPE_NAME: &'static str = concat!("containerd.events.", stringify!($event));
+            }
+        )*
+        /// (type name, name from the descriptor) of every event, for the test.
+        #[cfg(test)]
+        fn names() -> Vec<(&'static str, String)> {
+            use containerd_shim::protos::protobuf::MessageFull;
+            vec![$((
+                <$event as TaskEvent>::TYPE_NAME,
+                <$event as MessageFull>::descriptor().full_name().to_string(),
+            )),*]
+        }
+    };
+}
+
+task_events! {
+    TaskCreate => TASK_CREATE_EVENT_TOPIC,
+    TaskStart => TASK_START_EVENT_TOPIC,
+    TaskExit => TASK_EXIT_EVENT_TOPIC,
+    TaskDelete => TASK_DELETE_EVENT_TOPIC,
+    TaskExecAdded => TASK_EXEC_ADDED_EVENT_TOPIC,
+    TaskExecStarted => TASK_EXEC_STARTED_EVENT_TOPIC,
+    TaskPaused => TASK_PAUSED_EVENT_TOPIC,
+    TaskResumed => TASK_RESUMED_EVENT_TOPIC,
+    TaskCheckpointed => TASK_CHECKPOINTED_EVENT_TOPIC,
+    TaskOOM => TASK_OOM_EVENT_TOPIC,
+}
 
 pub struct Events {
     tx: mpsc::Sender<Envelope>,
@@ -59,17 +109,21 @@ impl Events {
         }
     }
 
-    /// Queues `event` under `topic`.
-    pub async fn send(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        if let Err(e) = self.envelope(topic, event).map(|env| self.tx.try_send(env)) {
-            warn!("publish {topic}: {e}");
+    /// Queues `event` under its topic.
+    pub async fn send<E: TaskEvent>(&self, event: E) {
+        if let Err(e) = self.envelope(&event).map(|env| self.tx.try_send(env)) {
+            warn!("publish {}: {e}", E::TOPIC);
         }
     }
 
-    fn envelope(&self, topic: &str, event: Box<dyn MessageDyn>) -> Result<Envelope> {
-        let any: Any = convert_to_any(event).map_err(|e| Error::framework("encode event", e))?;
+    fn envelope<E: TaskEvent>(&self, event: &E) -> Result<Envelope> {
+        let mut any = Any::new();
+        any.type_url = E::TYPE_NAME.to_string();
+        any.value = event
+            .write_to_bytes()
+            .map_err(|e| Error::framework("encode event", e.into()))?;
         let mut env = Envelope::new();
-        env.set_topic(topic.to_string());
+        env.set_topic(E::TOPIC.to_string());
         env.set_namespace(self.namespace.clone());
         env.set_timestamp(timestamp().map_err(|e| Error::framework("event time", e))?);
         env.set_event(any);
@@ -109,6 +163,18 @@ async fn forward(address: String, mut rx: mpsc::Receiver<Envelope>) {
         }
         if !delivered {
             warn!("event {topic} dropped: containerd's event service unreachable at {address}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_names_are_the_descriptors_names() {
+        for (written, reflected) in names() {
+            assert_eq!(written, reflected);
         }
     }
 }

@@ -20,7 +20,6 @@ use containerd_shim::{
         protobuf::{well_known_types::empty::Empty, MessageField},
         shim::oci::ProcessDetails,
         shim_async::Task,
-        topics::*,
         ttrpc::{self, r#async::TtrpcContext},
     },
     util::convert_to_any,
@@ -107,21 +106,18 @@ impl TaskService {
                     }
                 }
                 s.events
-                    .send(
-                        TASK_EXIT_EVENT_TOPIC,
-                        Box::new(TaskExit {
-                            container_id: c.id.clone(),
-                            id: if p.exec_id.is_empty() {
-                                c.id.clone()
-                            } else {
-                                p.exec_id.clone()
-                            },
-                            pid: exit.pid as u32,
-                            exit_status: exit.status,
-                            exited_at: MessageField::some(timestamp(exit.at)),
-                            ..Default::default()
-                        }),
-                    )
+                    .send(TaskExit {
+                        container_id: c.id.clone(),
+                        id: if p.exec_id.is_empty() {
+                            c.id.clone()
+                        } else {
+                            p.exec_id.clone()
+                        },
+                        pid: exit.pid as u32,
+                        exit_status: exit.status,
+                        exited_at: MessageField::some(timestamp(exit.at)),
+                        ..Default::default()
+                    })
                     .await;
                 break;
             }
@@ -168,24 +164,21 @@ impl TaskService {
         }
         locked(&self.containers).insert(c.id.clone(), c.clone());
         self.events
-            .send(
-                TASK_CREATE_EVENT_TOPIC,
-                Box::new(TaskCreate {
-                    container_id: req.id.clone(),
-                    bundle: req.bundle.clone(),
-                    rootfs: req.rootfs.clone(),
-                    io: MessageField::some(TaskIO {
-                        stdin: req.stdin.clone(),
-                        stdout: req.stdout.clone(),
-                        stderr: req.stderr.clone(),
-                        terminal: req.terminal,
-                        ..Default::default()
-                    }),
-                    checkpoint: req.checkpoint.clone(),
-                    pid,
+            .send(TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: MessageField::some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
                     ..Default::default()
                 }),
-            )
+                checkpoint: req.checkpoint.clone(),
+                pid,
+                ..Default::default()
+            })
             .await;
         info!("created container {} pid {pid}", c.id);
         Ok(CreateTaskResponse {
@@ -206,13 +199,10 @@ impl TaskService {
             let forward = async {
                 while rx.recv().await.is_some() {
                     events
-                        .send(
-                            TASK_OOM_EVENT_TOPIC,
-                            Box::new(TaskOOM {
-                                container_id: id.clone(),
-                                ..Default::default()
-                            }),
-                        )
+                        .send(TaskOOM {
+                            container_id: id.clone(),
+                            ..Default::default()
+                        })
                         .await;
                 }
             };
@@ -247,14 +237,11 @@ impl TaskService {
             c.init.set_status(Status::RUNNING);
             let pid = c.init.pid();
             self.events
-                .send(
-                    TASK_START_EVENT_TOPIC,
-                    Box::new(TaskStart {
-                        container_id: c.id.clone(),
-                        pid,
-                        ..Default::default()
-                    }),
-                )
+                .send(TaskStart {
+                    container_id: c.id.clone(),
+                    pid,
+                    ..Default::default()
+                })
                 .await;
             return Ok(StartResponse {
                 pid,
@@ -271,15 +258,12 @@ impl TaskService {
         let pid = self.start_exec(&c, &p).await?;
         p.set_status(Status::RUNNING);
         self.events
-            .send(
-                TASK_EXEC_STARTED_EVENT_TOPIC,
-                Box::new(TaskExecStarted {
-                    container_id: c.id.clone(),
-                    exec_id: p.exec_id.clone(),
-                    pid,
-                    ..Default::default()
-                }),
-            )
+            .send(TaskExecStarted {
+                container_id: c.id.clone(),
+                exec_id: p.exec_id.clone(),
+                pid,
+                ..Default::default()
+            })
             .await;
         Ok(StartResponse {
             pid,
@@ -348,17 +332,14 @@ impl TaskService {
         locked(&self.containers).remove(&c.id);
         let resp = delete_response(&c.init);
         self.events
-            .send(
-                TASK_DELETE_EVENT_TOPIC,
-                Box::new(TaskDelete {
-                    container_id: c.id.clone(),
-                    id: c.id.clone(),
-                    pid: resp.pid,
-                    exit_status: resp.exit_status,
-                    exited_at: resp.exited_at.clone(),
-                    ..Default::default()
-                }),
-            )
+            .send(TaskDelete {
+                container_id: c.id.clone(),
+                id: c.id.clone(),
+                pid: resp.pid,
+                exit_status: resp.exit_status,
+                exited_at: resp.exited_at.clone(),
+                ..Default::default()
+            })
             .await;
         info!("deleted container {}", c.id);
         Ok(resp)
@@ -419,14 +400,11 @@ impl TaskService {
         let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         c.add_exec(Process::new(&req.exec_id, stdio, Some(spec)))?;
         self.events
-            .send(
-                TASK_EXEC_ADDED_EVENT_TOPIC,
-                Box::new(TaskExecAdded {
-                    container_id: c.id.clone(),
-                    exec_id: req.exec_id.clone(),
-                    ..Default::default()
-                }),
-            )
+            .send(TaskExecAdded {
+                container_id: c.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            })
             .await;
         Ok(())
     }
@@ -461,14 +439,11 @@ impl TaskService {
             return Err(with_criu_log(e, &work));
         }
         self.events
-            .send(
-                TASK_CHECKPOINTED_EVENT_TOPIC,
-                Box::new(TaskCheckpointed {
-                    container_id: c.id.clone(),
-                    checkpoint: image.display().to_string(),
-                    ..Default::default()
-                }),
-            )
+            .send(TaskCheckpointed {
+                container_id: c.id.clone(),
+                checkpoint: image.display().to_string(),
+                ..Default::default()
+            })
             .await;
         Ok(())
     }
@@ -608,13 +583,10 @@ impl Task for TaskService {
             c.runc.pause(&c.id).await?;
             c.init.set_status(Status::PAUSED);
             self.events
-                .send(
-                    TASK_PAUSED_EVENT_TOPIC,
-                    Box::new(TaskPaused {
-                        container_id: c.id.clone(),
-                        ..Default::default()
-                    }),
-                )
+                .send(TaskPaused {
+                    container_id: c.id.clone(),
+                    ..Default::default()
+                })
                 .await;
             Ok(Empty::new())
         }
@@ -628,13 +600,10 @@ impl Task for TaskService {
             c.runc.resume(&c.id).await?;
             c.init.set_status(Status::RUNNING);
             self.events
-                .send(
-                    TASK_RESUMED_EVENT_TOPIC,
-                    Box::new(TaskResumed {
-                        container_id: c.id.clone(),
-                        ..Default::default()
-                    }),
-                )
+                .send(TaskResumed {
+                    container_id: c.id.clone(),
+                    ..Default::default()
+                })
                 .await;
             Ok(Empty::new())
         }

@@ -1,6 +1,7 @@
 //! `bench-attach [SEQUENTIAL] [CONCURRENT]`: the attach step's duration, tether (programs
 //! from the pins tetherd loaded once) against a naive mode in which every shim loads its own
-//! copy of the programs (`TETHER_BENCH_NAIVE_LOAD`, benchmark-only).
+//! copy of the programs (`TETHER_BENCH_NAIVE_LOAD`, benchmark-only; the shim must be built
+//! with `--features bench-naive-load`, which a shim for use leaves out).
 //!
 //! Each mode gets its own private containerd. Each shim appends `<id> <microseconds>` per
 //! attach to the file named by `TETHER_BENCH_ATTACH_TIMES` (benchmark-only). Sequential: containers

@@ -519,7 +519,23 @@ async fn retire(socket: &Path, namespace: &str, id: &str, d: &container::Detache
     }
 }
 
+/// Loads a private copy of the object for one container (benchmarks only). Built only with
+/// the `bench-naive-load` feature: the loader (libbpf's object code, libelf, zlib and the
+/// embedded object) is half a megabyte of code that a shim, which only opens pins, does not
+/// need to map.
+#[cfg(not(feature = "bench-naive-load"))]
+async fn naive_load(_shared: &PinLayout, id: &str) -> Result<(PinLayout, Arc<Programs>)> {
+    Err(attach_err(
+        id,
+        format!(
+            "{NAIVE_LOAD_ENV} is set, but this shim was built without the benchmark-only \
+             `bench-naive-load` feature"
+        ),
+    ))
+}
+
 /// Loads a private copy of the object for one container (benchmarks only).
+#[cfg(feature = "bench-naive-load")]
 async fn naive_load(shared: &PinLayout, id: &str) -> Result<(PinLayout, Arc<Programs>)> {
     let own = PinLayout::new(shared.root().join(format!("naive-{id}")));
     let l = own.clone();
@@ -535,6 +551,7 @@ async fn naive_load(shared: &PinLayout, id: &str) -> Result<(PinLayout, Arc<Prog
     .map_err(|e| attach_err(id, e))
 }
 
+#[cfg(feature = "bench-naive-load")]
 fn shared_root_exists(own: &PinLayout) -> tether_bpf::Result<()> {
     if let Some(parent) = own.root().parent() {
         std::fs::create_dir_all(parent).map_err(|e| tether_bpf::Error::Path {
