@@ -6,12 +6,12 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use crate::spec::{Spec, PID_NAMESPACE};
 use containerd_shim::{
     asynchronous::io::Stdio,
     protos::api::{CreateTaskRequest, Status},
 };
 use log::warn;
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::{
     error::{Error, Result},
@@ -40,13 +40,9 @@ pub struct Container {
     pub oom_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// Reads and checks the bundle's `config.json`.
+/// Reads the bundle's `config.json` (what the shim acts on; runc checks the rest).
 pub fn load_spec(bundle: &Path) -> Result<Spec> {
-    let path = bundle.join("config.json");
-    Spec::load(&path).map_err(|source| Error::Spec {
-        path: path.display().to_string(),
-        source,
-    })
+    Spec::load(&bundle.join("config.json"))
 }
 
 /// Mounts the request's rootfs mounts at `<bundle>/rootfs`. On failure, undoes what
@@ -85,14 +81,10 @@ impl Container {
     ) -> Result<Self> {
         let bundle = PathBuf::from(&req.bundle);
         let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
-        let shared_pid_ns = !spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.namespaces().as_ref())
-            .is_some_and(|ns| {
-                ns.iter()
-                    .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none())
-            });
+        // No PID namespace of its own (none, or one it joins by path).
+        let shared_pid_ns = spec
+            .namespace(PID_NAMESPACE)
+            .is_none_or(|n| n.path.is_some());
         let rootfs = mount_rootfs(req, &bundle).await?;
         let c = Container {
             id: req.id.clone(),

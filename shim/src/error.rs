@@ -51,12 +51,8 @@ pub enum Error {
         #[source]
         source: containerd_shim::protos::protobuf::Error,
     },
-    #[error("read OCI spec {path}: {source}")]
-    Spec {
-        path: String,
-        #[source]
-        source: oci_spec::OciSpecError,
-    },
+    #[error("read OCI spec {path}: {reason}")]
+    Spec { path: String, reason: String },
     /// Attaching the container's programs failed (fail-closed plans fail Create with it).
     #[error("tether attach {id}: {reason}")]
     Attach { id: String, reason: String },

@@ -17,6 +17,7 @@ pub mod runc;
 pub mod runc_compat;
 pub mod serve;
 pub mod service;
+pub mod spec;
 pub mod start;
 pub mod stdio;
 

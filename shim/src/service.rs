@@ -391,11 +391,9 @@ impl TaskService {
             req.spec.as_ref().map(|a| a.value.clone()).ok_or_else(|| {
                 Error::InvalidArgument("exec request without a process spec".into())
             })?;
-        serde_json::from_slice::<oci_spec::runtime::Process>(&spec).map_err(|source| {
-            Error::Json {
-                context: format!("exec {} process spec", req.exec_id),
-                source,
-            }
+        serde_json::from_slice::<crate::spec::Process>(&spec).map_err(|source| Error::Json {
+            context: format!("exec {} process spec", req.exec_id),
+            source,
         })?;
         let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         c.add_exec(Process::new(&req.exec_id, stdio, Some(spec)))?;

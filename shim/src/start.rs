@@ -123,8 +123,9 @@ pub fn grouping(bundle: &Path, id: &str) -> String {
     load_spec(bundle)
         .ok()
         .and_then(|s| {
-            let ann = s.annotations().as_ref()?;
-            GROUP_LABELS.iter().find_map(|l| ann.get(*l).cloned())
+            GROUP_LABELS
+                .iter()
+                .find_map(|l| s.annotations().get(*l).cloned())
         })
         .filter(|g| !g.is_empty())
         .unwrap_or_else(|| id.to_string())

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::spec::Spec;
 use async_trait::async_trait;
 use log::{info, warn};
-use oci_spec::runtime::Spec;
 use tether_bpf::{container, PinLayout, Programs};
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;

@@ -12,8 +12,8 @@ pub mod plan;
 
 use std::path::{Path, PathBuf};
 
+use crate::spec::Spec;
 use async_trait::async_trait;
-use oci_spec::runtime::Spec;
 
 use crate::config::Config;
 use crate::error::Result;

@@ -1,10 +1,9 @@
 //! The attachment plan of one container: the node config overlaid with the container's
 //! `tether.io/` annotations, validated before runc runs. Pure: no I/O.
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use crate::spec::{Spec, NETWORK_NAMESPACE};
 use tether_bpf::{Cidr, ContainerConfig};
 
 use crate::config::Config;
@@ -157,8 +156,7 @@ impl Plan {
     /// key or annotation) and its value.
     pub fn resolve(config: &Config, spec: &Spec) -> Result<Plan> {
         let a = &config.attach;
-        let empty = HashMap::new();
-        let ann = spec.annotations().as_ref().unwrap_or(&empty);
+        let ann = spec.annotations();
         for k in ann.keys() {
             if k.starts_with(PREFIX) && !KEYS.contains(&k.as_str()) {
                 return Err(Error::InvalidArgument(format!(
@@ -215,11 +213,8 @@ impl Plan {
         }
         let enabled = a.enabled.unwrap_or(true) && (account || enforce);
         let netns = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.namespaces().as_ref())
-            .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network))
-            .map_or(Netns::Host, |n| match n.path() {
+            .namespace(NETWORK_NAMESPACE)
+            .map_or(Netns::Host, |n| match &n.path {
                 Some(p) => Netns::Path(p.clone()),
                 None => Netns::New,
             });
@@ -246,36 +241,31 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder, SpecBuilder};
+    use crate::spec::{Linux, Namespace, PID_NAMESPACE};
+    use std::collections::HashMap;
     use std::path::Path;
 
     fn spec(ann: &[(&str, &str)], netns: Option<Option<&str>>) -> Spec {
-        let mut namespaces = vec![LinuxNamespaceBuilder::default()
-            .typ(LinuxNamespaceType::Pid)
-            .build()
-            .unwrap()];
+        let mut namespaces = vec![Namespace {
+            typ: PID_NAMESPACE.into(),
+            path: None,
+        }];
         if let Some(path) = netns {
-            let mut b = LinuxNamespaceBuilder::default();
-            b = b.typ(LinuxNamespaceType::Network);
-            if let Some(p) = path {
-                b = b.path(p);
-            }
-            namespaces.push(b.build().unwrap());
+            namespaces.push(Namespace {
+                typ: NETWORK_NAMESPACE.into(),
+                path: path.map(PathBuf::from),
+            });
         }
-        SpecBuilder::default()
-            .annotations(
+        Spec {
+            annotations: Some(
                 ann.iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect::<HashMap<_, _>>(),
-            )
-            .linux(
-                LinuxBuilder::default()
-                    .namespaces(namespaces)
-                    .build()
-                    .unwrap(),
-            )
-            .build()
-            .unwrap()
+            ),
+            linux: Some(Linux {
+                namespaces: Some(namespaces),
+            }),
+        }
     }
 
     fn cfg(text: &str) -> Config {

@@ -1,0 +1,145 @@
+//! The parts of an OCI runtime spec that the shim acts on.
+//!
+//! runc reads and checks the whole of a bundle's `config.json` (and of an exec's process
+//! spec). The shim needs only the annotations and the namespaces, so it reads only those:
+//! it cannot refuse a spec that runc accepts because a field is newer than the shim's types,
+//! and it does not carry the code that checks every field of a full typed spec (with its
+//! regular-expression engine) in a process that runs once per container.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// `linux.namespaces[].type` of the PID namespace.
+pub const PID_NAMESPACE: &str = "pid";
+/// `linux.namespaces[].type` of the network namespace.
+pub const NETWORK_NAMESPACE: &str = "network";
+
+/// A runtime spec, as far as the shim reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Spec {
+    #[serde(default)]
+    pub annotations: Option<HashMap<String, String>>,
+    #[serde(default)]
+    pub linux: Option<Linux>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Linux {
+    #[serde(default)]
+    pub namespaces: Option<Vec<Namespace>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Namespace {
+    #[serde(rename = "type")]
+    pub typ: String,
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+/// An exec's process spec, as far as the shim checks it before runc reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Process {
+    /// Required by the runtime spec.
+    pub cwd: String,
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+}
+
+impl Spec {
+    /// Reads `path` (a bundle's `config.json`).
+    pub fn load(path: &Path) -> Result<Spec> {
+        let bytes = std::fs::read(path).map_err(|e| Error::Spec {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Spec {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The annotations (none: empty).
+    pub fn annotations(&self) -> &HashMap<String, String> {
+        static EMPTY: std::sync::OnceLock<HashMap<String, String>> = std::sync::OnceLock::new();
+        self.annotations
+            .as_ref()
+            .unwrap_or_else(|| EMPTY.get_or_init(HashMap::new))
+    }
+
+    /// The namespace of type `typ` the spec asks for, if any.
+    pub fn namespace(&self, typ: &str) -> Option<&Namespace> {
+        self.linux
+            .as_ref()?
+            .namespaces
+            .as_ref()?
+            .iter()
+            .find(|n| n.typ == typ)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_the_shim_uses_and_nothing_else() {
+        // What `runc spec` writes, trimmed, plus fields and a namespace type the shim does
+        // not know: they are left to runc.
+        let json = r#"{
+            "ociVersion": "1.2.0",
+            "process": {"terminal": true, "cwd": "/", "args": ["sh"],
+                        "execCPUAffinity": {"initial": "0-1"}, "somethingNew": 1},
+            "root": {"path": "rootfs"},
+            "annotations": {"tether.io/egress-deny": "127.0.0.2"},
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "time"},
+                      {"type": "network", "path": "/var/run/netns/x"}]}
+        }"#;
+        let s: Spec = serde_json::from_str(json).unwrap();
+        assert_eq!(s.annotations()["tether.io/egress-deny"], "127.0.0.2");
+        assert_eq!(s.namespace(PID_NAMESPACE).unwrap().path, None);
+        assert_eq!(
+            s.namespace(NETWORK_NAMESPACE).unwrap().path.as_deref(),
+            Some(Path::new("/var/run/netns/x"))
+        );
+        assert!(s.namespace("user").is_none());
+
+        let bare: Spec = serde_json::from_str(r#"{"ociVersion": "1.0.0"}"#).unwrap();
+        assert!(bare.annotations().is_empty() && bare.namespace(PID_NAMESPACE).is_none());
+    }
+
+    #[test]
+    fn a_broken_spec_names_the_file_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        for (text, why) in [
+            ("{not json", "key must be a string"),
+            ("42", "expected struct Spec"),
+            (
+                r#"{"ociVersion": "1", "linux": {"namespaces": [{}]}}"#,
+                "missing field `type`",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = Spec::load(&path).unwrap_err().to_string();
+            assert!(e.contains("config.json") && e.contains(why), "{text}: {e}");
+        }
+        let e = Spec::load(&dir.path().join("missing.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("missing.json") && e.contains("No such file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_exec_process_needs_its_cwd() {
+        assert!(serde_json::from_str::<Process>(r#"{"cwd": "/", "args": ["ls"]}"#).is_ok());
+        let e = serde_json::from_str::<Process>(r#"{"args": ["ls"]}"#).unwrap_err();
+        assert!(e.to_string().contains("missing field `cwd`"), "{e}");
+    }
+}
