@@ -26,7 +26,7 @@ done
 
 bins=(containerd-shim-tether-v1 tether-runc tetherd tetherctl)
 for b in "${bins[@]}"; do
-  [ -x "$bin_dir/$b" ] || { echo "install.sh: $bin_dir/$b missing (cargo build --release)" >&2; exit 1; }
+  [ -x "$bin_dir/$b" ] || { echo "install.sh: $bin_dir/$b missing (bash scripts/build-release.sh)" >&2; exit 1; }
 done
 
 install -d -m 0755 "$root/usr/local/bin" "$root/etc/tether"

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 [ "$(id -u)" = 0 ] || { echo "tether demo: run as root" >&2; exit 1; }
 bash scripts/deps.sh
-cargo build --release -p tether-shim -p tether-broker
+bash scripts/build-release.sh
 
 work=$(mktemp -d /tmp/tether-demo.XXXXXX)
 cd_pid=""

@@ -80,18 +80,23 @@ fn install_script_installs_binaries_unit_config_and_containerd_handler() -> Resu
 #[test]
 fn debian_package_holds_binaries_unit_and_config() -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let build = Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "tether-shim",
-            "-p",
-            "tether-broker",
-        ])
+    let build = Command::new("bash")
+        .arg("scripts/build-release.sh")
         .current_dir(&root)
         .status()?;
-    ensure!(build.success(), "cargo build --release");
+    ensure!(build.success(), "scripts/build-release.sh");
+    // The shim runs once per container: it is linked statically (see the script).
+    for bin in ["containerd-shim-tether-v1", "tether-runc"] {
+        let ldd = Command::new("ldd")
+            .arg(root.join("target/release").join(bin))
+            .output()?;
+        let text = String::from_utf8_lossy(&ldd.stdout).into_owned()
+            + &String::from_utf8_lossy(&ldd.stderr);
+        ensure!(
+            text.contains("statically linked"),
+            "{bin} is not static: {text}"
+        );
+    }
     let out = Command::new("cargo")
         .args(["deb", "-p", "tether-shim", "--no-build", "--output"])
         .arg(root.join("target/debian/tether-test.deb"))
