@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use containerd_shim::{protos::protobuf::well_known_types::any::Any, util::convert_to_any};
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use log::{debug, warn};
 use tokio::io::unix::AsyncFd;
 
@@ -27,16 +27,15 @@ pub fn is_unified() -> bool {
 pub fn metrics(pid: u32) -> Result<Any> {
     let cg = containerd_shim::cgroup::get_cgroup(pid)
         .map_err(|e| Error::framework("find the container's cgroup", e))?;
-    let any = if is_unified() {
+    if is_unified() {
         let m = containerd_shim::cgroup::collect_metrics_v2(&cg)
             .map_err(|e| Error::framework("collect cgroup v2 metrics", e))?;
-        convert_to_any(Box::new(m))
+        crate::any::pack(&m)
     } else {
         let m = containerd_shim::cgroup::collect_metrics(&cg)
             .map_err(|e| Error::framework("collect cgroup v1 metrics", e))?;
-        convert_to_any(Box::new(m))
-    };
-    any.map_err(|e| Error::framework("encode metrics", e))
+        crate::any::pack(&m)
+    }
 }
 
 /// Where the memory controller of `pid` lives.

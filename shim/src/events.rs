@@ -14,7 +14,6 @@ use containerd_shim::{
             TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit,
             TaskOOM, TaskPaused, TaskResumed, TaskStart,
         },
-        protobuf::{well_known_types::any::Any, Message},
         shim::{event::Envelope, events::ForwardRequest},
         shim_async::{Client, EventsClient},
         topics::*,
@@ -24,45 +23,27 @@ use containerd_shim::{
 use log::{debug, warn};
 use tokio::sync::mpsc;
 
+use crate::any::{pack, Named};
 use crate::error::{Error, Result};
 
 const QUEUE: usize = 1024;
 const ATTEMPTS: u32 = 8;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A task event: the topic it is published under and its protobuf type name, by which
-/// containerd decodes the envelope's `Any`.
-///
-/// The name is written here, not read through protobuf's reflection: the first reflection
-/// lookup builds the descriptors of the event's proto file and of every file it imports,
-/// about 350 KiB of heap that the shim would then keep for its whole life (more than all the
-/// rest of an idle shim's heap). A unit test checks the names against the descriptors.
-pub trait TaskEvent: Message {
+/// A task event and the topic it is published under.
+pub trait TaskEvent: Named {
     const TOPIC: &'static str;
-    const TYPE_NAME: &'static str;
 }
 
-macro_rules! task_events {
+macro_rules! topics {
     ($($event:ident => $topic:ident),* $(,)?) => {
-        $(
-            impl TaskEvent for $event {
-                const TOPIC: &'static str = $topic;
-                const TYPE_NAME: &'static str = concat!("containerd.events.", stringify!($event));
-            }
-        )*
-        /// (type name, name from the descriptor) of every event, for the test.
-        #[cfg(test)]
-        fn names() -> Vec<(&'static str, String)> {
-            use containerd_shim::protos::protobuf::MessageFull;
-            vec![$((
-                <$event as TaskEvent>::TYPE_NAME,
-                <$event as MessageFull>::descriptor().full_name().to_string(),
-            )),*]
-        }
+        $(impl TaskEvent for $event {
+            const TOPIC: &'static str = $topic;
+        })*
     };
 }
 
-task_events! {
+topics! {
     TaskCreate => TASK_CREATE_EVENT_TOPIC,
     TaskStart => TASK_START_EVENT_TOPIC,
     TaskExit => TASK_EXIT_EVENT_TOPIC,
@@ -117,11 +98,7 @@ impl Events {
     }
 
     fn envelope<E: TaskEvent>(&self, event: &E) -> Result<Envelope> {
-        let mut any = Any::new();
-        any.type_url = E::TYPE_NAME.to_string();
-        any.value = event
-            .write_to_bytes()
-            .map_err(|e| Error::framework("encode event", e.into()))?;
+        let any = pack(event)?;
         let mut env = Envelope::new();
         env.set_topic(E::TOPIC.to_string());
         env.set_namespace(self.namespace.clone());
@@ -163,18 +140,6 @@ async fn forward(address: String, mut rx: mpsc::Receiver<Envelope>) {
         }
         if !delivered {
             warn!("event {topic} dropped: containerd's event service unreachable at {address}");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn type_names_are_the_descriptors_names() {
-        for (written, reflected) in names() {
-            assert_eq!(written, reflected);
         }
     }
 }

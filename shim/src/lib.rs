@@ -3,6 +3,7 @@
 //! between `runc create` and `runc start` where eBPF programs are attached
 //! (see [`attach`]).
 
+pub mod any;
 pub mod attach;
 pub mod cgroup;
 pub mod config;

@@ -22,7 +22,6 @@ use containerd_shim::{
         shim_async::Task,
         ttrpc::{self, r#async::TtrpcContext},
     },
-    util::convert_to_any,
 };
 use log::{debug, info, warn};
 use nix::sys::signal::{kill, Signal};
@@ -559,10 +558,7 @@ impl Task for TaskService {
                         exec_id: exec_id.clone(),
                         ..Default::default()
                     };
-                    info.info = MessageField::some(
-                        convert_to_any(Box::new(d))
-                            .map_err(|e| Error::framework("encode process details", e))?,
-                    );
+                    info.info = MessageField::some(crate::any::pack(&d)?);
                 }
                 processes.push(info);
             }
