@@ -83,7 +83,7 @@ pub(crate) fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
 }
 
 /// BPF_LINK_CREATE on a cgroup (multi-attach: other programs on the cgroup stay).
-pub(crate) fn link_create_cgroup(
+pub fn link_create_cgroup(
     prog: BorrowedFd<'_>,
     cgroup: BorrowedFd<'_>,
     attach_type: u32,

@@ -185,7 +185,7 @@ struct NoopCgroupSkb {
 
 impl NoopCgroupSkb {
     fn attach(cgroup: &Path) -> Result<Self> {
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        use std::os::fd::{FromRawFd, OwnedFd};
         // r0 = 1 (pass); exit.
         let insns: [u64; 2] = [0x0000_0001_0000_00b7, 0x0000_0000_0000_0095];
         let name = c"tether_noop";
@@ -217,23 +217,11 @@ impl NoopCgroupSkb {
             libbpf_sys::BPF_CGROUP_INET_INGRESS,
             libbpf_sys::BPF_CGROUP_INET_EGRESS,
         ] {
-            // SAFETY: both fds are open for the call; a null opts pointer is allowed.
-            let link = unsafe {
-                libbpf_sys::bpf_link_create(
-                    prog.as_raw_fd(),
-                    cg.as_raw_fd(),
-                    attach_type,
-                    std::ptr::null(),
-                )
-            };
-            if link < 0 {
-                bail!(
-                    "BPF_LINK_CREATE (no-op cgroup_skb): {}",
-                    std::io::Error::from_raw_os_error(-link)
-                );
-            }
-            // SAFETY: bpf_link_create returned a new file descriptor that nothing else owns.
-            links.push(unsafe { OwnedFd::from_raw_fd(link) });
+            links.push(tether_bpf::sys::link_create_cgroup(
+                prog.as_fd(),
+                cg.as_fd(),
+                attach_type,
+            )?);
         }
         Ok(NoopCgroupSkb { _links: links })
     }

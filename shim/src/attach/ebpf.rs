@@ -25,7 +25,7 @@ use crate::locked;
 /// Benchmark-only: each container loads its own copy of the programs (the load storm tether
 /// exists to avoid), to compare against. Set in containerd's environment.
 pub const NAIVE_LOAD_ENV: &str = "TETHER_BENCH_NAIVE_LOAD";
-/// Benchmark-only: a file each attach appends `<id> <microseconds>` to.
+/// Benchmark-only: a file each attach appends its times to (see [`BenchRecord`]).
 pub const TIMES_FILE_ENV: &str = "TETHER_BENCH_ATTACH_TIMES";
 
 /// CPU time (user + system, all threads) this process has used so far.
@@ -51,24 +51,44 @@ fn run_delay() -> Duration {
         .unwrap_or_default()
 }
 
-/// Appends `<id> <wall µs> <cpu µs> <run-queue wait µs> <phase µs>...` (phases in
-/// [`AttachTimes::PHASES`] order).
-fn record_time(id: &str, us: u128, cpu_us: u128, runq_us: u128, t: &AttachTimes) {
-    let Some(path) = std::env::var_os(TIMES_FILE_ENV) else {
-        return;
-    };
-    let mut line = format!("{id} {us} {cpu_us} {runq_us}");
-    for d in t.phases() {
-        line.push_str(&format!(" {}", d.as_micros()));
+/// One attach step's line in the benchmark's times file, started only when
+/// [`TIMES_FILE_ENV`] is set: a container's create reads no clocks for it otherwise.
+struct BenchRecord {
+    path: PathBuf,
+    cpu: Duration,
+    runq: Duration,
+}
+
+impl BenchRecord {
+    fn start() -> Option<Self> {
+        let path = PathBuf::from(std::env::var_os(TIMES_FILE_ENV)?);
+        Some(BenchRecord {
+            path,
+            cpu: cpu_time(),
+            runq: run_delay(),
+        })
     }
-    line.push('\n');
-    let r = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
-    if let Err(e) = r {
-        warn!("{}: {e}", PathBuf::from(path).display());
+
+    /// Appends `<id> <wall µs> <cpu µs> <run-queue wait µs> <phase µs>...` (phases in
+    /// [`AttachTimes::PHASES`] order).
+    fn finish(self, id: &str, wall_us: u128, t: &AttachTimes) {
+        let mut line = format!(
+            "{id} {wall_us} {} {}",
+            cpu_time().saturating_sub(self.cpu).as_micros(),
+            run_delay().saturating_sub(self.runq).as_micros()
+        );
+        for d in t.phases() {
+            line.push_str(&format!(" {}", d.as_micros()));
+        }
+        line.push('\n');
+        let r = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+        if let Err(e) = r {
+            warn!("{}: {e}", self.path.display());
+        }
     }
 }
 
@@ -678,19 +698,14 @@ impl AttachHook for EbpfAttach {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let cpu_before = cpu_time();
-        let runq_before = run_delay();
+        let bench = BenchRecord::start();
         let r = tokio::time::timeout(plan.deadline, self.try_attach(c, &plan)).await;
         let r = match r {
             Ok(Ok(t)) => {
                 let wall = started.elapsed().as_micros();
-                record_time(
-                    c.id,
-                    wall,
-                    cpu_time().saturating_sub(cpu_before).as_micros(),
-                    run_delay().saturating_sub(runq_before).as_micros(),
-                    &t,
-                );
+                if let Some(b) = bench {
+                    b.finish(c.id, wall, &t);
+                }
                 let phases: Vec<String> = AttachTimes::PHASES
                     .iter()
                     .zip(t.phases())
