@@ -70,6 +70,9 @@ pub fn attach_cgroup(
             link.pin(&dir.join(format!("cgroup_{}", p.name())))?;
             links.push((p, link.info()));
         }
+        if !links.is_empty() {
+            maps.set_local(cgid, config)?;
+        }
         Ok(CgroupAttached {
             cgroup_id: cgid,
             links,

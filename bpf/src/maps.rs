@@ -63,6 +63,19 @@ pub struct Counters {
 unsafe impl Pod for Counters {}
 
 impl Counters {
+    /// Raises each counter to `o`'s where that is larger. Counters only grow, so of two
+    /// readings of one container the result is the later (used when one reading could be
+    /// taken only before the container's cgroup, and its local counters, went away).
+    pub fn at_least(&mut self, o: &Counters) {
+        self.rx_packets = self.rx_packets.max(o.rx_packets);
+        self.rx_bytes = self.rx_bytes.max(o.rx_bytes);
+        self.tx_packets = self.tx_packets.max(o.tx_packets);
+        self.tx_bytes = self.tx_bytes.max(o.tx_bytes);
+        self.drops = self.drops.max(o.drops);
+        self.denials = self.denials.max(o.denials);
+        self.events_lost = self.events_lost.max(o.events_lost);
+    }
+
     pub fn add(&mut self, o: &Counters) {
         self.rx_packets += o.rx_packets;
         self.rx_bytes += o.rx_bytes;
@@ -79,19 +92,32 @@ impl Counters {
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct RawCgroup {
     pub config: RawContainer,
+    pub cgroup_id: u64,
     pub counters: Counters,
 }
-// SAFETY: repr(C): 16 bytes of u32s then seven u64s at offset 16: no padding.
+// SAFETY: repr(C): 16 bytes of u32s then eight u64s at offset 16: no padding.
 unsafe impl Pod for RawCgroup {}
+
+impl RawCgroup {
+    fn new(cgroup_id: u64, config: &ContainerConfig) -> Self {
+        RawCgroup {
+            config: config.raw(),
+            cgroup_id,
+            counters: Counters::default(),
+        }
+    }
+}
 
 /// A tracked interface's value in the per-CPU `tc_ifaces` map (`struct tether_iface`).
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct RawIface {
     pub cgroup_id: u64,
+    pub flags: u32,
+    pub pad: u32,
     pub counters: Counters,
 }
-// SAFETY: repr(C): eight u64s, no padding.
+// SAFETY: repr(C): a u64, two u32s, seven u64s: no padding.
 unsafe impl Pod for RawIface {}
 
 /// An interface inside a network namespace: the TC programs' key.
@@ -402,6 +428,9 @@ impl MapFd {
 #[derive(Debug)]
 pub struct Maps {
     pub(crate) cgroups: MapFd,
+    /// Per-cgroup local storage of the cgroup programs: made by the kernel when the first
+    /// of them is attached to a cgroup, freed with the cgroup.
+    pub(crate) cg_local: MapFd,
     pub(crate) identities: MapFd,
     pub(crate) tc_ifaces: MapFd,
     pub(crate) deny4: MapFd,
@@ -436,11 +465,17 @@ impl Maps {
             .unwrap_or(0);
         self.identities.update(&cgroup_id, &ident)?;
         // The config goes last: the programs act on a cgroup only once it is in `cgroups`.
-        let entry = RawCgroup {
-            config: config.raw(),
-            counters: Counters::default(),
-        };
-        self.cgroups.update_percpu(&cgroup_id, &entry, self.ncpus)
+        self.cgroups
+            .update_percpu(&cgroup_id, &RawCgroup::new(cgroup_id, config), self.ncpus)
+    }
+
+    /// Writes a container's configuration into the local storage of its cgroup, which the
+    /// kernel made when the first cgroup program was attached there: from here on the
+    /// cgroup programs use it instead of `cgroups` (see `cg_local` in tether.bpf.c).
+    /// Counters start at zero. Run it after [`Maps::set_container`] and the cgroup links.
+    pub fn set_local(&self, cgroup_id: u64, config: &ContainerConfig) -> Result<()> {
+        self.cg_local
+            .update_percpu(&cgroup_id, &RawCgroup::new(cgroup_id, config), self.ncpus)
     }
 
     pub fn container_config(&self, cgroup_id: u64) -> Result<Option<ContainerConfig>> {
@@ -517,23 +552,52 @@ impl Maps {
         Ok(out)
     }
 
-    /// A container's cgroup counters, summed over CPUs (zero for an unknown cgroup).
+    /// A container's cgroup counters, summed over CPUs and over `cgroups` and the cgroup's
+    /// local storage (zero for an unknown cgroup). The local counters go with the cgroup.
     pub fn cgroup_counters(&self, cgroup_id: u64) -> Result<Counters> {
         let mut total = Counters::default();
-        for cpu in self
-            .cgroups
-            .lookup_percpu::<u64, RawCgroup>(&cgroup_id, self.ncpus)?
-            .unwrap_or_default()
-        {
-            total.add(&cpu.counters);
+        for map in [&self.cgroups, &self.cg_local] {
+            for cpu in map
+                .lookup_percpu::<u64, RawCgroup>(&cgroup_id, self.ncpus)?
+                .unwrap_or_default()
+            {
+                total.add(&cpu.counters);
+            }
         }
         Ok(total)
     }
 
-    /// Routes an interface's TC traffic to a container; its counters start at zero.
+    /// The part of [`Maps::cgroup_counters`] counted in the cgroup's local storage, the
+    /// cgroup programs' fast path (`None` while the cgroup has none).
+    pub fn local_counters(&self, cgroup_id: u64) -> Result<Option<Counters>> {
+        Ok(self
+            .cg_local
+            .lookup_percpu::<u64, RawCgroup>(&cgroup_id, self.ncpus)?
+            .map(|cpus| {
+                let mut total = Counters::default();
+                for cpu in &cpus {
+                    total.add(&cpu.counters);
+                }
+                total
+            }))
+    }
+
+    /// Routes an interface's TC traffic to a container (whose entry must exist: its flags
+    /// are copied); its counters start at zero.
     pub fn set_iface(&self, key: IfKey, cgroup_id: u64) -> Result<()> {
+        let flags = self
+            .cgroups
+            .lookup_percpu::<u64, RawCgroup>(&cgroup_id, self.ncpus)?
+            .and_then(|cpus| cpus.first().map(|c| c.config.flags))
+            .ok_or(Error::Name {
+                what: "cgroup",
+                value: cgroup_id.to_string(),
+                reason: "has no container entry: its interfaces cannot be tracked",
+            })?;
         let entry = RawIface {
             cgroup_id,
+            flags,
+            pad: 0,
             counters: Counters::default(),
         };
         self.tc_ifaces.update_percpu(&key, &entry, self.ncpus)

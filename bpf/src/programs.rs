@@ -83,10 +83,16 @@ impl Prog {
 }
 
 /// (name, map type, key size, value size) of every shared map.
-const MAPS: [(&str, u32, u32, u32); 7] = [
-    ("cgroups", libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH, 8, 72),
+const MAPS: [(&str, u32, u32, u32); 8] = [
+    ("cgroups", libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH, 8, 80),
+    (
+        "cg_local",
+        libbpf_sys::BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE,
+        8,
+        80,
+    ),
     ("identities", libbpf_sys::BPF_MAP_TYPE_HASH, 8, 168),
-    ("tc_ifaces", libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH, 16, 64),
+    ("tc_ifaces", libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH, 16, 72),
     ("deny4", libbpf_sys::BPF_MAP_TYPE_LPM_TRIE, 16, 4),
     ("deny6", libbpf_sys::BPF_MAP_TYPE_LPM_TRIE, 28, 4),
     ("rates", libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH, 8, 24),
@@ -200,8 +206,9 @@ fn load_into(staging: &std::path::Path, version: &str) -> Result<LoadReport> {
         verified_insns += u64::from(sys::prog_info(fd)?.verified_insns);
         sys::obj_pin(fd, &staging.join("progs").join(p.name()))?;
     }
-    let maps: [(&str, BorrowedFd<'_>); 7] = [
+    let maps: [(&str, BorrowedFd<'_>); 8] = [
         ("cgroups", skel.maps.cgroups.as_fd()),
+        ("cg_local", skel.maps.cg_local.as_fd()),
         ("identities", skel.maps.identities.as_fd()),
         ("tc_ifaces", skel.maps.tc_ifaces.as_fd()),
         ("deny4", skel.maps.deny4.as_fd()),
@@ -272,6 +279,7 @@ impl Programs {
         let open = |name: &'static str| open_map(layout, version, name);
         let maps = Maps {
             cgroups: open("cgroups")?,
+            cg_local: open("cg_local")?,
             identities: open("identities")?,
             tc_ifaces: open("tc_ifaces")?,
             deny4: open("deny4")?,

@@ -380,6 +380,12 @@ fn veth_traffic_is_counted_per_container_and_interface() {
         "cgroup egress counts exactly the datagrams sent"
     );
     assert_eq!(cgc.tx_bytes, N * (20 + 8 + 100));
+    // All of it in the cgroup's local storage: the programs took the fast path.
+    assert_eq!(
+        maps.local_counters(attached.cgroup_id).unwrap(),
+        Some(cgc),
+        "counted in the cgroup's local storage"
+    );
     let tc = maps.iface_counters(ifaces[0].key).unwrap();
     // TC also sees ARP (and maybe IPv6 neighbour discovery): at least N, a few more at most.
     assert!(tc.tx_packets >= N && tc.tx_packets <= N + 10, "{tc:?}");
@@ -414,8 +420,19 @@ fn veth_traffic_is_counted_per_container_and_interface() {
 
     let d = container::detach(&progs, &fs.layout, "test", "veth").unwrap();
     assert_eq!(d.links, 6 + 2);
+    assert_eq!(d.counters.tx_packets, N, "final counters: {:?}", d.counters);
     assert_eq!(d.interfaces.len(), 1);
     assert!(maps.ifaces().unwrap().is_empty());
+    // The local storage lives as long as the cgroup.
+    drop(cg);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while maps.local_counters(attached.cgroup_id).unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "local storage outlived its cgroup"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]

@@ -46,6 +46,9 @@ pub struct AttachSection {
     pub audit_rate: Option<u32>,
     /// Deadline of the whole attach step in milliseconds (default 2000).
     pub deadline_ms: Option<u64>,
+    /// Nice value of the shim's thread during the attach step (default -20; 0: the
+    /// shim's own).
+    pub nice: Option<i32>,
     /// The tetherd binary started on demand (default: `tetherd` next to the shim, or on PATH).
     pub tetherd: Option<PathBuf>,
 }

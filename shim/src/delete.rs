@@ -29,6 +29,9 @@ pub async fn delete(flags: &Flags) -> Result<Vec<u8>> {
     let config = Config::load(opts.config_path.as_deref())?;
     let (reaper, _orphans) = Reaper::start()?;
     let runc = Runc::new(opts.runc_config(&config, &flags.namespace), &bundle, reaper);
+    // Read before `runc delete` removes the cgroup, and its local counters with it.
+    let earlier =
+        crate::attach::ebpf::EbpfAttach::counters_now(&flags.namespace, &flags.id, &config);
     match runc.delete(&flags.id, true).await {
         Err(Error::Runc(e)) if e.kind == RuncErrorKind::NotFound => {}
         Err(e) => warn!("runc delete {}: {e}", flags.id),
@@ -36,7 +39,7 @@ pub async fn delete(flags: &Flags) -> Result<Vec<u8>> {
     }
     // The shim that attached the programs is gone: detach here (idempotent).
     crate::attach::ebpf::EbpfAttach::new()
-        .detach_now(&flags.namespace, &flags.id, &config)
+        .detach_now(&flags.namespace, &flags.id, &config, earlier)
         .await;
     let rootfs = bundle.join("rootfs");
     if let Err(e) =

@@ -533,6 +533,10 @@ pub fn main_with(argv: Vec<OsString>) -> i32 {
             exec(&runc, &args)
         }
         Some("delete") => {
+            // Read before `runc delete` removes the cgroup, and its local counters with it.
+            let earlier = args
+                .container_id()
+                .and_then(|id| EbpfAttach::counters_now(&args.namespace(), &id, &config));
             let status = match runc_cmd(&runc, &args, "delete", &args.args).status() {
                 Ok(s) => s,
                 Err(e) => {
@@ -543,7 +547,7 @@ pub fn main_with(argv: Vec<OsString>) -> i32 {
             if let Some(id) = args.container_id() {
                 let namespace = args.namespace();
                 if let Ok(rt) = runtime() {
-                    rt.block_on(EbpfAttach::new().detach_now(&namespace, &id, &config));
+                    rt.block_on(EbpfAttach::new().detach_now(&namespace, &id, &config, earlier));
                 }
             }
             status_code(status)
@@ -608,6 +612,7 @@ fn run(runc: &Path, args: &RuncArgs, config: &Config) -> i32 {
     }
     let code = wait_for(pid);
     if !keep {
+        let earlier = EbpfAttach::counters_now(&args.namespace(), &id, config);
         let _ = runc_cmd(
             runc,
             args,
@@ -616,7 +621,7 @@ fn run(runc: &Path, args: &RuncArgs, config: &Config) -> i32 {
         )
         .status();
         if let Ok(rt) = runtime() {
-            rt.block_on(EbpfAttach::new().detach_now(&args.namespace(), &id, config));
+            rt.block_on(EbpfAttach::new().detach_now(&args.namespace(), &id, config, earlier));
         }
     }
     code

@@ -315,6 +315,7 @@ impl TaskService {
                 c.id
             )));
         }
+        self.hook.before_delete(&c.id).await;
         c.cleanup().await;
         let config = Config::load(c.opts.config_path.as_deref()).unwrap_or_default();
         self.hook.detach(&self.namespace, &c.id, &config).await;

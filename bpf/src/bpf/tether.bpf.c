@@ -83,6 +83,26 @@ struct {
 	__type(value, struct tether_cgroup);
 } cgroups SEC(".maps");
 
+/*
+ * The same state in the local storage of the cgroup a program is attached to: the cgroup
+ * programs reach it with bpf_get_local_storage(), a pointer read, instead of reading the
+ * socket's cgroup id and looking it up in `cgroups` (on a busy CPU both the lookup's
+ * memory and the cgroup's are cold for every packet). With a __u64 key (Linux 5.9) every
+ * program attached to one cgroup shares one storage, made at the first attach and freed
+ * with the cgroup, and it is the container's even for a socket of a child cgroup.
+ *
+ * The kernel creates a zeroed storage at the first attach; the shim writes the
+ * container's state into it once the links are in place, before the container starts.
+ * Until then (and in BPF_PROG_TEST_RUN, which gives each run a fresh storage) cgroup_id
+ * is 0 and the programs use `cgroups`. Userspace sums the counters of both, and reads the
+ * local ones before the container's cgroup is removed (`runc delete`).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE);
+	__type(key, __u64);
+	__type(value, struct tether_cgroup);
+} cg_local SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, TETHER_MAX_CONTAINERS);
@@ -145,6 +165,17 @@ struct {
 static __always_inline struct tether_cgroup *lookup_cgroup(__u64 *cgid)
 {
 	return bpf_map_lookup_elem(&cgroups, cgid);
+}
+
+/* The attached cgroup's local state, once the shim has written it (see `cg_local`). */
+static __always_inline struct tether_cgroup *local_cgroup(__u64 *cgid)
+{
+	struct tether_cgroup *cg = bpf_get_local_storage(&cg_local, 0);
+
+	if (!cg->cgroup_id)
+		return NULL;
+	*cgid = cg->cgroup_id;
+	return cg;
 }
 
 static __always_inline void count(struct tether_counters *c, int dir, __u64 bytes)
@@ -272,8 +303,12 @@ static __always_inline bool denied6(__u64 cgid, const __u32 *daddr)
  */
 static __always_inline struct tether_cgroup *skb_cgroup(struct __sk_buff *skb, __u64 *cgid)
 {
+	struct tether_cgroup *cg = local_cgroup(cgid);
+
+	if (cg)
+		return cg;
 	*cgid = bpf_skb_cgroup_id(skb);
-	struct tether_cgroup *cg = lookup_cgroup(cgid);
+	cg = lookup_cgroup(cgid);
 
 	if (cg)
 		return cg;
@@ -410,9 +445,13 @@ int tether_cg_egress(struct __sk_buff *skb)
 
 static __always_inline int sock_addr_check(struct bpf_sock_addr *ctx, bool v6, __u32 kind_deny)
 {
-	__u64 cgid = bpf_get_current_cgroup_id();
-	struct tether_cgroup *cg = lookup_cgroup(&cgid);
+	__u64 cgid;
+	struct tether_cgroup *cg = local_cgroup(&cgid);
 
+	if (!cg) {
+		cgid = bpf_get_current_cgroup_id();
+		cg = lookup_cgroup(&cgid);
+	}
 	if (!cg) {
 		/* Child cgroup of a tracked container: walk up (bounded). */
 		for (int level = TETHER_MAX_CGROUP_DEPTH - 1; level >= 0; level--) {
@@ -523,7 +562,7 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int dir)
 	 * egress program already; TC enforces only what bypasses it (packet sockets, packets
 	 * of processes outside the container's cgroup, forwarded packets).
 	 */
-	if (dir == DIR_TX && bpf_skb_cgroup_id(skb) != id) {
+	if (dir == DIR_TX && (ifc->flags & TETHER_F_POLICY) && bpf_skb_cgroup_id(skb) != id) {
 		struct tether_cgroup *cg = lookup_cgroup(&id);
 
 		if (cg && (cg->config.flags & TETHER_F_POLICY)) {

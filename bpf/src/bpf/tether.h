@@ -56,18 +56,22 @@ struct tether_counters {
 };
 
 /*
- * A tracked cgroup's entry in `cgroups`, a per-CPU map: userspace writes the same
- * config into every CPU's copy (with zero counters); each CPU counts in its own copy, so
- * a packet costs one lookup and no atomic operation. Userspace sums the counters.
+ * A tracked cgroup's state, per CPU: userspace writes the same config into every CPU's
+ * copy (with zero counters); each CPU counts in its own copy, so a packet costs no atomic
+ * operation. Userspace sums the counters. The value of both `cgroups` (a hash keyed by
+ * cgroup id) and `cg_local` (the cgroup's local storage, see tether.bpf.c).
  */
 struct tether_cgroup {
 	struct tether_container config;
+	__u64 cgroup_id; /* the container's cgroup id; 0: a local copy not written yet */
 	struct tether_counters counters;
 };
 
 /* A tracked interface's entry in `tc_ifaces` (per-CPU, as `cgroups`). */
 struct tether_iface {
 	__u64 cgroup_id; /* the container the interface belongs to */
+	__u32 flags;     /* the container's flags (they do not change while it runs) */
+	__u32 pad;
 	struct tether_counters counters;
 };
 

@@ -12,11 +12,12 @@ use std::time::Duration;
 use crate::spec::Spec;
 use async_trait::async_trait;
 use log::{info, warn};
-use tether_bpf::{container, PinLayout, Programs};
+use tether_bpf::{container, Counters, PinLayout, Programs};
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
 use super::plan::{Interfaces, Netns, Plan};
+use super::priority;
 use super::{AttachHook, CreatedContainer};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -53,6 +54,8 @@ fn run_delay() -> Duration {
 
 /// One attach step's line in the benchmark's times file, started only when
 /// [`TIMES_FILE_ENV`] is set: a container's create reads no clocks for it otherwise.
+/// `cpu` and `runq` are the clocks' readings at the start, and after
+/// [`BenchRecord::stop`] what the step took.
 struct BenchRecord {
     path: PathBuf,
     cpu: Duration,
@@ -69,13 +72,23 @@ impl BenchRecord {
         })
     }
 
+    /// The step is over: what it took of the CPU and of run-queue waits.
+    fn stop(self) -> BenchRecord {
+        BenchRecord {
+            cpu: cpu_time().saturating_sub(self.cpu),
+            runq: run_delay().saturating_sub(self.runq),
+            path: self.path,
+        }
+    }
+
     /// Appends `<id> <wall µs> <cpu µs> <run-queue wait µs> <phase µs>...` (phases in
-    /// [`AttachTimes::PHASES`] order).
+    /// [`AttachTimes::PHASES`] order) to the times file. Call it on a [`BenchRecord::stop`]ped
+    /// record.
     fn finish(self, id: &str, wall_us: u128, t: &AttachTimes) {
         let mut line = format!(
             "{id} {wall_us} {} {}",
-            cpu_time().saturating_sub(self.cpu).as_micros(),
-            run_delay().saturating_sub(self.runq).as_micros()
+            self.cpu.as_micros(),
+            self.runq.as_micros()
         );
         for d in t.phases() {
             line.push_str(&format!(" {}", d.as_micros()));
@@ -102,6 +115,8 @@ struct Tracked {
     only: Option<Vec<String>>,
     fail_closed: bool,
     watcher: Option<JoinHandle<()>>,
+    /// The cgroup counters read just before `runc delete` (see [`AttachHook::before_delete`]).
+    before_delete: Option<Counters>,
 }
 
 /// Where an attach step spent its time (logged with every attach).
@@ -308,14 +323,36 @@ impl EbpfAttach {
         }
     }
 
-    /// Detaches a container this process did not attach (the `delete` action).
-    pub async fn detach_now(&self, namespace: &str, id: &str, config: &Config) {
+    /// A container's cgroup counters now, for a container this process did not attach (the
+    /// `delete` action reads them before `runc delete` removes the cgroup; see
+    /// [`AttachHook::before_delete`]). `None` when it is not tracked or cannot be read.
+    pub fn counters_now(namespace: &str, id: &str, config: &Config) -> Option<Counters> {
+        let programs = Programs::open(&layout(config), tether_bpf::VERSION).ok()?;
+        let maps = programs.maps();
+        let (cgid, _) = maps
+            .identities()
+            .ok()?
+            .into_iter()
+            .find(|(_, i)| i.namespace == namespace && i.id == id)?;
+        maps.cgroup_counters(cgid).ok()
+    }
+
+    /// Detaches a container this process did not attach (the `delete` action). `earlier`:
+    /// its counters from [`EbpfAttach::counters_now`] before `runc delete`.
+    pub async fn detach_now(
+        &self,
+        namespace: &str,
+        id: &str,
+        config: &Config,
+        earlier: Option<Counters>,
+    ) {
         Self::remove(
             namespace.to_string(),
             id.to_string(),
             layout(config),
             None,
             Some(socket(config)),
+            earlier,
         )
         .await;
     }
@@ -430,6 +467,7 @@ impl EbpfAttach {
             only,
             fail_closed: plan.fail_closed,
             watcher: None,
+            before_delete: None,
         };
         if let Some(sock) = watch {
             tracked.watcher = Some(watch_links(id.to_string(), &tracked, sock)?);
@@ -453,6 +491,7 @@ impl EbpfAttach {
         layout: PinLayout,
         programs: Option<Arc<Programs>>,
         report_to: Option<PathBuf>,
+        earlier: Option<Counters>,
     ) {
         let naive = layout
             .root()
@@ -460,11 +499,11 @@ impl EbpfAttach {
             .is_some_and(|n| n.to_string_lossy().starts_with("naive-"));
         if naive {
             let root = layout.root().to_path_buf();
-            Self::remove_links(namespace, id, layout, programs, None).await;
+            Self::remove_links(namespace, id, layout, programs, None, earlier).await;
             let _ = std::fs::remove_dir_all(root);
             return;
         }
-        Self::remove_links(namespace, id, layout, programs, report_to).await;
+        Self::remove_links(namespace, id, layout, programs, report_to, earlier).await;
     }
 
     async fn remove_links(
@@ -473,6 +512,7 @@ impl EbpfAttach {
         layout: PinLayout,
         programs: Option<Arc<Programs>>,
         report_to: Option<PathBuf>,
+        earlier: Option<Counters>,
     ) {
         let dir = match layout.container_dir(&namespace, &id) {
             Ok(d) => d,
@@ -487,7 +527,11 @@ impl EbpfAttach {
         }
         .and_then(|p| container::detach(&p, &layout, &namespace, &id));
         match r {
-            Ok(d) => {
+            Ok(mut d) => {
+                // The cgroup's local counters went with the cgroup at `runc delete`.
+                if let Some(e) = &earlier {
+                    d.counters.at_least(e);
+                }
                 let c = d.counters;
                 info!(
                     "detached: {} links, {} map entries; final counters rx {} pkts {} B, tx {} pkts {} B, drops {}, denials {}",
@@ -699,10 +743,15 @@ impl AttachHook for EbpfAttach {
         }
         let started = std::time::Instant::now();
         let bench = BenchRecord::start();
+        let raised = plan.nice.and_then(priority::Raised::to);
         let r = tokio::time::timeout(plan.deadline, self.try_attach(c, &plan)).await;
+        // The step is over here: what follows the return to the thread's own priority (a
+        // wait for a CPU, under load) is not the step's.
+        let wall = started.elapsed().as_micros();
+        let bench = bench.map(BenchRecord::stop);
+        drop(raised);
         let r = match r {
             Ok(Ok(t)) => {
-                let wall = started.elapsed().as_micros();
                 if let Some(b) = bench {
                     b.finish(c.id, wall, &t);
                 }
@@ -734,6 +783,7 @@ impl AttachHook for EbpfAttach {
             c.id.to_string(),
             layout,
             programs,
+            None,
             None,
         )
         .await;
@@ -783,8 +833,18 @@ impl AttachHook for EbpfAttach {
         }
     }
 
+    async fn before_delete(&self, id: &str) {
+        let mut map = locked(&self.tracked);
+        let Some(t) = map.get_mut(id) else { return };
+        match t.programs.maps().cgroup_counters(t.cgroup_id) {
+            Ok(c) => t.before_delete = Some(c),
+            Err(e) => warn!("{id}: counters before delete: {e}"),
+        }
+    }
+
     async fn detach(&self, namespace: &str, id: &str, config: &Config) {
         let t = locked(&self.tracked).remove(id);
+        let earlier = t.as_ref().and_then(|t| t.before_delete);
         let (layout, programs) = match t {
             Some(mut t) => {
                 if let Some(w) = t.watcher.take() {
@@ -811,6 +871,7 @@ impl AttachHook for EbpfAttach {
             layout,
             programs,
             Some(socket(config)),
+            earlier,
         )
         .await;
     }

@@ -9,6 +9,7 @@
 
 pub mod ebpf;
 pub mod plan;
+pub mod priority;
 
 use std::path::{Path, PathBuf};
 
@@ -45,6 +46,9 @@ pub trait AttachHook: Send + Sync {
     ) -> Result<()>;
     async fn attach(&self, container: &CreatedContainer<'_>) -> Result<()>;
     async fn before_start(&self, id: &str, pid: u32) -> Result<()>;
+    /// The container has stopped and `runc delete` comes next, which removes its cgroup:
+    /// last chance to read what lives only as long as the cgroup does.
+    async fn before_delete(&self, id: &str);
     async fn detach(&self, namespace: &str, id: &str, config: &Config);
 }
 
@@ -68,5 +72,6 @@ impl AttachHook for NoAttach {
     async fn before_start(&self, _id: &str, _pid: u32) -> Result<()> {
         Ok(())
     }
+    async fn before_delete(&self, _id: &str) {}
     async fn detach(&self, _namespace: &str, _id: &str, _config: &Config) {}
 }

@@ -64,6 +64,8 @@ pub struct Plan {
     pub fail_closed: bool,
     pub netns: Netns,
     pub deadline: Duration,
+    /// The nice value the shim's thread runs the attach step at (`None`: its own).
+    pub nice: Option<i32>,
 }
 
 fn bad(key: &str, value: &str, why: impl std::fmt::Display) -> Error {
@@ -151,6 +153,22 @@ fn parse_cidrs(key: &str, v: &str, out: &mut Vec<Cidr>) -> Result<()> {
     Ok(())
 }
 
+/// `[attach] nice`: default -20; 0 leaves the thread's own priority.
+fn parse_nice(v: Option<i32>) -> Result<Option<i32>> {
+    match v.unwrap_or(DEFAULT_NICE) {
+        0 => Ok(None),
+        n if super::priority::NICE_RANGE.contains(&n) => Ok(Some(n)),
+        n => Err(bad(
+            "[attach] nice",
+            &n.to_string(),
+            "expected a nice value from -20 to 19 (0: the shim's own priority)",
+        )),
+    }
+}
+
+/// The attach step's default nice value (see `super::priority`).
+pub const DEFAULT_NICE: i32 = -20;
+
 impl Plan {
     /// Resolves and validates the plan of a container. Every error names the key (config
     /// key or annotation) and its value.
@@ -234,6 +252,7 @@ impl Plan {
             fail_closed,
             netns,
             deadline: Duration::from_millis(a.deadline_ms.unwrap_or(2000)),
+            nice: parse_nice(a.nice)?,
         })
     }
 }
@@ -280,6 +299,21 @@ mod tests {
         assert_eq!(p.interfaces, Interfaces::All);
         assert_eq!(p.netns, Netns::New);
         assert_eq!(p.deadline, Duration::from_secs(2));
+        assert_eq!(p.nice, Some(DEFAULT_NICE));
+    }
+
+    #[test]
+    fn attach_step_priority() {
+        let s = spec(&[], Some(None));
+        let p = Plan::resolve(&cfg("[attach]\nnice = -5\n"), &s).unwrap();
+        assert_eq!(p.nice, Some(-5));
+        let p = Plan::resolve(&cfg("[attach]\nnice = 0\n"), &s).unwrap();
+        assert_eq!(p.nice, None, "0: the shim's own priority");
+        for bad in ["-21", "20"] {
+            let e = Plan::resolve(&cfg(&format!("[attach]\nnice = {bad}\n")), &s).unwrap_err();
+            let m = e.to_string();
+            assert!(m.contains("[attach] nice") && m.contains(bad), "{m}");
+        }
     }
 
     #[test]
