@@ -331,6 +331,7 @@ impl Programs {
         let m = &self.maps;
         [
             &m.cgroups,
+            &m.cg_local,
             &m.identities,
             &m.tc_ifaces,
             &m.deny4,

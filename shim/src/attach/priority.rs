@@ -10,6 +10,13 @@
 //! anything, and the step is bounded by its deadline.
 use log::{debug, warn};
 
+/// The calling thread's id. Through syscall(2): glibc's gettid() wrapper is a null weak
+/// symbol in a static-pie link.
+fn thread_id() -> libc::id_t {
+    // SAFETY: gettid(2) takes no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as libc::id_t }
+}
+
 /// Nice values the kernel accepts.
 pub const NICE_RANGE: std::ops::RangeInclusive<i32> = -20..=19;
 
@@ -24,8 +31,7 @@ impl Raised {
     /// (the thread is at `nice` or above already) or the kernel refused (no
     /// CAP_SYS_NICE): the step then runs at the thread's own priority.
     pub fn to(nice: i32) -> Option<Raised> {
-        // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::gettid() } as libc::id_t;
+        let tid = thread_id();
         // getpriority(2) returns the nice value, which may be -1: errno tells an error apart.
         // SAFETY: errno_location returns the calling thread's errno; getpriority only reads.
         let before = unsafe {
@@ -74,7 +80,7 @@ mod tests {
 
     fn nice() -> i32 {
         // SAFETY: as in `Raised::to`.
-        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, thread_id()) }
     }
 
     #[test]
