@@ -188,6 +188,50 @@ fn short_lived_containers_are_counted_separately() -> Result<()> {
     })
 }
 
+/// The nice value of every thread of `pid` (field 19 of `/proc/PID/task/TID/stat`).
+fn thread_nice_values(pid: i32) -> Result<Vec<i64>> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("stat"))?;
+        // Fields after the command name, which is in parentheses: state is field 3.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .ok_or_else(|| anyhow!("no command name in {stat:?}"))?;
+        let nice = rest
+            .split_whitespace()
+            .nth(19 - 3)
+            .ok_or_else(|| anyhow!("no nice field in {stat:?}"))?;
+        out.push(nice.parse()?);
+    }
+    Ok(out)
+}
+
+#[test]
+fn attach_step_runs_raised_and_the_shim_returns_to_its_own_priority() -> Result<()> {
+    tether("nice", |env| {
+        let id = detached_sleep(env, "nice", &[])?;
+        let log = std::fs::read_to_string(env.containerd().log_path())?;
+        ensure!(
+            log.lines()
+                .any(|l| l.contains(&format!("attached {id} in ")) && l.contains("at nice -20")),
+            "no attach log line at nice -20 for {id}:\n{}",
+            env.containerd().log_tail(40)
+        );
+        let shims = env.containerd().shim_processes()?;
+        ensure!(!shims.is_empty(), "no shim process");
+        for shim in shims {
+            let nice = thread_nice_values(shim.pid)?;
+            ensure!(
+                nice.iter().all(|n| *n == 0),
+                "shim {} threads' nice values after the step: {nice:?}",
+                shim.pid
+            );
+        }
+        kill_and_delete(env, &id)
+    })
+}
+
 #[test]
 fn malformed_annotation_fails_create() -> Result<()> {
     tether("bad_annotation", |env| {

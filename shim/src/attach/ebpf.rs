@@ -749,6 +749,10 @@ impl AttachHook for EbpfAttach {
         // wait for a CPU, under load) is not the step's.
         let wall = started.elapsed().as_micros();
         let bench = bench.map(BenchRecord::stop);
+        let ran_at = match (&raised, plan.nice) {
+            (Some(_), Some(n)) => format!(", at nice {n}"),
+            _ => String::new(),
+        };
         drop(raised);
         let r = match r {
             Ok(Ok(t)) => {
@@ -760,7 +764,11 @@ impl AttachHook for EbpfAttach {
                     .zip(t.phases())
                     .map(|(n, d)| format!("{n} {} us", d.as_micros()))
                     .collect();
-                info!("attached {} in {wall} us ({})", c.id, phases.join(", "));
+                info!(
+                    "attached {} in {wall} us ({}){ran_at}",
+                    c.id,
+                    phases.join(", ")
+                );
                 Ok(())
             }
             Ok(Err(e)) => Err(e),
