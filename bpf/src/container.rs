@@ -425,11 +425,7 @@ pub fn detach(
     let dir = layout.container_dir(namespace, id)?;
     let maps = programs.maps();
     let mut out = Detached::default();
-    let cgid = maps
-        .identities()?
-        .into_iter()
-        .find(|(_, ident)| ident.namespace == namespace && ident.id == id)
-        .map(|(cg, _)| cg);
+    let cgid = maps.cgroup_of(namespace, id)?;
     if let Some(cg) = cgid {
         out.counters = maps.cgroup_counters(cg)?;
         for (k, owner) in maps.ifaces()? {

@@ -503,6 +503,15 @@ impl Maps {
         Ok(out)
     }
 
+    /// The cgroup id of container `id` of `namespace`, if it is tracked.
+    pub fn cgroup_of(&self, namespace: &str, id: &str) -> Result<Option<u64>> {
+        Ok(self
+            .identities()?
+            .into_iter()
+            .find(|(_, i)| i.namespace == namespace && i.id == id)
+            .map(|(cg, _)| cg))
+    }
+
     /// Adds a deny rule for a container's egress.
     pub fn add_deny(&self, cgroup_id: u64, cidr: &Cidr) -> Result<()> {
         let (lo, hi) = split(cgroup_id);

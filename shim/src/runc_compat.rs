@@ -404,13 +404,7 @@ fn watch(argv: &[OsString]) -> i32 {
     let Ok(programs) = tether_bpf::Programs::open(&layout, tether_bpf::VERSION) else {
         return 1;
     };
-    let Some(cgid) = programs
-        .maps()
-        .identities()
-        .ok()
-        .and_then(|v| v.into_iter().find(|(_, i)| i.namespace == ns && i.id == id))
-        .map(|(cg, _)| cg)
-    else {
+    let Some(cgid) = programs.maps().cgroup_of(&ns, &id).ok().flatten() else {
         return 0;
     };
     let netns_path = match &plan.netns {

@@ -267,17 +267,21 @@ fn toggled(t: &Toggled<'_>) -> Result<()> {
         TOGGLE_PERIOD.as_millis()
     );
     // Which programs come and go (benchmark-only): `all` (default), `cgroup` (TC stays
-    // off), `tc` (the cgroup programs stay on), or `noop` (not tether's programs: a
-    // cgroup_skb program that does nothing, for the cost of the kernel's hook itself).
+    // off), `tc` (the cgroup programs stay on), `noop` (not tether's programs: a
+    // cgroup_skb program that does nothing, for the cost of the kernel's hook itself), or
+    // `none` (nothing at all: the method's own bias and noise, an A/A test).
     let what = std::env::var("TETHER_BENCH_TOGGLE").unwrap_or_else(|_| "all".into());
-    if !["all", "cgroup", "tc", "noop"].contains(&what.as_str()) {
-        bail!("TETHER_BENCH_TOGGLE={what}: expected all, cgroup, tc or noop");
+    if !["all", "cgroup", "tc", "noop", "none"].contains(&what.as_str()) {
+        bail!("TETHER_BENCH_TOGGLE={what}: expected all, cgroup, tc, noop or none");
     }
     println!("toggled: {what}");
     let noop = std::cell::RefCell::new(None);
     let attach_cg = || attach_tracked(t.progs, t.layout, t.tracked).map(|_| ());
     let attach_tc = || attach_tracked_tc(t.progs, t.layout, t.cgroup_id, t.netns);
     let attach = || -> Result<()> {
+        if what == "none" {
+            return Ok(());
+        }
         if what == "noop" {
             *noop.borrow_mut() = Some(NoopCgroupSkb::attach(t.tracked)?);
             return Ok(());
@@ -291,6 +295,9 @@ fn toggled(t: &Toggled<'_>) -> Result<()> {
         Ok(())
     };
     let detach = || -> Result<()> {
+        if what == "none" {
+            return Ok(());
+        }
         if what == "noop" {
             noop.borrow_mut().take();
             return Ok(());
@@ -301,8 +308,8 @@ fn toggled(t: &Toggled<'_>) -> Result<()> {
         }
         Ok(())
     };
-    if what == "noop" {
-        // Only the no-op program comes and goes; tether's stay off for the whole flow.
+    if what == "noop" || what == "none" {
+        // Tether's programs stay off for the whole flow.
         container::detach(t.progs, t.layout, "bench", "tracked")?;
     }
     detach()?;

@@ -287,13 +287,7 @@ impl EbpfAttach {
                 Err(tether_bpf::Error::NotLoaded { .. }) => return Ok(0),
                 Err(e) => return Err(e),
             };
-            let Some(cgid) = programs
-                .maps()
-                .identities()?
-                .into_iter()
-                .find(|(_, i)| i.namespace == ns && i.id == cid)
-                .map(|(cg, _)| cg)
-            else {
+            let Some(cgid) = programs.maps().cgroup_of(&ns, &cid)? else {
                 return Ok(0);
             };
             let netns = File::open(&netns_path).map_err(|e| tether_bpf::Error::Path {
@@ -329,11 +323,7 @@ impl EbpfAttach {
     pub fn counters_now(namespace: &str, id: &str, config: &Config) -> Option<Counters> {
         let programs = Programs::open(&layout(config), tether_bpf::VERSION).ok()?;
         let maps = programs.maps();
-        let (cgid, _) = maps
-            .identities()
-            .ok()?
-            .into_iter()
-            .find(|(_, i)| i.namespace == namespace && i.id == id)?;
+        let cgid = maps.cgroup_of(namespace, id).ok()??;
         maps.cgroup_counters(cgid).ok()
     }
 
