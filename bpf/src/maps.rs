@@ -67,23 +67,31 @@ impl Counters {
     /// readings of one container the result is the later (used when one reading could be
     /// taken only before the container's cgroup, and its local counters, went away).
     pub fn at_least(&mut self, o: &Counters) {
-        self.rx_packets = self.rx_packets.max(o.rx_packets);
-        self.rx_bytes = self.rx_bytes.max(o.rx_bytes);
-        self.tx_packets = self.tx_packets.max(o.tx_packets);
-        self.tx_bytes = self.tx_bytes.max(o.tx_bytes);
-        self.drops = self.drops.max(o.drops);
-        self.denials = self.denials.max(o.denials);
-        self.events_lost = self.events_lost.max(o.events_lost);
+        self.combine(o, u64::max);
     }
 
     pub fn add(&mut self, o: &Counters) {
-        self.rx_packets += o.rx_packets;
-        self.rx_bytes += o.rx_bytes;
-        self.tx_packets += o.tx_packets;
-        self.tx_bytes += o.tx_bytes;
-        self.drops += o.drops;
-        self.denials += o.denials;
-        self.events_lost += o.events_lost;
+        self.combine(o, |a, b| a + b);
+    }
+
+    /// Sets every counter to `f(its value, o's)`.
+    fn combine(&mut self, o: &Counters, f: impl Fn(u64, u64) -> u64) {
+        self.rx_packets = f(self.rx_packets, o.rx_packets);
+        self.rx_bytes = f(self.rx_bytes, o.rx_bytes);
+        self.tx_packets = f(self.tx_packets, o.tx_packets);
+        self.tx_bytes = f(self.tx_bytes, o.tx_bytes);
+        self.drops = f(self.drops, o.drops);
+        self.denials = f(self.denials, o.denials);
+        self.events_lost = f(self.events_lost, o.events_lost);
+    }
+
+    /// The sum of per-CPU values.
+    fn sum<'a>(cpus: impl IntoIterator<Item = &'a Counters>) -> Counters {
+        let mut total = Counters::default();
+        for c in cpus {
+            total.add(c);
+        }
+        total
     }
 }
 
@@ -564,40 +572,32 @@ impl Maps {
     /// A container's cgroup counters, summed over CPUs and over `cgroups` and the cgroup's
     /// local storage (zero for an unknown cgroup). The local counters go with the cgroup.
     pub fn cgroup_counters(&self, cgroup_id: u64) -> Result<Counters> {
-        let mut total = Counters::default();
-        for map in [&self.cgroups, &self.cg_local] {
-            for cpu in map
-                .lookup_percpu::<u64, RawCgroup>(&cgroup_id, self.ncpus)?
-                .unwrap_or_default()
-            {
-                total.add(&cpu.counters);
-            }
+        let mut total = self.summed(&self.cgroups, cgroup_id)?.unwrap_or_default();
+        if let Some(local) = self.summed(&self.cg_local, cgroup_id)? {
+            total.add(&local);
         }
         Ok(total)
+    }
+
+    /// A cgroup's counters in `map` (`cgroups` or `cg_local`), summed over CPUs.
+    fn summed(&self, map: &MapFd, cgroup_id: u64) -> Result<Option<Counters>> {
+        Ok(map
+            .lookup_percpu::<u64, RawCgroup>(&cgroup_id, self.ncpus)?
+            .map(|cpus| Counters::sum(cpus.iter().map(|c| &c.counters))))
     }
 
     /// The part of [`Maps::cgroup_counters`] counted in the cgroup's local storage, the
     /// cgroup programs' fast path (`None` while the cgroup has none).
     pub fn local_counters(&self, cgroup_id: u64) -> Result<Option<Counters>> {
-        Ok(self
-            .cg_local
-            .lookup_percpu::<u64, RawCgroup>(&cgroup_id, self.ncpus)?
-            .map(|cpus| {
-                let mut total = Counters::default();
-                for cpu in &cpus {
-                    total.add(&cpu.counters);
-                }
-                total
-            }))
+        self.summed(&self.cg_local, cgroup_id)
     }
 
     /// Routes an interface's TC traffic to a container (whose entry must exist: its flags
     /// are copied); its counters start at zero.
     pub fn set_iface(&self, key: IfKey, cgroup_id: u64) -> Result<()> {
         let flags = self
-            .cgroups
-            .lookup_percpu::<u64, RawCgroup>(&cgroup_id, self.ncpus)?
-            .and_then(|cpus| cpus.first().map(|c| c.config.flags))
+            .container_config(cgroup_id)?
+            .map(|c| c.raw().flags)
             .ok_or(Error::Name {
                 what: "cgroup",
                 value: cgroup_id.to_string(),
@@ -628,15 +628,13 @@ impl Maps {
 
     /// An interface's counters, summed over CPUs (zero for an unknown interface).
     pub fn iface_counters(&self, key: IfKey) -> Result<Counters> {
-        let mut total = Counters::default();
-        for cpu in self
-            .tc_ifaces
-            .lookup_percpu::<IfKey, RawIface>(&key, self.ncpus)?
-            .unwrap_or_default()
-        {
-            total.add(&cpu.counters);
-        }
-        Ok(total)
+        Ok(Counters::sum(
+            self.tc_ifaces
+                .lookup_percpu::<IfKey, RawIface>(&key, self.ncpus)?
+                .unwrap_or_default()
+                .iter()
+                .map(|c| &c.counters),
+        ))
     }
 
     /// Forgets an interface (and its counters).

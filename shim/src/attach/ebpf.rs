@@ -739,10 +739,11 @@ impl AttachHook for EbpfAttach {
         // wait for a CPU, under load) is not the step's.
         let wall = started.elapsed().as_micros();
         let bench = bench.map(BenchRecord::stop);
-        let ran_at = match (&raised, plan.nice) {
-            (Some(_), Some(n)) => format!(", at nice {n}"),
-            _ => String::new(),
-        };
+        let ran_at = raised
+            .as_ref()
+            .and(plan.nice)
+            .map(|n| format!(", at nice {n}"))
+            .unwrap_or_default();
         drop(raised);
         let r = match r {
             Ok(Ok(t)) => {
