@@ -102,11 +102,7 @@ pub fn link_create_cgroup(
 
 /// BPF_LINK_CREATE for TCX on `ifindex` of the calling thread's network namespace
 /// (Linux 6.6+). Appended after the programs already there.
-pub(crate) fn link_create_tcx(
-    prog: BorrowedFd<'_>,
-    ifindex: u32,
-    attach_type: u32,
-) -> Result<OwnedFd> {
+pub fn link_create_tcx(prog: BorrowedFd<'_>, ifindex: u32, attach_type: u32) -> Result<OwnedFd> {
     // SAFETY: `prog` is live; for TCX the target is an ifindex, not an fd; null opts allowed.
     let ret = unsafe {
         libbpf_sys::bpf_link_create(
@@ -179,7 +175,8 @@ pub struct ProgInfo {
     pub verified_insns: u32,
 }
 
-pub(crate) fn prog_info(prog: BorrowedFd<'_>) -> Result<ProgInfo> {
+/// What the kernel says about the program behind `prog` (any program, not only tether's).
+pub fn prog_info(prog: BorrowedFd<'_>) -> Result<ProgInfo> {
     let mut info = libbpf_sys::bpf_prog_info::default();
     let mut len = size_of::<libbpf_sys::bpf_prog_info>() as u32;
     // SAFETY: `info` is a writable bpf_prog_info of `len` bytes; all pointer members are 0,
@@ -327,7 +324,7 @@ pub(crate) fn prog_test_run(
 
 /// BPF_PROG_TEST_RUN `repeat` times; returns the verdict and the kernel's mean duration of
 /// one run in nanoseconds.
-pub(crate) fn prog_test_run_repeat(
+pub fn prog_test_run_repeat(
     prog: BorrowedFd<'_>,
     data: &[u8],
     ctx: Option<&mut [u8]>,

@@ -2,14 +2,16 @@
 //!
 //! ```text
 //! cargo build --release -p tether-integration --bin bench-bpf
-//! ./target/release/bench-bpf [SECONDS_PER_RUN] [ROUNDS] [N_CONTAINERS] [TOGGLED_FLOW_SECONDS]
+//! ./target/release/bench-bpf [SECONDS_PER_RUN] [ROUNDS] [N_CONTAINERS] [TOGGLED_FLOW_SECONDS] \
+//!     [PAIRED_FLOWS_SECONDS]
 //! ```
 //!
 //! 1. Load cost: one load + N opens of the pins (tether) vs N loads (a loader per container).
 //! 2. Throughput: iperf3 over a veth pair between two namespaces the benchmark creates,
 //!    programs attached vs none: separate runs alternating (median ratio), then one long
 //!    flow with the programs attached and detached every two seconds (each attached
-//!    period against its detached neighbours).
+//!    period against its detached neighbours), then two flows at once with the programs
+//!    on one and then the other, swapped every two seconds (same-window ratios).
 //! 3. Per-packet cost of each program from the kernel's bpf_stats (run time / run count).
 use std::fs;
 use std::os::fd::AsFd;
@@ -38,6 +40,12 @@ impl Drop for Netns {
 struct Cgroup(PathBuf);
 impl Drop for Cgroup {
     fn drop(&mut self) {
+        // Empty child cgroups first (the `noop-off-path` toggle makes one).
+        for e in fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = fs::remove_dir(e.path());
+            }
+        }
         let _ = fs::remove_dir(&self.0);
     }
 }
@@ -116,22 +124,6 @@ fn load_cost(n: usize) -> Result<()> {
     Ok(())
 }
 
-/// One iperf3 run from `ns_a` (the client in `cgroup`) to `target`; bits per second
-/// received. The client runs on CPU 0 and the server on CPU 1 (`-A 0,1`), so the scheduler
-/// does not move them between runs; the first second (slow start) is omitted.
-fn iperf(ns_a: &str, cgroup: &Path, target: &str, secs: u64) -> Result<f64> {
-    let affinity = if num_cpus() >= 2 { "-A 0,1" } else { "" };
-    let script = format!(
-        "echo $$ > {}/cgroup.procs && exec ip netns exec {ns_a} iperf3 -c {target} -t {secs} -O 1 {affinity} -J",
-        cgroup.display()
-    );
-    let out = sh("sh", &["-c", &script])?;
-    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3 result without sum_received")
-}
-
 fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -158,44 +150,46 @@ fn bench_plan() -> Result<(&'static str, ContainerConfig, Vec<tether_bpf::Cidr>)
     }
 }
 
-/// The throughput benchmark's tracked cgroup, attached as a container with [`bench_plan`].
-fn attach_tracked(
-    progs: &Programs,
-    layout: &PinLayout,
-    tracked: &Path,
-) -> Result<container::CgroupAttached> {
-    let (_, config, deny) = bench_plan()?;
-    Ok(container::attach_cgroup(
-        progs,
-        layout,
-        "bench",
-        "tracked",
-        fs::File::open(tracked)?.as_fd(),
-        &config,
-        &deny,
-    )?)
-}
-
-/// A cgroup_skb program that passes every packet and does nothing else, linked to both
-/// directions of a cgroup: the cost of the kernel's cgroup hook by itself, a floor for what
-/// any cgroup_skb program can cost. Dropping it closes the links, which detaches.
-struct NoopCgroupSkb {
+/// A program that does nothing but return (a no-op), linked to a hook: what the kernel's
+/// hook costs by itself, the floor for any program there. Dropping it closes the links,
+/// which detaches.
+struct Noop {
+    prog: std::os::fd::OwnedFd,
     _links: Vec<std::os::fd::OwnedFd>,
 }
 
-impl NoopCgroupSkb {
-    fn attach(cgroup: &Path) -> Result<Self> {
+impl Noop {
+    /// Loads `r0 = verdict; exit` as a program of `prog_type`, after a loop of `spin`
+    /// register additions when `spin` > 0 (a known cost with no memory access).
+    fn load(prog_type: u32, verdict: i32, spin: u32) -> Result<std::os::fd::OwnedFd> {
         use std::os::fd::{FromRawFd, OwnedFd};
-        // r0 = 1 (pass); exit.
-        let insns: [u64; 2] = [0x0000_0001_0000_00b7, 0x0000_0000_0000_0095];
+        // One eBPF instruction in the kernel's encoding (struct bpf_insn, little endian).
+        let insn = |code: u8, dst: u8, src: u8, off: i16, imm: i32| -> u64 {
+            u64::from(code)
+                | u64::from(dst | (src << 4)) << 8
+                | u64::from(off as u16) << 16
+                | u64::from(imm as u32) << 32
+        };
+        let mut insns = Vec::new();
+        if spin > 0 {
+            insns.extend([
+                insn(0xb7, 1, 0, 0, spin as i32), // r1 = spin
+                insn(0xb7, 2, 0, 0, 0),           // r2 = 0
+                insn(0x0f, 2, 1, 0, 0),           // loop: r2 += r1
+                insn(0x17, 1, 0, 0, 1),           // r1 -= 1
+                insn(0x55, 1, 0, -3, 0),          // if r1 != 0 goto loop
+            ]);
+        }
+        insns.push(insn(0xb7, 0, 0, 0, verdict)); // r0 = verdict
+        insns.push(insn(0x95, 0, 0, 0, 0)); // exit
         let name = c"tether_noop";
         let license = c"GPL";
-        // SAFETY: `insns` holds two 8-byte eBPF instructions in the kernel's encoding (the
+        // SAFETY: `insns` holds 8-byte eBPF instructions in the kernel's encoding (the
         // layout of bpf_insn) and outlives the call; name and license are NUL-terminated;
         // a null opts pointer selects libbpf's defaults.
         let prog = unsafe {
             libbpf_sys::bpf_prog_load(
-                libbpf_sys::BPF_PROG_TYPE_CGROUP_SKB,
+                prog_type,
                 name.as_ptr(),
                 license.as_ptr(),
                 insns.as_ptr().cast(),
@@ -205,12 +199,17 @@ impl NoopCgroupSkb {
         };
         if prog < 0 {
             bail!(
-                "BPF_PROG_LOAD (no-op cgroup_skb): {}",
+                "BPF_PROG_LOAD (no-op, type {prog_type}): {}",
                 std::io::Error::from_raw_os_error(-prog)
             );
         }
         // SAFETY: bpf_prog_load returned a new file descriptor that nothing else owns.
-        let prog = unsafe { OwnedFd::from_raw_fd(prog) };
+        Ok(unsafe { OwnedFd::from_raw_fd(prog) })
+    }
+
+    /// A cgroup_skb no-op (pass) on both directions of `cgroup`, after `spin` additions.
+    fn cgroup_skb(cgroup: &Path, spin: u32) -> Result<Self> {
+        let prog = Self::load(libbpf_sys::BPF_PROG_TYPE_CGROUP_SKB, 1, spin)?;
         let cg = fs::File::open(cgroup)?;
         let mut links = Vec::new();
         for attach_type in [
@@ -223,102 +222,347 @@ impl NoopCgroupSkb {
                 attach_type,
             )?);
         }
-        Ok(NoopCgroupSkb { _links: links })
+        Ok(Noop {
+            prog,
+            _links: links,
+        })
+    }
+
+    /// A TC no-op (TCX_NEXT) on both directions of `dev` in `netns`, through TCX links
+    /// made by a thread that enters the namespace.
+    fn tc(netns: &fs::File, dev: &str) -> Result<Self> {
+        let prog = Self::load(libbpf_sys::BPF_PROG_TYPE_SCHED_CLS, -1, 0)?;
+        let links = std::thread::scope(|s| {
+            s.spawn(|| -> Result<Vec<std::os::fd::OwnedFd>> {
+                // Only this thread enters the namespace, and it ends here.
+                nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+                let ifindex = nix::net::if_::if_nametoindex(dev).context(dev.to_string())?;
+                let mut links = Vec::new();
+                for attach_type in [libbpf_sys::BPF_TCX_INGRESS, libbpf_sys::BPF_TCX_EGRESS] {
+                    links.push(tether_bpf::sys::link_create_tcx(
+                        prog.as_fd(),
+                        ifindex,
+                        attach_type,
+                    )?);
+                }
+                Ok(links)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("TCX attach thread panicked"))?
+        })?;
+        Ok(Noop {
+            prog,
+            _links: links,
+        })
+    }
+
+    fn stats(&self) -> Result<tether_bpf::sys::ProgInfo> {
+        Ok(tether_bpf::sys::prog_info(self.prog.as_fd())?)
     }
 }
 
-/// TC programs on the interfaces of the tracked container's namespace.
-fn attach_tracked_tc(
-    progs: &Programs,
-    layout: &PinLayout,
-    cgroup_id: u64,
-    netns: &fs::File,
-) -> Result<()> {
-    container::attach_netns(progs, layout, "bench", "tracked", cgroup_id, netns.as_fd())?;
-    Ok(())
+/// What the toggled and paired benchmarks attach and detach (benchmark-only
+/// `TETHER_BENCH_TOGGLE`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Toggle {
+    /// The cgroup and the TC programs (the default).
+    All,
+    /// The cgroup programs; TC stays off.
+    Cgroup,
+    /// The TC programs; the cgroup programs stay on.
+    Tc,
+    /// Not tether's programs: a cgroup_skb program that does nothing (the kernel's hook).
+    Noop,
+    /// A TC program that does nothing, on the client's `veth0` (the TCX hook).
+    NoopTc,
+    /// Both no-ops: the hooks that tether's programs use, without tether's work.
+    NoopAll,
+    /// Both no-ops, off the flow's path (cgroup_skb on an empty child cgroup of the
+    /// client's, TC on the client namespace's `lo`): the same attach and detach work with no
+    /// per-packet work for the flow, a check that toggling itself costs the flow nothing.
+    NoopOffPath,
+    /// The cgroup_skb no-op after a loop of `TETHER_BENCH_SPIN` additions (default 300):
+    /// a known cost per packet, which calibrates what a nanosecond costs in throughput.
+    Spin,
+    /// Nothing at all: the method's own bias and noise (an A/A test).
+    None,
 }
 
-/// What [`toggled`] measures with.
-struct Toggled<'a> {
+impl Toggle {
+    fn from_env() -> Result<Self> {
+        Ok(
+            match std::env::var("TETHER_BENCH_TOGGLE")
+                .as_deref()
+                .unwrap_or("all")
+            {
+                "all" => Toggle::All,
+                "cgroup" => Toggle::Cgroup,
+                "tc" => Toggle::Tc,
+                "noop" => Toggle::Noop,
+                "noop-tc" => Toggle::NoopTc,
+                "noop-all" => Toggle::NoopAll,
+                "noop-off-path" => Toggle::NoopOffPath,
+                "spin" => Toggle::Spin,
+                "none" => Toggle::None,
+                other => {
+                    bail!("TETHER_BENCH_TOGGLE={other}: expected all, cgroup, tc, noop, noop-tc, noop-all, noop-off-path, spin or none")
+                }
+            },
+        )
+    }
+}
+
+/// A client of the throughput benchmarks: a namespace joined by a veth pair (`veth0` on
+/// 10.214.N.1 to `veth1` on 10.214.N.2) to a server namespace running `iperf3 -s`, and the
+/// client's cgroup, which is attached as a container with [`bench_plan`].
+struct Flow<'a> {
     progs: &'a Programs,
     layout: &'a PinLayout,
-    ns_a: &'a str,
-    tracked: &'a Path,
-    netns: &'a fs::File,
+    /// The container's id in the pins.
+    id: String,
+    server_ip: String,
+    netns: fs::File,
     cgroup_id: u64,
-    total: Duration,
+    noop: std::cell::RefCell<Vec<Noop>>,
+    // Dropped in this order: the server, then its namespaces and the cgroup.
+    server: Server,
+    client_ns: Netns,
+    _server_ns: Netns,
+    cgroup: Cgroup,
 }
 
-/// How long the programs stay attached (then detached) in [`toggled`].
+impl<'a> Flow<'a> {
+    fn new(progs: &'a Programs, layout: &'a PinLayout, n: u8) -> Result<Self> {
+        let tag = format!("{}-{n}", std::process::id());
+        let a = Netns(format!("tether-bench-a{tag}"));
+        sh("ip", &["netns", "add", &a.0])?;
+        let b = Netns(format!("tether-bench-b{tag}"));
+        sh("ip", &["netns", "add", &b.0])?;
+        for ns in [&a, &b] {
+            sh("ip", &["-n", &ns.0, "link", "set", "lo", "up"])?;
+        }
+        sh(
+            "ip",
+            &[
+                "-n", &a.0, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
+                "netns", &b.0,
+            ],
+        )?;
+        let server_ip = format!("10.214.{n}.2");
+        for (ns, dev, addr) in [
+            (&a, "veth0", format!("10.214.{n}.1/24")),
+            (&b, "veth1", format!("{server_ip}/24")),
+        ] {
+            sh("ip", &["-n", &ns.0, "addr", "add", &addr, "dev", dev])?;
+            sh("ip", &["-n", &ns.0, "link", "set", dev, "up"])?;
+        }
+        let server = Server(
+            Command::new("ip")
+                .args(["netns", "exec", &b.0, "iperf3", "-s", "-B", &server_ip])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("iperf3 -s")?,
+        );
+        let cgroup = Cgroup(cgroup_root().join(format!("tether-bench-tracked-{tag}")));
+        fs::create_dir_all(&cgroup.0)?;
+        let cgroup_id = container::cgroup_id(fs::File::open(&cgroup.0)?.as_fd())?;
+        let netns = fs::File::open(format!("/run/netns/{}", a.0))?;
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(Flow {
+            progs,
+            layout,
+            id: format!("tracked{n}"),
+            server_ip,
+            netns,
+            cgroup_id,
+            noop: Default::default(),
+            server,
+            client_ns: a,
+            _server_ns: b,
+            cgroup,
+        })
+    }
+
+    /// The cgroup programs, with [`bench_plan`].
+    fn attach_cgroup(&self) -> Result<()> {
+        let (_, config, deny) = bench_plan()?;
+        container::attach_cgroup(
+            self.progs,
+            self.layout,
+            "bench",
+            &self.id,
+            fs::File::open(&self.cgroup.0)?.as_fd(),
+            &config,
+            &deny,
+        )?;
+        Ok(())
+    }
+
+    /// The TC programs on the interfaces of the client's namespace.
+    fn attach_tc(&self) -> Result<()> {
+        container::attach_netns(
+            self.progs,
+            self.layout,
+            "bench",
+            &self.id,
+            self.cgroup_id,
+            self.netns.as_fd(),
+        )?;
+        Ok(())
+    }
+
+    fn detach(&self) -> Result<()> {
+        container::detach(self.progs, self.layout, "bench", &self.id)?;
+        Ok(())
+    }
+
+    /// Attaches what `toggle` toggles (from the state [`Flow::off`] leaves).
+    fn on(&self, toggle: Toggle) -> Result<()> {
+        match toggle {
+            Toggle::None => Ok(()),
+            Toggle::NoopOffPath => {
+                let idle = self.cgroup.0.join("idle");
+                fs::create_dir_all(&idle)?;
+                let mut noop = self.noop.borrow_mut();
+                noop.push(Noop::cgroup_skb(&idle, 0)?);
+                noop.push(Noop::tc(&self.netns, "lo")?);
+                Ok(())
+            }
+            Toggle::Noop | Toggle::NoopTc | Toggle::NoopAll | Toggle::Spin => {
+                let spin = if toggle == Toggle::Spin { spin()? } else { 0 };
+                let mut noop = self.noop.borrow_mut();
+                if toggle != Toggle::NoopTc {
+                    noop.push(Noop::cgroup_skb(&self.cgroup.0, spin)?);
+                }
+                if toggle == Toggle::NoopTc || toggle == Toggle::NoopAll {
+                    noop.push(Noop::tc(&self.netns, "veth0")?);
+                }
+                Ok(())
+            }
+            Toggle::All => {
+                self.attach_cgroup()?;
+                self.attach_tc()
+            }
+            Toggle::Cgroup => self.attach_cgroup(),
+            Toggle::Tc => self.attach_tc(),
+        }
+    }
+
+    /// Detaches what `toggle` toggles: nothing of tether stays attached, except the cgroup
+    /// programs when only TC is toggled.
+    fn off(&self, toggle: Toggle) -> Result<()> {
+        self.noop.borrow_mut().clear();
+        self.detach()?;
+        if toggle == Toggle::Tc {
+            self.attach_cgroup()?;
+        }
+        Ok(())
+    }
+
+    /// An iperf3 client in `cgroup` and the flow's client namespace, to its server; the
+    /// client runs on CPU 0 and the server on CPU 1 (`-A 0,1`) so the scheduler does not
+    /// move them.
+    fn client_script(&self, cgroup: &Path, args: &str) -> String {
+        let affinity = if num_cpus() >= 2 { "-A 0,1" } else { "" };
+        format!(
+            "echo $$ > {}/cgroup.procs && exec ip netns exec {} iperf3 -c {} {affinity} {args}",
+            cgroup.display(),
+            self.client_ns.0,
+            self.server_ip
+        )
+    }
+
+    /// One iperf3 run from `cgroup` (the flow's own, or another); bits per second
+    /// received, the first second (slow start) omitted.
+    fn iperf(&self, cgroup: &Path, secs: u64) -> Result<f64> {
+        let script = self.client_script(cgroup, &format!("-t {secs} -O 1 -J"));
+        let out = sh("sh", &["-c", &script])?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .context("iperf3 result without sum_received")
+    }
+
+    /// The server's `veth1` counters: bytes and packets (skbs: one per TSO segment train)
+    /// received, and packets sent (the ACKs), from /proc/PID/net/dev of the server (which
+    /// shows its process's namespace).
+    fn server_counters(&self) -> Result<[u64; 3]> {
+        let path = format!("/proc/{}/net/dev", self.server.0.id());
+        let text = fs::read_to_string(&path).with_context(|| path.clone())?;
+        let fields: Vec<u64> = text
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix("veth1:"))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if fields.len() < 10 {
+            bail!("{path}: no counters for veth1");
+        }
+        Ok([fields[0], fields[1], fields[9]])
+    }
+}
+
+/// Additions per run of the `spin` toggle's program (benchmark-only `TETHER_BENCH_SPIN`).
+fn spin() -> Result<u32> {
+    match std::env::var("TETHER_BENCH_SPIN") {
+        Err(_) => Ok(300),
+        Ok(v) => v
+            .parse()
+            .ok()
+            .filter(|n| (1..=100_000).contains(n))
+            .with_context(|| format!("TETHER_BENCH_SPIN={v}: expected 1..=100000")),
+    }
+}
+
+fn cgroup_root() -> PathBuf {
+    if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+        PathBuf::from("/sys/fs/cgroup/unified")
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    }
+}
+
+/// How long the programs stay attached (then detached) in [`toggled`] and [`paired`].
 const TOGGLE_PERIOD: Duration = Duration::from_secs(2);
 /// Around a toggle, iperf3 intervals are not used: the flow's start lags ours by the
 /// control connection, and attaching or detaching takes a few RCU grace periods.
 const TOGGLE_GUARD: f64 = 0.15;
 
+/// Mean, 95% CI half-width, median and quartiles of `v` (not empty).
+fn summary(v: &[f64]) -> String {
+    let mut sorted = v.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let sd = (v.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+    format!(
+        "median {:.3}, mean {:.4} ± {:.4} (95% CI), quartiles {:.3}–{:.3}",
+        sorted[sorted.len() / 2],
+        mean,
+        1.96 * sd / n.sqrt(),
+        sorted[sorted.len() / 4],
+        sorted[(3 * sorted.len()) / 4]
+    )
+}
+
 /// One long iperf3 flow from the tracked cgroup while the programs are attached and
 /// detached every [`TOGGLE_PERIOD`]; compares the throughput of each attached period with
 /// the detached periods on either side. Adjacent periods of one flow share its connection,
 /// its CPUs and nearly its moment, so most of the noise between separate runs cancels.
-/// Expects the tracked cgroup attached and no TC programs; leaves it so.
-fn toggled(t: &Toggled<'_>) -> Result<()> {
-    let secs = t.total.as_secs();
+/// Expects the flow's cgroup attached and no TC programs; leaves it so.
+fn toggled(flow: &Flow<'_>, total: Duration, what: Toggle) -> Result<()> {
+    let secs = total.as_secs();
     println!(
         "== iperf3, one {secs} s flow, programs attached and detached every {} ms",
         TOGGLE_PERIOD.as_millis()
     );
-    // Which programs come and go (benchmark-only): `all` (default), `cgroup` (TC stays
-    // off), `tc` (the cgroup programs stay on), `noop` (not tether's programs: a
-    // cgroup_skb program that does nothing, for the cost of the kernel's hook itself), or
-    // `none` (nothing at all: the method's own bias and noise, an A/A test).
-    let what = std::env::var("TETHER_BENCH_TOGGLE").unwrap_or_else(|_| "all".into());
-    if !["all", "cgroup", "tc", "noop", "none"].contains(&what.as_str()) {
-        bail!("TETHER_BENCH_TOGGLE={what}: expected all, cgroup, tc, noop or none");
-    }
-    println!("toggled: {what}");
-    let noop = std::cell::RefCell::new(None);
-    let attach_cg = || attach_tracked(t.progs, t.layout, t.tracked).map(|_| ());
-    let attach_tc = || attach_tracked_tc(t.progs, t.layout, t.cgroup_id, t.netns);
-    let attach = || -> Result<()> {
-        if what == "none" {
-            return Ok(());
-        }
-        if what == "noop" {
-            *noop.borrow_mut() = Some(NoopCgroupSkb::attach(t.tracked)?);
-            return Ok(());
-        }
-        if what != "tc" {
-            attach_cg()?;
-        }
-        if what != "cgroup" {
-            attach_tc()?;
-        }
-        Ok(())
-    };
-    let detach = || -> Result<()> {
-        if what == "none" {
-            return Ok(());
-        }
-        if what == "noop" {
-            noop.borrow_mut().take();
-            return Ok(());
-        }
-        container::detach(t.progs, t.layout, "bench", "tracked")?;
-        if what == "tc" {
-            attach_cg()?;
-        }
-        Ok(())
-    };
-    if what == "noop" || what == "none" {
-        // Tether's programs stay off for the whole flow.
-        container::detach(t.progs, t.layout, "bench", "tracked")?;
-    }
-    detach()?;
-    let affinity = if num_cpus() >= 2 { "-A 0,1" } else { "" };
-    let script = format!(
-        "echo $$ > {}/cgroup.procs && exec ip netns exec {} iperf3 -c 10.214.0.2 -t {secs} -i 0.25 {affinity} -J",
-        t.tracked.display(),
-        t.ns_a
-    );
+    println!("toggled: {what:?}");
+    flow.off(what)?;
+    let script = flow.client_script(&flow.cgroup.0, &format!("-t {secs} -i 0.25 -J"));
     let t0 = Instant::now();
     let client = Command::new("sh")
         .args(["-c", &script])
@@ -330,27 +574,23 @@ fn toggled(t: &Toggled<'_>) -> Result<()> {
     let mut toggles: Vec<(f64, f64, bool)> = Vec::new();
     let mut on = false;
     let mut next = TOGGLE_PERIOD;
-    while next + TOGGLE_PERIOD / 2 < t.total {
+    while next + TOGGLE_PERIOD / 2 < total {
         if let Some(wait) = next.checked_sub(t0.elapsed()) {
             std::thread::sleep(wait);
         }
         let start = t0.elapsed().as_secs_f64();
         if on {
-            detach()?;
+            flow.off(what)?;
         } else {
-            attach()?;
+            flow.on(what)?;
         }
         on = !on;
         toggles.push((start, t0.elapsed().as_secs_f64(), on));
         next += TOGGLE_PERIOD;
     }
     let out = client.wait_with_output().context("iperf3 -c")?;
-    if on {
-        detach()?;
-    }
-    if what != "tc" {
-        attach_cg()?;
-    }
+    flow.off(Toggle::All)?;
+    flow.attach_cgroup()?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("iperf3 -J output: {}", String::from_utf8_lossy(&out.stderr)))?;
     // Mean throughput of the clean intervals of each period (period k follows toggle k-1).
@@ -391,11 +631,6 @@ fn toggled(t: &Toggled<'_>) -> Result<()> {
     if ratios.is_empty() {
         bail!("no attached period with clean detached periods on both sides");
     }
-    let mut sorted = ratios.clone();
-    sorted.sort_by(f64::total_cmp);
-    let n = ratios.len() as f64;
-    let mean = ratios.iter().sum::<f64>() / n;
-    let sd = (ratios.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
     let gbit = |on: bool| {
         let v: Vec<f64> = means
             .iter()
@@ -411,69 +646,131 @@ fn toggled(t: &Toggled<'_>) -> Result<()> {
         gbit(true)
     );
     println!(
-        "attached / neighbouring detached, {} periods: median {:.3}, mean {:.3} ± {:.3} (95% CI), quartiles {:.3}–{:.3}",
+        "attached / neighbouring detached, {} periods: {}",
         ratios.len(),
-        sorted[sorted.len() / 2],
-        mean,
-        1.96 * sd / n.sqrt(),
-        sorted[sorted.len() / 4],
-        sorted[(3 * sorted.len()) / 4]
+        summary(&ratios)
     );
     Ok(())
 }
 
-fn throughput(secs: u64, rounds: usize, toggle_secs: u64) -> Result<()> {
+/// Two iperf3 flows at once, each from its own container's namespace over its own veth
+/// pair, with the programs attached to one container and then to the other, swapping every
+/// [`TOGGLE_PERIOD`]. Both clients share CPU 0 and both servers CPU 1, and the two flows'
+/// bytes are read over the same window (the servers' interface counters), so what the
+/// machine does to both (other guests, the host, frequency) cancels in the ratio of their
+/// bytes. Sharing a CPU, each flow gets about half of it, so the ratio is that of the bytes
+/// each moves per unit of CPU: the ratio of a lone CPU-bound flow's throughput with and
+/// without the programs. The flows' own difference cancels between a period and the next,
+/// where their roles are swapped: the estimate is sqrt(r_a * r_b) over each pair of
+/// periods, r being the attached flow's bytes over the other's.
+/// Leaves both flows with nothing attached.
+fn paired(flows: [&Flow<'_>; 2], total: Duration, what: Toggle) -> Result<()> {
+    let periods = (total.as_secs_f64() / TOGGLE_PERIOD.as_secs_f64()) as usize & !1;
+    println!(
+        "== iperf3, two flows at once for {} s, programs on one flow and then the other, swapped every {} ms",
+        total.as_secs(),
+        TOGGLE_PERIOD.as_millis()
+    );
+    println!("toggled: {what:?}");
+    for f in flows {
+        f.off(what)?;
+    }
+    let secs = (periods as u64 + 1) * TOGGLE_PERIOD.as_secs() + 3;
+    let mut clients = Vec::new();
+    for f in flows {
+        clients.push(Server(
+            Command::new("sh")
+                .args(["-c", &f.client_script(&f.cgroup.0, &format!("-t {secs}"))])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("iperf3 -c")?,
+        ));
+    }
+    // Past slow start, both flows running.
+    std::thread::sleep(Duration::from_millis(1500));
+    let t0 = Instant::now();
+    let mut ratios = Vec::new(); // the attached flow's bytes / the other's
+    let mut moved_total = [[0u64; 3]; 2]; // per flow: bytes, data packets, ACKs
+    for k in 0..periods {
+        let (on, other) = (k % 2, 1 - k % 2);
+        flows[other].off(what)?;
+        flows[on].on(what)?;
+        std::thread::sleep(Duration::from_secs_f64(TOGGLE_GUARD));
+        let start = [flows[0].server_counters()?, flows[1].server_counters()?];
+        let end_at = TOGGLE_PERIOD * (k as u32 + 1);
+        if let Some(wait) = end_at.checked_sub(t0.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let end = [flows[0].server_counters()?, flows[1].server_counters()?];
+        let moved = [end[0][0] - start[0][0], end[1][0] - start[1][0]];
+        if moved.contains(&0) {
+            bail!("period {k}: a flow moved no bytes ({moved:?}); did an iperf3 client exit?");
+        }
+        for f in 0..2 {
+            for c in 0..3 {
+                moved_total[f][c] += end[f][c] - start[f][c];
+            }
+        }
+        ratios.push(moved[on] as f64 / moved[other] as f64);
+    }
+    for f in flows {
+        f.off(Toggle::All)?;
+    }
+    drop(clients);
+    let effect: Vec<f64> = ratios.chunks(2).map(|p| (p[0] * p[1]).sqrt()).collect();
+    let asymmetry: Vec<f64> = ratios.chunks(2).map(|p| (p[0] / p[1]).sqrt()).collect();
+    let measured = periods as f64 * (TOGGLE_PERIOD.as_secs_f64() - TOGGLE_GUARD);
+    for (f, [bytes, data, acks]) in moved_total.iter().enumerate() {
+        println!(
+            "flow {f}: {:.2} Gbit/s, {:.0} data packets/s of {:.1} KiB, {:.0} ACKs/s (measured windows)",
+            *bytes as f64 * 8.0 / 1e9 / measured,
+            *data as f64 / measured,
+            *bytes as f64 / *data as f64 / 1024.0,
+            *acks as f64 / measured
+        );
+    }
+    if what == Toggle::Spin {
+        // The spin loop's own cost, from the kernel's timing of repeated test runs.
+        let pkt = udp4([10, 214, 0, 2]);
+        let cost = |spin| -> Result<u32> {
+            let prog = Noop::load(libbpf_sys::BPF_PROG_TYPE_CGROUP_SKB, 1, spin)?;
+            Ok(tether_bpf::sys::prog_test_run_repeat(prog.as_fd(), &pkt, None, 100_000)?.1)
+        };
+        println!(
+            "spin program {} ns per run, no-op {} ns (BPF_PROG_TEST_RUN)",
+            cost(spin()?)?,
+            cost(0)?
+        );
+    }
+    println!(
+        "flow 0 / flow 1, whatever is attached ({} pairs of periods): {}",
+        asymmetry.len(),
+        summary(&asymmetry)
+    );
+    println!(
+        "attached / not, same window ({} pairs of periods): {}",
+        effect.len(),
+        summary(&effect)
+    );
+    Ok(())
+}
+
+fn throughput(secs: u64, rounds: usize, toggle_secs: u64, paired_secs: u64) -> Result<()> {
     println!("== iperf3 over veth, {rounds} rounds of {secs} s each, alternating");
     println!("tracked container's plan: {}", bench_plan()?.0);
     let (_m, layout) = private_bpffs("tput")?;
     programs::load_and_pin(&layout, tether_bpf::VERSION)?;
     let progs = Programs::open(&layout, tether_bpf::VERSION)?;
-    let tag = std::process::id();
-    let a = Netns(format!("tether-bench-a{tag}"));
-    let b = Netns(format!("tether-bench-b{tag}"));
-    for ns in [&a, &b] {
-        sh("ip", &["netns", "add", &ns.0])?;
-        sh("ip", &["-n", &ns.0, "link", "set", "lo", "up"])?;
-    }
-    sh(
-        "ip",
-        &[
-            "-n", &a.0, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns",
-            &b.0,
-        ],
-    )?;
-    for (ns, dev, addr) in [
-        (&a, "veth0", "10.214.0.1/24"),
-        (&b, "veth1", "10.214.0.2/24"),
-    ] {
-        sh("ip", &["-n", &ns.0, "addr", "add", addr, "dev", dev])?;
-        sh("ip", &["-n", &ns.0, "link", "set", dev, "up"])?;
-    }
-    let _server = Server(
-        Command::new("ip")
-            .args(["netns", "exec", &b.0, "iperf3", "-s", "-B", "10.214.0.2"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("iperf3 -s")?,
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let root = if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
-        PathBuf::from("/sys/fs/cgroup/unified")
-    } else {
-        PathBuf::from("/sys/fs/cgroup")
-    };
-    let plain = Cgroup(root.join(format!("tether-bench-plain-{tag}")));
-    let tracked = Cgroup(root.join(format!("tether-bench-tracked-{tag}")));
+    let flow = Flow::new(&progs, &layout, 0)?;
+    let plain = Cgroup(cgroup_root().join(format!("tether-bench-plain-{}", std::process::id())));
     fs::create_dir_all(&plain.0)?;
-    fs::create_dir_all(&tracked.0)?;
-    let cg = attach_tracked(&progs, &layout, &tracked.0)?;
-    let netns_fd = fs::File::open(format!("/run/netns/{}", a.0))?;
+    flow.attach_cgroup()?;
+    let what = Toggle::from_env()?;
 
     // Throughput first, without bpf_stats (which adds its own cost to every run). Each
     // round is a pair of runs, in ABBA order (none first in even rounds, attached first in
     // odd ones) so that drift and any effect of going first cancel out.
-    let attach_tc = || attach_tracked_tc(&progs, &layout, cg.cgroup_id, &netns_fd);
     let (mut off, mut on, mut pairs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let mut pair = [0.0; 2];
@@ -485,12 +782,12 @@ fn throughput(secs: u64, rounds: usize, toggle_secs: u64) -> Result<()> {
         for attached in order {
             if attached {
                 // TC programs are on veth0 only during the attached runs.
-                attach_tc()?;
-                pair[1] = iperf(&a.0, &tracked.0, "10.214.0.2", secs)?;
-                container::detach(&progs, &layout, "bench", "tracked")?;
-                attach_tracked(&progs, &layout, &tracked.0)?;
+                flow.attach_tc()?;
+                pair[1] = flow.iperf(&flow.cgroup.0, secs)?;
+                flow.detach()?;
+                flow.attach_cgroup()?;
             } else {
-                pair[0] = iperf(&a.0, &plain.0, "10.214.0.2", secs)?;
+                pair[0] = flow.iperf(&plain.0, secs)?;
             }
         }
         off.push(pair[0]);
@@ -498,55 +795,63 @@ fn throughput(secs: u64, rounds: usize, toggle_secs: u64) -> Result<()> {
         pairs.push(pair[1] / pair[0]);
     }
     if toggle_secs > 0 {
-        toggled(&Toggled {
-            progs: &progs,
-            layout: &layout,
-            ns_a: &a.0,
-            tracked: &tracked.0,
-            netns: &netns_fd,
-            cgroup_id: cg.cgroup_id,
-            total: Duration::from_secs(toggle_secs),
-        })?;
+        toggled(&flow, Duration::from_secs(toggle_secs), what)?;
+    }
+    if paired_secs > 0 {
+        let second = Flow::new(&progs, &layout, 1)?;
+        paired([&flow, &second], Duration::from_secs(paired_secs), what)?;
+        flow.attach_cgroup()?;
     }
 
-    // Then one attached run with bpf_stats on, for each program's cost per run.
-    attach_tc()?;
+    // Then one attached run with bpf_stats on, for each program's cost per run, beside a
+    // no-op cgroup_skb program on the same cgroup: what bpf_stats reports for a program
+    // that does nothing (its clock reads and the call), the floor of every figure.
+    flow.attach_tc()?;
+    let noop = [
+        ("no-op cgroup_skb", Noop::cgroup_skb(&flow.cgroup.0, 0)?),
+        ("no-op tc", Noop::tc(&flow.netns, "veth0")?),
+    ];
     let stats = tether_bpf::sys::enable_run_time_stats()?;
     let before: Vec<_> = Prog::ALL
         .iter()
         .map(|p| progs.run_stats(*p))
         .collect::<Result<_, _>>()?;
+    let noop_before: Vec<_> = noop.iter().map(|n| n.1.stats()).collect::<Result<_>>()?;
     let stats_started = Instant::now();
-    let stats_bps = iperf(&a.0, &tracked.0, "10.214.0.2", secs)?;
+    let stats_bps = flow.iperf(&flow.cgroup.0, secs)?;
     let stats_wall = stats_started.elapsed();
     let after: Vec<_> = Prog::ALL
         .iter()
         .map(|p| progs.run_stats(*p))
         .collect::<Result<_, _>>()?;
+    let noop_after: Vec<_> = noop.iter().map(|n| n.1.stats()).collect::<Result<_>>()?;
     drop(stats);
-    let (m_off, m_on) = (median(&mut off.clone()), median(&mut on.clone()));
-    let gbit = |v: &[f64]| {
-        v.iter()
-            .map(|x| format!("{:.2}", x / 1e9))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    println!(
-        "none:     {} Gbit/s (median {:.2})",
-        gbit(&off),
-        m_off / 1e9
-    );
-    println!("attached: {} Gbit/s (median {:.2})", gbit(&on), m_on / 1e9);
-    println!(
-        "throughput ratio attached / none: {:.3} (medians); per round: {} (median {:.3})",
-        m_on / m_off,
-        pairs
-            .iter()
-            .map(|r| format!("{r:.3}"))
-            .collect::<Vec<_>>()
-            .join(" "),
-        median(&mut pairs.clone())
-    );
+    let noop_names = noop.map(|n| n.0);
+    if rounds > 0 {
+        let (m_off, m_on) = (median(&mut off.clone()), median(&mut on.clone()));
+        let gbit = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{:.2}", x / 1e9))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!(
+            "none:     {} Gbit/s (median {:.2})",
+            gbit(&off),
+            m_off / 1e9
+        );
+        println!("attached: {} Gbit/s (median {:.2})", gbit(&on), m_on / 1e9);
+        println!(
+            "throughput ratio attached / none: {:.3} (medians); per round: {} (median {:.3})",
+            m_on / m_off,
+            pairs
+                .iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            median(&mut pairs.clone())
+        );
+    }
     println!("== per-packet cost (bpf_stats during one more attached run)");
     let mut total_ns = 0u64;
     for (i, p) in Prog::ALL.iter().enumerate() {
@@ -564,6 +869,15 @@ fn throughput(secs: u64, rounds: usize, toggle_secs: u64) -> Result<()> {
             println!("{:<20} {:>12} runs", p.name(), 0);
         }
     }
+    for (i, name) in noop_names.iter().enumerate() {
+        let runs = noop_after[i].run_cnt - noop_before[i].run_cnt;
+        if runs > 0 {
+            println!(
+                "{name:<20} {runs:>12} runs {:>8.1} ns/run (does nothing: the floor)",
+                (noop_after[i].run_time_ns - noop_before[i].run_time_ns) as f64 / runs as f64
+            );
+        }
+    }
     // What the programs cost the whole transfer: their run time against the run's CPU
     // time (two busy CPUs: iperf3's client and server with their softirqs). This bounds
     // the throughput they can take, without the run-to-run noise of throughput itself.
@@ -576,7 +890,7 @@ fn throughput(secs: u64, rounds: usize, toggle_secs: u64) -> Result<()> {
         100.0 * total_ns as f64 / cpu_ns,
         total_ns as f64 / (stats_bps / 8.0 * stats_wall.as_secs_f64() / 1024.0)
     );
-    container::detach(&progs, &layout, "bench", "tracked")?;
+    flow.detach()?;
     Ok(())
 }
 
@@ -596,11 +910,7 @@ fn attach_cost(n: usize) -> Result<()> {
         ],
     )?;
     let netns = fs::File::open(format!("/run/netns/{}", ns.0))?;
-    let root = if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
-        PathBuf::from("/sys/fs/cgroup/unified")
-    } else {
-        PathBuf::from("/sys/fs/cgroup")
-    };
+    let root = cgroup_root();
     // A node normally has containers running: one stays attached throughout, so the
     // kernel's per-hook static keys stay enabled (a first attach on an idle node patches
     // kernel text, a cost paid once, not per container).
@@ -733,6 +1043,7 @@ fn main() -> Result<()> {
     let rounds = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);
     let n = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(50);
     let toggle_secs = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(60);
+    let paired_secs = args.get(5).and_then(|s| s.parse().ok()).unwrap_or(120);
     println!(
         "kernel {}, tether object {}",
         sh("uname", &["-r"])?.trim(),
@@ -742,7 +1053,7 @@ fn main() -> Result<()> {
     load_cost(n)?;
     attach_cost(n)?;
     if secs > 0 {
-        throughput(secs, rounds, toggle_secs)?;
+        throughput(secs, rounds, toggle_secs, paired_secs)?;
     }
     Ok(())
 }
