@@ -50,8 +50,9 @@ impl Drop for Cgroup {
     }
 }
 
-struct Server(Child);
-impl Drop for Server {
+/// A child process (an iperf3 server or client), killed and reaped when dropped.
+struct KillOnDrop(Child);
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -325,7 +326,7 @@ struct Flow<'a> {
     cgroup_id: u64,
     noop: std::cell::RefCell<Vec<Noop>>,
     // Dropped in this order: the server, then its namespaces and the cgroup.
-    server: Server,
+    server: KillOnDrop,
     client_ns: Netns,
     _server_ns: Netns,
     cgroup: Cgroup,
@@ -356,7 +357,7 @@ impl<'a> Flow<'a> {
             sh("ip", &["-n", &ns.0, "addr", "add", &addr, "dev", dev])?;
             sh("ip", &["-n", &ns.0, "link", "set", dev, "up"])?;
         }
-        let server = Server(
+        let server = KillOnDrop(
             Command::new("ip")
                 .args(["netns", "exec", &b.0, "iperf3", "-s", "-B", &server_ip])
                 .stdout(Stdio::null())
@@ -678,7 +679,7 @@ fn paired(flows: [&Flow<'_>; 2], total: Duration, what: Toggle) -> Result<()> {
     let secs = (periods as u64 + 1) * TOGGLE_PERIOD.as_secs() + 3;
     let mut clients = Vec::new();
     for f in flows {
-        clients.push(Server(
+        clients.push(KillOnDrop(
             Command::new("sh")
                 .args(["-c", &f.client_script(&f.cgroup.0, &format!("-t {secs}"))])
                 .stdout(Stdio::null())
