@@ -667,6 +667,13 @@ fn toggled(flow: &Flow<'_>, total: Duration, what: Toggle) -> Result<()> {
 /// Leaves both flows with nothing attached.
 fn paired(flows: [&Flow<'_>; 2], total: Duration, what: Toggle) -> Result<()> {
     let periods = (total.as_secs_f64() / TOGGLE_PERIOD.as_secs_f64()) as usize & !1;
+    if periods == 0 {
+        bail!(
+            "two flows at once: {} s is less than one pair of {} s periods",
+            total.as_secs(),
+            TOGGLE_PERIOD.as_secs()
+        );
+    }
     println!(
         "== iperf3, two flows at once for {} s, programs on one flow and then the other, swapped every {} ms",
         total.as_secs(),
