@@ -212,7 +212,7 @@ fn require_attached(dir: &Path, id: &str) -> Result<()> {
 ///
 /// The thread's own namespace is opened once per thread: code that moves a thread to
 /// another network namespace by itself must not call this on that thread afterwards.
-fn in_netns<T>(netns: BorrowedFd<'_>, f: impl FnOnce() -> Result<T>) -> Result<T> {
+pub fn in_netns<T>(netns: BorrowedFd<'_>, f: impl FnOnce() -> Result<T>) -> Result<T> {
     use std::cell::RefCell;
     use std::os::fd::{AsFd, OwnedFd};
     use std::rc::Rc;

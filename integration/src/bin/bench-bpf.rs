@@ -230,27 +230,22 @@ impl Noop {
     }
 
     /// A TC no-op (TCX_NEXT) on both directions of `dev` in `netns`, through TCX links
-    /// made by a thread that enters the namespace.
+    /// made from inside the namespace ([`container::in_netns`]).
     fn tc(netns: &fs::File, dev: &str) -> Result<Self> {
         let prog = Self::load(libbpf_sys::BPF_PROG_TYPE_SCHED_CLS, -1, 0)?;
-        let links = std::thread::scope(|s| {
-            s.spawn(|| -> Result<Vec<std::os::fd::OwnedFd>> {
-                // Only this thread enters the namespace, and it ends here.
-                nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
-                let ifindex = nix::net::if_::if_nametoindex(dev).context(dev.to_string())?;
-                let mut links = Vec::new();
-                for attach_type in [libbpf_sys::BPF_TCX_INGRESS, libbpf_sys::BPF_TCX_EGRESS] {
-                    links.push(tether_bpf::sys::link_create_tcx(
-                        prog.as_fd(),
-                        ifindex,
-                        attach_type,
-                    )?);
-                }
-                Ok(links)
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("TCX attach thread panicked"))?
-        })?;
+        let link_both = || -> Result<Vec<std::os::fd::OwnedFd>> {
+            let ifindex = nix::net::if_::if_nametoindex(dev).context(dev.to_string())?;
+            let mut links = Vec::new();
+            for attach_type in [libbpf_sys::BPF_TCX_INGRESS, libbpf_sys::BPF_TCX_EGRESS] {
+                links.push(tether_bpf::sys::link_create_tcx(
+                    prog.as_fd(),
+                    ifindex,
+                    attach_type,
+                )?);
+            }
+            Ok(links)
+        };
+        let links = container::in_netns(netns.as_fd(), || Ok(link_both()))??;
         Ok(Noop {
             prog,
             _links: links,
