@@ -128,6 +128,38 @@ pub(crate) struct RawIface {
 // SAFETY: repr(C): a u64, two u32s, seven u64s: no padding.
 unsafe impl Pod for RawIface {}
 
+/// The number of slots of `tc_slots`, the TC programs' fast path (`TETHER_TC_SLOTS`).
+pub const TC_SLOTS: u32 = 1 << TC_SLOT_BITS;
+const TC_SLOT_BITS: u32 = 10;
+
+/// The slot of an interface in `tc_slots`: the mirror of `tether_tc_slot_of` in tether.h
+/// (the TC program tests fail if the two differ).
+pub fn tc_slot_of(key: IfKey) -> u32 {
+    let x = key.netns_cookie ^ (u64::from(key.ifindex) << 32);
+    (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - TC_SLOT_BITS)) as u32
+}
+
+/// An interface's entry in the per-CPU array `tc_slots` (`struct tether_tc_slot`); all
+/// zero when the slot is free.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RawTcSlot {
+    pub key: IfKey,
+    pub iface: RawIface,
+}
+// SAFETY: repr(C): two repr(C) structs of 16 and 72 bytes, both 8-aligned: no padding.
+unsafe impl Pod for RawTcSlot {}
+
+/// Who holds a slot of `tc_slots` (`struct tether_tc_owner`, the value of `tc_owners`).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RawTcOwner {
+    pub key: IfKey,
+    pub cgroup_id: u64,
+}
+// SAFETY: repr(C): a 16-byte repr(C) struct and a u64: no padding.
+unsafe impl Pod for RawTcOwner {}
+
 /// An interface inside a network namespace: the TC programs' key.
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -367,8 +399,24 @@ impl MapFd {
         self.update_bytes(as_bytes(key), as_bytes(value))
     }
 
+    /// Adds an entry only if its key is absent (BPF_NOEXIST): Ok(false) when it is there.
+    fn insert<K: Pod, V: Pod>(&self, key: &K, value: &V) -> Result<bool> {
+        match self.update_flags(
+            as_bytes(key),
+            as_bytes(value),
+            libbpf_sys::BPF_NOEXIST.into(),
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+            other => other.map(|()| true),
+        }
+    }
+
     fn update_bytes(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        sys::map_update(self.fd.as_fd(), key, value, 0).map_err(|e| match e.raw_os_error() {
+        self.update_flags(key, value, libbpf_sys::BPF_ANY.into())
+    }
+
+    fn update_flags(&self, key: &[u8], value: &[u8], flags: u64) -> Result<()> {
+        sys::map_update(self.fd.as_fd(), key, value, flags).map_err(|e| match e.raw_os_error() {
             Some(libc::E2BIG) | Some(libc::ENOSPC) => Error::MapFull {
                 map: self.name,
                 max_entries: self.max_entries,
@@ -440,6 +488,10 @@ pub struct Maps {
     /// of them is attached to a cgroup, freed with the cgroup.
     pub(crate) cg_local: MapFd,
     pub(crate) identities: MapFd,
+    /// The TC programs' fast path: an array slot per interface (see `tc_slots` in
+    /// tether.bpf.c); `tc_owners` says who holds which, `tc_ifaces` has the rest.
+    pub(crate) tc_slots: MapFd,
+    pub(crate) tc_owners: MapFd,
     pub(crate) tc_ifaces: MapFd,
     pub(crate) deny4: MapFd,
     pub(crate) deny6: MapFd,
@@ -593,7 +645,9 @@ impl Maps {
     }
 
     /// Routes an interface's TC traffic to a container (whose entry must exist: its flags
-    /// are copied); its counters start at zero.
+    /// are copied); its counters start at zero. The interface gets the slot of `tc_slots`
+    /// its key hashes to if that slot is free (or already its own), else an entry in
+    /// `tc_ifaces`; an interface already there stays there.
     pub fn set_iface(&self, key: IfKey, cgroup_id: u64) -> Result<()> {
         let flags = self
             .container_config(cgroup_id)?
@@ -603,18 +657,58 @@ impl Maps {
                 value: cgroup_id.to_string(),
                 reason: "has no container entry: its interfaces cannot be tracked",
             })?;
-        let entry = RawIface {
+        let iface = RawIface {
             cgroup_id,
             flags,
             pad: 0,
             counters: Counters::default(),
         };
-        self.tc_ifaces.update_percpu(&key, &entry, self.ncpus)
+        if self
+            .tc_ifaces
+            .lookup_percpu::<IfKey, RawIface>(&key, self.ncpus)?
+            .is_none()
+        {
+            let slot = tc_slot_of(key);
+            let owner = RawTcOwner { key, cgroup_id };
+            // The claim is atomic: of two shims claiming one slot, one gets EEXIST.
+            let claimed = self.tc_owners.insert(&slot, &owner)?;
+            if claimed || self.slot_owner(slot)?.is_some_and(|o| o.key == key) {
+                if !claimed {
+                    self.tc_owners.update(&slot, &owner)?;
+                }
+                let written =
+                    self.tc_slots
+                        .update_percpu(&slot, &RawTcSlot { key, iface }, self.ncpus);
+                if written.is_err() && claimed {
+                    let _ = self.tc_owners.delete(&slot);
+                }
+                return written;
+            }
+        }
+        self.tc_ifaces.update_percpu(&key, &iface, self.ncpus)
+    }
+
+    fn slot_owner(&self, slot: u32) -> Result<Option<RawTcOwner>> {
+        self.tc_owners.lookup::<u32, RawTcOwner>(&slot)
+    }
+
+    /// The slot an interface holds, if it holds one.
+    fn slot_of_iface(&self, key: IfKey) -> Result<Option<u32>> {
+        let slot = tc_slot_of(key);
+        Ok(self
+            .slot_owner(slot)?
+            .filter(|o| o.key == key)
+            .map(|_| slot))
     }
 
     /// Every tracked interface and its container's cgroup id.
     pub fn ifaces(&self) -> Result<Vec<(IfKey, u64)>> {
         let mut out = Vec::new();
+        for slot in self.tc_owners.keys::<u32>()? {
+            if let Some(o) = self.slot_owner(slot)? {
+                out.push((o.key, o.cgroup_id));
+            }
+        }
         for k in self.tc_ifaces.keys::<IfKey>()? {
             let cpus = self
                 .tc_ifaces
@@ -628,6 +722,18 @@ impl Maps {
 
     /// An interface's counters, summed over CPUs (zero for an unknown interface).
     pub fn iface_counters(&self, key: IfKey) -> Result<Counters> {
+        if let Some(slot) = self.slot_of_iface(key)? {
+            let cpus = self
+                .tc_slots
+                .lookup_percpu::<u32, RawTcSlot>(&slot, self.ncpus)?
+                .unwrap_or_default();
+            // A slot claimed but not written yet (or being freed) holds another key.
+            return Ok(Counters::sum(
+                cpus.iter()
+                    .filter(|s| s.key == key)
+                    .map(|s| &s.iface.counters),
+            ));
+        }
         Ok(Counters::sum(
             self.tc_ifaces
                 .lookup_percpu::<IfKey, RawIface>(&key, self.ncpus)?
@@ -637,8 +743,14 @@ impl Maps {
         ))
     }
 
-    /// Forgets an interface (and its counters).
+    /// Forgets an interface (and its counters). A slot is cleared before it is given up,
+    /// so the programs stop using it before another interface can claim it.
     pub fn remove_iface(&self, key: IfKey) -> Result<usize> {
+        if let Some(slot) = self.slot_of_iface(key)? {
+            self.tc_slots
+                .update_percpu(&slot, &RawTcSlot::default(), self.ncpus)?;
+            return Ok(self.tc_owners.delete(&slot)? as usize);
+        }
         Ok(self.tc_ifaces.delete(&key)? as usize)
     }
 
@@ -686,6 +798,11 @@ impl Maps {
                 self.cgroups.name,
                 self.cgroups.keys::<u64>()?.len(),
                 self.cgroups.max_entries,
+            ),
+            (
+                self.tc_slots.name,
+                self.tc_owners.keys::<u32>()?.len(),
+                self.tc_slots.max_entries,
             ),
             (
                 self.tc_ifaces.name,
@@ -786,6 +903,25 @@ mod tests {
     }
 
     #[test]
+    fn tc_slots_spread_sequential_cookies() {
+        // Netns cookies come from a counter: consecutive namespaces must not collide.
+        for ifindex in [1, 2, 7, 1000] {
+            let mut slots: Vec<u32> = (1..=512)
+                .map(|c| tc_slot_of(IfKey::new(c, ifindex)))
+                .collect();
+            assert!(slots.iter().all(|s| *s < TC_SLOTS));
+            slots.sort_unstable();
+            slots.dedup();
+            assert_eq!(slots.len(), 512, "ifindex {ifindex}");
+        }
+        // Interfaces of one namespace spread too.
+        let mut slots: Vec<u32> = (1..=64).map(|i| tc_slot_of(IfKey::new(77, i))).collect();
+        slots.sort_unstable();
+        slots.dedup();
+        assert_eq!(slots.len(), 64);
+    }
+
+    #[test]
     fn config_flags_round_trip() {
         let c = ContainerConfig {
             account: true,
@@ -815,6 +951,8 @@ mod tests {
         assert_eq!(size_of::<RawCgroup>(), size_of::<types::tether_cgroup>());
         assert_eq!(size_of::<RawIface>(), size_of::<types::tether_iface>());
         assert_eq!(size_of::<IfKey>(), size_of::<types::tether_if_key>());
+        assert_eq!(size_of::<RawTcSlot>(), size_of::<types::tether_tc_slot>());
+        assert_eq!(size_of::<RawTcOwner>(), size_of::<types::tether_tc_owner>());
         assert_eq!(size_of::<Deny4Key>(), size_of::<types::tether_deny4_key>());
         assert_eq!(size_of::<Deny6Key>(), size_of::<types::tether_deny6_key>());
         // tether_event is not a map value, so the skeleton has no type for it; tether.h asserts 56.

@@ -83,7 +83,7 @@ impl Prog {
 }
 
 /// (name, map type, key size, value size) of every shared map.
-const MAPS: [(&str, u32, u32, u32); 8] = [
+const MAPS: [(&str, u32, u32, u32); 10] = [
     ("cgroups", libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH, 8, 80),
     (
         "cg_local",
@@ -92,6 +92,8 @@ const MAPS: [(&str, u32, u32, u32); 8] = [
         80,
     ),
     ("identities", libbpf_sys::BPF_MAP_TYPE_HASH, 8, 168),
+    ("tc_slots", libbpf_sys::BPF_MAP_TYPE_PERCPU_ARRAY, 4, 88),
+    ("tc_owners", libbpf_sys::BPF_MAP_TYPE_HASH, 4, 24),
     ("tc_ifaces", libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH, 16, 72),
     ("deny4", libbpf_sys::BPF_MAP_TYPE_LPM_TRIE, 16, 4),
     ("deny6", libbpf_sys::BPF_MAP_TYPE_LPM_TRIE, 28, 4),
@@ -206,10 +208,12 @@ fn load_into(staging: &std::path::Path, version: &str) -> Result<LoadReport> {
         verified_insns += u64::from(sys::prog_info(fd)?.verified_insns);
         sys::obj_pin(fd, &staging.join("progs").join(p.name()))?;
     }
-    let maps: [(&str, BorrowedFd<'_>); 8] = [
+    let maps: [(&str, BorrowedFd<'_>); 10] = [
         ("cgroups", skel.maps.cgroups.as_fd()),
         ("cg_local", skel.maps.cg_local.as_fd()),
         ("identities", skel.maps.identities.as_fd()),
+        ("tc_slots", skel.maps.tc_slots.as_fd()),
+        ("tc_owners", skel.maps.tc_owners.as_fd()),
         ("tc_ifaces", skel.maps.tc_ifaces.as_fd()),
         ("deny4", skel.maps.deny4.as_fd()),
         ("deny6", skel.maps.deny6.as_fd()),
@@ -281,6 +285,8 @@ impl Programs {
             cgroups: open("cgroups")?,
             cg_local: open("cg_local")?,
             identities: open("identities")?,
+            tc_slots: open("tc_slots")?,
+            tc_owners: open("tc_owners")?,
             tc_ifaces: open("tc_ifaces")?,
             deny4: open("deny4")?,
             deny6: open("deny6")?,
@@ -333,6 +339,8 @@ impl Programs {
             &m.cgroups,
             &m.cg_local,
             &m.identities,
+            &m.tc_slots,
+            &m.tc_owners,
             &m.tc_ifaces,
             &m.deny4,
             &m.deny6,
@@ -383,6 +391,18 @@ fn open_map(layout: &PinLayout, version: &str, name: &'static str) -> Result<Map
         path: path.clone(),
         reason: "not a map".into(),
     })?;
+    // The programs index `tc_slots` by a hash of TC_SLOT_BITS bits.
+    let slots = ["tc_slots", "tc_owners"].contains(&name);
+    if slots && info.max_entries != crate::maps::TC_SLOTS {
+        return Err(Error::Tampered {
+            path,
+            reason: format!(
+                "{} entries, expected {}",
+                info.max_entries,
+                crate::maps::TC_SLOTS
+            ),
+        });
+    }
     if info.map_type != ty || info.key_size != key || info.value_size != value {
         return Err(Error::Tampered {
             path,

@@ -157,6 +157,74 @@ fn tc_counts_per_interface_and_drops_denied() {
     assert_eq!(maps.iface_counters(key).unwrap().drops, 2);
 }
 
+/// An interface whose slot of the TC fast path another interface holds is counted through
+/// `tc_ifaces`; freed slots are taken again, and nothing is counted twice or lost.
+#[test]
+fn tc_slot_collision_falls_back_to_the_hash() {
+    use tether_bpf::maps::tc_slot_of;
+    let fs = Bpffs::new();
+    let progs = fs.load();
+    let maps = progs.maps();
+    let cookie = match progs.netns_key() {
+        tether_bpf::NetnsKey::Cookie => tether_bpf::sys::current_netns_cookie().unwrap(),
+        tether_bpf::NetnsKey::IfindexOnly => 0,
+    };
+    let key = IfKey::new(cookie, 1);
+    // An interface of another namespace whose key hashes to the same slot.
+    let rival = (1..u64::MAX)
+        .map(|d| IfKey::new(cookie.wrapping_add(d), 1))
+        .find(|k| tc_slot_of(*k) == tc_slot_of(key))
+        .unwrap();
+    let placed = || {
+        let o = maps.occupancy().unwrap();
+        let n = |name| o.iter().find(|(m, ..)| *m == name).unwrap().1;
+        (n("tc_slots"), n("tc_ifaces"))
+    };
+    let pkt = ipv4_packet([203, 0, 113, 5], 64);
+    maps.set_container(42, &ContainerConfig::default(), "test", "slots")
+        .unwrap();
+    maps.set_container(43, &ContainerConfig::default(), "test", "rival")
+        .unwrap();
+
+    maps.set_iface(rival, 43).unwrap();
+    maps.set_iface(key, 42).unwrap();
+    assert_eq!(placed(), (1, 1));
+    let mut listed = maps.ifaces().unwrap();
+    listed.sort();
+    let mut want = vec![(key, 42), (rival, 43)];
+    want.sort();
+    assert_eq!(listed, want);
+    assert_eq!(progs.test_run(Prog::TcEgress, &pkt).unwrap(), u32::MAX);
+    assert_eq!(maps.iface_counters(key).unwrap().tx_packets, 1);
+    assert_eq!(maps.iface_counters(rival).unwrap(), Default::default());
+
+    // The slot is freed; the interface in the hash stays there and keeps counting.
+    assert_eq!(maps.remove_iface(rival).unwrap(), 1);
+    maps.set_iface(key, 42).unwrap();
+    assert_eq!(placed(), (0, 1));
+    assert_eq!(progs.test_run(Prog::TcIngress, &pkt).unwrap(), u32::MAX);
+    assert_eq!(maps.iface_counters(key).unwrap().rx_packets, 1);
+
+    // Once it is forgotten it takes the free slot, with counters from zero.
+    assert_eq!(maps.remove_iface(key).unwrap(), 1);
+    maps.set_iface(key, 42).unwrap();
+    assert_eq!(placed(), (1, 0));
+    assert_eq!(maps.iface_counters(key).unwrap(), Default::default());
+    assert_eq!(progs.test_run(Prog::TcIngress, &pkt).unwrap(), u32::MAX);
+    let c = maps.iface_counters(key).unwrap();
+    assert_eq!((c.rx_packets, c.tx_packets), (1, 0));
+    assert_eq!(maps.ifaces().unwrap(), vec![(key, 42)]);
+
+    // The rival now finds its slot taken; removing the containers empties both maps.
+    maps.set_iface(rival, 43).unwrap();
+    assert_eq!(placed(), (1, 1));
+    assert_eq!(maps.iface_counters(rival).unwrap(), Default::default());
+    maps.remove_container(42).unwrap();
+    maps.remove_container(43).unwrap();
+    assert_eq!(placed(), (0, 0));
+    assert!(maps.ifaces().unwrap().is_empty());
+}
+
 /// Outbound TCP is checked once, at connect(), and its packets are not looked up in the
 /// deny rules again; a connection a denied peer opens to the container is checked packet
 /// by packet, so the container's replies never reach the peer.

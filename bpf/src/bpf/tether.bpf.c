@@ -7,8 +7,9 @@
  * Identity: a container is its cgroup v2 id. The cgroup programs are attached
  * to the container's own cgroup, so only tracked containers run them; the TC
  * programs are attached only to interfaces inside tracked containers' network
- * namespaces, and find their container through `tc_ifaces`, keyed by
- * (netns cookie, ifindex) so that two containers' `eth0` never share an entry.
+ * namespaces, and find their container through `tc_slots` (or `tc_ifaces`),
+ * keyed by (netns cookie, ifindex) so that two containers' `eth0` never share
+ * an entry.
  *
  * The context structs come from the UAPI (<linux/bpf.h>); the verifier
  * rewrites their field accesses for the running kernel, so the object is
@@ -75,10 +76,15 @@ static __always_inline __u64 skb_dev_netns_cookie(struct __sk_buff *skb)
 	return net ? net->net_cookie : 0;
 }
 
-/* Tracked cgroups: config and counters, one lookup per packet (see tether.h). */
+/*
+ * Tracked cgroups: config and counters (see tether.h). Written by userspace only, so
+ * not preallocated: memory follows the containers tracked, not max_entries times the
+ * number of CPUs.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, TETHER_MAX_CONTAINERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u64);
 	__type(value, struct tether_cgroup);
 } cgroups SEC(".maps");
@@ -110,10 +116,34 @@ struct {
 	__type(value, struct tether_identity);
 } identities SEC(".maps");
 
-/* Tracked interfaces: their container and counters, one lookup per packet. */
+/*
+ * Tracked interfaces: their container and counters. Most are in `tc_slots`, an
+ * array lookup; those whose slot was taken are in `tc_ifaces`, a hash lookup (the
+ * key's hash, a bucket walk and a key compare: on this path, per packet, the
+ * difference is measurable). `tc_owners` says which interface holds which slot.
+ * Userspace clears a slot before it gives it up; a program that found the slot
+ * just before that may still count its one packet there, as it would in a hash
+ * entry being deleted.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TETHER_TC_SLOTS);
+	__type(key, __u32);
+	__type(value, struct tether_tc_slot);
+} tc_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TETHER_TC_SLOTS);
+	__type(key, __u32);
+	__type(value, struct tether_tc_owner);
+} tc_owners SEC(".maps");
+
+/* Not preallocated, as `cgroups`: 65536 entries would take 4.5 MiB per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, TETHER_MAX_INTERFACES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct tether_if_key);
 	__type(value, struct tether_iface);
 } tc_ifaces SEC(".maps");
@@ -146,10 +176,15 @@ struct {
 	__type(value, struct tether_vetted);
 } vetted SEC(".maps");
 
-/* Per-CPU token buckets: no cross-CPU contention; the limit applies per CPU. */
+/*
+ * Per-CPU token buckets: no cross-CPU contention; the limit applies per CPU. Made by
+ * the programs at a container's first event; not preallocated, as `cgroups` (an
+ * allocation that fails counts the event as lost).
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, TETHER_MAX_CONTAINERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u64);
 	__type(value, struct tether_rate);
 } rates SEC(".maps");
@@ -550,8 +585,14 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int dir)
 		.ifindex = skb->ifindex,
 	};
 
-	struct tether_iface *ifc = bpf_map_lookup_elem(&tc_ifaces, &k);
+	__u32 slot = tether_tc_slot_of(k.netns_cookie, k.ifindex);
+	struct tether_tc_slot *s = bpf_map_lookup_elem(&tc_slots, &slot);
+	struct tether_iface *ifc;
 
+	if (s && s->key.ifindex == k.ifindex && s->key.netns_cookie == k.netns_cookie)
+		ifc = &s->iface;
+	else
+		ifc = bpf_map_lookup_elem(&tc_ifaces, &k);
 	if (!ifc)
 		return TC_ACT_UNSPEC;
 	struct tether_counters *c = &ifc->counters;

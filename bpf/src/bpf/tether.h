@@ -10,6 +10,9 @@
 
 #define TETHER_MAX_CONTAINERS 16384
 #define TETHER_MAX_INTERFACES 65536
+/* Slots of the TC programs' array fast path (a power of two; see tether_tc_slot). */
+#define TETHER_TC_SLOT_BITS 10
+#define TETHER_TC_SLOTS (1u << TETHER_TC_SLOT_BITS)
 #define TETHER_MAX_RULES 65536
 #define TETHER_RINGBUF_BYTES (256 * 1024)
 #define TETHER_MAX_CGROUP_DEPTH 16
@@ -87,6 +90,40 @@ struct tether_if_key {
 	__u32 ifindex;
 	__u32 pad;
 };
+
+/*
+ * The fast path of the TC programs: an interface's entry in the per-CPU array
+ * `tc_slots`, at the slot its key hashes to (tether_tc_slot_of). The array
+ * lookup is inlined by the verifier (no call, no hash of the key, no bucket
+ * walk); the key stored in the slot tells whether the slot is this interface's.
+ * An interface whose slot another one holds has its entry in `tc_ifaces`.
+ */
+struct tether_tc_slot {
+	struct tether_if_key key; /* all zero: a free slot (no interface has ifindex 0) */
+	struct tether_iface iface;
+};
+
+/*
+ * Who holds a slot: written by userspace only, with BPF_NOEXIST, so that two
+ * shims claiming one slot at once cannot both win; also the list of the
+ * interfaces that have slots, without reading the per-CPU array.
+ */
+struct tether_tc_owner {
+	struct tether_if_key key;
+	__u64 cgroup_id;
+};
+
+/*
+ * The slot of an interface: Fibonacci hashing of the netns cookie (a counter,
+ * so small and sequential) with the ifindex folded into its upper half. The
+ * Rust mirror is maps::tc_slot_of; the TC program tests fail if they differ.
+ */
+static inline __u32 tether_tc_slot_of(__u64 netns_cookie, __u32 ifindex)
+{
+	__u64 x = netns_cookie ^ ((__u64)ifindex << 32);
+
+	return (__u32)((x * 0x9E3779B97F4A7C15ULL) >> (64 - TETHER_TC_SLOT_BITS));
+}
 
 /*
  * LPM keys: the cgroup id is part of the matched data, so one trie holds
