@@ -31,7 +31,7 @@ pub async fn delete(flags: &Flags) -> Result<Vec<u8>> {
     let runc = Runc::new(opts.runc_config(&config, &flags.namespace), &bundle, reaper);
     // Read before `runc delete` removes the cgroup, and its local counters with it.
     let earlier =
-        crate::attach::ebpf::EbpfAttach::counters_now(&flags.namespace, &flags.id, &config);
+        crate::attach::ebpf::EbpfAttach::read_before_delete(&flags.namespace, &flags.id, &config);
     match runc.delete(&flags.id, true).await {
         Err(Error::Runc(e)) if e.kind == RuncErrorKind::NotFound => {}
         Err(e) => warn!("runc delete {}: {e}", flags.id),

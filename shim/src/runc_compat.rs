@@ -530,7 +530,7 @@ pub fn main_with(argv: Vec<OsString>) -> i32 {
             // Read before `runc delete` removes the cgroup, and its local counters with it.
             let earlier = args
                 .container_id()
-                .and_then(|id| EbpfAttach::counters_now(&args.namespace(), &id, &config));
+                .and_then(|id| EbpfAttach::read_before_delete(&args.namespace(), &id, &config));
             let status = match runc_cmd(&runc, &args, "delete", &args.args).status() {
                 Ok(s) => s,
                 Err(e) => {
@@ -606,7 +606,7 @@ fn run(runc: &Path, args: &RuncArgs, config: &Config) -> i32 {
     }
     let code = wait_for(pid);
     if !keep {
-        let earlier = EbpfAttach::counters_now(&args.namespace(), &id, config);
+        let earlier = EbpfAttach::read_before_delete(&args.namespace(), &id, config);
         let _ = runc_cmd(
             runc,
             args,

@@ -317,30 +317,38 @@ impl EbpfAttach {
         }
     }
 
-    /// A container's cgroup counters now, for a container this process did not attach (the
-    /// `delete` action reads them before `runc delete` removes the cgroup; see
-    /// [`AttachHook::before_delete`]). `None` when it is not tracked or cannot be read.
-    pub fn counters_now(namespace: &str, id: &str, config: &Config) -> Option<Counters> {
-        let programs = Programs::open(&layout(config), tether_bpf::VERSION).ok()?;
+    /// Reads what a container this process did not attach needs read before `runc delete`
+    /// removes its cgroup (and its local counters with it): the programs, opened once for
+    /// both this read and [`EbpfAttach::detach_now`], and its cgroup counters now. `None`
+    /// when the pins cannot be opened (nothing is loaded: nothing to detach).
+    pub fn read_before_delete(namespace: &str, id: &str, config: &Config) -> Option<BeforeDelete> {
+        let programs = Arc::new(Programs::open(&layout(config), tether_bpf::VERSION).ok()?);
         let maps = programs.maps();
-        let cgid = maps.cgroup_of(namespace, id).ok()??;
-        maps.cgroup_counters(cgid).ok()
+        let counters = match maps.cgroup_of(namespace, id) {
+            Ok(Some(cgid)) => maps.cgroup_counters(cgid).ok(),
+            _ => None,
+        };
+        Some(BeforeDelete { programs, counters })
     }
 
-    /// Detaches a container this process did not attach (the `delete` action). `earlier`:
-    /// its counters from [`EbpfAttach::counters_now`] before `runc delete`.
+    /// Detaches a container this process did not attach (the `delete` action), with what
+    /// [`EbpfAttach::read_before_delete`] read before `runc delete`.
     pub async fn detach_now(
         &self,
         namespace: &str,
         id: &str,
         config: &Config,
-        earlier: Option<Counters>,
+        before: Option<BeforeDelete>,
     ) {
+        let (programs, earlier) = match before {
+            Some(b) => (Some(b.programs), b.counters),
+            None => (None, None),
+        };
         Self::remove(
             namespace.to_string(),
             id.to_string(),
             layout(config),
-            None,
+            programs,
             Some(socket(config)),
             earlier,
         )
@@ -534,6 +542,12 @@ impl EbpfAttach {
             Err(e) => warn!("detach: {e}"),
         }
     }
+}
+
+/// What the `delete` action reads before `runc delete` (see [`EbpfAttach::read_before_delete`]).
+pub struct BeforeDelete {
+    programs: Arc<Programs>,
+    counters: Option<Counters>,
 }
 
 fn socket(config: &Config) -> PathBuf {
