@@ -285,26 +285,33 @@ enum Toggle {
 }
 
 impl Toggle {
+    /// What the benchmarks toggle: `TETHER_BENCH_TOGGLE`, default `all`.
     fn from_env() -> Result<Self> {
-        Ok(
-            match std::env::var("TETHER_BENCH_TOGGLE")
-                .as_deref()
-                .unwrap_or("all")
-            {
-                "all" => Toggle::All,
-                "cgroup" => Toggle::Cgroup,
-                "tc" => Toggle::Tc,
-                "noop" => Toggle::Noop,
-                "noop-tc" => Toggle::NoopTc,
-                "noop-all" => Toggle::NoopAll,
-                "noop-off-path" => Toggle::NoopOffPath,
-                "spin" => Toggle::Spin,
-                "none" => Toggle::None,
-                other => {
-                    bail!("TETHER_BENCH_TOGGLE={other}: expected all, cgroup, tc, noop, noop-tc, noop-all, noop-off-path, spin or none")
-                }
-            },
-        )
+        Self::parse("TETHER_BENCH_TOGGLE", "all")
+    }
+
+    /// What the other flow of [`paired`] carries meanwhile: `TETHER_BENCH_VERSUS`, default
+    /// `none` (nothing). With `noop-all` the ratio is tether's work beyond the kernel's
+    /// hooks, in one window.
+    fn versus_from_env() -> Result<Self> {
+        Self::parse("TETHER_BENCH_VERSUS", "none")
+    }
+
+    fn parse(var: &str, default: &str) -> Result<Self> {
+        Ok(match std::env::var(var).as_deref().unwrap_or(default) {
+            "all" => Toggle::All,
+            "cgroup" => Toggle::Cgroup,
+            "tc" => Toggle::Tc,
+            "noop" => Toggle::Noop,
+            "noop-tc" => Toggle::NoopTc,
+            "noop-all" => Toggle::NoopAll,
+            "noop-off-path" => Toggle::NoopOffPath,
+            "spin" => Toggle::Spin,
+            "none" => Toggle::None,
+            other => {
+                bail!("{var}={other}: expected all, cgroup, tc, noop, noop-tc, noop-all, noop-off-path, spin or none")
+            }
+        })
     }
 }
 
@@ -660,7 +667,7 @@ fn toggled(flow: &Flow<'_>, total: Duration, what: Toggle) -> Result<()> {
 /// where their roles are swapped: the estimate is sqrt(r_a * r_b) over each pair of
 /// periods, r being the attached flow's bytes over the other's.
 /// Leaves both flows with nothing attached.
-fn paired(flows: [&Flow<'_>; 2], total: Duration, what: Toggle) -> Result<()> {
+fn paired(flows: [&Flow<'_>; 2], total: Duration, what: Toggle, versus: Toggle) -> Result<()> {
     let periods = (total.as_secs_f64() / TOGGLE_PERIOD.as_secs_f64()) as usize & !1;
     if periods == 0 {
         bail!(
@@ -674,7 +681,12 @@ fn paired(flows: [&Flow<'_>; 2], total: Duration, what: Toggle) -> Result<()> {
         total.as_secs(),
         TOGGLE_PERIOD.as_millis()
     );
-    println!("toggled: {what:?}");
+    println!("toggled: {what:?}, the other flow meanwhile: {versus:?}");
+    if what == Toggle::Tc || versus == Toggle::Tc {
+        bail!(
+            "TETHER_BENCH_VERSUS works with toggles that leave nothing attached when off (not tc)"
+        );
+    }
     for f in flows {
         f.off(what)?;
     }
@@ -698,7 +710,11 @@ fn paired(flows: [&Flow<'_>; 2], total: Duration, what: Toggle) -> Result<()> {
     for k in 0..periods {
         let (on, other) = (k % 2, 1 - k % 2);
         flows[other].off(what)?;
+        if versus != Toggle::None {
+            flows[on].off(versus)?;
+        }
         flows[on].on(what)?;
+        flows[other].on(versus)?;
         std::thread::sleep(Duration::from_secs_f64(TOGGLE_GUARD));
         let start = [flows[0].server_counters()?, flows[1].server_counters()?];
         let end_at = TOGGLE_PERIOD * (k as u32 + 1);
@@ -721,6 +737,10 @@ fn paired(flows: [&Flow<'_>; 2], total: Duration, what: Toggle) -> Result<()> {
         f.off(Toggle::All)?;
     }
     drop(clients);
+    let label = match versus {
+        Toggle::None => "attached / not".to_string(),
+        v => format!("attached / {v:?} on the other flow"),
+    };
     let effect: Vec<f64> = ratios.chunks(2).map(|p| (p[0] * p[1]).sqrt()).collect();
     let asymmetry: Vec<f64> = ratios.chunks(2).map(|p| (p[0] / p[1]).sqrt()).collect();
     let measured = periods as f64 * (TOGGLE_PERIOD.as_secs_f64() - TOGGLE_GUARD);
@@ -752,7 +772,7 @@ fn paired(flows: [&Flow<'_>; 2], total: Duration, what: Toggle) -> Result<()> {
         summary(&asymmetry)
     );
     println!(
-        "attached / not, same window ({} pairs of periods): {}",
+        "{label}, same window ({} pairs of periods): {}",
         effect.len(),
         summary(&effect)
     );
@@ -802,7 +822,12 @@ fn throughput(secs: u64, rounds: usize, toggle_secs: u64, paired_secs: u64) -> R
     }
     if paired_secs > 0 {
         let second = Flow::new(&progs, &layout, 1)?;
-        paired([&flow, &second], Duration::from_secs(paired_secs), what)?;
+        paired(
+            [&flow, &second],
+            Duration::from_secs(paired_secs),
+            what,
+            Toggle::versus_from_env()?,
+        )?;
         flow.attach_cgroup()?;
     }
 
