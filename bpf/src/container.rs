@@ -320,10 +320,7 @@ fn attach_here(
     only: Option<&[String]>,
     tc: TcAttach,
 ) -> Result<Vec<IfaceAttached>> {
-    let cookie = match programs.netns_key() {
-        NetnsKey::Cookie => sys::current_netns_cookie()?,
-        NetnsKey::IfindexOnly => 0,
-    };
+    let cookie = programs.netns_cookie_here()?;
     let maps = programs.maps();
     let mut out = Vec::new();
     for (ifindex, name) in sys::interfaces()? {

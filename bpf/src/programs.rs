@@ -314,6 +314,15 @@ impl Programs {
         self.netns_key
     }
 
+    /// The namespace part of the TC keys of interfaces in the caller's current network
+    /// namespace: its cookie, or 0 where the programs key by ifindex only.
+    pub fn netns_cookie_here(&self) -> Result<u64> {
+        match self.netns_key {
+            NetnsKey::Cookie => sys::current_netns_cookie(),
+            NetnsKey::IfindexOnly => Ok(0),
+        }
+    }
+
     pub(crate) fn fd(&self, p: Prog) -> BorrowedFd<'_> {
         // Programs::open pushes every Prog in Prog::ALL order.
         self.progs[p as usize].1.as_fd()

@@ -119,10 +119,7 @@ fn tc_counts_per_interface_and_drops_denied() {
     let fs = Bpffs::new();
     let progs = fs.load();
     let maps = progs.maps();
-    let cookie = match progs.netns_key() {
-        tether_bpf::NetnsKey::Cookie => tether_bpf::sys::current_netns_cookie().unwrap(),
-        tether_bpf::NetnsKey::IfindexOnly => 0,
-    };
+    let cookie = progs.netns_cookie_here().unwrap();
     // BPF_PROG_TEST_RUN runs on the loopback device (ifindex 1) of the caller's namespace.
     let key = IfKey::new(cookie, 1);
     let pkt = ipv4_packet([203, 0, 113, 5], 64);
@@ -165,10 +162,7 @@ fn tc_slot_collision_falls_back_to_the_hash() {
     let fs = Bpffs::new();
     let progs = fs.load();
     let maps = progs.maps();
-    let cookie = match progs.netns_key() {
-        tether_bpf::NetnsKey::Cookie => tether_bpf::sys::current_netns_cookie().unwrap(),
-        tether_bpf::NetnsKey::IfindexOnly => 0,
-    };
+    let cookie = progs.netns_cookie_here().unwrap();
     let key = IfKey::new(cookie, 1);
     // An interface of another namespace whose key hashes to the same slot.
     let rival = (1..u64::MAX)

@@ -1048,7 +1048,7 @@ fn run_cost(repeat: u32) -> Result<()> {
         "cgroup egress, tracked, 1 rule      {:>6}",
         cost(Prog::CgroupEgress)?
     );
-    let key = tether_bpf::IfKey::new(tether_bpf::sys::current_netns_cookie()?, 1);
+    let key = tether_bpf::IfKey::new(progs.netns_cookie_here()?, 1);
     maps.set_iface(key, 1)?;
     println!(
         "tc egress, tracked interface        {:>6}",
