@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::error::BackendError;
 pub use crate::types::{
     Acquired, AttachmentInfo, AuditEvent, ContainerInfo, ContainerStatsInfo, Counters, GcReport,
-    InterfaceStatsInfo, ObjInfo, VersionInfo,
+    InterfaceStatsInfo, MapUsage, ObjInfo, VersionInfo,
 };
 
 /// What tetherd needs from the eBPF layer. Every method may block; none may panic.
@@ -136,6 +136,11 @@ pub mod testing {
                         maps: a.maps,
                         containers: 0,
                         problem: None,
+                        usage: vec![MapUsage {
+                            map: "cgroups".into(),
+                            entries: 1,
+                            max_entries: 4,
+                        }],
                     }
                 })
                 .collect())

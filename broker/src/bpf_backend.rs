@@ -15,8 +15,8 @@ use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::BackendError;
 use crate::types::{
-    Acquired, AttachmentInfo, AuditEvent, ContainerInfo, ContainerStatsInfo, GcReport, ObjInfo,
-    VersionInfo,
+    Acquired, AttachmentInfo, AuditEvent, ContainerInfo, ContainerStatsInfo, GcReport, MapUsage,
+    ObjInfo, VersionInfo,
 };
 
 /// Opens the backend over the configured pin root.
@@ -239,6 +239,16 @@ impl Backend for BpfBackend {
                         .filter(|c| c.links.iter().any(|(_, l)| ids.contains(&l.prog_id)))
                         .count();
                     let a = self.acquired(&p)?;
+                    let usage = p
+                        .maps()
+                        .occupancy()?
+                        .into_iter()
+                        .map(|(map, entries, max)| MapUsage {
+                            map: map.to_string(),
+                            entries: entries as u64,
+                            max_entries: u64::from(max),
+                        })
+                        .collect();
                     out.push(VersionInfo {
                         version: v,
                         pin_dir: dir,
@@ -246,6 +256,7 @@ impl Backend for BpfBackend {
                         maps: a.maps,
                         containers: u32::try_from(used).unwrap_or(u32::MAX),
                         problem: None,
+                        usage,
                     });
                 }
                 Err(e) => out.push(VersionInfo {

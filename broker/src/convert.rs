@@ -92,7 +92,29 @@ impl From<VersionInfo> for pb::VersionStatus {
             maps: list(v.maps),
             containers: v.containers,
             problem: v.problem.unwrap_or_default(),
+            usage: list(v.usage),
             ..Default::default()
+        }
+    }
+}
+
+impl From<MapUsage> for pb::MapUsage {
+    fn from(u: MapUsage) -> Self {
+        pb::MapUsage {
+            map: u.map,
+            entries: u.entries,
+            max_entries: u.max_entries,
+            ..Default::default()
+        }
+    }
+}
+
+impl From<pb::MapUsage> for MapUsage {
+    fn from(u: pb::MapUsage) -> Self {
+        MapUsage {
+            map: u.map,
+            entries: u.entries,
+            max_entries: u.max_entries,
         }
     }
 }
@@ -106,6 +128,7 @@ impl From<pb::VersionStatus> for VersionInfo {
             maps: list(v.maps),
             containers: v.containers,
             problem: (!v.problem.is_empty()).then_some(v.problem),
+            usage: list(v.usage),
         }
     }
 }
@@ -366,6 +389,11 @@ mod tests {
         let v = VersionInfo {
             version: "v1".into(),
             problem: Some("missing prog".into()),
+            usage: vec![MapUsage {
+                map: "cgroups".into(),
+                entries: 3,
+                max_entries: 65536,
+            }],
             ..Default::default()
         };
         let back: VersionInfo = pb::VersionStatus::from(v.clone()).into();

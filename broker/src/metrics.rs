@@ -14,7 +14,7 @@ use crate::acquire::{blocking, Acquirer};
 use crate::backend::Backend;
 use crate::config::MetricsAddr;
 use crate::error::Error;
-use crate::types::{ContainerInfo, ContainerStatsInfo};
+use crate::types::{ContainerInfo, ContainerStatsInfo, MapUsage, VersionInfo};
 
 /// What one scrape reports.
 #[derive(Debug, Default, Clone)]
@@ -26,6 +26,8 @@ pub struct Snapshot {
     /// kept by the service, not the backend, and never reach the per-container families:
     /// a deleted container's series end with it, as Prometheus expects.
     pub stats: Vec<ContainerStatsInfo>,
+    /// The pinned object versions, for how full their maps are.
+    pub versions: Vec<VersionInfo>,
 }
 
 /// Escapes a label value: backslash, double quote and line feed (exposition format 0.0.4).
@@ -45,6 +47,15 @@ pub fn escape_label(v: &str) -> String {
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// One sample with labels: `name{k="v",...} value`, the values escaped.
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
+    let labels: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+        .collect();
+    let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
 }
 
 /// Renders `s` in the text exposition format 0.0.4.
@@ -108,12 +119,11 @@ pub fn render(s: &Snapshot) -> String {
     for (name, help, field) in per_container {
         family(&mut out, name, "counter", help);
         for c in &s.stats {
-            let _ = writeln!(
-                out,
-                "{name}{{id=\"{}\",namespace=\"{}\"}} {}",
-                escape_label(&c.id),
-                escape_label(&c.namespace),
-                field(c)
+            sample(
+                &mut out,
+                name,
+                &[("id", &c.id), ("namespace", &c.namespace)],
+                field(c),
             );
         }
     }
@@ -128,6 +138,33 @@ pub fn render(s: &Snapshot) -> String {
         .iter()
         .fold(0u64, |a, c| a.wrapping_add(c.total.events_lost));
     let _ = writeln!(out, "tether_events_lost_total {lost}");
+
+    type Usage = fn(&MapUsage) -> u64;
+    let per_map: [(&str, &str, Usage); 2] = [
+        (
+            "tether_map_entries",
+            "Entries in a per-container map (tc_slots: slots taken).",
+            |u| u.entries,
+        ),
+        (
+            "tether_map_max_entries",
+            "Entries a per-container map can hold.",
+            |u| u.max_entries,
+        ),
+    ];
+    for (name, help, field) in per_map {
+        family(&mut out, name, "gauge", help);
+        for v in &s.versions {
+            for u in &v.usage {
+                sample(
+                    &mut out,
+                    name,
+                    &[("version", &v.version), ("map", &u.map)],
+                    field(u),
+                );
+            }
+        }
+    }
     out
 }
 
@@ -137,17 +174,23 @@ async fn snapshot(backend: &Arc<dyn Backend>, acquirer: &Acquirer) -> Snapshot {
     let containers = blocking("containers", move || b.containers()).await;
     let b = backend.clone();
     let stats = blocking("stats", move || b.stats()).await;
+    let b = backend.clone();
+    let versions = blocking("versions", move || b.versions()).await;
     if let Err(e) = &containers {
         log::warn!("metrics: list containers: {e}");
     }
     if let Err(e) = &stats {
         log::warn!("metrics: stats: {e}");
     }
+    if let Err(e) = &versions {
+        log::warn!("metrics: versions: {e}");
+    }
     Snapshot {
         loads: acquirer.loads(),
         acquires: acquirer.acquires(),
         containers: containers.unwrap_or_default(),
         stats: stats.unwrap_or_default(),
+        versions: versions.unwrap_or_default(),
     }
 }
 
@@ -306,6 +349,15 @@ mod tests {
                 },
                 ..Default::default()
             }],
+            versions: vec![VersionInfo {
+                version: "v1".into(),
+                usage: vec![MapUsage {
+                    map: "cgroups".into(),
+                    entries: 7,
+                    max_entries: 65536,
+                }],
+                ..Default::default()
+            }],
         };
         let text = render(&s);
         for line in [
@@ -319,6 +371,9 @@ mod tests {
             r#"tether_container_tx_bytes_total{id="c1",namespace="k8s.\"io\""} 1500"#,
             r#"tether_container_denials_total{id="c1",namespace="k8s.\"io\""} 2"#,
             "tether_events_lost_total 4",
+            "# TYPE tether_map_entries gauge",
+            r#"tether_map_entries{version="v1",map="cgroups"} 7"#,
+            r#"tether_map_max_entries{version="v1",map="cgroups"} 65536"#,
         ] {
             assert!(
                 text.lines().any(|l| l == line),

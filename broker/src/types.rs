@@ -44,6 +44,26 @@ pub struct VersionInfo {
     pub containers: u32,
     /// Why the pin directory failed validation; `None` if it is sound.
     pub problem: Option<String>,
+    /// How full the per-container maps are (empty when the version has a problem).
+    #[serde(default)]
+    pub usage: Vec<MapUsage>,
+}
+
+/// How many entries a per-container map holds, of how many it can.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapUsage {
+    pub map: String,
+    pub entries: u64,
+    pub max_entries: u64,
+}
+
+impl MapUsage {
+    /// At or above this share of `max_entries` a map is reported as nearly full.
+    pub const NEARLY_FULL_PERCENT: u64 = 90;
+
+    pub fn nearly_full(&self) -> bool {
+        self.max_entries > 0 && self.entries * 100 >= self.max_entries * Self::NEARLY_FULL_PERCENT
+    }
 }
 
 /// One attachment of a container.

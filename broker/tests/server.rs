@@ -170,6 +170,12 @@ async fn round_trip_and_bad_frames() -> Result<()> {
     assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
     assert!(resp.contains("tether_loads_total 1"), "{resp}");
     assert!(
+        resp.contains(&format!(
+            r#"tether_map_entries{{version="{FAKE_VERSION}",map="cgroups"}} 1"#
+        )),
+        "{resp}"
+    );
+    assert!(
         resp.contains(
             r#"tether_container_rx_bytes_total{id="0123456789abcdef",namespace="default"} 500"#
         ),

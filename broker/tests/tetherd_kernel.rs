@@ -73,6 +73,30 @@ fn restart_adopts_pins_and_counters_keep_counting() -> Result<()> {
     assert_eq!(status.loads, 0, "a restarted tetherd adopts: {status:?}");
     assert_eq!(status.versions.len(), 1, "{status:?}");
     assert_eq!(status.versions[0].problem, None);
+    // How full the maps are, read from the kernel's maps: the one container.
+    let usage = |map: &str| {
+        status.versions[0]
+            .usage
+            .iter()
+            .find(|u| u.map == map)
+            .map(|u| (u.entries, u.max_entries))
+    };
+    assert!(
+        matches!(usage("cgroups"), Some((1, max)) if max > 1),
+        "{status:?}"
+    );
+    assert_eq!(
+        usage("tc_slots"),
+        Some((0, u64::from(tether_bpf::maps::TC_SLOTS))),
+        "{status:?}"
+    );
+    let text = node.ctl(&["status"])?;
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().take(2).eq(["cgroups", "1"])),
+        "{text}"
+    );
     let again = node.acquire()?;
     assert!(!again.loaded_now);
     assert_eq!(prog_ids(&again), prog_ids(&first));

@@ -325,6 +325,30 @@ pub fn status_text(s: &StatusInfo) -> String {
     for l in t.render().lines().skip(1) {
         let _ = writeln!(out, "  {l}");
     }
+    for v in s.versions.iter().filter(|v| !v.usage.is_empty()) {
+        let _ = writeln!(out, "per-container maps of {}:", v.version);
+        let mut t = Table::new(&[
+            ("MAP", false),
+            ("ENTRIES", true),
+            ("MAX", true),
+            ("", false),
+        ]);
+        for u in &v.usage {
+            t.row(vec![
+                u.map.clone(),
+                u.entries.to_string(),
+                u.max_entries.to_string(),
+                if u.nearly_full() {
+                    "NEARLY FULL".to_string()
+                } else {
+                    String::new()
+                },
+            ]);
+        }
+        for l in t.render().lines() {
+            let _ = writeln!(out, "  {}", l.trim_end());
+        }
+    }
     out
 }
 
@@ -348,7 +372,7 @@ pub fn acquire_text(r: &AcquireReply) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{AttachmentInfo, InterfaceStatsInfo, ObjInfo, VersionInfo};
+    use crate::types::{AttachmentInfo, InterfaceStatsInfo, MapUsage, ObjInfo, VersionInfo};
 
     #[test]
     fn humanized_bytes() {
@@ -526,6 +550,21 @@ mod tests {
             maps: vec![],
             containers: 2,
             problem: problem.map(str::to_string),
+            usage: match problem {
+                Some(_) => vec![],
+                None => vec![
+                    MapUsage {
+                        map: "cgroups".into(),
+                        entries: 3,
+                        max_entries: 65536,
+                    },
+                    MapUsage {
+                        map: "deny4".into(),
+                        entries: 59000,
+                        max_entries: 65536,
+                    },
+                ],
+            },
         };
         let s = StatusInfo {
             version: "v2".into(),
@@ -543,6 +582,18 @@ mod tests {
         assert!(text
             .lines()
             .any(|l| l.contains("* v2") && l.ends_with("current")));
+        // Map usage of the sound version only; a map at 90% or more is flagged.
+        assert!(text.contains("per-container maps of v2:"), "{text}");
+        assert!(!text.contains("per-container maps of v1"), "{text}");
+        let row = |name: &str| {
+            text.lines()
+                .find(|l| l.split_whitespace().next() == Some(name))
+                .unwrap_or_else(|| panic!("no {name} row in {text}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(row("cgroups"), ["cgroups", "3", "65536"]);
+        assert_eq!(row("deny4"), ["deny4", "59000", "65536", "NEARLY", "FULL"]);
     }
 
     #[test]
