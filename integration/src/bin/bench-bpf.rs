@@ -13,6 +13,11 @@
 //!    period against its detached neighbours), then two flows at once with the programs
 //!    on one and then the other, swapped every two seconds (same-window ratios).
 //! 3. Per-packet cost of each program from the kernel's bpf_stats (run time / run count).
+//!
+//! Benchmark-only environment: `TETHER_BENCH_PLAN` (the tracked container's plan),
+//! `TETHER_BENCH_TOGGLE` and `TETHER_BENCH_VERSUS` (what is attached, and what the other
+//! flow carries meanwhile), `TETHER_BENCH_SPIN` (the `spin` toggle's loop) and
+//! `TETHER_BENCH_STEER` (where the flows run: see `Steer`).
 use std::fs;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -127,6 +132,37 @@ fn load_cost(n: usize) -> Result<()> {
 
 fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Where the throughput flows run (benchmark-only `TETHER_BENCH_STEER`).
+///
+/// A veth pair delivers a packet on the CPU that sent it. With the client on CPU 0 and the
+/// server on CPU 1, the client sends data from both: from its own CPU (write()) and from
+/// the server's (an ACK processed there opens the window and sends more). The two CPUs'
+/// backlogs drain independently, so data arrives out of order, the server takes it for
+/// loss and the client retransmits: thousands of spurious retransmissions a second
+/// (`TcpExtTCPDSACKRecvSegs`), and a flow whose rate follows its reordering, which a few
+/// nanoseconds more on one path change by more than their share of the CPU.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Steer {
+    /// The default: client on CPU 0, server on CPU 1, the veth pair as it comes.
+    None,
+    /// As `None`, with Receive Packet Steering: what `veth1` receives is processed on the
+    /// server's CPU, what `veth0` receives on the client's. One queue per direction and
+    /// no reordering, but an inter-processor interrupt per batch (a VM exit in a VM).
+    Rps,
+    /// Each flow's client and server on one CPU (flow N on CPU N): one queue, no
+    /// reordering, no interrupts between CPUs; the flow's rate follows its CPU time.
+    Cpu,
+}
+
+fn steering() -> Result<Steer> {
+    match std::env::var("TETHER_BENCH_STEER").as_deref() {
+        Err(_) | Ok("none") => Ok(Steer::None),
+        Ok("rps") => Ok(Steer::Rps),
+        Ok("cpu") => Ok(Steer::Cpu),
+        Ok(other) => bail!("TETHER_BENCH_STEER={other}: expected none, rps or cpu"),
+    }
 }
 
 /// The plan of the throughput benchmark's tracked container (benchmark-only
@@ -321,6 +357,7 @@ impl Toggle {
 struct Flow<'a> {
     progs: &'a Programs,
     layout: &'a PinLayout,
+    n: u8,
     /// The container's id in the pins.
     id: String,
     server_ip: String,
@@ -359,6 +396,14 @@ impl<'a> Flow<'a> {
             sh("ip", &["-n", &ns.0, "addr", "add", &addr, "dev", dev])?;
             sh("ip", &["-n", &ns.0, "link", "set", dev, "up"])?;
         }
+        if steering()? == Steer::Rps && num_cpus() >= 2 {
+            // The client's ACKs are received on its CPU (0), the server's data on the
+            // server's (1), whichever CPU sent them: see [`Steer::Rps`].
+            for (ns, dev, cpus) in [(&a, "veth0", "1"), (&b, "veth1", "2")] {
+                let rps = format!("echo {cpus} > /sys/class/net/{dev}/queues/rx-0/rps_cpus");
+                sh("ip", &["netns", "exec", &ns.0, "sh", "-c", &rps])?;
+            }
+        }
         let server = KillOnDrop(
             Command::new("ip")
                 .args(["netns", "exec", &b.0, "iperf3", "-s", "-B", &server_ip])
@@ -375,6 +420,7 @@ impl<'a> Flow<'a> {
         Ok(Flow {
             progs,
             layout,
+            n,
             id: format!("tracked{n}"),
             server_ip,
             netns,
@@ -467,7 +513,14 @@ impl<'a> Flow<'a> {
     /// client runs on CPU 0 and the server on CPU 1 (`-A 0,1`) so the scheduler does not
     /// move them.
     fn client_script(&self, cgroup: &Path, args: &str) -> String {
-        let affinity = if num_cpus() >= 2 { "-A 0,1" } else { "" };
+        let affinity = if steering().ok() == Some(Steer::Cpu) {
+            let c = self.n as usize % num_cpus();
+            format!("-A {c},{c}")
+        } else if num_cpus() >= 2 {
+            "-A 0,1".to_string()
+        } else {
+            String::new()
+        };
         format!(
             "echo $$ > {}/cgroup.procs && exec ip netns exec {} iperf3 -c {} {affinity} {args}",
             cgroup.display(),
@@ -485,6 +538,25 @@ impl<'a> Flow<'a> {
         v["end"]["sum_received"]["bits_per_second"]
             .as_f64()
             .context("iperf3 result without sum_received")
+    }
+
+    /// Segments the client's TCP has retransmitted (all of its namespace's sockets).
+    fn retransmitted(&self) -> Result<u64> {
+        let snmp = sh(
+            "ip",
+            &["netns", "exec", &self.client_ns.0, "cat", "/proc/net/snmp"],
+        )?;
+        let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+        let (names, values) = (tcp.next(), tcp.next());
+        names
+            .zip(values)
+            .and_then(|(n, v)| {
+                n.split_whitespace()
+                    .zip(v.split_whitespace())
+                    .find(|(n, _)| *n == "RetransSegs")
+                    .and_then(|(_, v)| v.parse().ok())
+            })
+            .context("/proc/net/snmp of the client's namespace: no Tcp RetransSegs")
     }
 
     /// The server's `veth1` counters: bytes and packets (skbs: one per TSO segment train)
@@ -704,6 +776,7 @@ fn paired(flows: [&Flow<'_>; 2], total: Duration, what: Toggle, versus: Toggle) 
     }
     // Past slow start, both flows running.
     std::thread::sleep(Duration::from_millis(1500));
+    let retrans_before = [flows[0].retransmitted()?, flows[1].retransmitted()?];
     let t0 = Instant::now();
     let mut ratios = Vec::new(); // the attached flow's bytes / the other's
     let mut moved_total = [[0u64; 3]; 2]; // per flow: bytes, data packets, ACKs
@@ -733,6 +806,10 @@ fn paired(flows: [&Flow<'_>; 2], total: Duration, what: Toggle, versus: Toggle) 
         }
         ratios.push(moved[on] as f64 / moved[other] as f64);
     }
+    let retrans = [
+        flows[0].retransmitted()? - retrans_before[0],
+        flows[1].retransmitted()? - retrans_before[1],
+    ];
     for f in flows {
         f.off(Toggle::All)?;
     }
@@ -746,11 +823,12 @@ fn paired(flows: [&Flow<'_>; 2], total: Duration, what: Toggle, versus: Toggle) 
     let measured = periods as f64 * (TOGGLE_PERIOD.as_secs_f64() - TOGGLE_GUARD);
     for (f, [bytes, data, acks]) in moved_total.iter().enumerate() {
         println!(
-            "flow {f}: {:.2} Gbit/s, {:.0} data packets/s of {:.1} KiB, {:.0} ACKs/s (measured windows)",
+            "flow {f}: {:.2} Gbit/s, {:.0} data packets/s of {:.1} KiB, {:.0} ACKs/s (measured windows), {:.0} segments retransmitted/s",
             *bytes as f64 * 8.0 / 1e9 / measured,
             *data as f64 / measured,
             *bytes as f64 / *data as f64 / 1024.0,
-            *acks as f64 / measured
+            *acks as f64 / measured,
+            retrans[f] as f64 / t0.elapsed().as_secs_f64()
         );
     }
     if what == Toggle::Spin {
@@ -782,6 +860,10 @@ fn paired(flows: [&Flow<'_>; 2], total: Duration, what: Toggle, versus: Toggle) 
 fn throughput(secs: u64, rounds: usize, toggle_secs: u64, paired_secs: u64) -> Result<()> {
     println!("== iperf3 over veth, {rounds} rounds of {secs} s each, alternating");
     println!("tracked container's plan: {}", bench_plan()?.0);
+    println!(
+        "receive steering: {}",
+        format!("{:?}", steering()?).to_lowercase()
+    );
     let (_m, layout) = private_bpffs("tput")?;
     programs::load_and_pin(&layout, tether_bpf::VERSION)?;
     let progs = Programs::open(&layout, tether_bpf::VERSION)?;
