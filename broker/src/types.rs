@@ -61,8 +61,14 @@ impl MapUsage {
     /// At or above this share of `max_entries` a map is reported as nearly full.
     pub const NEARLY_FULL_PERCENT: u64 = 90;
 
+    /// At least [`Self::NEARLY_FULL_PERCENT`] full, in a map whose filling up refuses new
+    /// containers. `tc_slots` is not one: an interface without a free slot is counted
+    /// through `tc_ifaces`.
     pub fn nearly_full(&self) -> bool {
-        self.max_entries > 0 && self.entries * 100 >= self.max_entries * Self::NEARLY_FULL_PERCENT
+        self.map != "tc_slots"
+            && self.max_entries > 0
+            && u128::from(self.entries) * 100
+                >= u128::from(self.max_entries) * u128::from(Self::NEARLY_FULL_PERCENT)
     }
 }
 
@@ -277,5 +283,20 @@ mod tests {
         assert_eq!((s.id.as_str(), s.total.rx_packets), ("a", 1));
         assert!(!s.deleted);
         assert_eq!(s.deleted_at_unix_ns, 0);
+    }
+
+    #[test]
+    fn nearly_full_from_ninety_percent_of_maps_that_refuse() {
+        let u = |map: &str, entries, max_entries| MapUsage {
+            map: map.into(),
+            entries,
+            max_entries,
+        };
+        assert!(!u("cgroups", 89, 100).nearly_full());
+        assert!(u("cgroups", 90, 100).nearly_full());
+        assert!(u("deny4", u64::MAX, u64::MAX).nearly_full());
+        assert!(!u("deny4", 0, 0).nearly_full());
+        // A full slot array sends interfaces to tc_ifaces; nothing is refused.
+        assert!(!u("tc_slots", 1024, 1024).nearly_full());
     }
 }
