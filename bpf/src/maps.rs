@@ -480,6 +480,17 @@ impl MapFd {
     }
 }
 
+/// How full one per-container map is ([`Maps::occupancy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Occupancy {
+    pub name: &'static str,
+    pub entries: usize,
+    pub max_entries: u32,
+    /// Whether a full map refuses new entries (and so new containers), rather than
+    /// sending them elsewhere.
+    pub refuses_when_full: bool,
+}
+
 /// The shared maps of one object version.
 #[derive(Debug)]
 pub struct Maps {
@@ -791,34 +802,21 @@ impl Maps {
         Ok(ids)
     }
 
-    /// How many entries each per-container map holds (name, entries, max).
-    pub fn occupancy(&self) -> Result<Vec<(&'static str, usize, u32)>> {
+    /// How many entries each per-container map holds, of how many it can.
+    pub fn occupancy(&self) -> Result<Vec<Occupancy>> {
+        let of = |map: &MapFd, entries: usize, refuses_when_full| Occupancy {
+            name: map.name,
+            entries,
+            max_entries: map.max_entries,
+            refuses_when_full,
+        };
         Ok(vec![
-            (
-                self.cgroups.name,
-                self.cgroups.keys::<u64>()?.len(),
-                self.cgroups.max_entries,
-            ),
-            (
-                self.tc_slots.name,
-                self.tc_owners.keys::<u32>()?.len(),
-                self.tc_slots.max_entries,
-            ),
-            (
-                self.tc_ifaces.name,
-                self.tc_ifaces.keys::<IfKey>()?.len(),
-                self.tc_ifaces.max_entries,
-            ),
-            (
-                self.deny4.name,
-                self.deny4.keys::<Deny4Key>()?.len(),
-                self.deny4.max_entries,
-            ),
-            (
-                self.deny6.name,
-                self.deny6.keys::<Deny6Key>()?.len(),
-                self.deny6.max_entries,
-            ),
+            of(&self.cgroups, self.cgroups.keys::<u64>()?.len(), true),
+            // Slots taken: an interface without a free slot goes to `tc_ifaces`.
+            of(&self.tc_slots, self.tc_owners.keys::<u32>()?.len(), false),
+            of(&self.tc_ifaces, self.tc_ifaces.keys::<IfKey>()?.len(), true),
+            of(&self.deny4, self.deny4.keys::<Deny4Key>()?.len(), true),
+            of(&self.deny6, self.deny6.keys::<Deny6Key>()?.len(), true),
         ])
     }
 }

@@ -171,7 +171,7 @@ fn tc_slot_collision_falls_back_to_the_hash() {
         .unwrap();
     let placed = || {
         let o = maps.occupancy().unwrap();
-        let n = |name| o.iter().find(|(m, ..)| *m == name).unwrap().1;
+        let n = |name| o.iter().find(|m| m.name == name).unwrap().entries;
         (n("tc_slots"), n("tc_ifaces"))
     };
     let pkt = ipv4_packet([203, 0, 113, 5], 64);

@@ -140,6 +140,7 @@ pub mod testing {
                             map: "cgroups".into(),
                             entries: 1,
                             max_entries: 4,
+                            refuses_when_full: true,
                         }],
                     }
                 })

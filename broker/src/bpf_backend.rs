@@ -243,10 +243,11 @@ impl Backend for BpfBackend {
                         .maps()
                         .occupancy()?
                         .into_iter()
-                        .map(|(map, entries, max)| MapUsage {
-                            map: map.to_string(),
-                            entries: entries as u64,
-                            max_entries: u64::from(max),
+                        .map(|o| MapUsage {
+                            map: o.name.to_string(),
+                            entries: o.entries as u64,
+                            max_entries: u64::from(o.max_entries),
+                            refuses_when_full: o.refuses_when_full,
                         })
                         .collect();
                     out.push(VersionInfo {

@@ -104,6 +104,7 @@ impl From<MapUsage> for pb::MapUsage {
             map: u.map,
             entries: u.entries,
             max_entries: u.max_entries,
+            refuses_when_full: u.refuses_when_full,
             ..Default::default()
         }
     }
@@ -115,6 +116,7 @@ impl From<pb::MapUsage> for MapUsage {
             map: u.map,
             entries: u.entries,
             max_entries: u.max_entries,
+            refuses_when_full: u.refuses_when_full,
         }
     }
 }
@@ -393,6 +395,7 @@ mod tests {
                 map: "cgroups".into(),
                 entries: 3,
                 max_entries: 65536,
+                refuses_when_full: true,
             }],
             ..Default::default()
         };

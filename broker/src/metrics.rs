@@ -355,6 +355,7 @@ mod tests {
                     map: "cgroups".into(),
                     entries: 7,
                     max_entries: 65536,
+                    refuses_when_full: true,
                 }],
                 ..Default::default()
             }],

@@ -55,6 +55,10 @@ pub struct MapUsage {
     pub map: String,
     pub entries: u64,
     pub max_entries: u64,
+    /// Whether a full map refuses new containers (`tc_slots` does not: an interface
+    /// without a free slot is counted through `tc_ifaces`).
+    #[serde(default)]
+    pub refuses_when_full: bool,
 }
 
 impl MapUsage {
@@ -62,10 +66,9 @@ impl MapUsage {
     pub const NEARLY_FULL_PERCENT: u64 = 90;
 
     /// At least [`Self::NEARLY_FULL_PERCENT`] full, in a map whose filling up refuses new
-    /// containers. `tc_slots` is not one: an interface without a free slot is counted
-    /// through `tc_ifaces`.
+    /// containers.
     pub fn nearly_full(&self) -> bool {
-        self.map != "tc_slots"
+        self.refuses_when_full
             && self.max_entries > 0
             && u128::from(self.entries) * 100
                 >= u128::from(self.max_entries) * u128::from(Self::NEARLY_FULL_PERCENT)
@@ -291,6 +294,7 @@ mod tests {
             map: map.into(),
             entries,
             max_entries,
+            refuses_when_full: map != "tc_slots",
         };
         assert!(!u("cgroups", 89, 100).nearly_full());
         assert!(u("cgroups", 90, 100).nearly_full());

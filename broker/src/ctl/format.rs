@@ -557,11 +557,13 @@ mod tests {
                         map: "cgroups".into(),
                         entries: 3,
                         max_entries: 65536,
+                        refuses_when_full: true,
                     },
                     MapUsage {
                         map: "deny4".into(),
                         entries: 59000,
                         max_entries: 65536,
+                        refuses_when_full: true,
                     },
                 ],
             },

@@ -357,7 +357,8 @@ impl Toggle {
 struct Flow<'a> {
     progs: &'a Programs,
     layout: &'a PinLayout,
-    n: u8,
+    /// iperf3's `-A` option: where the client and the server run ([`Steer`]).
+    affinity: String,
     /// The container's id in the pins.
     id: String,
     server_ip: String,
@@ -396,7 +397,8 @@ impl<'a> Flow<'a> {
             sh("ip", &["-n", &ns.0, "addr", "add", &addr, "dev", dev])?;
             sh("ip", &["-n", &ns.0, "link", "set", dev, "up"])?;
         }
-        if steering()? == Steer::Rps && num_cpus() >= 2 {
+        let steer = steering()?;
+        if steer == Steer::Rps && num_cpus() >= 2 {
             // The client's ACKs are received on its CPU (0), the server's data on the
             // server's (1), whichever CPU sent them: see [`Steer::Rps`].
             for (ns, dev, cpus) in [(&a, "veth0", "1"), (&b, "veth1", "2")] {
@@ -417,10 +419,18 @@ impl<'a> Flow<'a> {
         let cgroup_id = container::cgroup_id(fs::File::open(&cgroup.0)?.as_fd())?;
         let netns = fs::File::open(format!("/run/netns/{}", a.0))?;
         std::thread::sleep(Duration::from_millis(500));
+        let affinity = match steer {
+            Steer::Cpu => {
+                let c = n as usize % num_cpus();
+                format!("-A {c},{c}")
+            }
+            _ if num_cpus() >= 2 => "-A 0,1".to_string(),
+            _ => String::new(),
+        };
         Ok(Flow {
             progs,
             layout,
-            n,
+            affinity,
             id: format!("tracked{n}"),
             server_ip,
             netns,
@@ -510,22 +520,15 @@ impl<'a> Flow<'a> {
     }
 
     /// An iperf3 client in `cgroup` and the flow's client namespace, to its server; the
-    /// client runs on CPU 0 and the server on CPU 1 (`-A 0,1`) so the scheduler does not
+    /// client and the server are pinned to CPUs ([`Steer`]) so the scheduler does not
     /// move them.
     fn client_script(&self, cgroup: &Path, args: &str) -> String {
-        let affinity = if steering().ok() == Some(Steer::Cpu) {
-            let c = self.n as usize % num_cpus();
-            format!("-A {c},{c}")
-        } else if num_cpus() >= 2 {
-            "-A 0,1".to_string()
-        } else {
-            String::new()
-        };
         format!(
-            "echo $$ > {}/cgroup.procs && exec ip netns exec {} iperf3 -c {} {affinity} {args}",
+            "echo $$ > {}/cgroup.procs && exec ip netns exec {} iperf3 -c {} {} {args}",
             cgroup.display(),
             self.client_ns.0,
-            self.server_ip
+            self.server_ip,
+            self.affinity
         )
     }
 
@@ -861,7 +864,7 @@ fn throughput(secs: u64, rounds: usize, toggle_secs: u64, paired_secs: u64) -> R
     println!("== iperf3 over veth, {rounds} rounds of {secs} s each, alternating");
     println!("tracked container's plan: {}", bench_plan()?.0);
     println!(
-        "receive steering: {}",
+        "flow placement: {}",
         format!("{:?}", steering()?).to_lowercase()
     );
     let (_m, layout) = private_bpffs("tput")?;
