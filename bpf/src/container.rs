@@ -336,8 +336,14 @@ fn attach_here(
             if known {
                 continue;
             }
+            refuse_shared_key(programs, key, cgroup_id, &name)?;
             maps.set_iface(key, cgroup_id)?;
-            tc::clsact_attach(programs, ifindex)?;
+            if let Err(e) = tc::clsact_attach(programs, ifindex) {
+                // Neither a filter nor the entry stays behind: the next attach starts afresh.
+                let _ = tc::clsact_detach(programs, ifindex);
+                let _ = maps.remove_iface(key);
+                return Err(e);
+            }
             out.push(IfaceAttached {
                 key,
                 name,
@@ -355,27 +361,21 @@ fn attach_here(
             let _ = fs::remove_file(&pin_in);
             let _ = fs::remove_file(&pin_eg);
         }
-        if programs.netns_key() == NetnsKey::IfindexOnly {
-            if let Some((_, other)) = maps.ifaces()?.into_iter().find(|(k, _)| *k == key) {
-                if other != cgroup_id {
-                    return Err(Error::Name {
-                        what: "interface",
-                        value: name,
-                        reason: "has the ifindex of another tracked container's interface, \
-                                 and this kernel's TC programs cannot tell namespaces apart",
-                    });
-                }
-            }
-        }
+        refuse_shared_key(programs, key, cgroup_id, &name)?;
         let ingress = Link::tcx(programs, Prog::TcIngress, ifindex)?;
         let egress = Link::tcx(programs, Prog::TcEgress, ifindex)?;
         ingress.pin(&pin_in)?;
-        if let Err(e) = egress.pin(&pin_eg) {
+        // The entry goes in once the links are pinned; if either step fails the pins go
+        // (the links detach when dropped), so a later attach does not take the interface for
+        // one already counted.
+        if let Err(e) = egress
+            .pin(&pin_eg)
+            .and_then(|()| maps.set_iface(key, cgroup_id))
+        {
             let _ = fs::remove_file(&pin_in);
+            let _ = fs::remove_file(&pin_eg);
             return Err(e);
         }
-        // The entry goes in once the links are pinned: a failure above leaves nothing.
-        maps.set_iface(key, cgroup_id)?;
         out.push(IfaceAttached {
             key,
             name,
@@ -383,6 +383,28 @@ fn attach_here(
         });
     }
     Ok(out)
+}
+
+/// Where the TC programs key by ifindex only (kernels before 6.2), interfaces of two
+/// namespaces with the same ifindex would share one counter: the second is refused.
+fn refuse_shared_key(programs: &Programs, key: IfKey, cgroup_id: u64, name: &str) -> Result<()> {
+    if programs.netns_key() != NetnsKey::IfindexOnly {
+        return Ok(());
+    }
+    match programs
+        .maps()
+        .ifaces()?
+        .into_iter()
+        .find(|(k, _)| *k == key)
+    {
+        Some((_, other)) if other != cgroup_id => Err(Error::Name {
+            what: "interface",
+            value: name.to_string(),
+            reason: "has the ifindex of another tracked container's interface, \
+                     and this kernel's TC programs cannot tell namespaces apart",
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// TC programs never go on the host's interfaces: a netns that is init's is refused.

@@ -1,6 +1,7 @@
 //! The audit event ring buffer: typed events out of the shared `events` map.
 use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -91,35 +92,50 @@ impl Event {
     }
 }
 
-/// Reads the shared ring buffer. Not `Send`: create it on the thread that polls.
+/// Reads the ring buffers of one or more object versions (each version has its own) in one
+/// wait. Not `Send`: create it on the thread that polls.
 pub struct EventReader {
     ring: RingBuffer<'static>,
-    queue: Rc<RefCell<Vec<Event>>>,
-    // Keeps the map open for as long as the ring buffer is mapped.
-    _map: MapHandle,
+    /// Events with the index, in the slice given to [`EventReader::over`], of the version
+    /// whose ring they came from.
+    queue: Rc<RefCell<Vec<(usize, Event)>>>,
+    // Keep the maps open for as long as the ring buffers are mapped.
+    _maps: Vec<MapHandle>,
 }
 
 impl EventReader {
+    /// Reads the ring buffer of `programs`.
     pub fn new(programs: &Programs) -> Result<Self> {
-        let id = sys::map_info(programs.events_fd())?.id;
-        let map = MapHandle::from_map_id(id).map_err(|source| Error::Libbpf {
-            what: "open events map",
-            source,
-        })?;
+        Self::over(&[programs])
+    }
+
+    /// Reads the ring buffers of every one of `versions`.
+    pub fn over(versions: &[&Programs]) -> Result<Self> {
         let queue = Rc::new(RefCell::new(Vec::new()));
-        let sink = Rc::clone(&queue);
         let mut builder = RingBufferBuilder::new();
-        builder
-            .add(&map, move |data: &[u8]| {
-                if let Some(raw) = from_bytes::<RawEvent>(data) {
-                    sink.borrow_mut().push(Event::from_raw(&raw));
-                }
-                0
-            })
-            .map_err(|source| Error::Libbpf {
-                what: "add ring buffer",
+        let mut maps = Vec::with_capacity(versions.len());
+        for programs in versions {
+            let id = sys::map_info(programs.events_fd())?.id;
+            let map = MapHandle::from_map_id(id).map_err(|source| Error::Libbpf {
+                what: "open events map",
                 source,
             })?;
+            maps.push(map);
+        }
+        for (i, map) in maps.iter().enumerate() {
+            let sink = Rc::clone(&queue);
+            builder
+                .add(map, move |data: &[u8]| {
+                    if let Some(raw) = from_bytes::<RawEvent>(data) {
+                        sink.borrow_mut().push((i, Event::from_raw(&raw)));
+                    }
+                    0
+                })
+                .map_err(|source| Error::Libbpf {
+                    what: "add ring buffer",
+                    source,
+                })?;
+        }
         let ring = builder.build().map_err(|source| Error::Libbpf {
             what: "build ring buffer",
             source,
@@ -127,16 +143,32 @@ impl EventReader {
         Ok(EventReader {
             ring,
             queue,
-            _map: map,
+            _maps: maps,
         })
     }
 
     /// Waits up to `timeout` for events and returns those available.
     pub fn poll(&mut self, timeout: Duration) -> Result<Vec<Event>> {
+        Ok(self
+            .poll_tagged(timeout)?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect())
+    }
+
+    /// [`EventReader::poll`], each event with the index of the version it came from.
+    pub fn poll_tagged(&mut self, timeout: Duration) -> Result<Vec<(usize, Event)>> {
         self.ring.poll(timeout).map_err(|source| Error::Libbpf {
             what: "poll ring buffer",
             source,
         })?;
         Ok(std::mem::take(&mut *self.queue.borrow_mut()))
     }
+}
+
+/// The map id of the events ring pinned for `version`: cheap enough to check at every poll
+/// whether a reader still reads the pinned rings.
+pub fn ring_id(layout: &crate::PinLayout, version: &str) -> Result<u32> {
+    let fd = sys::obj_get(&layout.map(version, "events"))?;
+    Ok(sys::map_info(fd.as_fd())?.id)
 }

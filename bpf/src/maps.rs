@@ -28,20 +28,20 @@ unsafe impl Pod for RawContainer {}
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub(crate) struct RawIdentity {
-    pub ns: [u8; 64],
+    pub ns: [u8; 80],
     pub id: [u8; 96],
     pub attached_ns: u64,
 }
 impl Default for RawIdentity {
     fn default() -> Self {
         RawIdentity {
-            ns: [0; 64],
+            ns: [0; 80],
             id: [0; 96],
             attached_ns: 0,
         }
     }
 }
-// SAFETY: repr(C), byte arrays (160 bytes) then a u64 at offset 160: no padding.
+// SAFETY: repr(C), byte arrays (176 bytes) then a u64 at offset 176: no padding.
 unsafe impl Pod for RawIdentity {}
 
 /// Packets, bytes, drops and denials of one container or one interface, summed over CPUs.

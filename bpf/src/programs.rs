@@ -91,7 +91,7 @@ const MAPS: [(&str, u32, u32, u32); 10] = [
         8,
         80,
     ),
-    ("identities", libbpf_sys::BPF_MAP_TYPE_HASH, 8, 168),
+    ("identities", libbpf_sys::BPF_MAP_TYPE_HASH, 8, 184),
     ("tc_slots", libbpf_sys::BPF_MAP_TYPE_PERCPU_ARRAY, 4, 88),
     ("tc_owners", libbpf_sys::BPF_MAP_TYPE_HASH, 4, 24),
     ("tc_ifaces", libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH, 16, 72),
@@ -312,6 +312,15 @@ impl Programs {
 
     pub fn netns_key(&self) -> NetnsKey {
         self.netns_key
+    }
+
+    /// This handle writes TC keys as `key` says instead of as the running kernel's programs
+    /// read them (the loaded programs do not change): tests of the ifindex-only mode's
+    /// attach rules on kernels with netns cookies.
+    #[doc(hidden)]
+    pub fn assume_netns_key(mut self, key: NetnsKey) -> Self {
+        self.netns_key = key;
+        self
     }
 
     /// The namespace part of the TC keys of interfaces in the caller's current network

@@ -61,7 +61,7 @@ fn cpath(path: &Path) -> Result<CString> {
 }
 
 /// BPF_OBJ_GET: opens a pinned program, map or link.
-pub(crate) fn obj_get(path: &Path) -> Result<OwnedFd> {
+pub fn obj_get(path: &Path) -> Result<OwnedFd> {
     let c = cpath(path)?;
     // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
     let ret = unsafe { libbpf_sys::bpf_obj_get(c.as_ptr()) };

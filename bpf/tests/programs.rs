@@ -571,6 +571,23 @@ fn a_full_map_is_a_clear_error() {
 }
 
 #[test]
+fn the_longest_names_containerd_allows_fit() {
+    let fs = Bpffs::new();
+    let progs = fs.load();
+    let maps = progs.maps();
+    // containerd's identifiers (namespaces and container ids) have at most 76 characters.
+    let (ns, id) = ("n".repeat(76), "i".repeat(76));
+    maps.set_container(7, &ContainerConfig::default(), &ns, &id)
+        .unwrap();
+    assert_eq!(maps.cgroup_of(&ns, &id).unwrap(), Some(7));
+    let err = maps
+        .set_container(8, &ContainerConfig::default(), &"n".repeat(77), "x")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("longer than 76"), "{err}");
+}
+
+#[test]
 fn a_new_version_is_pinned_beside_the_old_and_gc_removes_it_once_unused() {
     let fs = Bpffs::new();
     let current = fs.load();
@@ -669,6 +686,90 @@ fn audit_events_are_sampled_and_rate_limited() {
     let events = reader.poll(std::time::Duration::from_millis(100)).unwrap();
     // One in ten per CPU: 10, or 9 if the runs were split across two CPUs.
     assert!((9..=10).contains(&events.len()), "{}", events.len());
+}
+
+/// Where TC keys are (0, ifindex) (kernels before 6.2, which attach with clsact), an
+/// interface of a second namespace with a tracked ifindex is refused, in both attach modes,
+/// and leaves nothing behind.
+#[test]
+fn ifindex_only_keys_refuse_a_shared_ifindex() {
+    use tether_bpf::tc::TcAttach;
+    let fs = Bpffs::new();
+    let progs = fs
+        .load()
+        .assume_netns_key(tether_bpf::NetnsKey::IfindexOnly);
+    let pair = VethPair::new();
+    let attach_cg = |id: &str, cg: &TestCgroup| {
+        container::attach_cgroup(
+            &progs,
+            &fs.layout,
+            "test",
+            id,
+            cg.open().as_fd(),
+            &ContainerConfig::default(),
+            &[],
+        )
+        .unwrap()
+        .cgroup_id
+    };
+    let (cg_a, cg_b) = (TestCgroup::new(), TestCgroup::new());
+    let (a, b) = (attach_cg("shared-a", &cg_a), attach_cg("shared-b", &cg_b));
+    let ifaces = container::attach_netns(
+        &progs,
+        &fs.layout,
+        "test",
+        "shared-a",
+        a,
+        pair.a.open().as_fd(),
+    )
+    .unwrap();
+    assert_eq!(ifaces[0].key.netns_cookie, 0);
+    assert_eq!(ifaces[0].key.ifindex, pair.b.ifindex("veth0"));
+    for mode in [TcAttach::Tcx, TcAttach::Clsact] {
+        let err = container::attach_netns_with(
+            &progs,
+            &fs.layout,
+            "test",
+            "shared-b",
+            b,
+            pair.b.open().as_fd(),
+            None,
+            mode,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("veth0") && err.contains("ifindex of another tracked container"),
+            "{mode:?}: {err}"
+        );
+        let ifaces = progs.maps().ifaces().unwrap();
+        assert_eq!(ifaces, [(ifaces[0].0, a)], "{mode:?}");
+        let b_dir = fs.layout.container_dir("test", "shared-b").unwrap();
+        let pins: Vec<_> = std::fs::read_dir(&b_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("tc_"))
+            .collect();
+        assert!(pins.is_empty(), "{mode:?}: {pins:?}");
+        let shown = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &pair.b.name,
+                "tc",
+                "filter",
+                "show",
+                "dev",
+                "veth0",
+                "egress",
+            ],
+        );
+        assert!(!shown.contains("tether"), "{mode:?}: {shown}");
+    }
+    container::detach(&progs, &fs.layout, "test", "shared-a").unwrap();
+    container::detach(&progs, &fs.layout, "test", "shared-b").unwrap();
+    assert!(progs.maps().ifaces().unwrap().is_empty());
 }
 
 #[test]

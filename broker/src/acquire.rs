@@ -32,11 +32,14 @@ pub struct Acquirer {
     acquires: AtomicU64,
 }
 
-/// A version must be usable as one directory name under the pin root.
+/// A version must be usable as one directory name under the pin root, and not one of the
+/// names the pin root keeps for other things (the containers' links, unfinished loads).
 fn check_version(v: &str) -> Result<(), BackendError> {
     let ok = !v.is_empty()
         && v != "."
         && v != ".."
+        && v != "containers"
+        && !v.starts_with("staging-")
         && v.len() <= 128
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b));
@@ -93,7 +96,7 @@ impl Acquirer {
             });
         }
         let loaded_here = AtomicBool::new(false);
-        let acquired = cell
+        let result = cell
             .get_or_try_init(|| async {
                 let backend = self.backend.clone();
                 let v = version.clone();
@@ -109,11 +112,30 @@ impl Acquirer {
                 log::info!("loaded version {version}, pinned at {}", a.pin_dir);
                 Ok::<_, BackendError>(a)
             })
-            .await?;
+            .await;
+        let acquired = match result {
+            Ok(a) => a,
+            Err(e) => {
+                // A version that could not be had keeps no entry (callers may name any).
+                self.forget_unset(&version);
+                return Err(e);
+            }
+        };
         Ok(AcquireReply {
             acquired: acquired.clone(),
             loaded_now: loaded_here.load(Ordering::Relaxed),
         })
+    }
+
+    /// Drops the entry of `version` unless it holds pins (another caller may have set it).
+    fn forget_unset(&self, version: &str) {
+        let mut map = self
+            .versions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if map.get(version).is_some_and(|c| c.get().is_none()) {
+            map.remove(version);
+        }
     }
 
     /// At start-up: adopts the current version's pins if they exist, without loading.
@@ -187,9 +209,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn versions_that_cannot_be_had_leave_no_entry() {
+        let acq = Acquirer::new(Arc::new(FakeBackend::new()));
+        for i in 0..100 {
+            assert!(matches!(
+                acq.acquire(&format!("other-{i}")).await,
+                Err(BackendError::NotFound(_))
+            ));
+        }
+        acq.acquire("").await.unwrap();
+        let known: Vec<String> = acq.versions.lock().unwrap().keys().cloned().collect();
+        assert_eq!(known, [FAKE_VERSION]);
+    }
+
+    #[tokio::test]
     async fn rejects_path_like_versions() {
         let acq = Acquirer::new(Arc::new(FakeBackend::new()));
-        for bad in ["..", "a/b", "x y"] {
+        for bad in [
+            "..",
+            "a/b",
+            "x y",
+            "containers",
+            "staging-0123456789abcdef-1",
+        ] {
             assert!(matches!(
                 acq.acquire(bad).await,
                 Err(BackendError::BadVersion(_))

@@ -116,6 +116,10 @@ pub mod testing {
         }
 
         fn load(&self, version: &str) -> Result<Acquired, BackendError> {
+            // Like the real backend, it can only load the object it carries.
+            if version != FAKE_VERSION {
+                return Err(BackendError::NotFound(format!("object version {version}")));
+            }
             self.loads.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(20));
             self.pin(version);

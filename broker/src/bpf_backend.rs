@@ -5,10 +5,10 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tether_bpf::events::{Event, EventReader};
+use tether_bpf::events::EventReader;
 use tether_bpf::{container, gc, programs, NetnsKey, PinLayout, Programs};
 
 use crate::backend::Backend;
@@ -27,8 +27,6 @@ pub fn open(config: &Config) -> Result<Arc<dyn Backend>, BackendError> {
 /// tetherd's backend over tether-bpf.
 pub struct BpfBackend {
     layout: PinLayout,
-    /// The opened pins of this build's version, once adopted or loaded.
-    current: Mutex<Option<Arc<Programs>>>,
 }
 
 impl From<tether_bpf::Error> for BackendError {
@@ -59,16 +57,9 @@ impl From<tether_bpf::Error> for BackendError {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl BpfBackend {
     pub fn new(layout: PinLayout) -> Self {
-        BpfBackend {
-            layout,
-            current: Mutex::new(None),
-        }
+        BpfBackend { layout }
     }
 
     fn acquired(&self, p: &Programs) -> Result<Acquired, BackendError> {
@@ -113,15 +104,6 @@ impl BpfBackend {
         Ok(out)
     }
 
-    fn current(&self) -> Option<Arc<Programs>> {
-        if let Some(p) = lock(&self.current).as_ref() {
-            return Some(Arc::clone(p));
-        }
-        let p = Arc::new(Programs::open(&self.layout, tether_bpf::VERSION).ok()?);
-        *lock(&self.current) = Some(Arc::clone(&p));
-        Some(p)
-    }
-
     /// Staging directories of loaders that are gone (killed mid-load).
     fn remove_dead_staging(&self) -> Result<(), BackendError> {
         for dir in self.layout.staging_dirs()? {
@@ -154,6 +136,41 @@ fn prog_kind(p: tether_bpf::Prog) -> &'static str {
     }
 }
 
+/// The container's interfaces that carry the TC programs as clsact filters (kernels
+/// without TCX): in the maps, but with no link pinned.
+fn clsact_attachments(
+    programs: &Programs,
+    cgroup_id: u64,
+    links: &[AttachmentInfo],
+) -> Result<Vec<AttachmentInfo>, BackendError> {
+    let ids = programs.ids();
+    let prog_id = |want| {
+        ids.iter()
+            .find(|(p, _)| *p == want)
+            .map_or(0, |(_, id)| *id)
+    };
+    let mut out = Vec::new();
+    for (key, owner) in programs.maps().ifaces()? {
+        let target = format!("ifindex:{}", key.ifindex);
+        if owner != cgroup_id || links.iter().any(|a| a.target == target) {
+            continue;
+        }
+        for (prog, name) in [
+            (tether_bpf::Prog::TcIngress, "tether_tc_ingress"),
+            (tether_bpf::Prog::TcEgress, "tether_tc_egress"),
+        ] {
+            out.push(AttachmentInfo {
+                program: name.into(),
+                kind: "clsact".into(),
+                target: target.clone(),
+                link_id: 0,
+                prog_id: prog_id(prog),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Attachment details from a pin name: `cgroup_<prog>` or `tc_<ifindex>_<direction>`.
 fn attachment(pin: &str, info: &tether_bpf::sys::LinkInfo) -> AttachmentInfo {
     if let Some(prog) = pin.strip_prefix("cgroup_") {
@@ -176,9 +193,20 @@ fn attachment(pin: &str, info: &tether_bpf::sys::LinkInfo) -> AttachmentInfo {
     }
 }
 
+/// What the polling thread reads: every pinned version's ring (containers keep the version
+/// they were attached with, so an upgrade leaves some on the old one).
+struct Readers {
+    /// The rings pinned when the reader was made (a version that does not open is left
+    /// out of the reader, but counted here, so it is not retried at every poll).
+    pinned: Vec<u32>,
+    reader: Option<EventReader>,
+    /// The versions read, in the reader's order.
+    versions: Vec<Programs>,
+}
+
 thread_local! {
-    /// The ring buffer reader of the thread that polls (it is not `Send`).
-    static READER: RefCell<Option<EventReader>> = const { RefCell::new(None) };
+    /// The ring buffer readers of the thread that polls (they are not `Send`).
+    static READERS: RefCell<Option<Readers>> = const { RefCell::new(None) };
 }
 
 impl Backend for BpfBackend {
@@ -188,13 +216,7 @@ impl Backend for BpfBackend {
 
     fn adopt(&self, version: &str) -> Result<Option<Acquired>, BackendError> {
         match Programs::open(&self.layout, version) {
-            Ok(p) => {
-                let a = self.acquired(&p)?;
-                if version == tether_bpf::VERSION {
-                    *lock(&self.current) = Some(Arc::new(p));
-                }
-                Ok(Some(a))
-            }
+            Ok(p) => Ok(Some(self.acquired(&p)?)),
             Err(tether_bpf::Error::NotLoaded { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -221,9 +243,7 @@ impl Backend for BpfBackend {
             }
         );
         let p = Programs::open(&self.layout, version)?;
-        let a = self.acquired(&p)?;
-        *lock(&self.current) = Some(Arc::new(p));
-        Ok(a)
+        self.acquired(&p)
     }
 
     fn versions(&self) -> Result<Vec<VersionInfo>, BackendError> {
@@ -281,18 +301,22 @@ impl Backend for BpfBackend {
                 .map(|(_, l)| l.cgroup_id)
                 .find(|id| *id != 0)
                 .unwrap_or(0);
-            let version = versions
-                .iter()
-                .find(|p| {
-                    p.ids()
-                        .iter()
-                        .any(|(_, id)| c.links.iter().any(|(_, l)| l.prog_id == *id))
-                })
+            let programs = versions.iter().find(|p| {
+                p.ids()
+                    .iter()
+                    .any(|(_, id)| c.links.iter().any(|(_, l)| l.prog_id == *id))
+            });
+            let version = programs
                 .map(|p| p.version().to_string())
                 .unwrap_or_default();
+            let mut attachments: Vec<AttachmentInfo> =
+                c.links.iter().map(|(n, l)| attachment(n, l)).collect();
+            if let Some(p) = programs.filter(|_| cgroup_id != 0) {
+                attachments.extend(clsact_attachments(p, cgroup_id, &attachments)?);
+            }
             out.push(ContainerInfo {
                 stale: c.is_stale(),
-                attachments: c.links.iter().map(|(n, l)| attachment(n, l)).collect(),
+                attachments,
                 id: c.id,
                 namespace: c.namespace,
                 cgroup_id,
@@ -329,9 +353,6 @@ impl Backend for BpfBackend {
     fn gc(&self, dry_run: bool) -> Result<GcReport, BackendError> {
         let versions = self.opened()?;
         let r = gc::collect(&self.layout, &versions, tether_bpf::VERSION, dry_run)?;
-        if !dry_run && r.versions.iter().any(|v| v == tether_bpf::VERSION) {
-            *lock(&self.current) = None;
-        }
         Ok(GcReport {
             removed_containers: r.containers,
             removed_versions: r.versions,
@@ -340,31 +361,74 @@ impl Backend for BpfBackend {
     }
 
     fn poll_events(&self, timeout: Duration) -> Result<Vec<AuditEvent>, BackendError> {
-        let Some(programs) = self.current() else {
-            std::thread::sleep(timeout);
-            return Ok(Vec::new());
-        };
-        let events = READER.with(|cell| -> Result<Vec<Event>, BackendError> {
+        // The rings pinned now; a version removed, added or loaded again since the last
+        // poll (its ring is new) rebuilds the reader.
+        let mut pinned = Vec::new();
+        for v in self.layout.versions()? {
+            match tether_bpf::events::ring_id(&self.layout, &v) {
+                Ok(id) => pinned.push(id),
+                Err(e) => log::debug!("audit: version {v}: {e}"),
+            }
+        }
+        let tagged = READERS.with(|cell| -> Result<_, BackendError> {
             let mut slot = cell.borrow_mut();
-            if slot.is_none() {
-                *slot = Some(EventReader::new(&programs)?);
+            if slot.as_ref().map(|r| r.pinned.as_slice()) != Some(pinned.as_slice()) {
+                *slot = None;
+                let versions: Vec<Programs> = self
+                    .opened()?
+                    .into_iter()
+                    .filter(|p| {
+                        tether_bpf::events::ring_id(&self.layout, p.version())
+                            .is_ok_and(|id| pinned.contains(&id))
+                    })
+                    .collect();
+                let reader = if versions.is_empty() {
+                    None
+                } else {
+                    let refs: Vec<&Programs> = versions.iter().collect();
+                    Some(EventReader::over(&refs)?)
+                };
+                *slot = Some(Readers {
+                    pinned: pinned.clone(),
+                    reader,
+                    versions,
+                });
             }
-            match slot.as_mut() {
-                Some(r) => Ok(r.poll(timeout)?),
-                None => Ok(Vec::new()),
+            let Some(Readers {
+                reader: Some(reader),
+                versions,
+                ..
+            }) = slot.as_mut()
+            else {
+                std::thread::sleep(timeout);
+                return Ok(Vec::new());
+            };
+            let events = reader.poll_tagged(timeout)?;
+            if events.is_empty() {
+                return Ok(Vec::new());
             }
+            // Who each event's cgroup is, from the identities of the version it came from.
+            let mut names: HashMap<usize, HashMap<u64, tether_bpf::maps::Identity>> =
+                HashMap::new();
+            let mut out = Vec::with_capacity(events.len());
+            for (i, e) in events {
+                if let std::collections::hash_map::Entry::Vacant(v) = names.entry(i) {
+                    v.insert(versions[i].maps().identities()?.into_iter().collect());
+                }
+                let who = names.get(&i).and_then(|m| m.get(&e.cgroup_id)).cloned();
+                out.push((e, who));
+            }
+            Ok(out)
         })?;
-        if events.is_empty() {
+        if tagged.is_empty() {
             return Ok(Vec::new());
         }
-        let names: HashMap<u64, tether_bpf::maps::Identity> =
-            programs.maps().identities()?.into_iter().collect();
         // Events carry CLOCK_MONOTONIC times; the log wants wall-clock times.
         let offset = wall_minus_monotonic();
-        Ok(events
+        Ok(tagged
             .into_iter()
-            .map(|e| {
-                let who = names.get(&e.cgroup_id);
+            .map(|(e, who)| {
+                let who = who.as_ref();
                 AuditEvent {
                     ts_ns: e.ts_ns.wrapping_add(offset),
                     id: who.map(|w| w.id.clone()).unwrap_or_default(),

@@ -72,10 +72,17 @@ fn spawn_tetherd(tetherd: &Path, socket: &Path, config: Option<&Path>) -> Result
         cmd.arg("--config").arg(c);
     }
     cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
-    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2),
-    // which is async-signal-safe and touches no memory of the parent.
+    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2) and
+    // setpriority(2), which are async-signal-safe and touch no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(io::Error::from));
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            // The daemon outlives its caller at the default priority, whatever the calling
+            // thread's (a shim raises its own for the attach step). The result is ignored:
+            // an unprivileged caller cannot lower a raised nice value, and runs as it is.
+            libc::setpriority(libc::PRIO_PROCESS, 0, 0);
+            Ok(())
+        });
     }
     let mut child = cmd.spawn().map_err(spawn_err)?;
     log::debug!("spawned {} (pid {})", tetherd.display(), child.id());
@@ -133,6 +140,14 @@ impl Client {
             }
             let now = Instant::now();
             if now >= end {
+                if spawned {
+                    return Err(ClientError::NotServing {
+                        socket: socket.to_path_buf(),
+                        log: socket_dir(socket).join(LOG_FILE),
+                        after: deadline,
+                        source: err,
+                    });
+                }
                 return Err(ClientError::Connect {
                     socket: socket.to_path_buf(),
                     source: err,

@@ -48,6 +48,9 @@ pub enum BackendError {
     /// The backend panicked during `call`.
     #[error("backend crashed during {call}")]
     Crashed { call: &'static str },
+    /// A container id prefix that names more than one container.
+    #[error("container id prefix {prefix:?} matches {matches} containers: give more of the id")]
+    Ambiguous { prefix: String, matches: usize },
     /// A request field (dotted path, e.g. `stats.id`) is missing or unusable.
     #[error("invalid request: {field} {reason}")]
     InvalidRequest {
@@ -77,6 +80,7 @@ impl BackendError {
             BackendError::BadVersion(_) => Code::INVALID_ARGUMENT,
             BackendError::Crashed { .. } => Code::INTERNAL,
             BackendError::InvalidRequest { .. } => Code::INVALID_ARGUMENT,
+            BackendError::Ambiguous { .. } => Code::INVALID_ARGUMENT,
         }
     }
 
@@ -143,6 +147,18 @@ pub enum ClientError {
     #[error("connect to tetherd at {socket}: {source}")]
     Connect {
         socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// tetherd was started on demand but did not serve the socket before the deadline.
+    #[error(
+        "tetherd was started on demand but does not serve {socket} after {after:?} \
+         (its output goes to {log}): {source}"
+    )]
+    NotServing {
+        socket: PathBuf,
+        log: PathBuf,
+        after: Duration,
         #[source]
         source: io::Error,
     },

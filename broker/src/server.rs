@@ -71,49 +71,58 @@ where
             source,
         })?;
 
-    let metrics = MetricsListener::bind(&config.metrics).await?;
-    let metrics_socket = metrics.as_ref().and_then(MetricsListener::unix_path);
-    let metrics_task = metrics.map(|m| tokio::spawn(m.serve(backend.clone(), acquirer.clone())));
+    // Everything from here to the shutdown may fail; the cleanup below runs either way, so
+    // a failed start leaves no audit thread, metrics task or metrics socket behind.
+    let mut metrics_socket = None;
+    let mut metrics_task = None;
+    let mut gc_task = None;
+    let served = async {
+        let metrics = MetricsListener::bind(&config.metrics).await?;
+        metrics_socket = metrics.as_ref().and_then(MetricsListener::unix_path);
+        metrics_task = metrics.map(|m| tokio::spawn(m.serve(backend.clone(), acquirer.clone())));
 
-    let for_gc = (backend.clone(), acquirer.clone());
-    let service = BrokerService::new(
-        backend,
-        acquirer,
-        ServiceInfo {
-            pin_root: config.pin_root.clone(),
-            audit_log: config.audit_log.clone(),
-            metrics: config.metrics.to_string(),
-            allowed_uids: config.allowed_uids.clone(),
-        },
-    );
-    let listener = Listener::try_from(std_listener).map_err(|source| Error::Io {
-        what: "register socket",
-        path: config.socket.clone(),
-        source,
-    })?;
-    let mut server = Server::new()
-        .add_listener(listener)
-        .set_accept_hook(PeerCredHook)
-        .register_service(tether_proto::create_broker(Arc::new(service)));
-    server.start().await.map_err(Error::Ttrpc)?;
-    let gc_task = config
-        .gc_interval
-        .map(|every| tokio::spawn(gc::periodic(for_gc.0, for_gc.1, every)));
-    log::info!(
-        "serving on {} (metrics {}, audit log {}, garbage collection {})",
-        config.socket.display(),
-        config.metrics,
-        config.audit_log.display(),
-        match config.gc_interval {
-            Some(every) => format!("every {}s", every.as_secs()),
-            None => "off".into(),
-        }
-    );
+        let for_gc = (backend.clone(), acquirer.clone());
+        let service = BrokerService::new(
+            backend,
+            acquirer,
+            ServiceInfo {
+                pin_root: config.pin_root.clone(),
+                audit_log: config.audit_log.clone(),
+                metrics: config.metrics.to_string(),
+                allowed_uids: config.allowed_uids.clone(),
+            },
+        );
+        let listener = Listener::try_from(std_listener).map_err(|source| Error::Io {
+            what: "register socket",
+            path: config.socket.clone(),
+            source,
+        })?;
+        let mut server = Server::new()
+            .add_listener(listener)
+            .set_accept_hook(PeerCredHook)
+            .register_service(tether_proto::create_broker(Arc::new(service)));
+        server.start().await.map_err(Error::Ttrpc)?;
+        gc_task = config
+            .gc_interval
+            .map(|every| tokio::spawn(gc::periodic(for_gc.0, for_gc.1, every)));
+        log::info!(
+            "serving on {} (metrics {}, audit log {}, garbage collection {})",
+            config.socket.display(),
+            config.metrics,
+            config.audit_log.display(),
+            match config.gc_interval {
+                Some(every) => format!("every {}s", every.as_secs()),
+                None => "off".into(),
+            }
+        );
 
-    shutdown.await;
-    log::info!("shutting down");
+        shutdown.await;
+        log::info!("shutting down");
+        let _ = server.shutdown().await;
+        Ok::<(), Error>(())
+    }
+    .await;
 
-    let _ = server.shutdown().await;
     if let Some(t) = gc_task {
         t.abort();
     }
@@ -130,5 +139,5 @@ where
     {
         log::warn!("audit thread did not stop cleanly");
     }
-    Ok(())
+    served
 }

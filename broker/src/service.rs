@@ -102,7 +102,23 @@ fn select_stats(
     });
     match pos {
         Some(i) => Ok(vec![all.swap_remove(i)]),
-        None => Err(BackendError::NotFound(format!("container {id:?}"))),
+        None => {
+            let mut matches: Vec<&str> = all
+                .iter()
+                .filter(|s| s.id.starts_with(id))
+                .map(|s| s.id.as_str())
+                .collect();
+            matches.sort_unstable();
+            matches.dedup();
+            if matches.is_empty() {
+                Err(BackendError::NotFound(format!("container {id:?}")))
+            } else {
+                Err(BackendError::Ambiguous {
+                    prefix: id.to_string(),
+                    matches: matches.len(),
+                })
+            }
+        }
     }
 }
 
@@ -268,8 +284,9 @@ mod tests {
         assert_eq!(sel("abc2").unwrap()[0].id, "abc2");
         assert_eq!(sel("d").unwrap()[0].id, "def");
         let e = sel("abc").unwrap_err();
-        assert_eq!(e.code(), ttrpc::Code::NOT_FOUND);
+        assert_eq!(e.code(), ttrpc::Code::INVALID_ARGUMENT);
         let e = sel("zzz").unwrap_err();
+        assert_eq!(e.code(), ttrpc::Code::NOT_FOUND);
         assert!(e.to_string().contains("zzz"));
     }
 
@@ -302,7 +319,10 @@ mod tests {
         );
         assert_eq!(sel("old").unwrap()[0].id, "old9");
         // A prefix shared by a live and a retired container is ambiguous.
-        assert_eq!(sel("abc").unwrap_err().code(), ttrpc::Code::NOT_FOUND);
+        let err = sel("abc").unwrap_err();
+        assert_eq!(err.code(), ttrpc::Code::INVALID_ARGUMENT);
+        assert!(err.to_string().contains("matches 2 containers"), "{err}");
+        assert_eq!(sel("zzz").unwrap_err().code(), ttrpc::Code::NOT_FOUND);
         // An exact live match wins over a retired one, by id and by unique prefix.
         for id in ["reused", "reu"] {
             let one = sel(id).unwrap();

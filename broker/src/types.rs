@@ -168,7 +168,7 @@ pub struct ContainerStatsInfo {
 impl ContainerStatsInfo {
     /// A live container's statistics from its cgroup counters and its interfaces' counters.
     /// Packets and bytes are counted at both layers, so the total takes the cgroup's and adds
-    /// the packet-level drops only TC sees.
+    /// what only TC sees: its packet-level drops and the audit events it could not send.
     pub fn from_counters(
         namespace: &str,
         id: &str,
@@ -182,6 +182,7 @@ impl ContainerStatsInfo {
             .iter()
             .map(|(k, c)| {
                 total.drops = total.drops.wrapping_add(c.drops);
+                total.events_lost = total.events_lost.wrapping_add(c.events_lost);
                 InterfaceStatsInfo {
                     name: format!("if{}", k.ifindex),
                     ifindex: k.ifindex,
@@ -273,6 +274,32 @@ mod tests {
             (a.rx_packets, a.rx_bytes, a.drops, a.events_lost),
             (3, 15, 3, 1)
         );
+    }
+
+    #[test]
+    fn totals_take_packets_from_the_cgroup_and_add_what_only_tc_sees() {
+        let cg = tether_bpf::Counters {
+            tx_packets: 10,
+            tx_bytes: 1000,
+            drops: 1,
+            denials: 2,
+            events_lost: 3,
+            ..Default::default()
+        };
+        let iface = tether_bpf::Counters {
+            tx_packets: 12,
+            tx_bytes: 1100,
+            drops: 4,
+            events_lost: 5,
+            ..Default::default()
+        };
+        let key = tether_bpf::IfKey::new(9, 2);
+        let s = ContainerStatsInfo::from_counters("default", "web", 7, &cg, &[(key, iface)]);
+        let t = s.total;
+        assert_eq!((t.tx_packets, t.tx_bytes), (10, 1000));
+        assert_eq!((t.drops, t.denials, t.events_lost), (5, 2, 8));
+        assert_eq!(s.interfaces[0].name, "if2");
+        assert_eq!(s.interfaces[0].counters.tx_packets, 12);
     }
 
     #[test]

@@ -13,6 +13,21 @@ use tether_broker::types::{AcquireReply, StatusInfo};
 
 const BURST: usize = 50;
 
+/// The ids of the programs pinned under `dir` (in `progs` directories, where tetherd pins
+/// programs), at any depth.
+fn pinned_programs(dir: &std::path::Path, out: &mut Vec<u32>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| dir.display().to_string())? {
+        let path = entry?.path();
+        if path.is_dir() {
+            pinned_programs(&path, out)?;
+        } else if path.parent().and_then(|p| p.file_name()) == Some("progs".as_ref()) {
+            let fd = tether_bpf::sys::obj_get(&path)?;
+            out.push(tether_bpf::sys::prog_info(std::os::fd::AsFd::as_fd(&fd))?.id);
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn fifty_acquires_load_each_program_once_in_the_kernel() -> Result<()> {
     let node = Node::new()?;
@@ -108,6 +123,14 @@ fn fifty_acquires_load_each_program_once_in_the_kernel() -> Result<()> {
     given.sort_unstable();
     found.sort_unstable();
     assert_eq!(given, found);
+
+    // A second load that survived would be pinned on this node's bpffs (under another
+    // version or a staging directory), whatever maps it uses: every program pinned there
+    // is one of those given.
+    let mut pinned = Vec::new();
+    pinned_programs(node.bpffs.layout.root(), &mut pinned)?;
+    pinned.sort_unstable();
+    assert_eq!(pinned, given, "programs pinned on the node's bpffs");
 
     // A duplicate load that lost the race would have been freed at once, out of the
     // kernel's sight: every tetherd spawned for this node logs to one file, and exactly

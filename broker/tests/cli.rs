@@ -137,6 +137,25 @@ fn fifty_acquires_spawn_one_tetherd_and_load_once() -> Result<()> {
 }
 
 #[test]
+fn a_tetherd_that_does_not_come_up_is_named_with_its_log() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("run/tetherd.sock");
+    // A "tetherd" that exits at once.
+    let out = ctl(
+        &socket,
+        &["--timeout", "0.5", "acquire", "--tetherd", "/bin/false"],
+    )?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr)?;
+    let log = dir.path().join("run/tetherd.log");
+    ensure!(
+        err.contains("started on demand") && err.contains(&log.display().to_string()),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
 fn tetherctl_fails_cleanly_without_tetherd() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let out = ctl(

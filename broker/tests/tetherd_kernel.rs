@@ -12,7 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use kernel::*;
 use tether_bpf::{container, Cidr, ContainerConfig, PinLayout, Prog, Programs};
 use tether_broker::types::{AcquireReply, AuditEvent, ContainerInfo, GcReport, StatusInfo};
@@ -148,7 +148,13 @@ fn check_pin_root(layout: &PinLayout) -> Result<bool> {
 fn kill_during_load_never_leaves_half_written_pins() -> Result<()> {
     let mut node = Node::new()?;
     let mut outcomes = Vec::new();
-    for delay_ms in [0u64, 40, 80, 120, 160, 200] {
+    let (mut during, mut after) = (false, false);
+    // Delays from 0 ms in 10 ms steps until one kill has landed during a load (a staging
+    // directory is left: the load pins into it before the rename) and one after it.
+    for delay_ms in (0u64..=400).step_by(10) {
+        if during && after {
+            break;
+        }
         let pid = node.start_tetherd()?;
         let socket = node.socket.clone();
         let (connected_tx, connected) = std::sync::mpsc::channel();
@@ -166,8 +172,8 @@ fn kill_during_load_never_leaves_half_written_pins() -> Result<()> {
         connected
             .recv_timeout(DEADLINE)
             .context("the client did not connect")?;
-        // The fault's timing, not a synchronisation: a load takes ~170 ms here, so these
-        // delays land before, during and after it.
+        // The fault's timing, not a synchronisation: the steps land before, during and
+        // after the load.
         std::thread::sleep(Duration::from_millis(delay_ms));
         node.kill9(pid)?;
         let replied = acquire
@@ -176,6 +182,8 @@ fn kill_during_load_never_leaves_half_written_pins() -> Result<()> {
             .is_ok();
         let staging = check_pin_root(node.layout())?;
         let complete = node.layout().versions()? == [tether_bpf::VERSION];
+        during |= staging && !replied;
+        after |= complete;
         outcomes.push(format!(
             "{delay_ms} ms: replied={replied} complete={complete} staging={staging}"
         ));
@@ -185,6 +193,8 @@ fn kill_during_load_never_leaves_half_written_pins() -> Result<()> {
         }
     }
     eprintln!("kills: {outcomes:#?}");
+    ensure!(during, "no kill landed during a load: {outcomes:#?}");
+    ensure!(after, "no kill landed after a load: {outcomes:#?}");
 
     node.start_tetherd()?;
     let a = node.acquire()?;
@@ -403,6 +413,40 @@ fn denied_connect_reaches_the_audit_log() -> Result<()> {
     let lines = node.stats_lines()?;
     let s = stats_of(&lines, "audited")?;
     assert!(s["denials"].as_u64().unwrap_or(0) >= 1, "{s}");
+
+    // A container on another object version (pinned beside, as after an upgrade) has its
+    // own ring buffer, which tetherd reads as well.
+    let other = "00000000000000aa";
+    tether_bpf::programs::load_and_pin(node.layout(), other)?;
+    let old = Programs::open(node.layout(), other)?;
+    let cg_old = TestCgroup::new()?;
+    let attached_old = container::attach_cgroup(
+        &old,
+        node.layout(),
+        "test",
+        "audited-old",
+        cg_old.open()?.as_fd(),
+        &ContainerConfig::default(),
+        &["127.0.0.3/32".parse::<Cidr>()?],
+    )?;
+    let r = probe_result(&spawn_probe(Some(&cg_old), "connect 127.0.0.3:9")?)?;
+    assert_eq!(r, "permission denied:1");
+    let event = wait_for(
+        "the other version's event in the audit log",
+        DEADLINE,
+        || {
+            fs::read_to_string(&node.audit_log)
+                .ok()?
+                .lines()
+                .filter_map(|l| serde_json::from_str::<AuditEvent>(l).ok())
+                .find(|e| e.kind == "deny_connect" && e.id == "audited-old")
+        },
+    )
+    .with_context(|| node.logs())?;
+    assert_eq!(event.cgroup_id, attached_old.cgroup_id);
+    assert_eq!(event.daddr, "127.0.0.3");
+    container::detach(&old, node.layout(), "test", "audited-old")?;
+    container::detach(&progs, node.layout(), "test", "audited")?;
     Ok(())
 }
 

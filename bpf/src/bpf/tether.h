@@ -43,7 +43,7 @@ struct tether_container {
 
 /* Who a cgroup id is: written by the shim, read by tetherd and tetherctl. */
 struct tether_identity {
-	char ns[64];
+	char ns[80]; /* containerd identifiers: at most 76 bytes, NUL-padded */
 	char id[96];
 	__u64 attached_ns; /* CLOCK_REALTIME nanoseconds */
 };

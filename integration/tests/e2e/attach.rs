@@ -619,6 +619,21 @@ fn pod_netns(env: &mut TestEnv) -> Result<()> {
             );
             let s = stats_of(env, &id)?;
             ensure!(s["interfaces"].as_array().map_or(0, Vec::len) == 2, "{s}");
+            // `tetherctl ps` shows the filters: both programs on eth0 and eth1.
+            let ps = tetherctl(env, &["ps"])?;
+            let mine = ps
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["id"] == id.as_str())
+                .with_context(|| format!("{id} not in ps: {ps}"))?;
+            let clsact = mine["attachments"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|a| a["kind"] == "clsact")
+                .count();
+            ensure!(clsact == 4, "{mine}");
         } else {
             // eth0 and eth1 of the pod's namespace: two TC links each.
             ensure!(
