@@ -205,13 +205,24 @@ fn run_attaches_before_the_first_instruction_and_returns_the_exit_code() -> Resu
         node.container_dir("tether-runc-test", &id).exists(),
         "not attached"
     );
-    let del = Command::new(tether_runc()?)
-        .arg("--root")
-        .arg(&runc_root)
-        .args(["delete", "--force", &id])
-        .env("TETHER_CONFIG", node.config())
-        .status()?;
-    ensure!(del.success(), "delete");
+    let delete = |extra: &[&str]| -> Result<std::process::ExitStatus> {
+        Ok(Command::new(tether_runc()?)
+            .arg("--root")
+            .arg(&runc_root)
+            .arg("delete")
+            .args(extra)
+            .arg(&id)
+            .env("TETHER_CONFIG", node.config())
+            .stderr(std::process::Stdio::null())
+            .status()?)
+    };
+    // runc refuses to delete a running container without --force: it keeps its programs.
+    ensure!(!delete(&[])?.success(), "delete of a running container");
+    ensure!(
+        node.container_dir("tether-runc-test", &id).exists(),
+        "detached although runc kept the container"
+    );
+    ensure!(delete(&["--force"])?.success(), "delete --force");
     ensure!(
         !node.container_dir("tether-runc-test", &id).exists(),
         "pins left after delete"

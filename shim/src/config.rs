@@ -76,13 +76,25 @@ pub struct RuncSection {
 
 impl Config {
     pub fn parse(text: &str, origin: &Path) -> Result<Self> {
-        toml::from_str(text).map_err(|e| {
+        let config: Self = toml::from_str(text).map_err(|e| {
             Error::InvalidArgument(format!(
                 "tether config {}: {}",
                 origin.display(),
                 e.message()
             ))
-        })
+        })?;
+        // Values a type allows but the attach step cannot use: one event in 0, a deadline
+        // no attach can meet.
+        let zero = |key: &str, value: Option<u64>| match value {
+            Some(0) => Err(Error::InvalidArgument(format!(
+                "tether config {}: [attach] {key} = 0: must be at least 1",
+                origin.display()
+            ))),
+            _ => Ok(()),
+        };
+        zero("audit_sample", config.attach.audit_sample.map(u64::from))?;
+        zero("deadline_ms", config.attach.deadline_ms)?;
+        Ok(config)
     }
 
     /// Loads `path`, or the default file if `path` is `None` (absent default file:
@@ -133,6 +145,21 @@ mod tests {
         assert!(m.contains("/etc/t.toml") && m.contains("binry"), "{m}");
         let e = Config::parse("[runc]\nsystemd_cgroup = \"yes\"\n", Path::new("t")).unwrap_err();
         assert!(e.to_string().contains("systemd_cgroup") || e.to_string().contains("bool"));
+    }
+
+    #[test]
+    fn zero_sample_or_deadline_is_refused() {
+        for key in ["audit_sample", "deadline_ms"] {
+            let e = Config::parse(&format!("[attach]\n{key} = 0\n"), Path::new("t.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains("at least 1"), "{e}");
+        }
+        let c = Config::parse(
+            "[attach]\naudit_sample = 1\ndeadline_ms = 5\n",
+            Path::new("t"),
+        );
+        assert_eq!(c.unwrap().attach.deadline_ms, Some(5));
     }
 
     #[test]

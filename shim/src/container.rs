@@ -203,9 +203,11 @@ impl Container {
         locked(&self.execs).remove(exec_id)
     }
 
-    /// The process (init or exec) with this pid, if it is one of ours.
+    /// The live process (init or exec) with this pid, if it is one of ours: a process that
+    /// exited no longer owns its pid, which the kernel may have given to another (in a
+    /// shim that serves several containers, another container's exec).
     pub fn process_by_pid(&self, pid: u32) -> Option<Arc<Process>> {
-        if self.init.pid() == pid {
+        if self.init.pid() == pid && self.init.status() != Status::STOPPED {
             return Some(self.init.clone());
         }
         locked(&self.execs)

@@ -26,7 +26,12 @@ pub async fn delete(flags: &Flags) -> Result<Vec<u8>> {
         flags.bundle.clone().into()
     };
     let opts = ShimOptions::load(&bundle)?;
-    let config = Config::load(opts.config_path.as_deref())?;
+    // Cleanup goes on with the defaults if the config became unreadable since the create:
+    // the runc container and the rootfs mount must not stay behind because of it.
+    let config = Config::load(opts.config_path.as_deref()).unwrap_or_else(|e| {
+        warn!("{e}; deleting with the default configuration");
+        Config::default()
+    });
     let (reaper, _orphans) = Reaper::start()?;
     let runc = Runc::new(opts.runc_config(&config, &flags.namespace), &bundle, reaper);
     // Read before `runc delete` removes the cgroup, and its local counters with it.

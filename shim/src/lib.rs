@@ -37,7 +37,7 @@ pub(crate) fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T>
 /// Runs the shim binary: `start`, `delete`, or (no action) serve. Returns the exit code.
 pub fn main() -> i32 {
     let args: Vec<_> = std::env::args_os().collect();
-    let flags = match containerd_shim::parse(&args[1..]) {
+    let flags = match containerd_shim::parse(args.get(1..).unwrap_or_default()) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("containerd-shim-tether-v1: {e}");

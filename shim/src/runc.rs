@@ -92,6 +92,23 @@ pub struct ProcessIo {
     pub stderr: Option<OwnedFd>,
 }
 
+impl ProcessIo {
+    /// The stdio of a runc command that hands it on to the container's process (create,
+    /// exec, restore): a process without stderr (null IO) gets /dev/null, as with the runc
+    /// shim. Otherwise it would inherit the pipe on which the shim reads runc's errors, and
+    /// the read would wait for the container to exit. (runc's errors are in its log file.)
+    fn for_process(mut self, console: bool) -> Result<Self> {
+        if self.stderr.is_none() && !console {
+            let null = std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/null")
+                .map_err(|e| Error::io("open /dev/null", e))?;
+            self.stderr = Some(OwnedFd::from(null));
+        }
+        Ok(self)
+    }
+}
+
 /// How to reach runc: which binary, which state root, which cgroup driver.
 #[derive(Debug, Clone)]
 pub struct RuncConfig {
@@ -269,6 +286,7 @@ impl Runc {
             args.push("--no-new-keyring".into());
         }
         args.push(id.into());
+        let io = io.for_process(a.console_socket.is_some())?;
         self.run("create", args, io, false, None).await.map(drop)
     }
 
@@ -297,6 +315,7 @@ impl Runc {
             args.extend(["--console-socket".into(), s.into()]);
         }
         args.push(id.into());
+        let io = io.for_process(console_socket.is_some())?;
         self.run("exec", args, io, false, None).await.map(drop)
     }
 
@@ -408,6 +427,7 @@ impl Runc {
             args.push("--no-pivot".into());
         }
         args.push(id.into());
+        let io = io.for_process(a.console_socket.is_some())?;
         self.run("restore", args, io, false, None).await.map(drop)
     }
 

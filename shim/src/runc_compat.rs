@@ -538,7 +538,11 @@ pub fn main_with(argv: Vec<OsString>) -> i32 {
                     return 1;
                 }
             };
-            if let Some(id) = args.container_id() {
+            // A delete runc refused (a running container without --force) keeps the
+            // container, and its programs with it; a container runc no longer knows has
+            // nothing left to keep them for.
+            let gone = |id: &str| status.success() || container_state(&runc, &args, id).is_err();
+            if let Some(id) = args.container_id().filter(|id| gone(id.as_str())) {
                 let namespace = args.namespace();
                 if let Ok(rt) = runtime() {
                     rt.block_on(EbpfAttach::new().detach_now(&namespace, &id, &config, earlier));

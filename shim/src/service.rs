@@ -92,18 +92,19 @@ impl TaskService {
                 let Some(p) = c.process_by_pid(exit.pid as u32) else {
                     continue;
                 };
-                p.set_exited(exit);
                 debug!(
                     "container {} process {:?} pid {} exited {}",
                     c.id, p.exec_id, exit.pid, exit.status
                 );
                 if p.exec_id.is_empty() && c.shared_pid_ns {
                     // Without its own pid namespace the container's other processes
-                    // outlive init; the runc shim kills them too.
+                    // outlive init; the runc shim kills them too, before the exit is seen.
                     if let Err(e) = c.runc.kill(&c.id, Signal::SIGKILL as u32, true).await {
                         debug!("kill remaining processes of {}: {e}", c.id);
                     }
                 }
+                // As the runc shim: the exit is recorded (Wait returns), then published.
+                p.set_exited(exit);
                 s.events
                     .send(TaskExit {
                         container_id: c.id.clone(),
@@ -142,6 +143,11 @@ impl TaskService {
         opts.save(&bundle)?;
 
         let _g = self.lifecycle.lock().await;
+        // Again under the lock, which is held until the container is in the map: of two
+        // Creates of one id, the second must not run (or clean up after) `runc create`.
+        if locked(&self.containers).contains_key(&req.id) {
+            return Err(Error::AlreadyExists(format!("container {}", req.id)));
+        }
         let c = Arc::new(Container::create(&req, &spec, opts, runc).await?);
         let pid = c.init.pid();
         if c.checkpoint.is_none() {
@@ -275,24 +281,50 @@ impl TaskService {
         let pid_path = c.bundle.join(format!("{}.pid", p.exec_id));
         std::fs::write(&spec_path, p.spec.as_deref().unwrap_or_default())
             .map_err(|e| Error::io(format!("write {}", spec_path.display()), e))?;
-        let result = async {
-            let mut prepared = Prepared::new(&p.stdio, c.opts.io_uid, c.opts.io_gid)?;
+        // The error, and whether the process was started by then.
+        let result: std::result::Result<u32, (Error, bool)> = async {
+            let mut prepared =
+                Prepared::new(&p.stdio, c.opts.io_uid, c.opts.io_gid).map_err(|e| (e, false))?;
             let (io, console) = prepared.runc_side();
             c.runc
                 .exec(&c.id, &spec_path, &pid_path, console.as_deref(), io)
-                .await?;
-            let pty = prepared.connect(&p.stdio, &p.io).await?;
-            let pid = read_pid(&pid_path)?;
+                .await
+                .map_err(|e| (e, false))?;
+            let pty = prepared
+                .connect(&p.stdio, &p.io)
+                .await
+                .map_err(|e| (e, true))?;
+            let pid = read_pid(&pid_path).map_err(|e| (e, true))?;
             p.set_created(pid, pty);
             Ok(pid)
         }
         .await;
+        let started_pid = read_pid(&pid_path).ok();
         let _ = std::fs::remove_file(&spec_path);
         let _ = std::fs::remove_file(&pid_path);
-        if result.is_err() {
-            p.io.abort().await;
+        match result {
+            Ok(pid) => Ok(pid),
+            Err((e, started)) => {
+                p.io.abort().await;
+                if started {
+                    // runc started it but the shim cannot serve its stdio: it does not run
+                    // on untracked, and the exec ends as killed (Wait returns, Delete works).
+                    let pid = started_pid.unwrap_or(0);
+                    if pid != 0 {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    p.set_exited(crate::reaper::Exit {
+                        pid: pid as i32,
+                        status: 128 + libc::SIGKILL as u32,
+                        at: std::time::SystemTime::now(),
+                    });
+                }
+                Err(e)
+            }
         }
-        result
     }
 
     async fn do_delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {

@@ -247,6 +247,23 @@ fn exec(env: &mut TestEnv) -> Result<()> {
     kill_and_delete(env, &id)
 }
 
+scenario!(null_io);
+/// `ctr run --null-io`: a process without stdio (its output goes to /dev/null) is created,
+/// runs and reports its exit code, in the foreground and detached.
+fn null_io(env: &mut TestEnv) -> Result<()> {
+    let id = env.id("nullio");
+    let out = env.ctr.run_container(
+        &env.run(&id)
+            .rm()
+            .flag("--null-io")
+            .sh("echo lost; echo lost >&2; exit 3"),
+    )?;
+    ensure!(out.code == 3 && out.stdout.is_empty(), "{out}");
+    env.assert_no_leaks(&id)?;
+    let id = detached_sleep(env, "nulliod", &["--null-io"])?;
+    kill_and_delete(env, &id)
+}
+
 scenario!(exec_tty);
 /// `ctr task exec -t` on a terminal.
 fn exec_tty(env: &mut TestEnv) -> Result<()> {
