@@ -246,13 +246,22 @@ impl Noop {
 
     /// A cgroup_skb no-op (pass) on both directions of `cgroup`, after `spin` additions.
     fn cgroup_skb(cgroup: &Path, spin: u32) -> Result<Self> {
+        Self::cgroup_skb_on(
+            cgroup,
+            spin,
+            &[
+                libbpf_sys::BPF_CGROUP_INET_INGRESS,
+                libbpf_sys::BPF_CGROUP_INET_EGRESS,
+            ],
+        )
+    }
+
+    /// A cgroup_skb no-op on the hooks `attach_types` of `cgroup`.
+    fn cgroup_skb_on(cgroup: &Path, spin: u32, attach_types: &[u32]) -> Result<Self> {
         let prog = Self::load(libbpf_sys::BPF_PROG_TYPE_CGROUP_SKB, 1, spin)?;
         let cg = fs::File::open(cgroup)?;
         let mut links = Vec::new();
-        for attach_type in [
-            libbpf_sys::BPF_CGROUP_INET_INGRESS,
-            libbpf_sys::BPF_CGROUP_INET_EGRESS,
-        ] {
+        for &attach_type in attach_types {
             links.push(tether_bpf::sys::link_create_cgroup(
                 prog.as_fd(),
                 cg.as_fd(),
@@ -307,6 +316,10 @@ enum Toggle {
     Noop,
     /// A TC program that does nothing, on the client's `veth0` (the TCX hook).
     NoopTc,
+    /// The cgroup_skb no-op on the egress hook only.
+    NoopCgEgress,
+    /// The cgroup_skb no-op on the ingress hook only.
+    NoopCgIngress,
     /// Both no-ops: the hooks that tether's programs use, without tether's work.
     NoopAll,
     /// Both no-ops, off the flow's path (cgroup_skb on an empty child cgroup of the
@@ -340,12 +353,14 @@ impl Toggle {
             "tc" => Toggle::Tc,
             "noop" => Toggle::Noop,
             "noop-tc" => Toggle::NoopTc,
+            "noop-cg-egress" => Toggle::NoopCgEgress,
+            "noop-cg-ingress" => Toggle::NoopCgIngress,
             "noop-all" => Toggle::NoopAll,
             "noop-off-path" => Toggle::NoopOffPath,
             "spin" => Toggle::Spin,
             "none" => Toggle::None,
             other => {
-                bail!("{var}={other}: expected all, cgroup, tc, noop, noop-tc, noop-all, noop-off-path, spin or none")
+                bail!("{var}={other}: expected all, cgroup, tc, noop, noop-tc, noop-cg-egress, noop-cg-ingress, noop-all, noop-off-path, spin or none")
             }
         })
     }
@@ -486,6 +501,16 @@ impl<'a> Flow<'a> {
                 let mut noop = self.noop.borrow_mut();
                 noop.push(Noop::cgroup_skb(&idle, 0)?);
                 noop.push(Noop::tc(&self.netns, "lo")?);
+                Ok(())
+            }
+            Toggle::NoopCgEgress | Toggle::NoopCgIngress => {
+                let hook = if toggle == Toggle::NoopCgEgress {
+                    libbpf_sys::BPF_CGROUP_INET_EGRESS
+                } else {
+                    libbpf_sys::BPF_CGROUP_INET_INGRESS
+                };
+                let noop = Noop::cgroup_skb_on(&self.cgroup.0, 0, &[hook])?;
+                self.noop.borrow_mut().push(noop);
                 Ok(())
             }
             Toggle::Noop | Toggle::NoopTc | Toggle::NoopAll | Toggle::Spin => {
