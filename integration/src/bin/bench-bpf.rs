@@ -320,6 +320,9 @@ enum Toggle {
     NoopCgEgress,
     /// The cgroup_skb no-op on the ingress hook only.
     NoopCgIngress,
+    /// tether's TC programs counting the container, its cgroup_skb programs unlinked after
+    /// the attach: what counting at TC alone would cost.
+    TcOnly,
     /// Both no-ops: the hooks that tether's programs use, without tether's work.
     NoopAll,
     /// Both no-ops, off the flow's path (cgroup_skb on an empty child cgroup of the
@@ -355,12 +358,13 @@ impl Toggle {
             "noop-tc" => Toggle::NoopTc,
             "noop-cg-egress" => Toggle::NoopCgEgress,
             "noop-cg-ingress" => Toggle::NoopCgIngress,
+            "tc-only" => Toggle::TcOnly,
             "noop-all" => Toggle::NoopAll,
             "noop-off-path" => Toggle::NoopOffPath,
             "spin" => Toggle::Spin,
             "none" => Toggle::None,
             other => {
-                bail!("{var}={other}: expected all, cgroup, tc, noop, noop-tc, noop-cg-egress, noop-cg-ingress, noop-all, noop-off-path, spin or none")
+                bail!("{var}={other}: expected all, cgroup, tc, noop, noop-tc, noop-cg-egress, noop-cg-ingress, tc-only, noop-all, noop-off-path, spin or none")
             }
         })
     }
@@ -530,6 +534,17 @@ impl<'a> Flow<'a> {
             }
             Toggle::Cgroup => self.attach_cgroup(),
             Toggle::Tc => self.attach_tc(),
+            Toggle::TcOnly => {
+                self.attach_cgroup()?;
+                self.attach_tc()?;
+                // Unpinning detaches the links (nothing else holds them); the container's
+                // entries, which the TC programs count into, stay.
+                let dir = self.layout.container_dir("bench", &self.id)?;
+                for p in [Prog::CgroupIngress, Prog::CgroupEgress] {
+                    fs::remove_file(dir.join(format!("cgroup_{}", p.name())))?;
+                }
+                Ok(())
+            }
         }
     }
 
