@@ -198,6 +198,16 @@ impl Plan {
         }
         if let Some(v) = get(EGRESS_DENY) {
             parse_cidrs(EGRESS_DENY, v, &mut deny)?;
+            // The node's rules may be switched off per container; the container's own
+            // rules with the policy off would be dropped without a word.
+            if !policy {
+                return Err(bad(
+                    EGRESS_DENY,
+                    v,
+                    "the container's programs do not enforce a policy (tether.io/programs or \
+                     [attach] programs): drop the rules or enable the policy",
+                ));
+            }
         }
         let mut interfaces = match &a.interfaces {
             Some(v) => parse_interfaces("[attach] interfaces", v)?,
@@ -378,6 +388,30 @@ mod tests {
                 "{k}={v}: {e}"
             );
         }
+        // A container's own deny rules with its policy off.
+        for programs in ["accounting", "none"] {
+            let e = Plan::resolve(
+                &Config::default(),
+                &spec(
+                    &[(PROGRAMS, programs), (EGRESS_DENY, "10.0.0.0/8")],
+                    Some(None),
+                ),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains(EGRESS_DENY) && e.contains("do not enforce a policy"),
+                "{e}"
+            );
+        }
+        // The node's rules with the policy off for one container: accounting only.
+        let node = Config::parse(
+            "[attach]\negress_deny = [\"10.0.0.0/8\"]\n",
+            std::path::Path::new("t"),
+        )
+        .unwrap();
+        let p = Plan::resolve(&node, &spec(&[(PROGRAMS, "accounting")], Some(None))).unwrap();
+        assert!(!p.config.policy && p.config.account);
         let e = Plan::resolve(
             &Config::default(),
             &spec(&[("tether.io/egres-deny", "x")], Some(None)),
