@@ -1,12 +1,14 @@
 //! Garbage collection of what crashed or deleted containers left behind, and of object
 //! versions nothing uses any more.
 use std::collections::HashSet;
+use std::os::fd::AsFd;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::container;
 use crate::error::Result;
 use crate::pins::{self, PinLayout};
-use crate::programs::Programs;
+use crate::programs::{Prog, Programs};
+use crate::sys;
 
 /// Entries younger than this are left alone: their container may be between writing its
 /// map entries and pinning its links.
@@ -27,6 +29,18 @@ pub fn collect(
     versions: &[Programs],
     current: &str,
     dry_run: bool,
+) -> Result<Report> {
+    collect_with_grace(layout, versions, current, dry_run, GRACE)
+}
+
+/// [`collect`] with another grace period for young entries and versions (tests).
+#[doc(hidden)]
+pub fn collect_with_grace(
+    layout: &PinLayout,
+    versions: &[Programs],
+    current: &str,
+    dry_run: bool,
+    grace: Duration,
 ) -> Result<Report> {
     let mut report = Report::default();
     let listed = container::list(layout)?;
@@ -67,7 +81,7 @@ pub fn collect(
         let young: HashSet<u64> = maps
             .identities()?
             .into_iter()
-            .filter(|(_, i)| now.saturating_sub(i.attached_ns) < GRACE.as_nanos() as u64)
+            .filter(|(_, i)| now.saturating_sub(i.attached_ns) < grace.as_nanos() as u64)
             .filter(|(_, i)| !dead.contains(&(i.namespace.clone(), i.id.clone())))
             .map(|(cg, _)| cg)
             .collect();
@@ -89,7 +103,44 @@ pub fn collect(
             }
         }
     }
+    // A version that does not open here (pinned by a build whose map layouts differ, or
+    // damaged) is judged by its programs alone: it goes once no live link runs any of them,
+    // unless it was pinned within the grace period (a load of another build may have only
+    // just made it).
+    let opened: HashSet<&str> = versions.iter().map(Programs::version).collect();
+    for v in layout.versions()? {
+        if v == current || opened.contains(v.as_str()) {
+            continue;
+        }
+        let dir = layout.version_dir(&v);
+        let ids = pinned_prog_ids(layout, &v);
+        if ids.iter().any(|id| live_progs.contains(id)) {
+            continue;
+        }
+        let young = std::fs::metadata(&dir)
+            .and_then(|m| m.modified())
+            .map(|t| t.elapsed().unwrap_or_default() < grace)
+            .unwrap_or(true);
+        if young {
+            continue;
+        }
+        report.versions.push(v.clone());
+        if !dry_run {
+            pins::remove_tree(&dir)?;
+        }
+    }
     Ok(report)
+}
+
+/// The kernel ids of the programs pinned for `version` (those that open).
+fn pinned_prog_ids(layout: &PinLayout, version: &str) -> Vec<u32> {
+    Prog::ALL
+        .iter()
+        .filter_map(|p| {
+            let fd = sys::obj_get(&layout.prog(version, p.name())).ok()?;
+            sys::prog_info(fd.as_fd()).ok().map(|i| i.id)
+        })
+        .collect()
 }
 
 fn unix_nanos(t: SystemTime) -> u64 {

@@ -632,6 +632,38 @@ fn a_new_version_is_pinned_beside_the_old_and_gc_removes_it_once_unused() {
         fs.layout.version_dir(tether_bpf::VERSION).exists(),
         "current stays"
     );
+
+    // A version this build cannot open (another build's map layouts; here a map pin gone)
+    // goes by its programs alone: kept while a container runs them or while it is young,
+    // removed once unused.
+    let other = "00000000000000bb";
+    tether_bpf::programs::load_and_pin(&fs.layout, other).unwrap();
+    let other_progs = tether_bpf::Programs::open(&fs.layout, other).unwrap();
+    let cg2 = TestCgroup::new();
+    container::attach_cgroup(
+        &other_progs,
+        &fs.layout,
+        "test",
+        "other",
+        cg2.open().as_fd(),
+        &ContainerConfig::default(),
+        &[],
+    )
+    .unwrap();
+    std::fs::remove_file(fs.layout.map(other, "deny4")).unwrap();
+    assert!(tether_bpf::Programs::open(&fs.layout, other).is_err());
+    let current = [tether_bpf::Programs::open(&fs.layout, tether_bpf::VERSION).unwrap()];
+    let gc = |grace| {
+        tether_bpf::gc::collect_with_grace(&fs.layout, &current, tether_bpf::VERSION, false, grace)
+            .unwrap()
+            .versions
+    };
+    let no_grace = std::time::Duration::ZERO;
+    assert!(gc(no_grace).is_empty(), "its programs are in use");
+    container::detach(&other_progs, &fs.layout, "test", "other").unwrap();
+    assert!(gc(std::time::Duration::from_secs(3600)).is_empty(), "young");
+    assert_eq!(gc(no_grace), vec![other.to_string()]);
+    assert!(!fs.layout.version_dir(other).exists());
 }
 
 #[test]
