@@ -720,6 +720,24 @@ fn audit_events_are_sampled_and_rate_limited() {
     assert!((9..=10).contains(&events.len()), "{}", events.len());
 }
 
+/// The TC filters on the egress of `veth0` in `netns` (clsact mode), as `tc` shows them.
+fn egress_filters(netns: &Netns) -> String {
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &netns.name,
+            "tc",
+            "filter",
+            "show",
+            "dev",
+            "veth0",
+            "egress",
+        ],
+    )
+}
+
 /// Where TC keys are (0, ifindex) (kernels before 6.2, which attach with clsact), an
 /// interface of a second namespace with a tracked ifindex is refused, in both attach modes,
 /// and leaves nothing behind.
@@ -783,20 +801,7 @@ fn ifindex_only_keys_refuse_a_shared_ifindex() {
             .filter(|n| n.starts_with("tc_"))
             .collect();
         assert!(pins.is_empty(), "{mode:?}: {pins:?}");
-        let shown = run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &pair.b.name,
-                "tc",
-                "filter",
-                "show",
-                "dev",
-                "veth0",
-                "egress",
-            ],
-        );
+        let shown = egress_filters(&pair.b);
         assert!(!shown.contains("tether"), "{mode:?}: {shown}");
     }
     container::detach(&progs, &fs.layout, "test", "shared-a").unwrap();
@@ -834,20 +839,7 @@ fn clsact_fallback_counts_and_detaches() {
     )
     .unwrap();
     assert_eq!(ifaces.len(), 1);
-    let shown = run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &pair.a.name,
-            "tc",
-            "filter",
-            "show",
-            "dev",
-            "veth0",
-            "egress",
-        ],
-    );
+    let shown = egress_filters(&pair.a);
     assert!(shown.contains("tether_tc_egres"), "{shown}");
     // Idempotent.
     assert!(container::attach_netns_with(
@@ -877,20 +869,7 @@ fn clsact_fallback_counts_and_detaches() {
         container::detach_clsact(&progs, netns.as_fd(), attached.cgroup_id).unwrap(),
         1
     );
-    let shown = run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &pair.a.name,
-            "tc",
-            "filter",
-            "show",
-            "dev",
-            "veth0",
-            "egress",
-        ],
-    );
+    let shown = egress_filters(&pair.a);
     assert!(!shown.contains("tether"), "{shown}");
     container::detach(&progs, &fs.layout, "test", "clsact").unwrap();
     assert!(progs.maps().ifaces().unwrap().is_empty());

@@ -364,9 +364,13 @@ impl Backend for BpfBackend {
         // The rings pinned now; a version removed, added or loaded again since the last
         // poll (its ring is new) rebuilds the reader.
         let mut pinned = Vec::new();
+        let mut with_ring = Vec::new();
         for v in self.layout.versions()? {
             match tether_bpf::events::ring_id(&self.layout, &v) {
-                Ok(id) => pinned.push(id),
+                Ok(id) => {
+                    pinned.push(id);
+                    with_ring.push(v);
+                }
                 Err(e) => log::debug!("audit: version {v}: {e}"),
             }
         }
@@ -377,10 +381,7 @@ impl Backend for BpfBackend {
                 let versions: Vec<Programs> = self
                     .opened()?
                     .into_iter()
-                    .filter(|p| {
-                        tether_bpf::events::ring_id(&self.layout, p.version())
-                            .is_ok_and(|id| pinned.contains(&id))
-                    })
+                    .filter(|p| with_ring.iter().any(|v| v == p.version()))
                     .collect();
                 let reader = if versions.is_empty() {
                     None

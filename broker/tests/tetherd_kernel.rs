@@ -375,41 +375,51 @@ fn gc_removes_containers_whose_cgroup_is_gone() -> Result<()> {
     Ok(())
 }
 
+/// Attaches container `id` of `programs` to a new test cgroup with `deny` as its one deny
+/// rule, has a process in it connect() to `deny` port 9 (refused), and returns the cgroup,
+/// its id and the deny_connect event tetherd wrote to the audit log.
+fn denied_connect_event(
+    node: &Node,
+    programs: &Programs,
+    id: &str,
+    deny: &str,
+) -> Result<(TestCgroup, u64, AuditEvent)> {
+    let cg = TestCgroup::new()?;
+    let attached = container::attach_cgroup(
+        programs,
+        node.layout(),
+        "test",
+        id,
+        cg.open()?.as_fd(),
+        &ContainerConfig::default(),
+        &[format!("{deny}/32").parse::<Cidr>()?],
+    )?;
+    let r = probe_result(&spawn_probe(Some(&cg), &format!("connect {deny}:9"))?)?;
+    assert_eq!(r, "permission denied:1");
+    let event = wait_for("the deny_connect event in the audit log", DEADLINE, || {
+        fs::read_to_string(&node.audit_log)
+            .ok()?
+            .lines()
+            .filter_map(|l| serde_json::from_str::<AuditEvent>(l).ok())
+            .find(|e| e.kind == "deny_connect" && e.id == id)
+    })
+    .with_context(|| node.logs())?;
+    Ok((cg, attached.cgroup_id, event))
+}
+
 #[test]
 fn denied_connect_reaches_the_audit_log() -> Result<()> {
     let mut node = Node::new()?;
     node.start_tetherd()?;
     node.acquire()?;
     let progs = node.programs()?;
-    let cg = TestCgroup::new()?;
-    let attached = container::attach_cgroup(
-        &progs,
-        node.layout(),
-        "test",
-        "audited",
-        cg.open()?.as_fd(),
-        &ContainerConfig::default(),
-        &["127.0.0.2/32".parse::<Cidr>()?],
-    )?;
-
-    let r = probe_result(&spawn_probe(Some(&cg), "connect 127.0.0.2:9")?)?;
-    assert_eq!(r, "permission denied:1");
-
-    let event = wait_for("the deny_connect event in the audit log", DEADLINE, || {
-        fs::read_to_string(&node.audit_log)
-            .ok()?
-            .lines()
-            .filter_map(|l| serde_json::from_str::<AuditEvent>(l).ok())
-            .find(|e| e.kind == "deny_connect" && e.id == "audited")
-    })
-    .with_context(|| node.logs())?;
+    let (_cg, cgroup_id, event) = denied_connect_event(&node, &progs, "audited", "127.0.0.2")?;
     assert_eq!(event.namespace, "test");
-    assert_eq!(event.cgroup_id, attached.cgroup_id);
+    assert_eq!(event.cgroup_id, cgroup_id);
     assert_eq!(event.daddr, "127.0.0.2");
     assert_eq!(event.dport, 9);
     assert_eq!(event.family, "ipv4");
     assert_eq!(event.protocol, "tcp");
-
     let lines = node.stats_lines()?;
     let s = stats_of(&lines, "audited")?;
     assert!(s["denials"].as_u64().unwrap_or(0) >= 1, "{s}");
@@ -419,31 +429,9 @@ fn denied_connect_reaches_the_audit_log() -> Result<()> {
     let other = "00000000000000aa";
     tether_bpf::programs::load_and_pin(node.layout(), other)?;
     let old = Programs::open(node.layout(), other)?;
-    let cg_old = TestCgroup::new()?;
-    let attached_old = container::attach_cgroup(
-        &old,
-        node.layout(),
-        "test",
-        "audited-old",
-        cg_old.open()?.as_fd(),
-        &ContainerConfig::default(),
-        &["127.0.0.3/32".parse::<Cidr>()?],
-    )?;
-    let r = probe_result(&spawn_probe(Some(&cg_old), "connect 127.0.0.3:9")?)?;
-    assert_eq!(r, "permission denied:1");
-    let event = wait_for(
-        "the other version's event in the audit log",
-        DEADLINE,
-        || {
-            fs::read_to_string(&node.audit_log)
-                .ok()?
-                .lines()
-                .filter_map(|l| serde_json::from_str::<AuditEvent>(l).ok())
-                .find(|e| e.kind == "deny_connect" && e.id == "audited-old")
-        },
-    )
-    .with_context(|| node.logs())?;
-    assert_eq!(event.cgroup_id, attached_old.cgroup_id);
+    let (_cg_old, cgroup_id, event) =
+        denied_connect_event(&node, &old, "audited-old", "127.0.0.3")?;
+    assert_eq!(event.cgroup_id, cgroup_id);
     assert_eq!(event.daddr, "127.0.0.3");
     container::detach(&old, node.layout(), "test", "audited-old")?;
     container::detach(&progs, node.layout(), "test", "audited")?;

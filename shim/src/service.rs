@@ -299,22 +299,23 @@ impl TaskService {
             Ok(pid)
         }
         .await;
-        let started_pid = read_pid(&pid_path).ok();
+        // Read before the file goes, and only for a process runc started but the shim
+        // cannot serve.
+        let started_pid = match &result {
+            Err((_, true)) => Some(read_pid(&pid_path).unwrap_or(0)),
+            _ => None,
+        };
         let _ = std::fs::remove_file(&spec_path);
         let _ = std::fs::remove_file(&pid_path);
         match result {
             Ok(pid) => Ok(pid),
-            Err((e, started)) => {
+            Err((e, _)) => {
                 p.io.abort().await;
-                if started {
-                    // runc started it but the shim cannot serve its stdio: it does not run
-                    // on untracked, and the exec ends as killed (Wait returns, Delete works).
-                    let pid = started_pid.unwrap_or(0);
+                if let Some(pid) = started_pid {
+                    // It does not run on untracked: the exec ends as killed (Wait returns,
+                    // Delete works).
                     if pid != 0 {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid as i32),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
+                        let _ = kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
                     }
                     p.set_exited(crate::reaper::Exit {
                         pid: pid as i32,
