@@ -499,10 +499,12 @@ fn periodic_gc_removes_containers_whose_cgroup_is_gone() -> Result<()> {
         &[],
     )?;
     fs::remove_dir(&cg.path)?;
-    // No GarbageCollect call: tetherd's own timer removes it.
+    // No GarbageCollect call: tetherd's own timer removes it. A collection removes the
+    // container's directory before its map entries: wait for both.
     wait_for("periodic garbage collection", DEADLINE, || {
         let ps: Vec<ContainerInfo> = node.ctl_json(&["ps"]).ok()?;
-        find(&ps, "swept").is_none().then_some(())
+        let entries = progs.maps().known_cgroups().ok()?;
+        (find(&ps, "swept").is_none() && !entries.contains(&attached.cgroup_id)).then_some(())
     })
     .with_context(|| node.logs())?;
     assert!(!progs.maps().known_cgroups()?.contains(&attached.cgroup_id));
