@@ -291,6 +291,17 @@ pub fn attach_netns_and_watch(
     })
 }
 
+/// Whether the network namespace `netns` has an interface the TC programs would be
+/// attached to (any but `lo`, limited to `only` when given): where a container's traffic can
+/// be counted at its interfaces.
+pub fn has_interfaces(netns: BorrowedFd<'_>, only: Option<&[String]>) -> Result<bool> {
+    in_netns(netns, || {
+        Ok(sys::interfaces()?
+            .into_iter()
+            .any(|(_, name)| name != "lo" && only.is_none_or(|o| o.contains(&name))))
+    })
+}
+
 fn link_events_here() -> Result<std::os::fd::OwnedFd> {
     use nix::sys::socket::{
         bind, socket, AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType,
@@ -431,6 +442,9 @@ pub struct Detached {
     pub map_entries: usize,
     pub counters: Counters,
     pub interfaces: Vec<(IfKey, Counters)>,
+    /// The container's packets and bytes were counted at its interfaces, not its cgroup
+    /// ([`ContainerConfig::count_at_interfaces`]).
+    pub count_at_interfaces: bool,
 }
 
 /// Detaches and removes every link pin, map entry and the directory of a container, and
@@ -447,6 +461,9 @@ pub fn detach(
     let cgid = maps.cgroup_of(namespace, id)?;
     if let Some(cg) = cgid {
         out.counters = maps.cgroup_counters(cg)?;
+        out.count_at_interfaces = maps
+            .container_config(cg)?
+            .is_some_and(|c| c.count_at_interfaces);
         for (k, owner) in maps.ifaces()? {
             if owner == cg {
                 out.interfaces.push((k, maps.iface_counters(k)?));

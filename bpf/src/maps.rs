@@ -13,6 +13,7 @@ const F_ACCOUNT: u32 = 1;
 const F_POLICY: u32 = 2;
 const F_AUDIT_DENY: u32 = 4;
 const F_AUDIT_CONNECT: u32 = 8;
+const F_COUNT_AT_IFACES: u32 = 16;
 
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -233,6 +234,11 @@ pub struct ContainerConfig {
     pub audit_denials: bool,
     /// Emit an audit event for each new connection (sampled, rate limited).
     pub audit_connects: bool,
+    /// With `account`: count packets and bytes at the container's interfaces (TC) alone,
+    /// not at its cgroup. For a container whose network namespace is its own: the
+    /// cgroup_skb programs then run only if the policy needs them (they cost a flow more
+    /// than the TC programs do), and loopback traffic, which only they see, is not counted.
+    pub count_at_interfaces: bool,
     /// Keep one audit event in `sample_every` (0 or 1: every event).
     pub sample_every: u32,
     /// Audit events per second and CPU (0: unlimited).
@@ -248,6 +254,7 @@ impl Default for ContainerConfig {
             policy: true,
             audit_denials: true,
             audit_connects: false,
+            count_at_interfaces: false,
             sample_every: 1,
             rate_per_sec: 100,
             burst: 200,
@@ -261,11 +268,20 @@ impl ContainerConfig {
     /// the attach step a wait on the kernel's cgroup lock, so only what does work is attached.
     /// The config is fixed for the container's life.
     pub fn uses(&self, p: Prog) -> bool {
+        let at_cgroup = self.account && !self.count_at_interfaces;
         match p {
-            Prog::CgroupIngress => self.account,
-            Prog::CgroupEgress | Prog::TcIngress | Prog::TcEgress => self.account || self.policy,
+            Prog::CgroupIngress => at_cgroup,
+            Prog::CgroupEgress => at_cgroup || self.policy,
+            Prog::TcIngress | Prog::TcEgress => self.account || self.policy,
             // connect() is where TCP sockets are vetted and connections audited.
-            Prog::Connect4 | Prog::Connect6 => self.policy || self.audit_connects,
+            Prog::Connect6 => self.policy || self.audit_connects,
+            // A container counted at its interfaces alone still needs one cgroup link: the
+            // link ties its pins to its cgroup's life (garbage collection, `ps` and the
+            // "attached already" check read cgroup links). connect4 runs once per connect(),
+            // not per packet, and does nothing for such a container.
+            Prog::Connect4 => {
+                self.policy || self.audit_connects || (self.account && self.count_at_interfaces)
+            }
             Prog::Sendmsg4 | Prog::Sendmsg6 => self.policy,
         }
     }
@@ -277,6 +293,7 @@ impl ContainerConfig {
             (self.policy, F_POLICY),
             (self.audit_denials, F_AUDIT_DENY),
             (self.audit_connects, F_AUDIT_CONNECT),
+            (self.count_at_interfaces, F_COUNT_AT_IFACES),
         ] {
             if on {
                 flags |= f;
@@ -296,6 +313,7 @@ impl ContainerConfig {
             policy: r.flags & F_POLICY != 0,
             audit_denials: r.flags & F_AUDIT_DENY != 0,
             audit_connects: r.flags & F_AUDIT_CONNECT != 0,
+            count_at_interfaces: r.flags & F_COUNT_AT_IFACES != 0,
             sample_every: r.sample_every,
             rate_per_sec: r.rate_per_sec,
             burst: r.burst,
@@ -898,6 +916,27 @@ mod tests {
         );
         assert_eq!(used(ContainerConfig::default()), Prog::ALL);
         assert!(used(base).is_empty());
+        // Counted at the interfaces: no cgroup_skb program, connect4 as the cgroup anchor.
+        let at_ifaces = ContainerConfig {
+            count_at_interfaces: true,
+            ..account
+        };
+        assert_eq!(
+            used(at_ifaces),
+            [Prog::Connect4, Prog::TcIngress, Prog::TcEgress]
+        );
+        // ... and with a policy, cgroup egress for the packet-level drops.
+        let with_policy = ContainerConfig {
+            policy: true,
+            ..at_ifaces
+        };
+        assert_eq!(
+            used(with_policy),
+            Prog::ALL
+                .into_iter()
+                .filter(|p| *p != Prog::CgroupIngress)
+                .collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -926,6 +965,7 @@ mod tests {
             policy: false,
             audit_denials: true,
             audit_connects: true,
+            count_at_interfaces: true,
             sample_every: 3,
             rate_per_sec: 5,
             burst: 9,

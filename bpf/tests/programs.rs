@@ -108,6 +108,29 @@ fn cgroup_skb_counts_and_enforces_without_traffic() {
         .unwrap();
     assert_eq!(progs.test_run(Prog::CgroupEgress, &pkt).unwrap(), 1);
 
+    // Counted at the interfaces: the cgroup programs still enforce, and count no packet.
+    let at_ifaces = ContainerConfig {
+        count_at_interfaces: true,
+        ..ContainerConfig::default()
+    };
+    maps.set_container(TEST_RUN_CGROUP, &at_ifaces, "test", "c1")
+        .unwrap();
+    let before = maps.cgroup_counters(TEST_RUN_CGROUP).unwrap();
+    assert_eq!(progs.test_run(Prog::CgroupEgress, &ok).unwrap(), 1);
+    assert_eq!(progs.test_run(Prog::CgroupIngress, &ok).unwrap(), 1);
+    assert_eq!(progs.test_run(Prog::CgroupEgress, &pkt).unwrap(), 0);
+    let c = maps.cgroup_counters(TEST_RUN_CGROUP).unwrap();
+    assert_eq!(
+        (c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes),
+        (
+            before.rx_packets,
+            before.rx_bytes,
+            before.tx_packets,
+            before.tx_bytes
+        )
+    );
+    assert_eq!(c.drops, before.drops + 1);
+
     // Removing the container removes every entry.
     assert!(maps.remove_container(TEST_RUN_CGROUP).unwrap() >= 4);
     assert!(maps.known_cgroups().unwrap().is_empty());

@@ -337,12 +337,16 @@ impl Backend for BpfBackend {
                     per_iface.push((*k, maps.iface_counters(*k)?));
                 }
                 // In the maps, so not deleted: retired containers are the service's.
+                let at_ifaces = maps
+                    .container_config(cg)?
+                    .is_some_and(|c| c.count_at_interfaces);
                 out.push(ContainerStatsInfo::from_counters(
                     &ident.namespace,
                     &ident.id,
                     cg,
                     &maps.cgroup_counters(cg)?,
                     &per_iface,
+                    at_ifaces,
                 ));
             }
         }

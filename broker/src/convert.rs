@@ -293,6 +293,7 @@ impl From<ContainerStatsInfo> for pb::ContainerStats {
             total: counters_in(s.total),
             deleted: s.deleted,
             deleted_at_unix_ns: s.deleted_at_unix_ns,
+            counted_at: s.counted_at,
             ..Default::default()
         }
     }
@@ -309,6 +310,7 @@ impl From<pb::ContainerStats> for ContainerStatsInfo {
             interfaces: list(s.interfaces),
             deleted: s.deleted,
             deleted_at_unix_ns: s.deleted_at_unix_ns,
+            counted_at: s.counted_at,
         }
     }
 }
@@ -363,6 +365,7 @@ mod tests {
             total: c,
             deleted: false,
             deleted_at_unix_ns: 0,
+            counted_at: "interfaces".into(),
         };
         let back: ContainerStatsInfo = pb::ContainerStats::from(s.clone()).into();
         assert_eq!(back, s);

@@ -163,18 +163,32 @@ pub struct ContainerStatsInfo {
     /// When tetherd received the retirement (CLOCK_REALTIME nanoseconds); 0 if not deleted.
     #[serde(default)]
     pub deleted_at_unix_ns: u64,
+    /// Where packets and bytes are counted: [`COUNTED_AT_CGROUP`] (the cgroup, loopback
+    /// included; the interfaces count theirs too) or [`COUNTED_AT_INTERFACES`] (the
+    /// interfaces but lo; the cgroup counts drops and denials only). The total's packets and
+    /// bytes are that layer's. Empty from a tetherd that did not say.
+    #[serde(default)]
+    pub counted_at: String,
 }
+
+/// [`ContainerStatsInfo::counted_at`] of a container counted at its cgroup.
+pub const COUNTED_AT_CGROUP: &str = "cgroup";
+/// [`ContainerStatsInfo::counted_at`] of a container counted at its interfaces.
+pub const COUNTED_AT_INTERFACES: &str = "interfaces";
 
 impl ContainerStatsInfo {
     /// A live container's statistics from its cgroup counters and its interfaces' counters.
-    /// Packets and bytes are counted at both layers, so the total takes the cgroup's and adds
-    /// what only TC sees: its packet-level drops and the audit events it could not send.
+    /// The total takes the cgroup's counters and adds what only TC sees: its packet-level
+    /// drops and the audit events it could not send; and, for a container counted at its
+    /// interfaces (`count_at_interfaces`: its cgroup counts no packets), their packets and
+    /// bytes. Otherwise both layers count packets and bytes and the cgroup's are the total.
     pub fn from_counters(
         namespace: &str,
         id: &str,
         cgroup_id: u64,
         cgroup: &tether_bpf::Counters,
         interfaces: &[(tether_bpf::IfKey, tether_bpf::Counters)],
+        count_at_interfaces: bool,
     ) -> Self {
         let cgroup = Counters::from(cgroup);
         let mut total = cgroup;
@@ -183,6 +197,12 @@ impl ContainerStatsInfo {
             .map(|(k, c)| {
                 total.drops = total.drops.wrapping_add(c.drops);
                 total.events_lost = total.events_lost.wrapping_add(c.events_lost);
+                if count_at_interfaces {
+                    total.rx_packets = total.rx_packets.wrapping_add(c.rx_packets);
+                    total.rx_bytes = total.rx_bytes.wrapping_add(c.rx_bytes);
+                    total.tx_packets = total.tx_packets.wrapping_add(c.tx_packets);
+                    total.tx_bytes = total.tx_bytes.wrapping_add(c.tx_bytes);
+                }
                 InterfaceStatsInfo {
                     name: format!("if{}", k.ifindex),
                     ifindex: k.ifindex,
@@ -200,6 +220,12 @@ impl ContainerStatsInfo {
             total,
             deleted: false,
             deleted_at_unix_ns: 0,
+            counted_at: if count_at_interfaces {
+                COUNTED_AT_INTERFACES
+            } else {
+                COUNTED_AT_CGROUP
+            }
+            .to_string(),
         }
     }
 }
@@ -294,12 +320,53 @@ mod tests {
             ..Default::default()
         };
         let key = tether_bpf::IfKey::new(9, 2);
-        let s = ContainerStatsInfo::from_counters("default", "web", 7, &cg, &[(key, iface)]);
+        let s = ContainerStatsInfo::from_counters("default", "web", 7, &cg, &[(key, iface)], false);
         let t = s.total;
         assert_eq!((t.tx_packets, t.tx_bytes), (10, 1000));
         assert_eq!((t.drops, t.denials, t.events_lost), (5, 2, 8));
         assert_eq!(s.interfaces[0].name, "if2");
         assert_eq!(s.interfaces[0].counters.tx_packets, 12);
+        assert_eq!(s.counted_at, COUNTED_AT_CGROUP);
+    }
+
+    #[test]
+    fn totals_of_a_container_counted_at_its_interfaces_take_their_packets() {
+        // The cgroup counts drops and denials only; two interfaces count packets.
+        let cg = tether_bpf::Counters {
+            drops: 1,
+            denials: 2,
+            ..Default::default()
+        };
+        let eth0 = tether_bpf::Counters {
+            rx_packets: 3,
+            rx_bytes: 300,
+            tx_packets: 4,
+            tx_bytes: 400,
+            drops: 1,
+            ..Default::default()
+        };
+        let eth1 = tether_bpf::Counters {
+            rx_packets: 5,
+            rx_bytes: 500,
+            tx_packets: 6,
+            tx_bytes: 600,
+            events_lost: 7,
+            ..Default::default()
+        };
+        let (k0, k1) = (tether_bpf::IfKey::new(9, 2), tether_bpf::IfKey::new(9, 3));
+        let s = ContainerStatsInfo::from_counters(
+            "default",
+            "web",
+            7,
+            &cg,
+            &[(k0, eth0), (k1, eth1)],
+            true,
+        );
+        let t = s.total;
+        assert_eq!((t.rx_packets, t.rx_bytes), (8, 800));
+        assert_eq!((t.tx_packets, t.tx_bytes), (10, 1000));
+        assert_eq!((t.drops, t.denials, t.events_lost), (2, 2, 7));
+        assert_eq!(s.counted_at, COUNTED_AT_INTERFACES);
     }
 
     #[test]

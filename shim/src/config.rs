@@ -38,6 +38,8 @@ pub struct AttachSection {
     pub interfaces: Option<String>,
     /// "closed" or "open"; default closed when the plan enforces a policy, else open.
     pub failure_policy: Option<String>,
+    /// Where packets and bytes are counted: "auto" (default), "cgroup" or "interfaces".
+    pub count_at: Option<String>,
     /// Audit events: "denials" (default), "connections" (denials and new connections), "off".
     pub audit: Option<String>,
     /// Keep one audit event in N (default 1).

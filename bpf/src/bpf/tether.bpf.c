@@ -361,13 +361,19 @@ static __always_inline struct tether_cgroup *skb_cgroup(struct __sk_buff *skb, _
 	return NULL;
 }
 
+/* Whether the cgroup_skb programs count the container's packets (else TC does). */
+static __always_inline bool counts_at_cgroup(__u32 flags)
+{
+	return (flags & (TETHER_F_ACCOUNT | TETHER_F_COUNT_AT_IFACES)) == TETHER_F_ACCOUNT;
+}
+
 SEC("cgroup_skb/ingress")
 int tether_cg_ingress(struct __sk_buff *skb)
 {
 	__u64 cgid;
 	struct tether_cgroup *cg = skb_cgroup(skb, &cgid);
 
-	if (!cg || !(cg->config.flags & TETHER_F_ACCOUNT))
+	if (!cg || !counts_at_cgroup(cg->config.flags))
 		return 1;
 	count(&cg->counters, DIR_RX, skb->len);
 	return 1;
@@ -471,7 +477,7 @@ int tether_cg_egress(struct __sk_buff *skb)
 			return 0;
 		}
 	}
-	if (ct->flags & TETHER_F_ACCOUNT)
+	if (counts_at_cgroup(ct->flags))
 		count(c, DIR_TX, skb->len);
 	return 1;
 }

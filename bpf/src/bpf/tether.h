@@ -22,6 +22,12 @@
 #define TETHER_F_POLICY 2u
 #define TETHER_F_AUDIT_DENY 4u
 #define TETHER_F_AUDIT_CONNECT 8u
+/*
+ * The container's packets and bytes are counted at its interfaces (TC) alone: the
+ * cgroup_skb programs leave them uncounted (and are attached only for the policy). Set for
+ * a container whose network namespace is its own; loopback traffic is then not counted.
+ */
+#define TETHER_F_COUNT_AT_IFACES 16u
 
 /* tether_event.kind */
 #define TETHER_EV_DENY_CONNECT 1

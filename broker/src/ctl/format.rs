@@ -205,6 +205,7 @@ pub fn stats_table(stats: &[ContainerStatsInfo], now_unix_ns: u64) -> String {
         ("TX BYTES", true),
         ("DROPS", true),
         ("DENIALS", true),
+        ("COUNTED AT", false),
         ("STATE", false),
     ]);
     for s in stats {
@@ -218,6 +219,11 @@ pub fn stats_table(stats: &[ContainerStatsInfo], now_unix_ns: u64) -> String {
             human_bytes(c.tx_bytes),
             c.drops.to_string(),
             c.denials.to_string(),
+            if s.counted_at.is_empty() {
+                "-".to_string()
+            } else {
+                s.counted_at.clone()
+            },
             stats_state(s, now_unix_ns),
         ]);
     }
@@ -246,6 +252,7 @@ struct StatsLine<'a> {
     interfaces: Vec<InterfaceLine<'a>>,
     deleted: bool,
     deleted_at_unix_ns: u64,
+    counted_at: &'a str,
 }
 
 /// `tetherctl stats --json`: one JSON object per line per container.
@@ -270,6 +277,7 @@ pub fn stats_json_lines(stats: &[ContainerStatsInfo]) -> String {
                 .collect(),
             deleted: s.deleted,
             deleted_at_unix_ns: s.deleted_at_unix_ns,
+            counted_at: &s.counted_at,
         };
         out.push_str(&serde_json::to_string(&line).unwrap_or_default());
         out.push('\n');
@@ -416,6 +424,7 @@ mod tests {
             total: c,
             deleted: false,
             deleted_at_unix_ns: 0,
+            counted_at: "interfaces".into(),
         }
     }
 
@@ -446,7 +455,8 @@ mod tests {
         assert_eq!(&lines[1][end - 5..end], "500 B");
         assert_eq!(&lines[2][end - 7..end], "3.0 MiB");
         assert!(lines.iter().all(|l| !l.ends_with(' ')));
-        assert!(lines[0].ends_with("DENIALS  STATE"), "{t}");
+        assert!(lines[0].ends_with("DENIALS  COUNTED AT  STATE"), "{t}");
+        assert!(lines[1].contains("  interfaces  "), "{t}");
         assert!(lines[1].ends_with("  live"), "{t}");
     }
 
@@ -500,6 +510,7 @@ mod tests {
         assert_eq!(v["cgroup"]["drops"], 1);
         assert_eq!(v["deleted"], false);
         assert_eq!(v["deleted_at_unix_ns"], 0);
+        assert_eq!(v["counted_at"], "interfaces");
 
         let gone = ContainerStatsInfo {
             deleted: true,

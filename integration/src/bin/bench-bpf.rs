@@ -166,24 +166,36 @@ fn steering() -> Result<Steer> {
 }
 
 /// The plan of the throughput benchmark's tracked container (benchmark-only
-/// `TETHER_BENCH_PLAN`): `accounting` (the default plan of a container: counters only) or
-/// `policy` (counters and one deny rule, so every cgroup program is attached).
+/// `TETHER_BENCH_PLAN`), as the shim's default (`count_at = "auto"`) makes it for a
+/// container whose network namespace is its own with an interface (the client's veth0):
+/// `accounting` (the default plan: counters only, counted at the interfaces), `policy`
+/// (counters and one deny rule, so the cgroup programs a policy needs are attached too),
+/// or `cgroup` (counters only, counted at the cgroup: `count_at = "cgroup"`).
 fn bench_plan() -> Result<(&'static str, ContainerConfig, Vec<tether_bpf::Cidr>)> {
+    let accounting = ContainerConfig {
+        policy: false,
+        count_at_interfaces: true,
+        ..ContainerConfig::default()
+    };
     match std::env::var("TETHER_BENCH_PLAN").as_deref() {
-        Ok("accounting") | Err(_) => Ok((
-            "accounting",
+        Ok("accounting") | Err(_) => Ok(("accounting", accounting, vec![])),
+        Ok("policy") => Ok((
+            "policy",
             ContainerConfig {
-                policy: false,
-                ..ContainerConfig::default()
+                policy: true,
+                ..accounting
+            },
+            vec!["192.0.2.0/24".parse()?],
+        )),
+        Ok("cgroup") => Ok((
+            "cgroup",
+            ContainerConfig {
+                count_at_interfaces: false,
+                ..accounting
             },
             vec![],
         )),
-        Ok("policy") => Ok((
-            "policy",
-            ContainerConfig::default(),
-            vec!["192.0.2.0/24".parse()?],
-        )),
-        Ok(other) => bail!("TETHER_BENCH_PLAN={other}: expected accounting or policy"),
+        Ok(other) => bail!("TETHER_BENCH_PLAN={other}: expected accounting, policy or cgroup"),
     }
 }
 
@@ -320,9 +332,6 @@ enum Toggle {
     NoopCgEgress,
     /// The cgroup_skb no-op on the ingress hook only.
     NoopCgIngress,
-    /// tether's TC programs counting the container, its cgroup_skb programs unlinked after
-    /// the attach: what counting at TC alone would cost.
-    TcOnly,
     /// Both no-ops: the hooks that tether's programs use, without tether's work.
     NoopAll,
     /// Both no-ops, off the flow's path (cgroup_skb on an empty child cgroup of the
@@ -358,13 +367,12 @@ impl Toggle {
             "noop-tc" => Toggle::NoopTc,
             "noop-cg-egress" => Toggle::NoopCgEgress,
             "noop-cg-ingress" => Toggle::NoopCgIngress,
-            "tc-only" => Toggle::TcOnly,
             "noop-all" => Toggle::NoopAll,
             "noop-off-path" => Toggle::NoopOffPath,
             "spin" => Toggle::Spin,
             "none" => Toggle::None,
             other => {
-                bail!("{var}={other}: expected all, cgroup, tc, noop, noop-tc, noop-cg-egress, noop-cg-ingress, tc-only, noop-all, noop-off-path, spin or none")
+                bail!("{var}={other}: expected all, cgroup, tc, noop, noop-tc, noop-cg-egress, noop-cg-ingress, noop-all, noop-off-path, spin or none")
             }
         })
     }
@@ -534,17 +542,6 @@ impl<'a> Flow<'a> {
             }
             Toggle::Cgroup => self.attach_cgroup(),
             Toggle::Tc => self.attach_tc(),
-            Toggle::TcOnly => {
-                self.attach_cgroup()?;
-                self.attach_tc()?;
-                // Unpinning detaches the links (nothing else holds them); the container's
-                // entries, which the TC programs count into, stay.
-                let dir = self.layout.container_dir("bench", &self.id)?;
-                for p in [Prog::CgroupIngress, Prog::CgroupEgress] {
-                    fs::remove_file(dir.join(format!("cgroup_{}", p.name())))?;
-                }
-                Ok(())
-            }
         }
     }
 

@@ -102,26 +102,47 @@ fn docker_run_with_tether_runtime() -> Result<()> {
         pins.iter().filter(|p| p.starts_with("tc_")).count() == 2,
         "{pins:?}"
     );
-    // The node's deny rule: every cgroup program (cgroup_skb and sock_addr).
+    // Its network namespace is its own, with eth0 at create: counted at eth0. The node's
+    // deny rule: every cgroup program but cgroup_skb ingress, which only counts.
+    let mut cgroup_pins: Vec<&str> = pins
+        .iter()
+        .map(String::as_str)
+        .filter(|p| p.starts_with("cgroup_"))
+        .collect();
+    cgroup_pins.sort_unstable();
     ensure!(
-        pins.iter().filter(|p| p.starts_with("cgroup_")).count() == 6,
+        cgroup_pins
+            == [
+                "cgroup_tether_cg_egress",
+                "cgroup_tether_connect4",
+                "cgroup_tether_connect6",
+                "cgroup_tether_sendmsg4",
+                "cgroup_tether_sendmsg6"
+            ],
         "{pins:?}"
     );
-    tether_integration::wait::wait_until(
+    let (row, tx) = tether_integration::wait::wait_until(
         "the pings to be counted",
         std::time::Duration::from_secs(10),
         || {
             let s = tetherctl(&d, &["stats", &id])?;
-            let row = &s[0];
+            let row = s[0].clone();
             let tx: u64 = row["interfaces"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .map(|i| i["tx_packets"].as_u64().unwrap_or(0))
                 .sum();
-            Ok((tx >= 3 && row["namespace"] == "moby").then_some(()))
+            Ok((tx >= 3).then_some((row, tx)))
         },
     )?;
+    ensure!(
+        row["counted_at"] == "interfaces"
+            && row["tx_packets"].as_u64() == Some(tx)
+            && row["cgroup"]["tx_packets"] == 0
+            && row["namespace"] == "moby",
+        "{row}"
+    );
     // A second network connected to the running container: its new interface is attached.
     d.ok(&[
         "network",

@@ -240,6 +240,7 @@ fn malformed_annotation_fails_create() -> Result<()> {
             ("tether.io/egress-deny=banana", "banana"),
             ("tether.io/egres-deny=1.2.3.4", "unknown annotation"),
             ("tether.io/failure-policy=sometimes", "sometimes"),
+            ("tether.io/count-at=eth0", "tether.io/count-at"),
         ] {
             let id = env.id("bad");
             let out = env.ctr.run_container(
@@ -546,8 +547,64 @@ fn cni_interface_is_attached_before_start() -> Result<()> {
             Ok((tx >= 3).then_some(s))
         })?;
         eprintln!("{counted}");
+        // A namespace named in the spec may be shared (a pod's): counted at the cgroup.
+        ensure!(counted["counted_at"] == "cgroup", "{counted}");
         env.ctr.force_remove(&id)?;
         assert_detached(env, &id)?;
+        env.assert_no_leaks(&id)?;
+
+        // Asked to count at its interfaces: no cgroup_skb program (connect4 ties the pins
+        // to the cgroup's life), the total is the interfaces', loopback is not counted.
+        let id = env.id("cni-ifaces");
+        env.ctr.run_container(
+            &env.run(&id)
+                .detach()
+                .flag("--cni")
+                .flag("--annotation")
+                .flag("tether.io/count-at=interfaces")
+                .sh(&format!(
+                    "ping -c 3 -i 0.2 -W 1 127.0.0.1; ping -c 3 -i 0.2 -W 1 {CNI_SUBNET_GW}; \
+                     sleep 1000"
+                )),
+        )?;
+        wait_status(env, &id, "RUNNING")?;
+        let pins = pins_of(env, &id);
+        ensure!(
+            pins.iter().filter(|p| p.starts_with("tc_")).count() == 2,
+            "eth0 not attached: {pins:?}"
+        );
+        ensure!(cgroup_pins(&pins) == ["cgroup_tether_connect4"], "{pins:?}");
+        let sum = |s: &serde_json::Value, field: &str| -> u64 {
+            s["interfaces"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|i| i[field].as_u64().unwrap_or(0))
+                .sum()
+        };
+        let s = wait_until("eth0 to count the pings", Duration::from_secs(10), || {
+            let s = stats_of(env, &id)?;
+            Ok((s["tx_packets"].as_u64().unwrap_or(0) >= 3).then_some(s))
+        })?;
+        eprintln!("{s}");
+        ensure!(s["counted_at"] == "interfaces", "{s}");
+        for field in ["tx_packets", "rx_packets", "tx_bytes", "rx_bytes"] {
+            ensure!(
+                s["cgroup"][field] == 0,
+                "{field} counted at the cgroup: {s}"
+            );
+            ensure!(s[field].as_u64() == Some(sum(&s, field)), "{field}: {s}");
+        }
+        let tx = s["tx_packets"].as_u64().unwrap_or(0);
+        ensure!((3..=8).contains(&tx), "3 pings (and ARP) sent: {s}");
+        env.ctr.force_remove(&id)?;
+        assert_detached(env, &id)?;
+        let s = stats_of(env, &id)?;
+        ensure!(
+            s["deleted"] == true && s["counted_at"] == "interfaces",
+            "{s}"
+        );
+        ensure!(s["tx_packets"].as_u64().unwrap_or(0) >= tx, "{s}");
         env.assert_no_leaks(&id)
     })
 }

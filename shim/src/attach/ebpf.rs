@@ -16,7 +16,7 @@ use tether_bpf::{container, Counters, PinLayout, Programs};
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
-use super::plan::{Interfaces, Netns, Plan};
+use super::plan::{CountAt, Interfaces, Netns, Plan};
 use super::priority;
 use super::{AttachHook, CreatedContainer};
 use crate::config::Config;
@@ -427,6 +427,16 @@ impl EbpfAttach {
             Interfaces::Named(n) => Some(n.clone()),
             _ => None,
         };
+        let mut config = plan.config;
+        if plan.count_at == CountAt::Auto && config.account && plan.netns == Netns::New {
+            // The namespace is the container's alone: count at its interfaces if it has
+            // any (a prestart hook, as Docker's, has set them up by now).
+            if let Some(netns) = &netns {
+                config.count_at_interfaces =
+                    container::has_interfaces(netns.as_fd(), only.as_deref())
+                        .map_err(|e| attach_err(id, e))?;
+            }
+        }
         let t_open = std::time::Instant::now();
         let cg = container::attach_cgroup(
             &programs,
@@ -434,7 +444,7 @@ impl EbpfAttach {
             c.namespace,
             id,
             cgroup.as_fd(),
-            &plan.config,
+            &config,
             &plan.deny,
         )
         .map_err(|e| attach_err(id, e))?;
@@ -573,6 +583,7 @@ async fn retire(socket: &Path, namespace: &str, id: &str, d: &container::Detache
         d.cgroup_id.unwrap_or(0),
         &d.counters,
         &d.interfaces,
+        d.count_at_interfaces,
     );
     let sent = async {
         let client = tether_broker::client::Client::connect(socket, RETIRE_DEADLINE)

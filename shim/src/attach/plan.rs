@@ -26,7 +26,10 @@ pub const AUDIT_SAMPLE: &str = "tether.io/audit-sample";
 /// Audit events per second (and CPU) for this container; 0 = unlimited.
 pub const AUDIT_RATE: &str = "tether.io/audit-rate";
 
-pub const KEYS: [&str; 7] = [
+/// Where packets and bytes are counted: `auto`, `cgroup` or `interfaces` (see [`CountAt`]).
+pub const COUNT_AT: &str = "tether.io/count-at";
+
+pub const KEYS: [&str; 8] = [
     PROGRAMS,
     EGRESS_DENY,
     INTERFACES,
@@ -34,7 +37,25 @@ pub const KEYS: [&str; 7] = [
     AUDIT,
     AUDIT_SAMPLE,
     AUDIT_RATE,
+    COUNT_AT,
 ];
+
+/// Where a container's packets and bytes are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountAt {
+    /// At the interfaces when runc creates the container's network namespace and it has an
+    /// interface besides lo at create (Docker's bridge); at the cgroup otherwise (the host's
+    /// namespace, one named in the spec that other containers may share, as a Kubernetes
+    /// pod's, or one with only lo). Decided at attach.
+    Auto,
+    /// At the cgroup: every socket of the container, loopback included. The cgroup_skb
+    /// programs run for every packet.
+    Cgroup,
+    /// At the interfaces of the container's network namespace (lo excluded), by the TC
+    /// programs alone; the cgroup_skb programs run only for a policy. Needs a namespace that
+    /// is not the host's and interfaces that are not `none`.
+    Interfaces,
+}
 
 /// Which interfaces of the container's network namespace get TC programs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +84,9 @@ pub struct Plan {
     pub interfaces: Interfaces,
     pub fail_closed: bool,
     pub netns: Netns,
+    /// Where packets and bytes are counted. `config.count_at_interfaces` is set for
+    /// [`CountAt::Interfaces`]; [`CountAt::Auto`] is decided at attach.
+    pub count_at: CountAt,
     pub deadline: Duration,
     /// The nice value the shim's thread runs the attach step at (`None`: its own).
     pub nice: Option<i32>,
@@ -132,6 +156,19 @@ fn parse_audit(key: &str, v: &str) -> Result<(bool, bool)> {
             key,
             v,
             "expected \"denials\", \"connections\" or \"off\"",
+        )),
+    }
+}
+
+fn parse_count_at(key: &str, v: &str) -> Result<CountAt> {
+    match v.trim() {
+        "auto" => Ok(CountAt::Auto),
+        "cgroup" => Ok(CountAt::Cgroup),
+        "interfaces" => Ok(CountAt::Interfaces),
+        _ => Err(bad(
+            key,
+            v,
+            "expected \"auto\", \"cgroup\" or \"interfaces\"",
         )),
     }
 }
@@ -246,6 +283,35 @@ impl Plan {
                 Some(p) => Netns::Path(p.clone()),
                 None => Netns::New,
             });
+        let mut count_at = (
+            "[attach] count_at",
+            match &a.count_at {
+                Some(v) => parse_count_at("[attach] count_at", v)?,
+                None => CountAt::Auto,
+            },
+        );
+        if let Some(v) = get(COUNT_AT) {
+            count_at = (COUNT_AT, parse_count_at(COUNT_AT, v)?);
+        }
+        if count_at.1 == CountAt::Interfaces && account {
+            let value = "interfaces";
+            if netns == Netns::Host {
+                return Err(bad(
+                    count_at.0,
+                    value,
+                    "the container runs in the host's network namespace: it has no \
+                     interfaces of its own to count at (use \"auto\" or \"cgroup\")",
+                ));
+            }
+            if interfaces == Interfaces::None {
+                return Err(bad(
+                    count_at.0,
+                    value,
+                    "the container's interfaces get no programs (interfaces \"none\")",
+                ));
+            }
+        }
+        let count_at = count_at.1;
         Ok(Plan {
             enabled,
             config: ContainerConfig {
@@ -253,6 +319,7 @@ impl Plan {
                 policy: enforce,
                 audit_denials: audit.0,
                 audit_connects: audit.1,
+                count_at_interfaces: account && count_at == CountAt::Interfaces,
                 sample_every: sample,
                 rate_per_sec: rate,
                 burst: rate.saturating_mul(2).max(1),
@@ -261,6 +328,7 @@ impl Plan {
             interfaces,
             fail_closed,
             netns,
+            count_at,
             deadline: Duration::from_millis(a.deadline_ms.unwrap_or(2000)),
             nice: parse_nice(a.nice)?,
         })
@@ -310,6 +378,80 @@ mod tests {
         assert_eq!(p.netns, Netns::New);
         assert_eq!(p.deadline, Duration::from_secs(2));
         assert_eq!(p.nice, Some(DEFAULT_NICE));
+    }
+
+    #[test]
+    fn where_packets_are_counted() {
+        let own = spec(&[], Some(None));
+        // Default: decided at attach; the plan itself counts at the cgroup.
+        let p = Plan::resolve(&Config::default(), &own).unwrap();
+        assert_eq!(p.count_at, CountAt::Auto);
+        assert!(!p.config.count_at_interfaces);
+        let p = Plan::resolve(&cfg("[attach]\ncount_at = \"interfaces\"\n"), &own).unwrap();
+        assert_eq!(p.count_at, CountAt::Interfaces);
+        assert!(p.config.count_at_interfaces);
+        // The annotation wins over the node's config.
+        let s = spec(&[(COUNT_AT, "cgroup")], Some(None));
+        let p = Plan::resolve(&cfg("[attach]\ncount_at = \"interfaces\"\n"), &s).unwrap();
+        assert_eq!(p.count_at, CountAt::Cgroup);
+        assert!(!p.config.count_at_interfaces);
+        // A pod's namespace, named in the spec: at the interfaces only when asked.
+        let s = spec(
+            &[(COUNT_AT, "interfaces")],
+            Some(Some("/var/run/netns/pod")),
+        );
+        assert!(
+            Plan::resolve(&Config::default(), &s)
+                .unwrap()
+                .config
+                .count_at_interfaces
+        );
+        // No counting: nothing to count anywhere, and nothing to refuse.
+        let s = spec(
+            &[(COUNT_AT, "interfaces"), (PROGRAMS, "policy")],
+            Some(None),
+        );
+        assert!(
+            !Plan::resolve(&Config::default(), &s)
+                .unwrap()
+                .config
+                .count_at_interfaces
+        );
+        // Refused, naming the key that asked: no interfaces to count at.
+        for (ann, conf, netns, key, why) in [
+            (
+                vec![(COUNT_AT, "interfaces")],
+                "",
+                None,
+                COUNT_AT,
+                "host's network namespace",
+            ),
+            (
+                vec![],
+                "[attach]\ncount_at = \"interfaces\"\n",
+                None,
+                "[attach] count_at",
+                "host's network namespace",
+            ),
+            (
+                vec![(COUNT_AT, "interfaces"), (INTERFACES, "none")],
+                "",
+                Some(None),
+                COUNT_AT,
+                "interfaces \"none\"",
+            ),
+            (
+                vec![(COUNT_AT, "eth0")],
+                "",
+                Some(None),
+                COUNT_AT,
+                "expected \"auto\"",
+            ),
+        ] {
+            let e = Plan::resolve(&cfg(conf), &spec(&ann, netns)).unwrap_err();
+            let m = e.to_string();
+            assert!(m.contains(key) && m.contains(why), "{m}");
+        }
     }
 
     #[test]
