@@ -344,10 +344,9 @@ fn attach_here(
                 .ifaces()?
                 .into_iter()
                 .any(|(k, cg)| k == key && cg == cgroup_id);
-            if known {
+            if known || counted_for_another(programs, key, cgroup_id, &name)? {
                 continue;
             }
-            refuse_shared_key(programs, key, cgroup_id, &name)?;
             maps.set_iface(key, cgroup_id)?;
             if let Err(e) = tc::clsact_attach(programs, ifindex) {
                 // Neither a filter nor the entry stays behind: the next attach starts afresh.
@@ -372,7 +371,9 @@ fn attach_here(
             let _ = fs::remove_file(&pin_in);
             let _ = fs::remove_file(&pin_eg);
         }
-        refuse_shared_key(programs, key, cgroup_id, &name)?;
+        if counted_for_another(programs, key, cgroup_id, &name)? {
+            continue;
+        }
         let ingress = Link::tcx(programs, Prog::TcIngress, ifindex)?;
         let egress = Link::tcx(programs, Prog::TcEgress, ifindex)?;
         ingress.pin(&pin_in)?;
@@ -396,26 +397,42 @@ fn attach_here(
     Ok(out)
 }
 
-/// Where the TC programs key by ifindex only (kernels before 6.2), interfaces of two
-/// namespaces with the same ifindex would share one counter: the second is refused.
-fn refuse_shared_key(programs: &Programs, key: IfKey, cgroup_id: u64, name: &str) -> Result<()> {
-    if programs.netns_key() != NetnsKey::IfindexOnly {
-        return Ok(());
+/// Whether the interface `key` is another live container's already: containers that share
+/// a network namespace (a Kubernetes pod's, `docker run --network container:`) share its
+/// interfaces, and the first to attach counts them. The others skip them: taking one over
+/// would zero the first's counters (its total, when it is counted at its interfaces) and,
+/// with TCX, fail on the programs attached there already. An entry whose container has
+/// no entry any more is stale and is taken over.
+///
+/// Where the TC programs key by ifindex only (kernels before 6.2), the same key may be
+/// another namespace's interface with the same ifindex, which would share one counter: it is
+/// refused.
+fn counted_for_another(
+    programs: &Programs,
+    key: IfKey,
+    cgroup_id: u64,
+    name: &str,
+) -> Result<bool> {
+    let maps = programs.maps();
+    let Some((_, other)) = maps.ifaces()?.into_iter().find(|(k, _)| *k == key) else {
+        return Ok(false);
+    };
+    if other == cgroup_id {
+        return Ok(false);
     }
-    match programs
-        .maps()
-        .ifaces()?
-        .into_iter()
-        .find(|(k, _)| *k == key)
-    {
-        Some((_, other)) if other != cgroup_id => Err(Error::Name {
+    if programs.netns_key() == NetnsKey::IfindexOnly {
+        return Err(Error::Name {
             what: "interface",
             value: name.to_string(),
             reason: "has the ifindex of another tracked container's interface, \
                      and this kernel's TC programs cannot tell namespaces apart",
-        }),
-        _ => Ok(()),
+        });
     }
+    let live = maps.container_config(other)?.is_some();
+    if live {
+        log::info!("interface {name}: counted for the container of cgroup {other}, which shares its network namespace");
+    }
+    Ok(live)
 }
 
 /// TC programs never go on the host's interfaces: a netns that is init's is refused.

@@ -674,7 +674,8 @@ impl Maps {
     }
 
     /// Routes an interface's TC traffic to a container (whose entry must exist: its flags
-    /// are copied); its counters start at zero. The interface gets the slot of `tc_slots`
+    /// are copied); its counters start at zero, or stay if it is the container's already.
+    /// The interface gets the slot of `tc_slots`
     /// its key hashes to if that slot is free (or already its own), else an entry in
     /// `tc_ifaces`; an interface already there stays there.
     pub fn set_iface(&self, key: IfKey, cgroup_id: u64) -> Result<()> {
@@ -686,6 +687,15 @@ impl Maps {
                 value: cgroup_id.to_string(),
                 reason: "has no container entry: its interfaces cannot be tracked",
             })?;
+        // Already this container's (an interface attached again after its ifindex was
+        // taken by a new one): its counters stay, as a container's total may be theirs.
+        if self
+            .ifaces()?
+            .into_iter()
+            .any(|(k, cg)| k == key && cg == cgroup_id)
+        {
+            return Ok(());
+        }
         let iface = RawIface {
             cgroup_id,
             flags,

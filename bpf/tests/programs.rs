@@ -897,3 +897,100 @@ fn clsact_fallback_counts_and_detaches() {
     container::detach(&progs, &fs.layout, "test", "clsact").unwrap();
     assert!(progs.maps().ifaces().unwrap().is_empty());
 }
+
+/// Containers sharing a network namespace (a pod's): the first one attached counts its
+/// interfaces; a later one skips them, in both TC modes, and neither takes them over nor
+/// zeroes the first one's counters.
+#[test]
+fn a_shared_namespace_stays_counted_for_the_first_container() {
+    use tether_bpf::tc::TcAttach;
+    let fs = Bpffs::new();
+    let progs = fs.load();
+    let maps = progs.maps();
+    let pair = VethPair::new();
+    let netns = pair.a.open();
+    let target = format!("{}:9", pair.addr_b);
+    for mode in [TcAttach::Tcx, TcAttach::Clsact] {
+        let (cg_a, cg_b) = (TestCgroup::new(), TestCgroup::new());
+        let attach = |id: &str, cg: &TestCgroup| {
+            let config = ContainerConfig {
+                count_at_interfaces: true,
+                ..ContainerConfig::default()
+            };
+            let cgid = container::attach_cgroup(
+                &progs,
+                &fs.layout,
+                "test",
+                id,
+                cg.open().as_fd(),
+                &config,
+                &[],
+            )
+            .unwrap()
+            .cgroup_id;
+            let ifaces = container::attach_netns_with(
+                &progs,
+                &fs.layout,
+                "test",
+                id,
+                cgid,
+                netns.as_fd(),
+                None,
+                mode,
+            )
+            .unwrap();
+            (cgid, ifaces)
+        };
+        let (a, ifaces) = attach("pod-a", &cg_a);
+        assert_eq!(ifaces.len(), 1, "{mode:?}");
+        let key = ifaces[0].key;
+        let r = probe_result(&spawn_probe(
+            Some(&pair.a),
+            None,
+            &format!("sendto {target} 10"),
+        ));
+        assert_eq!(r, "sent");
+        let before = maps.iface_counters(key).unwrap();
+        assert!(before.tx_packets >= 10, "{mode:?}: {before:?}");
+
+        let (b, ifaces) = attach("pod-b", &cg_b);
+        assert!(ifaces.is_empty(), "{mode:?}: {ifaces:?}");
+        assert_eq!(maps.ifaces().unwrap(), [(key, a)], "{mode:?}");
+        // Not zeroed (the namespace's own chatter, as IPv6 neighbour discovery, may add).
+        let kept = maps.iface_counters(key).unwrap();
+        assert!(kept.tx_packets >= before.tx_packets, "{mode:?}: {kept:?}");
+        let r = probe_result(&spawn_probe(
+            Some(&pair.a),
+            None,
+            &format!("sendto {target} 10"),
+        ));
+        assert_eq!(r, "sent");
+        let after = maps.iface_counters(key).unwrap();
+        assert!(
+            after.tx_packets >= before.tx_packets + 10,
+            "{mode:?}: {after:?}"
+        );
+
+        // The second one's removal leaves the first one counting.
+        if mode == TcAttach::Clsact {
+            assert_eq!(
+                container::detach_clsact(&progs, netns.as_fd(), b).unwrap(),
+                0
+            );
+        }
+        container::detach(&progs, &fs.layout, "test", "pod-b").unwrap();
+        assert_eq!(maps.ifaces().unwrap(), [(key, a)], "{mode:?}");
+        if mode == TcAttach::Clsact {
+            assert_eq!(
+                container::detach_clsact(&progs, netns.as_fd(), a).unwrap(),
+                1
+            );
+        }
+        let d = container::detach(&progs, &fs.layout, "test", "pod-a").unwrap();
+        assert!(d.count_at_interfaces, "{mode:?}");
+        assert_eq!(d.interfaces.len(), 1, "{mode:?}");
+        assert_eq!(d.interfaces[0].0, key, "{mode:?}");
+        assert!(d.interfaces[0].1.tx_packets >= after.tx_packets, "{mode:?}");
+        assert!(maps.ifaces().unwrap().is_empty(), "{mode:?}");
+    }
+}

@@ -320,9 +320,10 @@ impl Noop {
 enum Toggle {
     /// The cgroup and the TC programs (the default).
     All,
-    /// The cgroup programs; TC stays off.
+    /// The cgroup programs; TC stays off. (With the default plan, counted at the
+    /// interfaces, that is connect4 alone: `TETHER_BENCH_PLAN=cgroup` for cgroup_skb.)
     Cgroup,
-    /// The TC programs; the cgroup programs stay on.
+    /// The TC programs; the cgroup programs stay on (as for `Cgroup`).
     Tc,
     /// Not tether's programs: a cgroup_skb program that does nothing (the kernel's hook).
     Noop,

@@ -595,6 +595,13 @@ fn cni_interface_is_attached_before_start() -> Result<()> {
             );
             ensure!(s[field].as_u64() == Some(sum(&s, field)), "{field}: {s}");
         }
+        // Its connect4 link ties it to its live cgroup: garbage collection keeps it.
+        tetherctl(env, &["gc"])?;
+        ensure!(
+            pins_of(env, &id) == pins,
+            "collected: {:?}",
+            pins_of(env, &id)
+        );
         let tx = s["tx_packets"].as_u64().unwrap_or(0);
         ensure!((3..=8).contains(&tx), "3 pings (and ARP) sent: {s}");
         env.ctr.force_remove(&id)?;
@@ -699,6 +706,34 @@ fn pod_netns(env: &mut TestEnv) -> Result<()> {
             );
             ensure!(cgroup_pins(&pins) == ACCOUNTING_LINKS, "{pins:?}");
         }
+        // A second container of the pod, in its namespace: the interfaces stay the first
+        // one's (its counters are not taken over or zeroed); the second one's attach skips
+        // them, and its Create succeeds although its deny rule makes it fail closed.
+        let second = env.id("podns2");
+        let out = env.ctr.run_container(
+            &env.run(&second)
+                .detach()
+                .flag("--with-ns")
+                .flag(format!("network:/run/netns/{ns}"))
+                .flag("--annotation")
+                .flag("tether.io/egress-deny=127.0.0.2")
+                .command(["/bin/sleep", "1000"]),
+        )?;
+        ensure!(out.code == 0, "{out}");
+        wait_status(env, &second, "RUNNING")?;
+        let theirs = pins_of(env, &second);
+        ensure!(cgroup_pins(&theirs) == POLICY_LINKS, "{theirs:?}");
+        ensure!(!theirs.iter().any(|p| p.starts_with("tc_")), "{theirs:?}");
+        let interfaces = |id: &str| -> Result<usize> {
+            let s = stats_of(env, id)?;
+            Ok(s["interfaces"].as_array().map_or(0, Vec::len))
+        };
+        ensure!(interfaces(&second)? == 0 && interfaces(&id)? == 2);
+        env.ctr.force_remove(&second)?;
+        assert_detached(env, &second)?;
+        ensure!(interfaces(&id)? == 2);
+        ensure!(pins_of(env, &id) == pins, "{:?}", pins_of(env, &id));
+        env.assert_no_leaks(&second)?;
         env.ctr.force_remove(&id)?;
         assert_detached(env, &id)?;
         ensure!(

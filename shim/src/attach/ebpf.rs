@@ -428,9 +428,15 @@ impl EbpfAttach {
             _ => None,
         };
         let mut config = plan.config;
-        if plan.count_at == CountAt::Auto && config.account && plan.netns == Netns::New {
-            // The namespace is the container's alone: count at its interfaces if it has
-            // any (a prestart hook, as Docker's, has set them up by now).
+        // The namespace is the container's alone: count at its interfaces if it has any (a
+        // prestart hook, as Docker's, has set them up by now). Not where TC keys are
+        // ifindexes alone (kernels before 6.2): an interface whose ifindex another tracked
+        // container's has is refused there, which would leave the container uncounted.
+        if plan.count_at == CountAt::Auto
+            && config.account
+            && plan.netns == Netns::New
+            && programs.netns_key() == tether_bpf::NetnsKey::Cookie
+        {
             if let Some(netns) = &netns {
                 config.count_at_interfaces =
                     container::has_interfaces(netns.as_fd(), only.as_deref())
@@ -540,13 +546,21 @@ impl EbpfAttach {
                 if let Some(e) = &earlier {
                     d.counters.at_least(e);
                 }
-                let c = d.counters;
+                let stats = tether_broker::types::ContainerStatsInfo::from_counters(
+                    &namespace,
+                    &id,
+                    d.cgroup_id.unwrap_or(0),
+                    &d.counters,
+                    &d.interfaces,
+                    d.count_at_interfaces,
+                );
+                let c = &stats.total;
                 info!(
-                    "detached: {} links, {} map entries; final counters rx {} pkts {} B, tx {} pkts {} B, drops {}, denials {}",
-                    d.links, d.map_entries, c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes, c.drops, c.denials
+                    "detached: {} links, {} map entries; final counters (at the {}) rx {} pkts {} B, tx {} pkts {} B, drops {}, denials {}",
+                    d.links, d.map_entries, stats.counted_at, c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes, c.drops, c.denials
                 );
                 if let Some(socket) = report_to {
-                    retire(&socket, &namespace, &id, &d).await;
+                    retire(&socket, stats).await;
                 }
             }
             Err(e) => warn!("detach: {e}"),
@@ -573,18 +587,10 @@ fn socket(config: &Config) -> PathBuf {
 const RETIRE_DEADLINE: Duration = Duration::from_millis(300);
 
 /// Hands a deleted container's final counters to tetherd, if it runs. Best effort.
-async fn retire(socket: &Path, namespace: &str, id: &str, d: &container::Detached) {
+async fn retire(socket: &Path, stats: tether_broker::types::ContainerStatsInfo) {
     if !socket.exists() {
         return;
     }
-    let stats = tether_broker::types::ContainerStatsInfo::from_counters(
-        namespace,
-        id,
-        d.cgroup_id.unwrap_or(0),
-        &d.counters,
-        &d.interfaces,
-        d.count_at_interfaces,
-    );
     let sent = async {
         let client = tether_broker::client::Client::connect(socket, RETIRE_DEADLINE)
             .await?

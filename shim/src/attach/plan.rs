@@ -46,14 +46,16 @@ pub enum CountAt {
     /// At the interfaces when runc creates the container's network namespace and it has an
     /// interface besides lo at create (Docker's bridge); at the cgroup otherwise (the host's
     /// namespace, one named in the spec that other containers may share, as a Kubernetes
-    /// pod's, or one with only lo). Decided at attach.
+    /// pod's, or one with only lo, and on kernels whose TC keys are ifindexes alone).
+    /// Decided at attach.
     Auto,
     /// At the cgroup: every socket of the container, loopback included. The cgroup_skb
     /// programs run for every packet.
     Cgroup,
     /// At the interfaces of the container's network namespace (lo excluded), by the TC
     /// programs alone; the cgroup_skb programs run only for a policy. Needs a namespace that
-    /// is not the host's and interfaces that are not `none`.
+    /// is not the host's and interfaces that are not `none`: a container's annotation asking
+    /// for it otherwise is refused; the node's config counts such a container at the cgroup.
     Interfaces,
 }
 
@@ -293,6 +295,13 @@ impl Plan {
         if let Some(v) = get(COUNT_AT) {
             count_at = (COUNT_AT, parse_count_at(COUNT_AT, v)?);
         }
+        let no_interfaces = netns == Netns::Host || interfaces == Interfaces::None;
+        if count_at.1 == CountAt::Interfaces && no_interfaces && count_at.0 != COUNT_AT {
+            // The node's choice, for the containers that have interfaces of their own; a
+            // container in the host's namespace, or with no TC programs, has none to count
+            // at (refusing it would refuse every host-network container of the node).
+            count_at.1 = CountAt::Cgroup;
+        }
         if count_at.1 == CountAt::Interfaces && account {
             let value = "interfaces";
             if netns == Netns::Host {
@@ -417,20 +426,20 @@ mod tests {
                 .config
                 .count_at_interfaces
         );
-        // Refused, naming the key that asked: no interfaces to count at.
+        // The node's choice leaves the containers without interfaces at the cgroup.
+        let node = cfg("[attach]\ncount_at = \"interfaces\"\n");
+        for s in [spec(&[], None), spec(&[(INTERFACES, "none")], Some(None))] {
+            let p = Plan::resolve(&node, &s).unwrap();
+            assert_eq!(p.count_at, CountAt::Cgroup);
+            assert!(!p.config.count_at_interfaces);
+        }
+        // A container's own annotation is refused, naming the key: no interfaces to count at.
         for (ann, conf, netns, key, why) in [
             (
                 vec![(COUNT_AT, "interfaces")],
                 "",
                 None,
                 COUNT_AT,
-                "host's network namespace",
-            ),
-            (
-                vec![],
-                "[attach]\ncount_at = \"interfaces\"\n",
-                None,
-                "[attach] count_at",
                 "host's network namespace",
             ),
             (
