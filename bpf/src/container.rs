@@ -340,10 +340,7 @@ fn attach_here(
         }
         let key = IfKey::new(cookie, ifindex);
         if tc == TcAttach::Clsact {
-            let known = maps
-                .ifaces()?
-                .into_iter()
-                .any(|(k, cg)| k == key && cg == cgroup_id);
+            let known = maps.iface_owner(key)? == Some(cgroup_id);
             if known || counted_for_another(programs, key, cgroup_id, &name)? {
                 continue;
             }
@@ -414,12 +411,9 @@ fn counted_for_another(
     name: &str,
 ) -> Result<bool> {
     let maps = programs.maps();
-    let Some((_, other)) = maps.ifaces()?.into_iter().find(|(k, _)| *k == key) else {
+    let Some(other) = maps.iface_owner(key)?.filter(|o| *o != cgroup_id) else {
         return Ok(false);
     };
-    if other == cgroup_id {
-        return Ok(false);
-    }
     if programs.netns_key() == NetnsKey::IfindexOnly {
         return Err(Error::Name {
             what: "interface",

@@ -675,9 +675,9 @@ impl Maps {
 
     /// Routes an interface's TC traffic to a container (whose entry must exist: its flags
     /// are copied); its counters start at zero, or stay if it is the container's already.
-    /// The interface gets the slot of `tc_slots`
-    /// its key hashes to if that slot is free (or already its own), else an entry in
-    /// `tc_ifaces`; an interface already there stays there.
+    /// The interface gets the slot of `tc_slots` its key hashes to if that slot is free (or
+    /// already its own), else an entry in `tc_ifaces`; an interface already there stays
+    /// there.
     pub fn set_iface(&self, key: IfKey, cgroup_id: u64) -> Result<()> {
         let flags = self
             .container_config(cgroup_id)?
@@ -689,11 +689,7 @@ impl Maps {
             })?;
         // Already this container's (an interface attached again after its ifindex was
         // taken by a new one): its counters stay, as a container's total may be theirs.
-        if self
-            .ifaces()?
-            .into_iter()
-            .any(|(k, cg)| k == key && cg == cgroup_id)
-        {
+        if self.iface_owner(key)? == Some(cgroup_id) {
             return Ok(());
         }
         let iface = RawIface {
@@ -757,6 +753,20 @@ impl Maps {
             }
         }
         Ok(out)
+    }
+
+    /// The container (cgroup id) an interface is routed to, if it is tracked: two lookups,
+    /// where [`Maps::ifaces`] walks every tracked interface.
+    pub fn iface_owner(&self, key: IfKey) -> Result<Option<u64>> {
+        if let Some(o) = self.slot_owner(tc_slot_of(key))?.filter(|o| o.key == key) {
+            return Ok(Some(o.cgroup_id));
+        }
+        Ok(self
+            .tc_ifaces
+            .lookup_percpu::<IfKey, RawIface>(&key, self.ncpus)?
+            .as_deref()
+            .and_then(<[RawIface]>::first)
+            .map(|i| i.cgroup_id))
     }
 
     /// An interface's counters, summed over CPUs (zero for an unknown interface).

@@ -211,6 +211,11 @@ fn tc_slot_collision_falls_back_to_the_hash() {
     let mut want = vec![(key, 42), (rival, 43)];
     want.sort();
     assert_eq!(listed, want);
+    // One in the slot, one in the hash: each found by its key.
+    assert_eq!(maps.iface_owner(key).unwrap(), Some(42));
+    assert_eq!(maps.iface_owner(rival).unwrap(), Some(43));
+    let unknown = IfKey::new(cookie.wrapping_add(7), 9);
+    assert_eq!(maps.iface_owner(unknown).unwrap(), None);
     assert_eq!(progs.test_run(Prog::TcEgress, &pkt).unwrap(), u32::MAX);
     assert_eq!(maps.iface_counters(key).unwrap().tx_packets, 1);
     assert_eq!(maps.iface_counters(rival).unwrap(), Default::default());
