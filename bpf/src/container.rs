@@ -340,8 +340,8 @@ fn attach_here(
         }
         let key = IfKey::new(cookie, ifindex);
         if tc == TcAttach::Clsact {
-            let known = maps.iface_owner(key)? == Some(cgroup_id);
-            if known || counted_for_another(programs, key, cgroup_id, &name)? {
+            let owner = maps.iface_owner(key)?;
+            if owner == Some(cgroup_id) || counted_for_another(programs, owner, cgroup_id, &name)? {
                 continue;
             }
             maps.set_iface(key, cgroup_id)?;
@@ -368,7 +368,7 @@ fn attach_here(
             let _ = fs::remove_file(&pin_in);
             let _ = fs::remove_file(&pin_eg);
         }
-        if counted_for_another(programs, key, cgroup_id, &name)? {
+        if counted_for_another(programs, maps.iface_owner(key)?, cgroup_id, &name)? {
             continue;
         }
         let ingress = Link::tcx(programs, Prog::TcIngress, ifindex)?;
@@ -394,7 +394,8 @@ fn attach_here(
     Ok(out)
 }
 
-/// Whether the interface `key` is another live container's already: containers that share
+/// Whether an interface, routed to the container of cgroup `owner` if any, is another live
+/// container's already: containers that share
 /// a network namespace (a Kubernetes pod's, `docker run --network container:`) share its
 /// interfaces, and the first to attach counts them. The others skip them: taking one over
 /// would zero the first's counters (its total, when it is counted at its interfaces) and,
@@ -406,12 +407,11 @@ fn attach_here(
 /// refused.
 fn counted_for_another(
     programs: &Programs,
-    key: IfKey,
+    owner: Option<u64>,
     cgroup_id: u64,
     name: &str,
 ) -> Result<bool> {
-    let maps = programs.maps();
-    let Some(other) = maps.iface_owner(key)?.filter(|o| *o != cgroup_id) else {
+    let Some(other) = owner.filter(|o| *o != cgroup_id) else {
         return Ok(false);
     };
     if programs.netns_key() == NetnsKey::IfindexOnly {
@@ -422,7 +422,7 @@ fn counted_for_another(
                      and this kernel's TC programs cannot tell namespaces apart",
         });
     }
-    let live = maps.container_config(other)?.is_some();
+    let live = programs.maps().container_config(other)?.is_some();
     if live {
         log::info!("interface {name}: counted for the container of cgroup {other}, which shares its network namespace");
     }
@@ -471,10 +471,9 @@ pub fn detach(
     let mut out = Detached::default();
     let cgid = maps.cgroup_of(namespace, id)?;
     if let Some(cg) = cgid {
-        out.counters = maps.cgroup_counters(cg)?;
-        out.count_at_interfaces = maps
-            .container_config(cg)?
-            .is_some_and(|c| c.count_at_interfaces);
+        let (config, counters) = maps.cgroup_state(cg)?;
+        out.counters = counters;
+        out.count_at_interfaces = config.is_some_and(|c| c.count_at_interfaces);
         for (k, owner) in maps.ifaces()? {
             if owner == cg {
                 out.interfaces.push((k, maps.iface_counters(k)?));

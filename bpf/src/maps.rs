@@ -653,11 +653,27 @@ impl Maps {
     /// A container's cgroup counters, summed over CPUs and over `cgroups` and the cgroup's
     /// local storage (zero for an unknown cgroup). The local counters go with the cgroup.
     pub fn cgroup_counters(&self, cgroup_id: u64) -> Result<Counters> {
-        let mut total = self.summed(&self.cgroups, cgroup_id)?.unwrap_or_default();
+        self.cgroup_state(cgroup_id).map(|(_, c)| c)
+    }
+
+    /// A container's config (`None` for an unknown cgroup) and its cgroup counters, as
+    /// [`Maps::container_config`] and [`Maps::cgroup_counters`] give them, from one read of
+    /// its `cgroups` entry.
+    pub fn cgroup_state(&self, cgroup_id: u64) -> Result<(Option<ContainerConfig>, Counters)> {
+        let cpus = self
+            .cgroups
+            .lookup_percpu::<u64, RawCgroup>(&cgroup_id, self.ncpus)?;
+        let config = cpus
+            .as_deref()
+            .and_then(<[RawCgroup]>::first)
+            .map(|r| ContainerConfig::from_raw(&r.config));
+        let mut total = cpus
+            .map(|cpus| Counters::sum(cpus.iter().map(|c| &c.counters)))
+            .unwrap_or_default();
         if let Some(local) = self.summed(&self.cg_local, cgroup_id)? {
             total.add(&local);
         }
-        Ok(total)
+        Ok((config, total))
     }
 
     /// A cgroup's counters in `map` (`cgroups` or `cg_local`), summed over CPUs.

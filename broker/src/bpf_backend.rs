@@ -337,16 +337,14 @@ impl Backend for BpfBackend {
                     per_iface.push((*k, maps.iface_counters(*k)?));
                 }
                 // In the maps, so not deleted: retired containers are the service's.
-                let at_ifaces = maps
-                    .container_config(cg)?
-                    .is_some_and(|c| c.count_at_interfaces);
+                let (config, counters) = maps.cgroup_state(cg)?;
                 out.push(ContainerStatsInfo::from_counters(
                     &ident.namespace,
                     &ident.id,
                     cg,
-                    &maps.cgroup_counters(cg)?,
+                    &counters,
                     &per_iface,
-                    at_ifaces,
+                    config.is_some_and(|c| c.count_at_interfaces),
                 ));
             }
         }

@@ -55,6 +55,16 @@ fn stats_of(env: &TestEnv, id: &str) -> Result<serde_json::Value> {
         .ok_or_else(|| anyhow!("no stats for {id}: {all}"))
 }
 
+/// A counter of a `stats --json` row summed over its interfaces.
+fn interfaces_sum(row: &serde_json::Value, field: &str) -> u64 {
+    row["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| i[field].as_u64().unwrap_or(0))
+        .sum()
+}
+
 fn container_dir(env: &TestEnv, id: &str) -> PathBuf {
     env.containerd()
         .pin_root()
@@ -538,13 +548,7 @@ fn cni_interface_is_attached_before_start() -> Result<()> {
         ensure!(cgroup_pins(&pins) == ACCOUNTING_LINKS, "{pins:?}");
         let counted = wait_until("eth0 to count the pings", Duration::from_secs(10), || {
             let s = stats_of(env, &id)?;
-            let tx: u64 = s["interfaces"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|i| i["tx_packets"].as_u64().unwrap_or(0))
-                .sum();
-            Ok((tx >= 3).then_some(s))
+            Ok((interfaces_sum(&s, "tx_packets") >= 3).then_some(s))
         })?;
         eprintln!("{counted}");
         // A namespace named in the spec may be shared (a pod's): counted at the cgroup.
@@ -574,14 +578,6 @@ fn cni_interface_is_attached_before_start() -> Result<()> {
             "eth0 not attached: {pins:?}"
         );
         ensure!(cgroup_pins(&pins) == ["cgroup_tether_connect4"], "{pins:?}");
-        let sum = |s: &serde_json::Value, field: &str| -> u64 {
-            s["interfaces"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|i| i[field].as_u64().unwrap_or(0))
-                .sum()
-        };
         let s = wait_until("eth0 to count the pings", Duration::from_secs(10), || {
             let s = stats_of(env, &id)?;
             Ok((s["tx_packets"].as_u64().unwrap_or(0) >= 3).then_some(s))
@@ -593,7 +589,10 @@ fn cni_interface_is_attached_before_start() -> Result<()> {
                 s["cgroup"][field] == 0,
                 "{field} counted at the cgroup: {s}"
             );
-            ensure!(s[field].as_u64() == Some(sum(&s, field)), "{field}: {s}");
+            ensure!(
+                s[field].as_u64() == Some(interfaces_sum(&s, field)),
+                "{field}: {s}"
+            );
         }
         // Its connect4 link ties it to its live cgroup: garbage collection keeps it.
         tetherctl(env, &["gc"])?;
