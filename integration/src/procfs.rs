@@ -98,7 +98,7 @@ pub fn vm_rss_kib(pid: i32) -> Result<u64> {
     status_field(pid, "VmRSS")
 }
 
-/// `Pss` of `pid` in KiB (/proc/<pid>/smaps_rollup): its resident set with every page
+/// `Pss` of `pid` in KiB (`/proc/<pid>/smaps_rollup`): its resident set with every page
 /// shared with other processes counted as its share.
 pub fn pss_kib(pid: i32) -> Result<u64> {
     let path = format!("/proc/{pid}/smaps_rollup");
@@ -109,7 +109,7 @@ pub fn pss_kib(pid: i32) -> Result<u64> {
         .ok_or_else(|| anyhow!("no Pss line in {path}"))
 }
 
-/// A numeric field of /proc/<pid>/status (`VmRSS`, `RssAnon`, `RssFile`, `Threads`, ...),
+/// A numeric field of `/proc/<pid>/status` (`VmRSS`, `RssAnon`, `RssFile`, `Threads`, ...),
 /// in its own unit (KiB for sizes).
 pub fn status_field(pid: i32, key: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");

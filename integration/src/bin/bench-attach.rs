@@ -1,7 +1,11 @@
 //! `bench-attach [SEQUENTIAL] [CONCURRENT]`: the attach step's duration, tether (programs
 //! from the pins tetherd loaded once) against a naive mode in which every shim loads its own
-//! copy of the programs (`TETHER_BENCH_NAIVE_LOAD`, benchmark-only; the shim must be built
-//! with `--features bench-naive-load`, which a shim for use leaves out).
+//! copy of the programs (`TETHER_BENCH_NAIVE_LOAD`, benchmark-only).
+//!
+//! The shim must be built with the benchmark-only `bench` feature, which a shim for use
+//! leaves out: it enables both the naive loader and the attach-time records this benchmark
+//! reads. Build it with `bash scripts/build-release.sh --features bench`. Without it, the
+//! first container of each mode records no time, and the benchmark stops there and says so.
 //!
 //! Each mode gets its own private containerd. Each shim appends `<id> <microseconds>` per
 //! attach to the file named by `TETHER_BENCH_ATTACH_TIMES` (benchmark-only). Sequential: containers
@@ -86,7 +90,7 @@ fn pct(v: &[f64], p: f64) -> f64 {
 struct Mode {
     name: &'static str,
     times: std::path::PathBuf,
-    _cd: Containerd,
+    cd: Containerd,
     ctr: Ctr,
     source: Source,
     _work: tempfile::TempDir,
@@ -116,7 +120,7 @@ fn mode(name: &'static str, mut env: Vec<(String, String)>) -> Result<Mode> {
     Ok(Mode {
         name,
         times,
-        _cd: cd,
+        cd,
         ctr,
         source: Source::Image(image::BUSYBOX_IMAGE.to_owned()),
         _work: work,
@@ -138,6 +142,49 @@ fn sequential(m: &Mode, first: usize, n: usize) -> Result<Vec<f64>> {
         }
     }
     attach_times(m, &ids)
+}
+
+/// The command that builds a shim with the benchmark-only `bench` feature.
+const BENCH_BUILD: &str = "bash scripts/build-release.sh --features bench";
+
+/// Runs one container in `m` and checks that its shim recorded an attach time, before any
+/// measurement: a shim built without the `bench` feature records none (and cannot load
+/// naively), which is said here with the command that builds one.
+fn warm_up(m: &Mode) -> Result<()> {
+    let id = format!("seq-{}-1000000", m.name);
+    let run = Run::new(Runtime::Tether, m.source.clone(), id.clone())
+        .rm()
+        .timeout(RUN_TIMEOUT)
+        .command(["/bin/true"]);
+    let out = m.ctr.run_container(&run)?;
+    if !out.success() {
+        bail!("{id}: {out}");
+    }
+    let recorded = match fs::read_to_string(&m.times) {
+        Ok(text) => text
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(id.as_str())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading {}", m.times.display()));
+        }
+    };
+    if !recorded {
+        let shim = tether_integration::containerd::tether_shim_binary()
+            .map_or_else(|_| "the shim".to_string(), |p| p.display().to_string());
+        // What the shim said about the container (the naive loader's absence, for one).
+        let log = fs::read_to_string(m.cd.log_path()).unwrap_or_default();
+        let said: Vec<&str> = log.lines().filter(|l| l.contains(id.as_str())).collect();
+        bail!(
+            "{}: the first container recorded no attach time: {shim} was built without the \
+             benchmark-only `bench` feature (attach-time records and the naive loader), which \
+             bench-attach needs. Build it with\n\n    {BENCH_BUILD}\n\n\
+             containerd's log about {id}:\n{}",
+            m.name,
+            said[said.len().saturating_sub(5)..].join("\n")
+        );
+    }
+    Ok(())
 }
 
 /// Wall, CPU and run-queue wait times (µs) of the attach steps of `n` containers created
@@ -266,9 +313,10 @@ fn main() -> Result<()> {
         "naive",
         vec![("TETHER_BENCH_NAIVE_LOAD".into(), "1".into())],
     )?;
-    // Warm-up: tetherd starts and loads once; page cache.
-    sequential(&tether, 1_000_000, 1)?;
-    sequential(&naive, 1_000_000, 1)?;
+    // Warm-up: tetherd starts and loads once; page cache. The first container of each mode
+    // also tells whether the shim was built to record attach times and to load naively.
+    warm_up(&tether)?;
+    warm_up(&naive)?;
     // A node normally runs containers: one stays up in each mode, so the kernel's
     // per-hook static keys stay on (the first attach on an idle node patches kernel text).
     for m in [&tether, &naive] {

@@ -1,0 +1,136 @@
+//! The attach step, end to end through containerd and the tether shim: programs are in place
+//! before the container's first instruction, traffic is counted per container, late
+//! interfaces are attached, bad annotations fail Create cleanly, delete leaves nothing.
+//!
+//! One module per scenario group: [`one_container`] (a container's own attach: denial from
+//! its first instruction, counters, priority, host network, a late interface),
+//! [`create_failures`] (bad annotations, the failure policy), [`many_containers`] (a burst,
+//! tetherd or a shim killed), [`named_netns`] (CNI and a pod's namespace, TCX and clsact)
+//! and [`runc_shim`] (`tether-runc` under containerd's runc shim). This file holds what they
+//! share: `tetherctl`, the pins of a container, the detach check.
+
+mod create_failures;
+mod many_containers;
+mod named_netns;
+mod one_container;
+mod runc_shim;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{anyhow, ensure, Context, Result};
+use tether_integration::{Runtime, TestEnv};
+
+use crate::common::*;
+
+/// Runs `f` against the tether runtime only (these behaviours do not exist in runc.v2).
+pub(super) fn tether(name: &str, f: fn(&mut TestEnv) -> Result<()>) -> Result<()> {
+    run_scenario(Runtime::Tether, name, f)
+}
+
+pub(super) fn tetherctl(env: &TestEnv, args: &[&str]) -> Result<serde_json::Value> {
+    let bin = tether_integration::containerd::tether_shim_binary()?
+        .parent()
+        .map(|d| d.join("tetherctl"))
+        .ok_or_else(|| anyhow!("no directory for tetherctl"))?;
+    let out = Command::new(&bin)
+        .arg("--socket")
+        .arg(env.containerd().tetherd_socket())
+        .arg("--json")
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    ensure!(
+        out.status.success(),
+        "tetherctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `stats --json` prints one object per line; the others one document.
+    if args.first() == Some(&"stats") {
+        let rows: Vec<serde_json::Value> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        Ok(serde_json::Value::Array(rows))
+    } else {
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+pub(super) fn stats_of(env: &TestEnv, id: &str) -> Result<serde_json::Value> {
+    let all = tetherctl(env, &["stats"])?;
+    all.as_array()
+        .and_then(|a| a.iter().find(|r| r["id"] == id).cloned())
+        .ok_or_else(|| anyhow!("no stats for {id}: {all}"))
+}
+
+/// A counter of a `stats --json` row summed over its interfaces.
+pub(super) fn interfaces_sum(row: &serde_json::Value, field: &str) -> u64 {
+    row["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| i[field].as_u64().unwrap_or(0))
+        .sum()
+}
+
+pub(super) fn container_dir(env: &TestEnv, id: &str) -> PathBuf {
+    env.containerd()
+        .pin_root()
+        .join("containers")
+        .join(env.namespace())
+        .join(id.replace('.', "%2E"))
+}
+
+pub(super) fn pins_of(env: &TestEnv, id: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(container_dir(env, id))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The cgroup links of a container with the default plan (accounting, no deny rules), as
+/// sorted pin names: the sock_addr programs are attached only for deny rules or connection
+/// audit.
+pub(super) const ACCOUNTING_LINKS: [&str; 2] =
+    ["cgroup_tether_cg_egress", "cgroup_tether_cg_ingress"];
+/// The cgroup links of a container with deny rules: every cgroup program.
+pub(super) const POLICY_LINKS: [&str; 6] = [
+    "cgroup_tether_cg_egress",
+    "cgroup_tether_cg_ingress",
+    "cgroup_tether_connect4",
+    "cgroup_tether_connect6",
+    "cgroup_tether_sendmsg4",
+    "cgroup_tether_sendmsg6",
+];
+
+/// The cgroup link pins among `pins` (sorted as `pins` is).
+pub(super) fn cgroup_pins(pins: &[String]) -> Vec<&str> {
+    pins.iter()
+        .map(String::as_str)
+        .filter(|p| p.starts_with("cgroup_"))
+        .collect()
+}
+
+pub(super) fn assert_detached(env: &TestEnv, id: &str) -> Result<()> {
+    ensure!(
+        !container_dir(env, id).exists(),
+        "pins of {id} left: {:?}",
+        pins_of(env, id)
+    );
+    let stats = tetherctl(env, &["stats"])?;
+    ensure!(
+        !stats
+            .as_array()
+            .is_some_and(|a| a.iter().any(|r| r["id"] == id && r["deleted"] != true)),
+        "map entries of {id} left: {stats}"
+    );
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! Network namespaces named in the spec: a CNI bridge interface attached before start and
+//! counted at the cgroup or the interfaces, and a pod's namespace made beforehand, shared by
+//! two containers, through TCX links or the clsact fallback.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use tether_integration::wait::wait_until;
+use tether_integration::{Runtime, TestEnv};
+
+use super::{
+    assert_detached, cgroup_pins, interfaces_sum, pins_of, stats_of, tether, tetherctl,
+    ACCOUNTING_LINKS, POLICY_LINKS,
+};
+use crate::common::*;
+
+/// A CNI bridge network for `ctr run --cni` (ctr 1.6 reads /etc/cni/net.d and
+/// /opt/cni/bin): a test-owned subnet on a test-owned bridge, removed on drop together with
+/// whatever the test created under /etc/cni and /opt/cni.
+struct CniNetwork {
+    conf: PathBuf,
+    created: Vec<PathBuf>,
+    bridge: String,
+    _ipam: tempfile::TempDir,
+}
+
+const CNI_SUBNET_GW: &str = "10.215.0.1";
+
+impl CniNetwork {
+    fn new() -> Result<Self> {
+        let mut created = Vec::new();
+        for dir in ["/etc/cni", "/etc/cni/net.d", "/opt/cni"] {
+            if !std::path::Path::new(dir).exists() {
+                std::fs::create_dir(dir)?;
+                created.push(PathBuf::from(dir));
+            }
+        }
+        let bin = PathBuf::from("/opt/cni/bin");
+        if !bin.exists() {
+            std::os::unix::fs::symlink("/usr/lib/cni", &bin)?;
+            created.push(bin);
+        }
+        let ipam = tempfile::tempdir()?;
+        let bridge = "tethere2e0".to_string();
+        let conf = PathBuf::from("/etc/cni/net.d/00-tether-e2e.conflist");
+        let json = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "tether-e2e",
+            "plugins": [{
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": "10.215.0.0/24", "gateway": CNI_SUBNET_GW}]],
+                    "dataDir": ipam.path(),
+                }
+            }]
+        });
+        std::fs::write(&conf, serde_json::to_vec_pretty(&json)?)?;
+        Ok(CniNetwork {
+            conf,
+            created,
+            bridge,
+            _ipam: ipam,
+        })
+    }
+}
+
+impl Drop for CniNetwork {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.conf);
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+        for p in self.created.iter().rev() {
+            let _ = std::fs::remove_file(p).or_else(|_| std::fs::remove_dir(p));
+        }
+    }
+}
+
+#[test]
+fn cni_interface_is_attached_before_start() -> Result<()> {
+    tether("cni", |env| {
+        let _net = CniNetwork::new()?;
+        let id = env.id("cni");
+        // The first thing the container does is send three pings over eth0.
+        env.ctr
+            .run_container(&env.run(&id).detach().flag("--cni").sh(&format!(
+                "ping -c 3 -i 0.2 -W 1 {CNI_SUBNET_GW}; sleep 1000"
+            )))?;
+        wait_status(env, &id, "RUNNING")?;
+        let pins = pins_of(env, &id);
+        ensure!(
+            pins.iter().filter(|p| p.starts_with("tc_")).count() == 2,
+            "eth0 not attached: {pins:?}"
+        );
+        ensure!(cgroup_pins(&pins) == ACCOUNTING_LINKS, "{pins:?}");
+        let counted = wait_until("eth0 to count the pings", Duration::from_secs(10), || {
+            let s = stats_of(env, &id)?;
+            Ok((interfaces_sum(&s, "tx_packets") >= 3).then_some(s))
+        })?;
+        eprintln!("{counted}");
+        // A namespace named in the spec may be shared (a pod's): counted at the cgroup.
+        ensure!(counted["counted_at"] == "cgroup", "{counted}");
+        env.ctr.force_remove(&id)?;
+        assert_detached(env, &id)?;
+        env.assert_no_leaks(&id)?;
+
+        // Asked to count at its interfaces: no cgroup_skb program (connect4 ties the pins
+        // to the cgroup's life), the total is the interfaces', loopback is not counted.
+        let id = env.id("cni-ifaces");
+        env.ctr.run_container(
+            &env.run(&id)
+                .detach()
+                .flag("--cni")
+                .flag("--annotation")
+                .flag("tether.io/count-at=interfaces")
+                .sh(&format!(
+                    "ping -c 3 -i 0.2 -W 1 127.0.0.1; ping -c 3 -i 0.2 -W 1 {CNI_SUBNET_GW}; \
+                     sleep 1000"
+                )),
+        )?;
+        wait_status(env, &id, "RUNNING")?;
+        let pins = pins_of(env, &id);
+        ensure!(
+            pins.iter().filter(|p| p.starts_with("tc_")).count() == 2,
+            "eth0 not attached: {pins:?}"
+        );
+        ensure!(cgroup_pins(&pins) == ["cgroup_tether_connect4"], "{pins:?}");
+        let s = wait_until("eth0 to count the pings", Duration::from_secs(10), || {
+            let s = stats_of(env, &id)?;
+            Ok((s["tx_packets"].as_u64().unwrap_or(0) >= 3).then_some(s))
+        })?;
+        eprintln!("{s}");
+        ensure!(s["counted_at"] == "interfaces", "{s}");
+        for field in ["tx_packets", "rx_packets", "tx_bytes", "rx_bytes"] {
+            ensure!(
+                s["cgroup"][field] == 0,
+                "{field} counted at the cgroup: {s}"
+            );
+            ensure!(
+                s[field].as_u64() == Some(interfaces_sum(&s, field)),
+                "{field}: {s}"
+            );
+        }
+        // Its connect4 link ties it to its live cgroup: garbage collection keeps it.
+        tetherctl(env, &["gc"])?;
+        ensure!(
+            pins_of(env, &id) == pins,
+            "collected: {:?}",
+            pins_of(env, &id)
+        );
+        let tx = s["tx_packets"].as_u64().unwrap_or(0);
+        ensure!((3..=8).contains(&tx), "3 pings (and ARP) sent: {s}");
+        env.ctr.force_remove(&id)?;
+        assert_detached(env, &id)?;
+        let s = stats_of(env, &id)?;
+        ensure!(
+            s["deleted"] == true && s["counted_at"] == "interfaces",
+            "{s}"
+        );
+        ensure!(s["tx_packets"].as_u64().unwrap_or(0) >= tx, "{s}");
+        env.assert_no_leaks(&id)
+    })
+}
+
+#[test]
+fn existing_netns_named_in_the_spec_is_used() -> Result<()> {
+    tether("pod_netns", pod_netns)
+}
+
+/// The clsact fallback (kernels without TCX; forced here): filters go on the pod's
+/// interfaces and are removed at delete, while the pod's namespace lives on.
+#[test]
+fn clsact_filters_are_removed_from_a_pod_netns_at_delete() -> Result<()> {
+    let mut env = TestEnv::with_env(
+        Runtime::Tether,
+        "clsact",
+        vec![("TETHER_TC_ATTACH".into(), "clsact".into())],
+    )?;
+    pod_netns(&mut env)
+}
+
+fn pod_netns(env: &mut TestEnv) -> Result<()> {
+    let clsact = env.containerd().env_var("TETHER_TC_ATTACH") == Some("clsact");
+    {
+        // A namespace made beforehand, as Kubernetes does for a pod, with a veth in it.
+        let ns = format!("tp-{}", env.id("ns"));
+        let status = Command::new("ip").args(["netns", "add", &ns]).status()?;
+        ensure!(status.success(), "ip netns add");
+        struct Ns(String);
+        impl Drop for Ns {
+            fn drop(&mut self) {
+                let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+            }
+        }
+        let _ns = Ns(ns.clone());
+        let s = Command::new("ip")
+            .args([
+                "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+            ])
+            .status()?;
+        ensure!(s.success(), "veth in {ns}");
+        let id = env.id("podns");
+        env.ctr.run_container(
+            &env.run(&id)
+                .detach()
+                .flag("--with-ns")
+                .flag(format!("network:/run/netns/{ns}"))
+                .command(["/bin/sleep", "1000"]),
+        )?;
+        wait_status(env, &id, "RUNNING")?;
+        let pins = pins_of(env, &id);
+        let filters = |dev: &str| -> Result<String> {
+            let out = Command::new("ip")
+                .args([
+                    "netns", "exec", &ns, "tc", "filter", "show", "dev", dev, "egress",
+                ])
+                .output()?;
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        if clsact {
+            ensure!(
+                pins == ACCOUNTING_LINKS,
+                "clsact pins nothing for TC: {pins:?}"
+            );
+            ensure!(
+                filters("eth0")?.contains("tether_tc_egres"),
+                "{}",
+                filters("eth0")?
+            );
+            let s = stats_of(env, &id)?;
+            ensure!(s["interfaces"].as_array().map_or(0, Vec::len) == 2, "{s}");
+            // `tetherctl ps` shows the filters: both programs on eth0 and eth1.
+            let ps = tetherctl(env, &["ps"])?;
+            let mine = ps
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["id"] == id.as_str())
+                .with_context(|| format!("{id} not in ps: {ps}"))?;
+            let clsact = mine["attachments"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|a| a["kind"] == "clsact")
+                .count();
+            ensure!(clsact == 4, "{mine}");
+        } else {
+            // eth0 and eth1 of the pod's namespace: two TC links each.
+            ensure!(
+                pins.iter().filter(|p| p.starts_with("tc_")).count() == 4,
+                "{pins:?}"
+            );
+            ensure!(cgroup_pins(&pins) == ACCOUNTING_LINKS, "{pins:?}");
+        }
+        // A second container of the pod, in its namespace: the interfaces stay the first
+        // one's (its counters are not taken over or zeroed); the second one's attach skips
+        // them, and its Create succeeds although its deny rule makes it fail closed.
+        let second = env.id("podns2");
+        let out = env.ctr.run_container(
+            &env.run(&second)
+                .detach()
+                .flag("--with-ns")
+                .flag(format!("network:/run/netns/{ns}"))
+                .flag("--annotation")
+                .flag("tether.io/egress-deny=127.0.0.2")
+                .command(["/bin/sleep", "1000"]),
+        )?;
+        ensure!(out.code == 0, "{out}");
+        wait_status(env, &second, "RUNNING")?;
+        let theirs = pins_of(env, &second);
+        ensure!(cgroup_pins(&theirs) == POLICY_LINKS, "{theirs:?}");
+        ensure!(!theirs.iter().any(|p| p.starts_with("tc_")), "{theirs:?}");
+        let interfaces = |id: &str| -> Result<usize> {
+            let s = stats_of(env, id)?;
+            Ok(s["interfaces"].as_array().map_or(0, Vec::len))
+        };
+        ensure!(interfaces(&second)? == 0 && interfaces(&id)? == 2);
+        env.ctr.force_remove(&second)?;
+        assert_detached(env, &second)?;
+        ensure!(interfaces(&id)? == 2);
+        ensure!(pins_of(env, &id) == pins, "{:?}", pins_of(env, &id));
+        env.assert_no_leaks(&second)?;
+        env.ctr.force_remove(&id)?;
+        assert_detached(env, &id)?;
+        ensure!(
+            !filters("eth0")?.contains("tether"),
+            "filters left: {}",
+            filters("eth0")?
+        );
+        ensure!(
+            !filters("eth1")?.contains("tether"),
+            "filters left: {}",
+            filters("eth1")?
+        );
+        env.assert_no_leaks(&id)
+    }
+}

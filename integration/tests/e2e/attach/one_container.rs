@@ -1,0 +1,213 @@
+//! One container's own attach: its first instruction already denied, short-lived
+//! containers counted apart, the attach step at raised priority, a host-network container,
+//! an interface added while it runs.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{anyhow, ensure, Result};
+use tether_integration::wait::wait_until;
+
+use super::{assert_detached, pins_of, stats_of, tether, POLICY_LINKS};
+use crate::common::*;
+
+#[test]
+fn first_instruction_is_denied() -> Result<()> {
+    tether("first_instruction", |env| {
+        // The container's very first command connects to the denied address.
+        let id = env.id("deny");
+        let out = env.ctr.run_container(
+            &env.run(&id)
+                .rm()
+                .flag("--annotation")
+                .flag("tether.io/egress-deny=127.0.0.2/32")
+                .command(["/bin/nc", "127.0.0.2", "9"]),
+        )?;
+        ensure!(
+            out.code != 0,
+            "connect to a denied address succeeded: {out}"
+        );
+        ensure!(
+            out.stderr.contains("Operation not permitted")
+                || out.stdout.contains("Operation not permitted"),
+            "denied connect: {out}"
+        );
+        assert_detached(env, &id)?;
+        env.assert_no_leaks(&id)?;
+
+        // The same container without the annotation reaches the (closed) port.
+        let id = env.id("allow");
+        let out =
+            env.ctr
+                .run_container(&env.run(&id).rm().command(["/bin/nc", "127.0.0.2", "9"]))?;
+        ensure!(
+            out.stderr.contains("Connection refused") || out.stdout.contains("Connection refused"),
+            "allowed connect: {out}"
+        );
+        env.assert_no_leaks(&id)
+    })
+}
+
+#[test]
+fn short_lived_containers_are_counted_separately() -> Result<()> {
+    tether("counted", |env| {
+        let mut ids = Vec::new();
+        for n in [3, 7] {
+            let id = env.id(&format!("count{n}"));
+            let script = format!("for i in $(seq {n}); do nc 127.0.0.3 9; done; exit 0");
+            env.ctr.run_container(&env.run(&id).detach().sh(&script))?;
+            wait_status(env, &id, "STOPPED")?;
+            ids.push((id, n));
+        }
+        // Both exited at once; their counters are there until delete.
+        for (id, n) in &ids {
+            let s = stats_of(env, id)?;
+            let tx = s["tx_packets"].as_u64().unwrap_or(0);
+            let rx = s["rx_packets"].as_u64().unwrap_or(0);
+            ensure!(
+                tx >= *n && tx <= 2 * n,
+                "{id}: {n} SYNs sent, tx_packets {tx}: {s}"
+            );
+            ensure!(rx >= *n, "{id}: {n} RSTs received, rx_packets {rx}: {s}");
+        }
+        for (id, n) in &ids {
+            env.ctr.ok(["task", "rm", id])?;
+            env.ctr.ok(["container", "rm", id])?;
+            wait_until("detach", STATE_TIMEOUT, || {
+                Ok(assert_detached(env, id).is_ok().then_some(()))
+            })?;
+            // Gone from bpffs and the maps, its final counters stay readable in tetherd.
+            let s = stats_of(env, id)?;
+            ensure!(s["deleted"] == true, "{s}");
+            ensure!(s["tx_packets"].as_u64().unwrap_or(0) >= *n, "{s}");
+            env.assert_no_leaks(id)?;
+        }
+        Ok(())
+    })
+}
+
+/// The nice value of every thread of `pid` (field 19 of `/proc/PID/task/TID/stat`).
+fn thread_nice_values(pid: i32) -> Result<Vec<i64>> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("stat"))?;
+        // Fields after the command name, which is in parentheses: state is field 3.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .ok_or_else(|| anyhow!("no command name in {stat:?}"))?;
+        let nice = rest
+            .split_whitespace()
+            .nth(19 - 3)
+            .ok_or_else(|| anyhow!("no nice field in {stat:?}"))?;
+        out.push(nice.parse()?);
+    }
+    Ok(out)
+}
+
+#[test]
+fn attach_step_runs_raised_and_the_shim_returns_to_its_own_priority() -> Result<()> {
+    tether("nice", |env| {
+        let id = detached_sleep(env, "nice", &[])?;
+        let log = std::fs::read_to_string(env.containerd().log_path())?;
+        ensure!(
+            log.lines()
+                .any(|l| l.contains(&format!("attached {id} in ")) && l.contains("at nice -20")),
+            "no attach log line at nice -20 for {id}:\n{}",
+            env.containerd().log_tail(40)
+        );
+        let shims = env.containerd().shim_processes()?;
+        ensure!(!shims.is_empty(), "no shim process");
+        for shim in shims {
+            let nice = thread_nice_values(shim.pid)?;
+            ensure!(
+                nice.iter().all(|n| *n == 0),
+                "shim {} threads' nice values after the step: {nice:?}",
+                shim.pid
+            );
+        }
+        kill_and_delete(env, &id)
+    })
+}
+
+#[test]
+fn host_network_gets_cgroup_programs_only() -> Result<()> {
+    tether("host_net", |env| {
+        let id = env.id("hostnet");
+        env.ctr.run_container(
+            &env.run(&id)
+                .detach()
+                .flag("--net-host")
+                .flag("--annotation")
+                .flag("tether.io/egress-deny=127.0.0.2/32")
+                .command(["/bin/sleep", "1000"]),
+        )?;
+        wait_status(env, &id, "RUNNING")?;
+        // Deny rules: every cgroup program, and nothing on the host's interfaces.
+        let pins = pins_of(env, &id);
+        ensure!(pins == POLICY_LINKS, "{pins:?}");
+        env.ctr.ok(["task", "kill", "--signal", "SIGKILL", &id])?;
+        wait_status(env, &id, "STOPPED")?;
+        env.ctr.ok(["task", "rm", &id])?;
+        env.ctr.ok(["container", "rm", &id])?;
+        assert_detached(env, &id)?;
+        env.assert_no_leaks(&id)
+    })
+}
+
+#[test]
+fn interface_added_to_a_running_container_is_attached() -> Result<()> {
+    tether("late_iface", |env| {
+        let id = env.id("late");
+        env.ctr
+            .run_container(&env.run(&id).detach().command(["/bin/sleep", "1000"]))?;
+        wait_status(env, &id, "RUNNING")?;
+        let before = pins_of(env, &id);
+        ensure!(
+            before.iter().all(|p| p.starts_with("cgroup_")),
+            "only lo before: {before:?}"
+        );
+        let pid = env
+            .ctr
+            .task(&id)?
+            .ok_or_else(|| anyhow!("no task {id}"))?
+            .pid;
+        let host_end = format!("tl{}", std::process::id() % 100_000);
+        let run = |args: &[&str]| -> Result<()> {
+            let s = Command::new("ip").args(args).status()?;
+            ensure!(s.success(), "ip {args:?}");
+            Ok(())
+        };
+        run(&[
+            "link", "add", &host_end, "type", "veth", "peer", "name", "eth7",
+        ])?;
+        let cleanup = scopeguard(&host_end);
+        run(&["link", "set", "eth7", "netns", &pid.to_string()])?;
+        wait_until(
+            "the new interface to be attached",
+            Duration::from_secs(1),
+            || {
+                let pins = pins_of(env, &id);
+                Ok((pins.iter().filter(|p| p.starts_with("tc_")).count() == 2).then_some(pins))
+            },
+        )?;
+        drop(cleanup);
+        env.ctr.ok(["task", "kill", "--signal", "SIGKILL", &id])?;
+        wait_status(env, &id, "STOPPED")?;
+        env.ctr.ok(["task", "rm", &id])?;
+        env.ctr.ok(["container", "rm", &id])?;
+        assert_detached(env, &id)?;
+        env.assert_no_leaks(&id)
+    })
+}
+
+/// Deletes the host end of a test veth when dropped (the container end goes with its netns).
+struct VethGuard(String);
+impl Drop for VethGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+fn scopeguard(name: &str) -> VethGuard {
+    VethGuard(name.to_string())
+}
