@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# The main job, on a fresh Debian 12 machine, as root: installs what is missing, builds
-# tether, starts a private containerd (own root, state and socket; the system's is left
-# alone) with containerd-shim-tether-v1 on its PATH, runs a container under
-# io.containerd.tether.v1 whose traffic is counted and whose denied connection fails, and
-# shows its per-container statistics (tetherctl) and cgroup metrics. Pins go to a private
-# bpffs and tetherd listens on a private socket: nothing of the system's is touched.
+# The main job, on a fresh Debian 12 machine, as root: installs what the demo needs and is
+# missing (`scripts/deps.sh demo`: nothing only the tests use), builds tether
+# (`scripts/build-release.sh`), starts a private containerd (own root, state and socket;
+# the system's is left alone) with containerd-shim-tether-v1 on its PATH, runs a container
+# under io.containerd.tether.v1 whose traffic is counted and whose denied connection
+# fails, and shows its per-container statistics (tetherctl) and cgroup metrics. Pins go to
+# a private bpffs and tetherd listens on a private socket: nothing of the system's is
+# touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 [ "$(id -u)" = 0 ] || { echo "tether demo: run as root" >&2; exit 1; }
-bash scripts/deps.sh
+bash scripts/deps.sh demo
 bash scripts/build-release.sh
 
 work=$(mktemp -d /tmp/tether-demo.XXXXXX)
