@@ -64,7 +64,7 @@ pub fn attach_cgroup(
         let mut links = Vec::new();
         for p in Prog::ALL
             .into_iter()
-            .filter(|p| p.is_cgroup() && config.uses(*p))
+            .filter(|p| p.is_cgroup() && p.used_by(config))
         {
             let link = Link::cgroup(programs, p, cgroup)?;
             link.pin(&dir.join(format!("cgroup_{}", p.name())))?;

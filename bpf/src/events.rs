@@ -9,6 +9,7 @@ use libbpf_rs::{MapHandle, RingBuffer, RingBufferBuilder};
 
 use crate::error::{Error, Result};
 use crate::maps::RawEvent;
+use crate::pins::PinLayout;
 use crate::programs::Programs;
 use crate::sys::{self, from_bytes};
 
@@ -168,7 +169,7 @@ impl EventReader {
 
 /// The map id of the events ring pinned for `version`: cheap enough to check at every poll
 /// whether a reader still reads the pinned rings.
-pub fn ring_id(layout: &crate::PinLayout, version: &str) -> Result<u32> {
+pub fn ring_id(layout: &PinLayout, version: &str) -> Result<u32> {
     let fd = sys::obj_get(&layout.map(version, "events"))?;
     Ok(sys::map_info(fd.as_fd())?.id)
 }

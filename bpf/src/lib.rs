@@ -5,6 +5,7 @@
 //! - [`maps`]: typed keys and values of the shared maps.
 //! - [`link`] and [`container`]: attach to a container's cgroup and network namespace, detach.
 //! - [`events`]: the audit ring buffer.
+//! - `testing` (cargo feature `testing`): the fixtures of the kernel tests.
 //!
 //! Every bpf(2) command and every `unsafe` is in [`sys`]. No policy lives here: which programs a
 //! container gets, and what happens when attaching fails, is the caller's decision.
@@ -16,21 +17,11 @@ pub mod link;
 pub mod maps;
 pub mod pins;
 pub mod programs;
+mod skel;
 pub mod sys;
 pub mod tc;
-
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    clippy::undocumented_unsafe_blocks,
-    unsafe_op_in_unsafe_fn,
-    missing_docs,
-    dead_code,
-    unused_imports
-)]
-mod skel {
-    include!(concat!(env!("OUT_DIR"), "/tether.skel.rs"));
-}
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::{Error, Result};
 pub use maps::{Cidr, ContainerConfig, Counters, IfKey};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 
 use crate::error::{Error, Result};
-use crate::maps::{MapFd, Maps};
+use crate::maps::{ContainerConfig, MapFd, Maps, TC_SLOTS};
 use crate::pins::{self, PinLayout};
 use crate::skel::TetherSkelBuilder;
 use crate::sys;
@@ -79,6 +79,27 @@ impl Prog {
 
     pub fn is_cgroup(self) -> bool {
         !matches!(self, Prog::TcIngress | Prog::TcEgress)
+    }
+
+    /// Whether a container with config `c` needs this program attached: a program with
+    /// nothing to do for it costs every packet (or connect()) a run and its cgroup link costs
+    /// the attach step a wait on the kernel's cgroup lock, so only what does work is attached.
+    /// The config is fixed for the container's life.
+    pub fn used_by(self, c: &ContainerConfig) -> bool {
+        let at_cgroup = c.account && !c.count_at_interfaces;
+        match self {
+            Prog::CgroupIngress => at_cgroup,
+            Prog::CgroupEgress => at_cgroup || c.policy,
+            Prog::TcIngress | Prog::TcEgress => c.account || c.policy,
+            // connect() is where TCP sockets are vetted and connections audited.
+            Prog::Connect6 => c.policy || c.audit_connects,
+            // A container counted at its interfaces alone still needs one cgroup link: the
+            // link ties its pins to its cgroup's life (garbage collection, `ps` and the
+            // "attached already" check read cgroup links). connect4 runs once per connect(),
+            // not per packet, and does nothing for such a container.
+            Prog::Connect4 => c.policy || c.audit_connects || (c.account && c.count_at_interfaces),
+            Prog::Sendmsg4 | Prog::Sendmsg6 => c.policy,
+        }
     }
 }
 
@@ -411,14 +432,10 @@ fn open_map(layout: &PinLayout, version: &str, name: &'static str) -> Result<Map
     })?;
     // The programs index `tc_slots` by a hash of TC_SLOT_BITS bits.
     let slots = ["tc_slots", "tc_owners"].contains(&name);
-    if slots && info.max_entries != crate::maps::TC_SLOTS {
+    if slots && info.max_entries != TC_SLOTS {
         return Err(Error::Tampered {
             path,
-            reason: format!(
-                "{} entries, expected {}",
-                info.max_entries,
-                crate::maps::TC_SLOTS
-            ),
+            reason: format!("{} entries, expected {}", info.max_entries, TC_SLOTS),
         });
     }
     if info.map_type != ty || info.key_size != key || info.value_size != value {
@@ -450,4 +467,85 @@ fn open_pin(path: &std::path::Path) -> Result<OwnedFd> {
         },
         _ => e,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_programs_with_work_are_used() {
+        let used = |c: ContainerConfig| -> Vec<Prog> {
+            Prog::ALL.into_iter().filter(|p| p.used_by(&c)).collect()
+        };
+        let base = ContainerConfig {
+            account: false,
+            policy: false,
+            audit_denials: true,
+            audit_connects: false,
+            ..ContainerConfig::default()
+        };
+        let account = ContainerConfig {
+            account: true,
+            ..base
+        };
+        assert_eq!(
+            used(account),
+            [
+                Prog::CgroupIngress,
+                Prog::CgroupEgress,
+                Prog::TcIngress,
+                Prog::TcEgress
+            ]
+        );
+        let audit = ContainerConfig {
+            audit_connects: true,
+            ..account
+        };
+        assert_eq!(
+            used(audit),
+            [
+                Prog::CgroupIngress,
+                Prog::CgroupEgress,
+                Prog::Connect4,
+                Prog::Connect6,
+                Prog::TcIngress,
+                Prog::TcEgress
+            ]
+        );
+        let policy = ContainerConfig {
+            policy: true,
+            ..base
+        };
+        assert_eq!(
+            used(policy),
+            Prog::ALL
+                .into_iter()
+                .filter(|p| *p != Prog::CgroupIngress)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(used(ContainerConfig::default()), Prog::ALL);
+        assert!(used(base).is_empty());
+        // Counted at the interfaces: no cgroup_skb program, connect4 as the cgroup anchor.
+        let at_ifaces = ContainerConfig {
+            count_at_interfaces: true,
+            ..account
+        };
+        assert_eq!(
+            used(at_ifaces),
+            [Prog::Connect4, Prog::TcIngress, Prog::TcEgress]
+        );
+        // ... and with a policy, cgroup egress for the packet-level drops.
+        let with_policy = ContainerConfig {
+            policy: true,
+            ..at_ifaces
+        };
+        assert_eq!(
+            used(with_policy),
+            Prog::ALL
+                .into_iter()
+                .filter(|p| *p != Prog::CgroupIngress)
+                .collect::<Vec<_>>()
+        );
+    }
 }

@@ -18,17 +18,11 @@ use tether_bpf::{container, Cidr, ContainerConfig, PinLayout, Prog, Programs};
 use tether_broker::types::{AcquireReply, AuditEvent, ContainerInfo, GcReport, StatusInfo};
 use tether_broker::Client;
 
-/// Re-executed by [`spawn_probe`]; does nothing in a normal test run.
+/// Re-executed by [`Probe`]; does nothing in a normal test run.
 #[test]
-fn probe_entry() {
-    if let Ok(p) = std::env::var("TETHER_PROBE") {
-        probe_main(&p);
-    }
+fn probe_entry() -> Result<()> {
+    Ok(tether_bpf::testing::probe_entry()?)
 }
-
-/// In BPF_PROG_TEST_RUN the packet's socket belongs to no cgroup, which the kernel reports
-/// as the root cgroup (id 1).
-const TEST_RUN_CGROUP: u64 = 1;
 
 fn prog_ids(a: &AcquireReply) -> BTreeMap<String, u32> {
     a.acquired
@@ -394,7 +388,9 @@ fn denied_connect_event(
         &ContainerConfig::default(),
         &[format!("{deny}/32").parse::<Cidr>()?],
     )?;
-    let r = probe_result(&spawn_probe(Some(&cg), &format!("connect {deny}:9"))?)?;
+    let r = Probe::new(&format!("connect {deny}:9"))
+        .cgroup(&cg)
+        .result()?;
     assert_eq!(r, "permission denied:1");
     let event = wait_for("the deny_connect event in the audit log", DEADLINE, || {
         fs::read_to_string(&node.audit_log)

@@ -1,21 +1,20 @@
-//! Fixtures for the end-to-end tests of the real tetherd (real kernel, real bpffs): a
-//! `Node` (private bpffs mount, temporary directory with socket, config and audit log,
-//! and the tetherd processes the test started), a test cgroup, and a probe process that
-//! joins a cgroup and connects somewhere. Everything is undone in `Drop`: processes are
-//! killed by pid (never by name), bpffs is unmounted, cgroups are removed.
+//! Fixtures for the end-to-end tests of the real tetherd (real kernel, real bpffs), beside
+//! the shared kernel-test fixtures of `tether_bpf::testing` (re-exported here: private bpffs,
+//! test cgroup, probe process, crafted packet): a `Node` (private bpffs mount, temporary
+//! directory with socket, config and audit log, and the tetherd processes the test
+//! started). Everything is undone in `Drop`: processes are killed by pid (never by name).
 #![allow(dead_code)]
 
 use std::fs;
-use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+pub use tether_bpf::testing::*;
 use tether_bpf::{PinLayout, Programs};
 use tether_broker::types::{AcquireReply, StatusInfo};
 use tether_broker::Client;
@@ -26,23 +25,6 @@ pub const TETHERCTL: &str = env!("CARGO_BIN_EXE_tetherctl");
 pub const NO_SPAWN: &str = "/nonexistent/tetherd";
 /// How long any awaited condition may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}{}x{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-pub fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests run the real tetherd (bpf, bpffs, cgroups): run them as root"
-    );
-}
 
 /// Polls `probe` until it returns `Some` or `deadline` has passed.
 pub fn wait_for<T>(
@@ -59,37 +41,6 @@ pub fn wait_for<T>(
             bail!("timed out after {deadline:?} waiting for {what}");
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A bpffs instance of the test's own, so tests never see each other's pins (or the node's).
-pub struct Bpffs {
-    mount: tempfile::TempDir,
-    pub layout: PinLayout,
-}
-
-impl Bpffs {
-    pub fn new() -> Result<Self> {
-        require_root();
-        let mount = tempfile::Builder::new()
-            .prefix("tetherd-bpffs-")
-            .tempdir()?;
-        nix::mount::mount(
-            Some("bpf"),
-            mount.path(),
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .context("mount -t bpf")?;
-        let layout = PinLayout::new(mount.path().join("tether"));
-        Ok(Bpffs { mount, layout })
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(self.mount.path(), nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
@@ -348,126 +299,10 @@ pub fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T>
         .block_on(f)
 }
 
-/// The cgroup v2 hierarchy: pure v2 at /sys/fs/cgroup or the hybrid layout's unified mount.
-pub fn cgroup2_root() -> PathBuf {
-    let unified = Path::new("/sys/fs/cgroup/unified");
-    if unified.join("cgroup.procs").exists() {
-        unified.to_path_buf()
-    } else {
-        PathBuf::from("/sys/fs/cgroup")
-    }
-}
-
-/// A cgroup v2 directory of the test's own, removed in `Drop` (if the test did not).
-pub struct TestCgroup {
-    pub path: PathBuf,
-}
-
-impl TestCgroup {
-    pub fn new() -> Result<Self> {
-        let path = cgroup2_root().join(unique("tetherd-test-"));
-        fs::create_dir(&path).with_context(|| format!("mkdir {}", path.display()))?;
-        Ok(TestCgroup { path })
-    }
-
-    pub fn open(&self) -> Result<fs::File> {
-        Ok(fs::File::open(&self.path)?)
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        // The test's processes have exited; rmdir fails only if one is still there.
-        let _ = fs::remove_dir(&self.path);
-    }
-}
-
 /// Makes `path` world-readable and searchable (mode 0755).
 pub fn chmod_755(path: &Path) -> Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o755))
         .with_context(|| format!("chmod 755 {}", path.display()))
-}
-
-/// Runs `probe` in a new process (this test binary, re-executed through its `probe_entry`
-/// test), which joins `cgroup` first.
-pub fn spawn_probe(cgroup: Option<&TestCgroup>, probe: &str) -> Result<Output> {
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "--exact",
-        "probe_entry",
-        "--nocapture",
-        "--test-threads",
-        "1",
-    ])
-    .env("TETHER_PROBE", probe);
-    if let Some(cg) = cgroup {
-        cmd.env("TETHER_PROBE_CGROUP", &cg.path);
-    }
-    Ok(cmd.output()?)
-}
-
-/// The probe's body: `connect ADDR` (TCP). Prints `RESULT <outcome>`.
-pub fn probe_main(probe: &str) {
-    if let Ok(cg) = std::env::var("TETHER_PROBE_CGROUP") {
-        fs::write(
-            Path::new(&cg).join("cgroup.procs"),
-            std::process::id().to_string(),
-        )
-        .expect("join cgroup");
-    }
-    let parts: Vec<&str> = probe.split_whitespace().collect();
-    let outcome = match parts.as_slice() {
-        ["connect", addr] => {
-            let addr: SocketAddr = addr.parse().expect("probe address");
-            match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-                Ok(_) => "connected".to_string(),
-                Err(e) => format!("{}:{}", e.kind(), e.raw_os_error().unwrap_or(0)),
-            }
-        }
-        _ => panic!("unknown probe {probe:?}"),
-    };
-    println!("\nRESULT {outcome}");
-}
-
-/// The outcome a probe printed.
-pub fn probe_result(out: &Output) -> Result<String> {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r.to_string()))
-        .with_context(|| {
-            format!(
-                "probe printed no result: {stdout} {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
-}
-
-/// An Ethernet + IPv4 + UDP packet to `dst` with `payload` bytes (for BPF_PROG_TEST_RUN).
-pub fn ipv4_packet(dst: [u8; 4], payload: usize) -> Vec<u8> {
-    let mut p = vec![0u8; 14];
-    p[12] = 0x08; // ETH_P_IP
-    let total = 20 + 8 + payload;
-    p.extend_from_slice(&[
-        0x45,
-        0,
-        (total >> 8) as u8,
-        total as u8,
-        0,
-        0,
-        0,
-        0,
-        64,
-        17,
-        0,
-        0,
-    ]);
-    p.extend_from_slice(&[10, 0, 0, 1]);
-    p.extend_from_slice(&dst);
-    p.extend_from_slice(&[0x30, 0x39, 0, 9, 0, (8 + payload) as u8, 0, 0]);
-    p.extend(std::iter::repeat_n(0xab, payload));
-    p
 }
 
 /// Program ids the kernel holds now.

@@ -1,0 +1,147 @@
+//! A container's entries: its config and identity, its cgroup counters (in `cgroups` and
+//! the cgroup's local storage), and its removal from every map.
+use super::handle::{MapFd, Maps};
+use super::raw::{RawCgroup, RawIdentity};
+use super::values::{ContainerConfig, Counters, Identity};
+use crate::error::Result;
+use crate::pins;
+
+fn c_string(raw: &[u8]) -> String {
+    let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+impl Maps {
+    /// Writes (or replaces) a container's configuration and identity; its counters start at
+    /// zero.
+    pub fn set_container(
+        &self,
+        cgroup_id: u64,
+        config: &ContainerConfig,
+        namespace: &str,
+        id: &str,
+    ) -> Result<()> {
+        pins::check_name("namespace", namespace)?;
+        pins::check_name("id", id)?;
+        let mut ident = RawIdentity::default();
+        ident.ns[..namespace.len()].copy_from_slice(namespace.as_bytes());
+        ident.id[..id.len()].copy_from_slice(id.as_bytes());
+        ident.attached_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        self.identities.update(&cgroup_id, &ident)?;
+        // The config goes last: the programs act on a cgroup only once it is in `cgroups`.
+        self.cgroups
+            .update_percpu(&cgroup_id, &RawCgroup::new(cgroup_id, config), self.ncpus)
+    }
+
+    /// Writes a container's configuration into the local storage of its cgroup, which the
+    /// kernel made when the first cgroup program was attached there: from here on the
+    /// cgroup programs use it instead of `cgroups` (see `cg_local` in tether.bpf.c).
+    /// Counters start at zero. Run it after [`Maps::set_container`] and the cgroup links.
+    pub fn set_local(&self, cgroup_id: u64, config: &ContainerConfig) -> Result<()> {
+        self.cg_local
+            .update_percpu(&cgroup_id, &RawCgroup::new(cgroup_id, config), self.ncpus)
+    }
+
+    pub fn container_config(&self, cgroup_id: u64) -> Result<Option<ContainerConfig>> {
+        Ok(self
+            .cgroups
+            .lookup_percpu::<u64, RawCgroup>(&cgroup_id, self.ncpus)?
+            .and_then(|cpus| cpus.first().map(|r| r.config.config())))
+    }
+
+    /// Every tracked cgroup and who it is.
+    pub fn identities(&self) -> Result<Vec<(u64, Identity)>> {
+        let mut out = Vec::new();
+        for cgid in self.identities.keys::<u64>()? {
+            if let Some(raw) = self.identities.lookup::<u64, RawIdentity>(&cgid)? {
+                out.push((
+                    cgid,
+                    Identity {
+                        namespace: c_string(&raw.ns),
+                        id: c_string(&raw.id),
+                        attached_ns: raw.attached_ns,
+                    },
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The cgroup id of container `id` of `namespace`, if it is tracked.
+    pub fn cgroup_of(&self, namespace: &str, id: &str) -> Result<Option<u64>> {
+        Ok(self
+            .identities()?
+            .into_iter()
+            .find(|(_, i)| i.namespace == namespace && i.id == id)
+            .map(|(cg, _)| cg))
+    }
+
+    /// A container's cgroup counters, summed over CPUs and over `cgroups` and the cgroup's
+    /// local storage (zero for an unknown cgroup). The local counters go with the cgroup.
+    pub fn cgroup_counters(&self, cgroup_id: u64) -> Result<Counters> {
+        self.cgroup_state(cgroup_id).map(|(_, c)| c)
+    }
+
+    /// A container's config (`None` for an unknown cgroup) and its cgroup counters, as
+    /// [`Maps::container_config`] and [`Maps::cgroup_counters`] give them, from one read of
+    /// its `cgroups` entry.
+    pub fn cgroup_state(&self, cgroup_id: u64) -> Result<(Option<ContainerConfig>, Counters)> {
+        let cpus = self
+            .cgroups
+            .lookup_percpu::<u64, RawCgroup>(&cgroup_id, self.ncpus)?;
+        let config = cpus
+            .as_deref()
+            .and_then(<[RawCgroup]>::first)
+            .map(|r| r.config.config());
+        let mut total = cpus
+            .map(|cpus| Counters::sum(cpus.iter().map(|c| &c.counters)))
+            .unwrap_or_default();
+        if let Some(local) = self.summed(&self.cg_local, cgroup_id)? {
+            total.add(&local);
+        }
+        Ok((config, total))
+    }
+
+    /// A cgroup's counters in `map` (`cgroups` or `cg_local`), summed over CPUs.
+    fn summed(&self, map: &MapFd, cgroup_id: u64) -> Result<Option<Counters>> {
+        Ok(map
+            .lookup_percpu::<u64, RawCgroup>(&cgroup_id, self.ncpus)?
+            .map(|cpus| Counters::sum(cpus.iter().map(|c| &c.counters))))
+    }
+
+    /// The part of [`Maps::cgroup_counters`] counted in the cgroup's local storage, the
+    /// cgroup programs' fast path (`None` while the cgroup has none).
+    pub fn local_counters(&self, cgroup_id: u64) -> Result<Option<Counters>> {
+        self.summed(&self.cg_local, cgroup_id)
+    }
+
+    /// Removes every entry of a container from every map; returns how many were removed.
+    /// Idempotent.
+    pub fn remove_container(&self, cgroup_id: u64) -> Result<usize> {
+        // Config (and counters) first: from here on the programs ignore the cgroup.
+        let mut n = self.cgroups.delete(&cgroup_id)? as usize;
+        for (k, cg) in self.ifaces()? {
+            if cg == cgroup_id {
+                n += self.remove_iface(k)?;
+            }
+        }
+        n += self.remove_deny_rules(cgroup_id)?;
+        n += self.rates.delete(&cgroup_id)? as usize;
+        n += self.identities.delete(&cgroup_id)? as usize;
+        Ok(n)
+    }
+
+    /// Every cgroup id with an entry in any per-container map (for garbage collection).
+    pub fn known_cgroups(&self) -> Result<Vec<u64>> {
+        let mut ids: Vec<u64> = self.cgroups.keys::<u64>()?;
+        ids.extend(self.identities.keys::<u64>()?);
+        ids.extend(self.rates.keys::<u64>()?);
+        ids.extend(self.ifaces()?.into_iter().map(|(_, cg)| cg));
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+}

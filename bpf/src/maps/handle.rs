@@ -1,0 +1,130 @@
+//! The typed handle of the shared maps: [`Maps`], one opened fd per map, and the generic
+//! bpf(2) map operations on [`MapFd`] (typed keys and values, per-CPU values, iteration).
+//! What the entries mean is the business of the sibling modules.
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::error::{Error, Result};
+use crate::sys::{self, as_bytes, from_bytes, Pod};
+
+/// One opened map: its fd and the name used in errors.
+#[derive(Debug)]
+pub(crate) struct MapFd {
+    pub name: &'static str,
+    pub fd: OwnedFd,
+    pub max_entries: u32,
+}
+
+impl MapFd {
+    pub(super) fn update<K: Pod, V: Pod>(&self, key: &K, value: &V) -> Result<()> {
+        self.update_bytes(as_bytes(key), as_bytes(value))
+    }
+
+    /// Adds an entry only if its key is absent (BPF_NOEXIST): Ok(false) when it is there.
+    pub(super) fn insert<K: Pod, V: Pod>(&self, key: &K, value: &V) -> Result<bool> {
+        match self.update_flags(
+            as_bytes(key),
+            as_bytes(value),
+            libbpf_sys::BPF_NOEXIST.into(),
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+            other => other.map(|()| true),
+        }
+    }
+
+    fn update_bytes(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.update_flags(key, value, libbpf_sys::BPF_ANY.into())
+    }
+
+    fn update_flags(&self, key: &[u8], value: &[u8], flags: u64) -> Result<()> {
+        sys::map_update(self.fd.as_fd(), key, value, flags).map_err(|e| match e.raw_os_error() {
+            Some(libc::E2BIG) | Some(libc::ENOSPC) => Error::MapFull {
+                map: self.name,
+                max_entries: self.max_entries,
+            },
+            _ => e,
+        })
+    }
+
+    /// Per-CPU maps: one value per possible CPU, each at an 8-byte aligned stride.
+    pub(super) fn update_percpu<K: Pod, V: Pod>(
+        &self,
+        key: &K,
+        value: &V,
+        ncpus: usize,
+    ) -> Result<()> {
+        let stride = std::mem::size_of::<V>().next_multiple_of(8);
+        let mut buf = vec![0u8; stride * ncpus];
+        for cpu in buf.chunks_exact_mut(stride) {
+            cpu[..std::mem::size_of::<V>()].copy_from_slice(as_bytes(value));
+        }
+        self.update_bytes(as_bytes(key), &buf)
+    }
+
+    /// Every CPU's value of a per-CPU map's entry.
+    pub(super) fn lookup_percpu<K: Pod, V: Pod>(
+        &self,
+        key: &K,
+        ncpus: usize,
+    ) -> Result<Option<Vec<V>>> {
+        let stride = std::mem::size_of::<V>().next_multiple_of(8);
+        let mut buf = vec![0u8; stride * ncpus];
+        if !sys::map_lookup(self.fd.as_fd(), as_bytes(key), &mut buf)? {
+            return Ok(None);
+        }
+        Ok(Some(
+            buf.chunks_exact(stride)
+                .filter_map(|cpu| from_bytes::<V>(&cpu[..std::mem::size_of::<V>()]))
+                .collect(),
+        ))
+    }
+
+    pub(super) fn lookup<K: Pod, V: Pod>(&self, key: &K) -> Result<Option<V>> {
+        let mut buf = vec![0u8; std::mem::size_of::<V>()];
+        if sys::map_lookup(self.fd.as_fd(), as_bytes(key), &mut buf)? {
+            Ok(from_bytes(&buf))
+        } else {
+            Ok(None)
+        }
+    }
+
+    pub(super) fn delete<K: Pod>(&self, key: &K) -> Result<bool> {
+        sys::map_delete(self.fd.as_fd(), as_bytes(key))
+    }
+
+    pub(super) fn keys<K: Pod>(&self) -> Result<Vec<K>> {
+        let mut out = Vec::new();
+        let mut next = K::default();
+        let mut cur: Option<K> = None;
+        loop {
+            let mut buf = vec![0u8; std::mem::size_of::<K>()];
+            let more =
+                sys::map_next_key(self.fd.as_fd(), cur.as_ref().map(|k| as_bytes(k)), &mut buf)?;
+            if !more {
+                return Ok(out);
+            }
+            next = from_bytes(&buf).unwrap_or(next);
+            out.push(next);
+            cur = Some(next);
+        }
+    }
+}
+
+/// The shared maps of one object version.
+#[derive(Debug)]
+pub struct Maps {
+    pub(crate) cgroups: MapFd,
+    /// Per-cgroup local storage of the cgroup programs: made by the kernel when the first
+    /// of them is attached to a cgroup, freed with the cgroup.
+    pub(crate) cg_local: MapFd,
+    pub(crate) identities: MapFd,
+    /// The TC programs' fast path: an array slot per interface (see `tc_slots` in
+    /// tether.bpf.c); `tc_owners` says who holds which, `tc_ifaces` has the rest.
+    pub(crate) tc_slots: MapFd,
+    pub(crate) tc_owners: MapFd,
+    pub(crate) tc_ifaces: MapFd,
+    pub(crate) deny4: MapFd,
+    pub(crate) deny6: MapFd,
+    pub(crate) rates: MapFd,
+    pub(crate) events: MapFd,
+    pub(crate) ncpus: usize,
+}

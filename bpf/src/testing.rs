@@ -1,0 +1,322 @@
+//! Kernel-test fixtures shared by tether-bpf's and tetherd's tests (cargo feature `testing`,
+//! never enabled in a build that ships): a private bpffs, a test cgroup, a crafted packet,
+//! and a probe process that joins a cgroup and a network namespace and makes one connection.
+//! Each fixture is undone in `Drop`. Fixtures return errors and leave the panicking to the
+//! test; what only one crate's tests need (network namespaces, a tetherd node) stays there.
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::Result;
+use crate::pins::PinLayout;
+use crate::programs::{self, Programs};
+
+/// In BPF_PROG_TEST_RUN the packet's socket belongs to no cgroup, which the kernel reports
+/// as the root cgroup (id 1).
+pub const TEST_RUN_CGROUP: u64 = 1;
+
+/// The environment variables that tell a re-executed test binary to be a probe.
+const PROBE: &str = "TETHER_PROBE";
+const PROBE_CGROUP: &str = "TETHER_PROBE_CGROUP";
+const PROBE_NETNS: &str = "TETHER_PROBE_NETNS";
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A name no other fixture of this machine uses: `prefix`, the process id and a counter.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Kernel tests load programs, mount bpffs and make cgroups: they need root.
+pub fn require_root() -> io::Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "kernel tests load bpf programs, mount bpffs and make cgroups: run them as root",
+        ))
+    }
+}
+
+/// A bpffs instance of the test's own, so tests never see each other's pins (or the
+/// node's). Unmounted in `Drop`.
+pub struct Bpffs {
+    mount: tempfile::TempDir,
+    pub layout: PinLayout,
+}
+
+impl Bpffs {
+    pub fn new() -> io::Result<Self> {
+        require_root()?;
+        let mount = tempfile::Builder::new().prefix("tether-bpffs-").tempdir()?;
+        nix::mount::mount(
+            Some("bpf"),
+            mount.path(),
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )?;
+        let layout = PinLayout::new(mount.path().join("tether"));
+        Ok(Bpffs { mount, layout })
+    }
+
+    /// Loads and pins this build's object, and opens its pins.
+    pub fn load(&self) -> Result<Programs> {
+        programs::load_and_pin(&self.layout, crate::VERSION)?;
+        Programs::open(&self.layout, crate::VERSION)
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(self.mount.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// The cgroup v2 hierarchy: pure v2 at /sys/fs/cgroup or the hybrid layout's unified mount.
+pub fn cgroup2_root() -> PathBuf {
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    if unified.join("cgroup.procs").exists() {
+        unified.to_path_buf()
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    }
+}
+
+/// A cgroup v2 directory of the test's own, removed in `Drop` (if the test did not).
+pub struct TestCgroup {
+    pub path: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new() -> io::Result<Self> {
+        let path = cgroup2_root().join(unique("tether-test-"));
+        fs::create_dir(&path).map_err(|e| annotate(e, "mkdir", &path))?;
+        Ok(TestCgroup { path })
+    }
+
+    pub fn open(&self) -> io::Result<fs::File> {
+        fs::File::open(&self.path).map_err(|e| annotate(e, "open", &self.path))
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // The test's processes have exited; rmdir fails only if one is still there.
+        let _ = fs::remove_dir(&self.path);
+    }
+}
+
+fn annotate(e: io::Error, call: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{call} {}: {e}", path.display()))
+}
+
+/// An Ethernet + IPv4 + UDP packet from 10.0.0.1 to `dst` with `payload` bytes (for
+/// BPF_PROG_TEST_RUN).
+pub fn ipv4_packet(dst: [u8; 4], payload: usize) -> Vec<u8> {
+    let mut p = vec![0u8; 14];
+    p[12] = 0x08; // ETH_P_IP
+    let total = 20 + 8 + payload;
+    p.extend_from_slice(&[
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ]);
+    p.extend_from_slice(&[10, 0, 0, 1]);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(&[0x30, 0x39, 0, 9, 0, (8 + payload) as u8, 0, 0]);
+    p.extend(std::iter::repeat_n(0xab, payload));
+    p
+}
+
+/// One probe: this test binary run again, through its test named `probe_entry` (which
+/// must call [`probe_entry`]), to do one thing from inside a cgroup and a network
+/// namespace. What it does ([`probe_main`]): `connect ADDR` (TCP), `sendto ADDR N` (N UDP
+/// datagrams), `send ADDR N` (N bytes over TCP), `accept ADDR SECS` (one TCP connection,
+/// read to its end).
+pub struct Probe<'a> {
+    what: &'a str,
+    cgroup: Option<&'a Path>,
+    netns: Option<&'a Path>,
+}
+
+impl<'a> Probe<'a> {
+    pub fn new(what: &'a str) -> Self {
+        Probe {
+            what,
+            cgroup: None,
+            netns: None,
+        }
+    }
+
+    /// The probe joins `cgroup` before anything else.
+    pub fn cgroup(mut self, cgroup: &'a TestCgroup) -> Self {
+        self.cgroup = Some(&cgroup.path);
+        self
+    }
+
+    /// The probe joins the network namespace bound at `path` (after the cgroup).
+    pub fn netns(mut self, path: &'a Path) -> Self {
+        self.netns = Some(path);
+        self
+    }
+
+    fn command(&self) -> io::Result<Command> {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args([
+            "--exact",
+            "probe_entry",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(PROBE, self.what);
+        if let Some(cg) = self.cgroup {
+            cmd.env(PROBE_CGROUP, cg);
+        }
+        if let Some(ns) = self.netns {
+            cmd.env(PROBE_NETNS, ns);
+        }
+        Ok(cmd)
+    }
+
+    /// Runs the probe and waits for it.
+    pub fn output(&self) -> io::Result<Output> {
+        self.command()?.output()
+    }
+
+    /// Runs the probe, waits for it and returns its outcome ([`probe_result`]).
+    pub fn result(&self) -> io::Result<String> {
+        probe_result(&self.output()?)
+    }
+
+    /// Starts the probe, its output piped; it runs while the test goes on.
+    pub fn spawn(&self) -> io::Result<Child> {
+        self.command()?
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    }
+}
+
+/// The outcome a probe printed (`RESULT <outcome>`).
+pub fn probe_result(out: &Output) -> io::Result<String> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r.to_string()))
+        .ok_or_else(|| {
+            io::Error::other(format!(
+                "probe printed no result: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        })
+}
+
+/// The body of the `probe_entry` test: runs the probe this process was started as, and
+/// does nothing in a normal test run.
+pub fn probe_entry() -> io::Result<()> {
+    match std::env::var(PROBE) {
+        Ok(probe) => probe_main(&probe),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Joins the probe's cgroup and namespace, runs `probe` and prints `RESULT <outcome>`.
+/// A refused connection is an outcome (`<error kind>:<errno>`); a probe that cannot run
+/// at all is an error.
+pub fn probe_main(probe: &str) -> io::Result<()> {
+    if let Ok(cg) = std::env::var(PROBE_CGROUP) {
+        fs::write(
+            Path::new(&cg).join("cgroup.procs"),
+            std::process::id().to_string(),
+        )?;
+    }
+    // After the cgroup: the probe runs on one thread, which joins the namespace.
+    if let Ok(ns) = std::env::var(PROBE_NETNS) {
+        nix::sched::setns(fs::File::open(ns)?, nix::sched::CloneFlags::CLONE_NEWNET)?;
+    }
+    let outcome = run_probe(probe)?;
+    println!("\nRESULT {outcome}");
+    Ok(())
+}
+
+fn run_probe(probe: &str) -> io::Result<String> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidInput, format!("bad probe {probe:?}"));
+    let parts: Vec<&str> = probe.split_whitespace().collect();
+    let addr: SocketAddr = parts.get(1).and_then(|a| a.parse().ok()).ok_or_else(bad)?;
+    let number =
+        || -> io::Result<u64> { parts.get(2).and_then(|n| n.parse().ok()).ok_or_else(bad) };
+    let failed = |e: io::Error| format!("{}:{}", e.kind(), e.raw_os_error().unwrap_or(0));
+    Ok(match parts[0] {
+        "connect" => match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(_) => "connected".to_string(),
+            Err(e) => failed(e),
+        },
+        "sendto" => {
+            let n = number()?;
+            let sock = UdpSocket::bind(if addr.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            })?;
+            let mut last = "sent".to_string();
+            for _ in 0..n {
+                if let Err(e) = sock.send_to(&[0x5a; 100], addr) {
+                    last = failed(e);
+                }
+            }
+            last
+        }
+        "send" => {
+            let n = number()? as usize;
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                Ok(mut s) => match s.write_all(&vec![0x5a; n]) {
+                    Ok(()) => format!("sent:{n}"),
+                    Err(e) => e.kind().to_string(),
+                },
+                Err(e) => e.kind().to_string(),
+            }
+        }
+        "accept" => accept_one(addr, Duration::from_secs(number()?))?,
+        _ => return Err(bad()),
+    })
+}
+
+/// Listens on `addr`, says so, and reads one connection to its end: `accepted:<bytes>`.
+fn accept_one(addr: SocketAddr, within: Duration) -> io::Result<String> {
+    let l = TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    println!("\nLISTENING");
+    let deadline = Instant::now() + within;
+    loop {
+        match l.accept() {
+            Ok((mut s, _)) => {
+                s.set_nonblocking(false)?;
+                let mut buf = Vec::new();
+                let _ = s.read_to_end(&mut buf);
+                return Ok(format!("accepted:{}", buf.len()));
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Ok(e.kind().to_string()),
+        }
+    }
+}

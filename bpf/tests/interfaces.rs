@@ -1,0 +1,406 @@
+//! The TC programs on real traffic over a veth pair: counting per container and interface,
+//! both attach modes (TCX and the clsact fallback), ifindex-only keys, and containers sharing
+//! a network namespace.
+mod common;
+
+use std::os::fd::AsFd;
+
+use common::*;
+use tether_bpf::{container, ContainerConfig, Prog};
+
+/// Re-executed by [`Probe`]; does nothing in a normal test run.
+#[test]
+fn probe_entry() {
+    tether_bpf::testing::probe_entry().unwrap();
+}
+
+#[test]
+fn veth_traffic_is_counted_per_container_and_interface() {
+    let fs = Bpffs::new().unwrap();
+    let progs = fs.load().unwrap();
+    let pair = VethPair::new();
+    let cg = TestCgroup::new().unwrap();
+    let attached = container::attach_cgroup(
+        &progs,
+        &fs.layout,
+        "test",
+        "veth",
+        cg.open().unwrap().as_fd(),
+        &ContainerConfig::default(),
+        &[],
+    )
+    .unwrap();
+    let ifaces = container::attach_netns(
+        &progs,
+        &fs.layout,
+        "test",
+        "veth",
+        attached.cgroup_id,
+        pair.a.open().as_fd(),
+    )
+    .unwrap();
+    assert_eq!(ifaces.len(), 1, "{ifaces:?}");
+    assert_eq!(ifaces[0].name, "veth0");
+    assert_eq!(ifaces[0].key.ifindex, pair.a.ifindex("veth0"));
+    // The receiving side is a second container whose veth0 has the same ifindex. It only
+    // counts (no deny rules), so it gets only the cgroup_skb programs.
+    let cg_b = TestCgroup::new().unwrap();
+    let b = container::attach_cgroup(
+        &progs,
+        &fs.layout,
+        "test",
+        "veth-b",
+        cg_b.open().unwrap().as_fd(),
+        &ContainerConfig {
+            policy: false,
+            ..ContainerConfig::default()
+        },
+        &[],
+    )
+    .unwrap();
+    let b_progs: Vec<Prog> = b.links.iter().map(|(p, _)| *p).collect();
+    assert_eq!(b_progs, [Prog::CgroupIngress, Prog::CgroupEgress]);
+    let ifaces_b = container::attach_netns(
+        &progs,
+        &fs.layout,
+        "test",
+        "veth-b",
+        b.cgroup_id,
+        pair.b.open().as_fd(),
+    )
+    .unwrap();
+    assert_eq!(ifaces_b[0].key.ifindex, ifaces[0].key.ifindex);
+    if progs.netns_key() == tether_bpf::NetnsKey::Cookie {
+        assert_ne!(ifaces_b[0].key, ifaces[0].key);
+    }
+    // Idempotent: nothing new to attach.
+    assert!(container::attach_netns(
+        &progs,
+        &fs.layout,
+        "test",
+        "veth",
+        attached.cgroup_id,
+        pair.a.open().as_fd()
+    )
+    .unwrap()
+    .is_empty());
+
+    const N: u64 = 25;
+    let target = format!("{}:9", pair.addr_b);
+    let r = Probe::new(&format!("sendto {target} {N}"))
+        .netns(&pair.a.path)
+        .cgroup(&cg)
+        .result()
+        .unwrap();
+    assert_eq!(r, "sent");
+
+    let maps = progs.maps();
+    let cgc = maps.cgroup_counters(attached.cgroup_id).unwrap();
+    assert_eq!(
+        cgc.tx_packets, N,
+        "cgroup egress counts exactly the datagrams sent"
+    );
+    assert_eq!(cgc.tx_bytes, N * (20 + 8 + 100));
+    // All of it in the cgroup's local storage: the programs took the fast path.
+    assert_eq!(
+        maps.local_counters(attached.cgroup_id).unwrap(),
+        Some(cgc),
+        "counted in the cgroup's local storage"
+    );
+    let tc = maps.iface_counters(ifaces[0].key).unwrap();
+    // TC also sees ARP (and maybe IPv6 neighbour discovery): at least N, a few more at most.
+    assert!(tc.tx_packets >= N && tc.tx_packets <= N + 10, "{tc:?}");
+    assert!(tc.tx_bytes >= N * (14 + 20 + 8 + 100), "{tc:?}");
+    assert!(
+        tc.rx_packets >= 1,
+        "replies (ARP, ICMP unreachable) arrive: {tc:?}"
+    );
+    let tc_b = maps.iface_counters(ifaces_b[0].key).unwrap();
+    assert!(
+        tc_b.rx_packets >= N && tc_b.rx_packets <= N + 10,
+        "{tc_b:?}"
+    );
+    assert!(
+        tc_b.tx_packets >= 1 && tc_b.tx_packets < N,
+        "b only replies: {tc_b:?}"
+    );
+    container::detach(&progs, &fs.layout, "test", "veth-b").unwrap();
+
+    // Packet-level policy at TC: a process outside the tracked cgroup is dropped at veth0.
+    maps.add_deny(attached.cgroup_id, &pair.addr_b.parse().unwrap())
+        .unwrap();
+    let before = maps.iface_counters(ifaces[0].key).unwrap();
+    let r = Probe::new(&format!("sendto {target} 5"))
+        .netns(&pair.a.path)
+        .result()
+        .unwrap();
+    assert_eq!(r, "sent");
+    let after = maps.iface_counters(ifaces[0].key).unwrap();
+    assert_eq!(after.drops - before.drops, 5, "{after:?}");
+
+    let d = container::detach(&progs, &fs.layout, "test", "veth").unwrap();
+    assert_eq!(d.links, 6 + 2);
+    assert_eq!(d.counters.tx_packets, N, "final counters: {:?}", d.counters);
+    assert_eq!(d.interfaces.len(), 1);
+    assert!(maps.ifaces().unwrap().is_empty());
+    // The local storage lives as long as the cgroup.
+    drop(cg);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while maps.local_counters(attached.cgroup_id).unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "local storage outlived its cgroup"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The TC filters on the egress of `veth0` in `netns` (clsact mode), as `tc` shows them.
+fn egress_filters(netns: &Netns) -> String {
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &netns.name,
+            "tc",
+            "filter",
+            "show",
+            "dev",
+            "veth0",
+            "egress",
+        ],
+    )
+}
+
+/// Where TC keys are (0, ifindex) (kernels before 6.2, which attach with clsact), an
+/// interface of a second namespace with a tracked ifindex is refused, in both attach modes,
+/// and leaves nothing behind.
+#[test]
+fn ifindex_only_keys_refuse_a_shared_ifindex() {
+    use tether_bpf::tc::TcAttach;
+    let fs = Bpffs::new().unwrap();
+    let progs = fs
+        .load()
+        .unwrap()
+        .assume_netns_key(tether_bpf::NetnsKey::IfindexOnly);
+    let pair = VethPair::new();
+    let attach_cg = |id: &str, cg: &TestCgroup| {
+        container::attach_cgroup(
+            &progs,
+            &fs.layout,
+            "test",
+            id,
+            cg.open().unwrap().as_fd(),
+            &ContainerConfig::default(),
+            &[],
+        )
+        .unwrap()
+        .cgroup_id
+    };
+    let (cg_a, cg_b) = (TestCgroup::new().unwrap(), TestCgroup::new().unwrap());
+    let (a, b) = (attach_cg("shared-a", &cg_a), attach_cg("shared-b", &cg_b));
+    let ifaces = container::attach_netns(
+        &progs,
+        &fs.layout,
+        "test",
+        "shared-a",
+        a,
+        pair.a.open().as_fd(),
+    )
+    .unwrap();
+    assert_eq!(ifaces[0].key.netns_cookie, 0);
+    assert_eq!(ifaces[0].key.ifindex, pair.b.ifindex("veth0"));
+    for mode in [TcAttach::Tcx, TcAttach::Clsact] {
+        let err = container::attach_netns_with(
+            &progs,
+            &fs.layout,
+            "test",
+            "shared-b",
+            b,
+            pair.b.open().as_fd(),
+            None,
+            mode,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("veth0") && err.contains("ifindex of another tracked container"),
+            "{mode:?}: {err}"
+        );
+        let ifaces = progs.maps().ifaces().unwrap();
+        assert_eq!(ifaces, [(ifaces[0].0, a)], "{mode:?}");
+        let b_dir = fs.layout.container_dir("test", "shared-b").unwrap();
+        let pins: Vec<_> = std::fs::read_dir(&b_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("tc_"))
+            .collect();
+        assert!(pins.is_empty(), "{mode:?}: {pins:?}");
+        let shown = egress_filters(&pair.b);
+        assert!(!shown.contains("tether"), "{mode:?}: {shown}");
+    }
+    container::detach(&progs, &fs.layout, "test", "shared-a").unwrap();
+    container::detach(&progs, &fs.layout, "test", "shared-b").unwrap();
+    assert!(progs.maps().ifaces().unwrap().is_empty());
+}
+
+#[test]
+fn clsact_fallback_counts_and_detaches() {
+    use tether_bpf::tc::TcAttach;
+    let fs = Bpffs::new().unwrap();
+    let progs = fs.load().unwrap();
+    let pair = VethPair::new();
+    let cg = TestCgroup::new().unwrap();
+    let attached = container::attach_cgroup(
+        &progs,
+        &fs.layout,
+        "test",
+        "clsact",
+        cg.open().unwrap().as_fd(),
+        &ContainerConfig::default(),
+        &[],
+    )
+    .unwrap();
+    let netns = pair.a.open();
+    let ifaces = container::attach_netns_with(
+        &progs,
+        &fs.layout,
+        "test",
+        "clsact",
+        attached.cgroup_id,
+        netns.as_fd(),
+        None,
+        TcAttach::Clsact,
+    )
+    .unwrap();
+    assert_eq!(ifaces.len(), 1);
+    let shown = egress_filters(&pair.a);
+    assert!(shown.contains("tether_tc_egres"), "{shown}");
+    // Idempotent.
+    assert!(container::attach_netns_with(
+        &progs,
+        &fs.layout,
+        "test",
+        "clsact",
+        attached.cgroup_id,
+        netns.as_fd(),
+        None,
+        TcAttach::Clsact,
+    )
+    .unwrap()
+    .is_empty());
+
+    let target = format!("{}:9", pair.addr_b);
+    let r = Probe::new(&format!("sendto {target} 10"))
+        .netns(&pair.a.path)
+        .result()
+        .unwrap();
+    assert_eq!(r, "sent");
+    let c = progs.maps().iface_counters(ifaces[0].key).unwrap();
+    assert!(c.tx_packets >= 10 && c.tx_packets <= 20, "{c:?}");
+
+    assert_eq!(
+        container::detach_clsact(&progs, netns.as_fd(), attached.cgroup_id).unwrap(),
+        1
+    );
+    let shown = egress_filters(&pair.a);
+    assert!(!shown.contains("tether"), "{shown}");
+    container::detach(&progs, &fs.layout, "test", "clsact").unwrap();
+    assert!(progs.maps().ifaces().unwrap().is_empty());
+}
+
+/// Containers sharing a network namespace (a pod's): the first one attached counts its
+/// interfaces; a later one skips them, in both TC modes, and neither takes them over nor
+/// zeroes the first one's counters.
+#[test]
+fn a_shared_namespace_stays_counted_for_the_first_container() {
+    use tether_bpf::tc::TcAttach;
+    let fs = Bpffs::new().unwrap();
+    let progs = fs.load().unwrap();
+    let maps = progs.maps();
+    let pair = VethPair::new();
+    let netns = pair.a.open();
+    let target = format!("{}:9", pair.addr_b);
+    for mode in [TcAttach::Tcx, TcAttach::Clsact] {
+        let (cg_a, cg_b) = (TestCgroup::new().unwrap(), TestCgroup::new().unwrap());
+        let attach = |id: &str, cg: &TestCgroup| {
+            let config = ContainerConfig {
+                count_at_interfaces: true,
+                ..ContainerConfig::default()
+            };
+            let cgid = container::attach_cgroup(
+                &progs,
+                &fs.layout,
+                "test",
+                id,
+                cg.open().unwrap().as_fd(),
+                &config,
+                &[],
+            )
+            .unwrap()
+            .cgroup_id;
+            let ifaces = container::attach_netns_with(
+                &progs,
+                &fs.layout,
+                "test",
+                id,
+                cgid,
+                netns.as_fd(),
+                None,
+                mode,
+            )
+            .unwrap();
+            (cgid, ifaces)
+        };
+        let (a, ifaces) = attach("pod-a", &cg_a);
+        assert_eq!(ifaces.len(), 1, "{mode:?}");
+        let key = ifaces[0].key;
+        let r = Probe::new(&format!("sendto {target} 10"))
+            .netns(&pair.a.path)
+            .result()
+            .unwrap();
+        assert_eq!(r, "sent");
+        let before = maps.iface_counters(key).unwrap();
+        assert!(before.tx_packets >= 10, "{mode:?}: {before:?}");
+
+        let (b, ifaces) = attach("pod-b", &cg_b);
+        assert!(ifaces.is_empty(), "{mode:?}: {ifaces:?}");
+        assert_eq!(maps.ifaces().unwrap(), [(key, a)], "{mode:?}");
+        // Not zeroed (the namespace's own chatter, as IPv6 neighbour discovery, may add).
+        let kept = maps.iface_counters(key).unwrap();
+        assert!(kept.tx_packets >= before.tx_packets, "{mode:?}: {kept:?}");
+        let r = Probe::new(&format!("sendto {target} 10"))
+            .netns(&pair.a.path)
+            .result()
+            .unwrap();
+        assert_eq!(r, "sent");
+        let after = maps.iface_counters(key).unwrap();
+        assert!(
+            after.tx_packets >= before.tx_packets + 10,
+            "{mode:?}: {after:?}"
+        );
+
+        // The second one's removal leaves the first one counting.
+        if mode == TcAttach::Clsact {
+            assert_eq!(
+                container::detach_clsact(&progs, netns.as_fd(), b).unwrap(),
+                0
+            );
+        }
+        container::detach(&progs, &fs.layout, "test", "pod-b").unwrap();
+        assert_eq!(maps.ifaces().unwrap(), [(key, a)], "{mode:?}");
+        if mode == TcAttach::Clsact {
+            assert_eq!(
+                container::detach_clsact(&progs, netns.as_fd(), a).unwrap(),
+                1
+            );
+        }
+        let d = container::detach(&progs, &fs.layout, "test", "pod-a").unwrap();
+        assert!(d.count_at_interfaces, "{mode:?}");
+        assert_eq!(d.interfaces.len(), 1, "{mode:?}");
+        assert_eq!(d.interfaces[0].0, key, "{mode:?}");
+        assert!(d.interfaces[0].1.tx_packets >= after.tx_packets, "{mode:?}");
+        assert!(maps.ifaces().unwrap().is_empty(), "{mode:?}");
+    }
+}
