@@ -6,6 +6,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use crate::error::{Error, Result};
 use crate::sys::{self, as_bytes, from_bytes, Pod};
 
+/// How often an update that got ENOMEM is tried again (about 60 ms in all).
+const ENOMEM_RETRIES: u32 = 16;
+
 /// One opened map: its fd and the name used in errors.
 #[derive(Debug)]
 pub(crate) struct MapFd {
@@ -36,7 +39,23 @@ impl MapFd {
     }
 
     fn update_flags(&self, key: &[u8], value: &[u8], flags: u64) -> Result<()> {
-        sys::map_update(self.fd.as_fd(), key, value, flags).map_err(|e| match e.raw_os_error() {
+        let mut result = sys::map_update(self.fd.as_fd(), key, value, flags);
+        // Maps that are not preallocated take their elements from per-CPU caches of the
+        // kernel's BPF memory allocator (5.18+, kernel/bpf/memalloc.c), refilled
+        // asynchronously from irq_work: a burst of updates from one CPU can find the cache
+        // empty and get ENOMEM although the map has room. Wait for the refill, briefly.
+        let mut wait = std::time::Duration::from_micros(50);
+        for _ in 0..ENOMEM_RETRIES {
+            match &result {
+                Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => {
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(std::time::Duration::from_millis(5));
+                    result = sys::map_update(self.fd.as_fd(), key, value, flags);
+                }
+                _ => break,
+            }
+        }
+        result.map_err(|e| match e.raw_os_error() {
             Some(libc::E2BIG) | Some(libc::ENOSPC) => Error::MapFull {
                 map: self.name,
                 max_entries: self.max_entries,
