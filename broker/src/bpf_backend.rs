@@ -8,16 +8,29 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tether_api::types::{
+    Acquired, AttachmentInfo, AuditEvent, ContainerInfo, ContainerStatsInfo, Counters, GcReport,
+    InterfaceStatsInfo, MapUsage, ObjInfo, VersionInfo,
+};
 use tether_bpf::events::EventReader;
 use tether_bpf::{container, gc, programs, NetnsKey, PinLayout, Programs};
 
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::BackendError;
-use crate::types::{
-    Acquired, AttachmentInfo, AuditEvent, ContainerInfo, ContainerStatsInfo, GcReport, MapUsage,
-    ObjInfo, VersionInfo,
-};
+
+/// The API's counters of the kernel's (summed over CPUs), for the wire.
+fn wire_counters(c: &tether_bpf::Counters) -> Counters {
+    Counters {
+        rx_packets: c.rx_packets,
+        rx_bytes: c.rx_bytes,
+        tx_packets: c.tx_packets,
+        tx_bytes: c.tx_bytes,
+        drops: c.drops,
+        denials: c.denials,
+        events_lost: c.events_lost,
+    }
+}
 
 /// Opens the backend over the configured pin root.
 pub fn open(config: &Config) -> Result<Arc<dyn Backend>, BackendError> {
@@ -334,7 +347,8 @@ impl Backend for BpfBackend {
             for (cg, ident) in maps.identities()? {
                 let mut per_iface = Vec::new();
                 for (k, _) in ifaces.iter().filter(|(_, owner)| *owner == cg) {
-                    per_iface.push((*k, maps.iface_counters(*k)?));
+                    let c = wire_counters(&maps.iface_counters(*k)?);
+                    per_iface.push(InterfaceStatsInfo::new(k.ifindex, k.netns_cookie, c));
                 }
                 // In the maps, so not deleted: retired containers are the service's.
                 let (config, counters) = maps.cgroup_state(cg)?;
@@ -342,8 +356,8 @@ impl Backend for BpfBackend {
                     &ident.namespace,
                     &ident.id,
                     cg,
-                    &counters,
-                    &per_iface,
+                    wire_counters(&counters),
+                    per_iface,
                     config.is_some_and(|c| c.count_at_interfaces),
                 ));
             }
