@@ -484,3 +484,32 @@ fn wall_minus_monotonic() -> u64 {
         .unwrap_or(0);
     wall.wrapping_sub(mono)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_counters_copy_every_field() {
+        let k = tether_bpf::Counters {
+            rx_packets: 1,
+            rx_bytes: 2,
+            tx_packets: 3,
+            tx_bytes: 4,
+            drops: 5,
+            denials: 6,
+            events_lost: 7,
+        };
+        let w = wire_counters(&k);
+        let fields = [
+            w.rx_packets,
+            w.rx_bytes,
+            w.tx_packets,
+            w.tx_bytes,
+            w.drops,
+            w.denials,
+            w.events_lost,
+        ];
+        assert_eq!(fields, [1, 2, 3, 4, 5, 6, 7]);
+    }
+}

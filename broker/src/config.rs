@@ -291,6 +291,16 @@ gc_interval = 300
     }
 
     #[test]
+    fn default_paths_are_the_api_s_and_the_pin_root_tether_bpf_s() {
+        let d = Config::default();
+        assert_eq!(d.socket, PathBuf::from(paths::SOCKET));
+        assert_eq!(d.audit_log, PathBuf::from(paths::AUDIT_LOG));
+        // tether-bpf keeps its own default for the pins; both must name one directory.
+        assert_eq!(paths::PIN_ROOT, tether_bpf::pins::DEFAULT_ROOT);
+        assert_eq!(d.pin_root, PathBuf::from(paths::PIN_ROOT));
+    }
+
+    #[test]
     fn overrides_win() {
         let mut c = parse("[broker]\nsocket = \"/a.sock\"\n").unwrap();
         c.apply(Overrides {
