@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tether_api::types::{AcquireReply, Acquired};
 use tokio::sync::OnceCell;
 
 use crate::backend::Backend;
 use crate::error::BackendError;
-use crate::types::{AcquireReply, Acquired};
 
 /// Runs a blocking backend call on tokio's blocking pool; a panic in the backend
 /// becomes `BackendError::Crashed`.

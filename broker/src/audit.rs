@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use tether_api::types::AuditEvent;
+
 use crate::backend::Backend;
 use crate::error::Error;
-use crate::types::AuditEvent;
 
 /// How long one `poll_events` call waits; also the shutdown latency of the thread.
 const POLL: Duration = Duration::from_millis(200);

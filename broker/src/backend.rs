@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::error::BackendError;
-pub use crate::types::{
+pub use tether_api::types::{
     Acquired, AttachmentInfo, AuditEvent, ContainerInfo, ContainerStatsInfo, Counters, GcReport,
     InterfaceStatsInfo, MapUsage, ObjInfo, VersionInfo,
 };

@@ -8,16 +8,29 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tether_api::types::{
+    Acquired, AttachmentInfo, AuditEvent, ContainerInfo, ContainerStatsInfo, Counters, GcReport,
+    InterfaceStatsInfo, MapUsage, ObjInfo, VersionInfo,
+};
 use tether_bpf::events::EventReader;
 use tether_bpf::{container, gc, programs, NetnsKey, PinLayout, Programs};
 
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::BackendError;
-use crate::types::{
-    Acquired, AttachmentInfo, AuditEvent, ContainerInfo, ContainerStatsInfo, GcReport, MapUsage,
-    ObjInfo, VersionInfo,
-};
+
+/// The API's counters of the kernel's (summed over CPUs), for the wire.
+fn wire_counters(c: &tether_bpf::Counters) -> Counters {
+    Counters {
+        rx_packets: c.rx_packets,
+        rx_bytes: c.rx_bytes,
+        tx_packets: c.tx_packets,
+        tx_bytes: c.tx_bytes,
+        drops: c.drops,
+        denials: c.denials,
+        events_lost: c.events_lost,
+    }
+}
 
 /// Opens the backend over the configured pin root.
 pub fn open(config: &Config) -> Result<Arc<dyn Backend>, BackendError> {
@@ -334,7 +347,8 @@ impl Backend for BpfBackend {
             for (cg, ident) in maps.identities()? {
                 let mut per_iface = Vec::new();
                 for (k, _) in ifaces.iter().filter(|(_, owner)| *owner == cg) {
-                    per_iface.push((*k, maps.iface_counters(*k)?));
+                    let c = wire_counters(&maps.iface_counters(*k)?);
+                    per_iface.push(InterfaceStatsInfo::new(k.ifindex, k.netns_cookie, c));
                 }
                 // In the maps, so not deleted: retired containers are the service's.
                 let (config, counters) = maps.cgroup_state(cg)?;
@@ -342,8 +356,8 @@ impl Backend for BpfBackend {
                     &ident.namespace,
                     &ident.id,
                     cg,
-                    &counters,
-                    &per_iface,
+                    wire_counters(&counters),
+                    per_iface,
                     config.is_some_and(|c| c.count_at_interfaces),
                 ));
             }
@@ -469,4 +483,33 @@ fn wall_minus_monotonic() -> u64 {
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
         .unwrap_or(0);
     wall.wrapping_sub(mono)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_counters_copy_every_field() {
+        let k = tether_bpf::Counters {
+            rx_packets: 1,
+            rx_bytes: 2,
+            tx_packets: 3,
+            tx_bytes: 4,
+            drops: 5,
+            denials: 6,
+            events_lost: 7,
+        };
+        let w = wire_counters(&k);
+        let fields = [
+            w.rx_packets,
+            w.rx_bytes,
+            w.tx_packets,
+            w.tx_bytes,
+            w.drops,
+            w.denials,
+            w.events_lost,
+        ];
+        assert_eq!(fields, [1, 2, 3, 4, 5, 6, 7]);
+    }
 }

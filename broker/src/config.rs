@@ -1,20 +1,17 @@
-//! tetherd's configuration: the `[broker]` table of tether's node config file
-//! (`/etc/tether/config.toml` by default) overlaid with command-line flags. The shim's
-//! tables (`runc`, `attach`, `defaults`) are accepted and ignored here.
+//! tetherd's configuration: the `[broker]` table of tether's node config file (schema in
+//! `tether_api::config`, `/etc/tether/config.toml` by default) with its defaults applied,
+//! its values checked, and tetherd's command-line flags overlaid.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use tether_api::config::BrokerSection;
+use tether_api::{paths, ConfigError};
 
 use crate::error::Error;
 
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/tether/config.toml";
-pub const DEFAULT_SOCKET: &str = "/run/tether/tetherd.sock";
-pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/tether";
-pub const DEFAULT_AUDIT_LOG: &str = "/var/log/tether/audit.jsonl";
 pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 64 << 20;
 /// How often tetherd collects garbage unless `[broker] gc_interval` says otherwise.
 pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(60);
@@ -88,9 +85,9 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            socket: DEFAULT_SOCKET.into(),
-            pin_root: DEFAULT_PIN_ROOT.into(),
-            audit_log: DEFAULT_AUDIT_LOG.into(),
+            socket: paths::SOCKET.into(),
+            pin_root: paths::PIN_ROOT.into(),
+            audit_log: paths::AUDIT_LOG.into(),
             audit_max_bytes: DEFAULT_AUDIT_MAX_BYTES,
             metrics: MetricsAddr::Off,
             allowed_uids: Vec::new(),
@@ -108,51 +105,32 @@ pub struct Overrides {
     pub metrics: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    #[serde(default)]
-    broker: BrokerTable,
-    // The shim's tables: validated by the shim, not here.
-    #[serde(default)]
-    #[allow(dead_code)]
-    runc: Option<toml::Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    attach: Option<toml::Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    defaults: Option<toml::Value>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct BrokerTable {
-    socket: Option<PathBuf>,
-    pin_root: Option<PathBuf>,
-    audit_log: Option<PathBuf>,
-    metrics: Option<String>,
-    audit_max_bytes: Option<u64>,
-    allowed_uids: Option<Vec<u32>>,
-    gc_interval: Option<u64>,
-}
-
 impl Config {
     /// Parses the text of a config file; `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, Error> {
-        let err = |reason: String| Error::Config {
-            path: origin.display().to_string(),
+        Self::from_section(BrokerSection::parse(text, origin)?, origin)
+    }
+
+    /// Loads `path`, or the default file if `path` is `None` (a missing default file
+    /// means defaults; a named file must exist).
+    pub fn load(path: Option<&Path>) -> Result<Self, Error> {
+        let origin = path.unwrap_or(Path::new(paths::CONFIG_FILE));
+        Self::from_section(BrokerSection::load(path)?, origin)
+    }
+
+    /// The `[broker]` table of the file `origin` with defaults applied and values checked.
+    fn from_section(b: BrokerSection, origin: &Path) -> Result<Self, Error> {
+        let err = |reason: String| ConfigError::Invalid {
+            path: origin.to_path_buf(),
             reason,
         };
-        let file: File = toml::from_str(text).map_err(|e| err(e.message().to_string()))?;
-        let b = file.broker;
         let d = Config::default();
         let metrics = match b.metrics {
             Some(m) => MetricsAddr::parse(&m).map_err(|r| err(format!("[broker] {r}")))?,
             None => d.metrics,
         };
         if b.audit_max_bytes == Some(0) {
-            return Err(err("[broker] audit_max_bytes must be > 0".into()));
+            return Err(err("[broker] audit_max_bytes must be > 0".into()).into());
         }
         Ok(Config {
             socket: b.socket.unwrap_or(d.socket),
@@ -167,23 +145,6 @@ impl Config {
                 Some(secs) => Some(Duration::from_secs(secs)),
             },
         })
-    }
-
-    /// Loads `path`, or the default file if `path` is `None` (a missing default file
-    /// means defaults; a named file must exist).
-    pub fn load(path: Option<&Path>) -> Result<Self, Error> {
-        let (path, required) = match path {
-            Some(p) => (p, true),
-            None => (Path::new(DEFAULT_CONFIG_PATH), false),
-        };
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(&text, path),
-            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(Error::ConfigRead {
-                path: path.to_path_buf(),
-                source,
-            }),
-        }
     }
 
     /// Applies command-line overrides.
@@ -208,15 +169,7 @@ impl Config {
 
     /// The directory holding the socket, the instance lock and tetherd's log.
     pub fn socket_dir(&self) -> PathBuf {
-        socket_dir(&self.socket)
-    }
-}
-
-/// The directory of `socket` (`.` for a bare file name).
-pub fn socket_dir(socket: &Path) -> PathBuf {
-    match socket.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
+        paths::socket_dir(&self.socket)
     }
 }
 
@@ -335,6 +288,16 @@ gc_interval = 300
             .unwrap_err()
             .to_string();
         assert!(e.contains("0.0.0.0:9464") && e.contains("loopback"), "{e}");
+    }
+
+    #[test]
+    fn default_paths_are_the_api_s_and_the_pin_root_tether_bpf_s() {
+        let d = Config::default();
+        assert_eq!(d.socket, PathBuf::from(paths::SOCKET));
+        assert_eq!(d.audit_log, PathBuf::from(paths::AUDIT_LOG));
+        // tether-bpf keeps its own default for the pins; both must name one directory.
+        assert_eq!(paths::PIN_ROOT, tether_bpf::pins::DEFAULT_ROOT);
+        assert_eq!(d.pin_root, PathBuf::from(paths::PIN_ROOT));
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The errors of tether-broker: `BackendError` (what a backend or a request handler
-//! reports, and its one mapping to a ttrpc status), `Error` (tetherd setup: config, socket, lock, files) and
-//! `ClientError` (what a broker client sees) and `CtlError` (a tetherctl command).
+//! reports, and its one mapping to a ttrpc status), `Error` (tetherd setup: config, socket,
+//! lock, files) and `CtlError` (a tetherctl command). A broker client's errors are
+//! tether-api's `ClientError`.
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use tether_api::{ClientError, ConfigError};
 use ttrpc::Code;
 
 /// An error of a `Backend` call or of a request tetherd refuses; becomes a ttrpc status
@@ -94,16 +95,9 @@ impl BackendError {
 /// An error setting up or running tetherd.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The config file cannot be read.
-    #[error("read tether config {path}: {source}")]
-    ConfigRead {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    /// The config file is malformed or has an unknown or invalid key.
-    #[error("tether config {path}: {reason}")]
-    Config { path: String, reason: String },
+    /// The config file cannot be read, is malformed, or has an unknown or invalid key.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// A command-line flag has an invalid value.
     #[error("tetherd {flag}: {reason}")]
     Flag { flag: &'static str, reason: String },
@@ -138,54 +132,6 @@ impl Error {
             source,
         }
     }
-}
-
-/// An error of a broker client call.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// Connecting to tetherd's socket failed.
-    #[error("connect to tetherd at {socket}: {source}")]
-    Connect {
-        socket: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    /// tetherd was started on demand but did not serve the socket before the deadline.
-    #[error(
-        "tetherd was started on demand but does not serve {socket} after {after:?} \
-         (its output goes to {log}): {source}"
-    )]
-    NotServing {
-        socket: PathBuf,
-        log: PathBuf,
-        after: Duration,
-        #[source]
-        source: io::Error,
-    },
-    /// Spawning tetherd failed.
-    #[error("spawn tetherd {path}: {source}")]
-    Spawn {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    /// `what` did not finish within `after`.
-    #[error("{what}: no answer from tetherd within {after:?}")]
-    Deadline { what: String, after: Duration },
-    /// tetherd answered `method` with an error status.
-    #[error("tetherd {method}: {message} ({code:?})")]
-    Rpc {
-        method: &'static str,
-        code: Code,
-        message: String,
-    },
-    /// The connection broke during `method`.
-    #[error("tetherd {method}: {source}")]
-    Transport {
-        method: &'static str,
-        #[source]
-        source: ttrpc::Error,
-    },
 }
 
 /// An error of a tetherctl command.

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tether_api::types::GcReport;
+
 use crate::acquire::{blocking, Acquirer};
 use crate::backend::Backend;
 use crate::error::BackendError;
-use crate::types::GcReport;
 
 /// One collection at a time: the timer and a GarbageCollect call would otherwise race to
 /// unlink the same pins (and one of them fail on the other's ENOENT).
@@ -60,7 +61,7 @@ pub async fn periodic(backend: Arc<dyn Backend>, acquirer: Arc<Acquirer>, every:
 mod tests {
     use super::*;
     use crate::backend::testing::FakeBackend;
-    use crate::types::ContainerInfo;
+    use tether_api::types::ContainerInfo;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn periodic_collects_stale_containers() {

@@ -3,28 +3,18 @@
 //! lifetime, holding the owner's pid) and the socket itself (0600; a stale one is removed
 //! only while holding the lock).
 
-use std::fs::{DirBuilder, File, OpenOptions, Permissions};
+use std::fs::{File, OpenOptions, Permissions};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::config::socket_dir;
+use tether_api::paths::{create_socket_dir, socket_dir, LOCK_FILE};
+
 use crate::error::Error;
-
-/// The instance lock's file name inside the socket directory.
-pub const LOCK_FILE: &str = "tetherd.lock";
-/// tetherd's log file (when spawned on demand) inside the socket directory.
-pub const LOG_FILE: &str = "tetherd.log";
-
-/// Creates `dir` (and parents) with mode 0700 if missing; an existing directory is
-/// left as it is.
-pub fn create_socket_dir(dir: &Path) -> std::io::Result<()> {
-    DirBuilder::new().recursive(true).mode(0o700).create(dir)
-}
 
 /// The held single-instance lock; released when dropped (or when the process dies).
 #[must_use = "dropping the lock lets another tetherd start"]

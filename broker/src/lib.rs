@@ -1,14 +1,12 @@
 //! tether-broker: `tetherd`, the node daemon that loads tether's eBPF programs once per
-//! node and serves the broker API, its client (used by tetherctl and the shim), and
-//! `tetherctl`'s commands.
+//! node and serves the broker API, and `tetherctl`'s commands. The API itself (messages,
+//! plain types, the client, the config schema, default paths) is tether-api's.
 
 pub mod acquire;
 pub mod audit;
 pub mod backend;
 pub mod bpf_backend;
-pub mod client;
 pub mod config;
-pub mod convert;
 pub mod ctl;
 pub mod daemon;
 pub mod error;
@@ -20,9 +18,7 @@ pub mod peer;
 pub mod retired;
 pub mod server;
 pub mod service;
-pub mod types;
 
 pub use backend::Backend;
-pub use client::Client;
 pub use config::Config;
-pub use error::{BackendError, ClientError, Error};
+pub use error::{BackendError, Error};

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tether_api::types::{ContainerInfo, ContainerStatsInfo, MapUsage, VersionInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 
@@ -14,7 +15,6 @@ use crate::acquire::{blocking, Acquirer};
 use crate::backend::Backend;
 use crate::config::MetricsAddr;
 use crate::error::Error;
-use crate::types::{ContainerInfo, ContainerStatsInfo, MapUsage, VersionInfo};
 
 /// What one scrape reports.
 #[derive(Debug, Default, Clone)]
@@ -319,7 +319,7 @@ impl MetricsListener {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{AttachmentInfo, Counters};
+    use tether_api::types::{AttachmentInfo, Counters};
 
     #[test]
     fn escapes_label_values() {

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::types::ContainerStatsInfo;
+use tether_api::types::ContainerStatsInfo;
 
 /// At most this many retired containers are kept; the oldest retirement is dropped first.
 ///

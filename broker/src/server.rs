@@ -100,7 +100,7 @@ where
         let mut server = Server::new()
             .add_listener(listener)
             .set_accept_hook(PeerCredHook)
-            .register_service(tether_proto::create_broker(Arc::new(service)));
+            .register_service(tether_api::pb::create_broker(Arc::new(service)));
         server.start().await.map_err(Error::Ttrpc)?;
         gc_task = config
             .gc_interval

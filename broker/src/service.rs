@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use tether_proto as pb;
+use tether_api::pb;
+use tether_api::types::{ContainerStatsInfo, StatusInfo};
 use ttrpc::asynchronous::TtrpcContext;
 
 use crate::acquire::{blocking, Acquirer};
@@ -17,7 +18,6 @@ use crate::error::BackendError;
 use crate::gc;
 use crate::peer::authorize;
 use crate::retired::Retired;
-use crate::types::{ContainerStatsInfo, StatusInfo};
 
 /// What Status reports about tetherd's configuration.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use anyhow::{ensure, Context, Result};
 use kernel::*;
 use libbpf_rs::query::{ProgInfoIter, ProgInfoQueryOptions};
-use tether_broker::types::{AcquireReply, StatusInfo};
+use tether_api::types::{AcquireReply, StatusInfo};
 
 const BURST: usize = 50;
 

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use tether_api::types::{AuditEvent, ContainerInfo, ContainerStatsInfo, Counters};
+use tether_api::{Client, ClientError};
 use tether_broker::backend::testing::{FakeBackend, FAKE_VERSION};
 use tether_broker::config::{Config, MetricsAddr};
-use tether_broker::types::{AuditEvent, ContainerInfo, ContainerStatsInfo, Counters};
-use tether_broker::{server, Backend, Client, ClientError, Error};
+use tether_broker::{server, Backend, Error};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use kernel::*;
+use tether_api::types::{AcquireReply, AuditEvent, ContainerInfo, GcReport, StatusInfo};
+use tether_api::Client;
 use tether_bpf::{container, Cidr, ContainerConfig, PinLayout, Prog, Programs};
-use tether_broker::types::{AcquireReply, AuditEvent, ContainerInfo, GcReport, StatusInfo};
-use tether_broker::Client;
 
 /// Re-executed by [`Probe`]; does nothing in a normal test run.
 #[test]

@@ -1,8 +1,31 @@
-//! tether's broker API (`tether.broker.v1`): the protobuf messages and the async ttrpc
-//! client and server of `tether/broker/v1/broker.proto`, generated into OUT_DIR at build
-//! time. Nothing else lives here.
+//! tether-api: what tetherd, tetherctl and the shim share, and nothing of the daemon.
+//!
+//! - [`pb`]: the protobuf messages and the async ttrpc client and server of
+//!   `tether/broker/v1/broker.proto` (`tether.broker.v1`), generated into OUT_DIR at build
+//!   time;
+//! - [`types`]: plain Rust mirrors of those messages, and [`convert`] between the two;
+//! - [`client`]: the broker client, which starts tetherd on demand;
+//! - [`config`]: the schema of the node config file;
+//! - [`paths`]: every default path (config file, socket, pin root, audit log, tetherd).
+//!
+//! It depends on no eBPF code and no daemon machinery (HTTP, command-line parsing), so the
+//! shim links only what it calls.
 
-include!(concat!(env!("OUT_DIR"), "/mod.rs"));
+pub mod client;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod paths;
+pub mod types;
 
-pub use broker::*;
-pub use broker_ttrpc::{create_broker, Broker, BrokerClient};
+/// The generated protobuf messages and `Broker` ttrpc service of `tether.broker.v1`.
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/mod.rs"));
+
+    pub use broker::*;
+    pub use broker_ttrpc::{create_broker, Broker, BrokerClient};
+}
+
+pub use client::Client;
+pub use config::Config;
+pub use error::{ClientError, ConfigError};

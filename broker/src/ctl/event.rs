@@ -1,7 +1,8 @@
 //! The readable one-line form of an audit event for `tetherctl events`.
 
+use tether_api::types::AuditEvent;
+
 use crate::ctl::format::short_id;
-use crate::types::AuditEvent;
 
 /// `1700000000123456789` -> `2023-11-14T22:13:20.123Z`.
 pub fn rfc3339_millis(ts_ns: u64) -> String {

@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
-
-use crate::types::{AcquireReply, ContainerInfo, ContainerStatsInfo, Counters, StatusInfo};
+use tether_api::types::{AcquireReply, ContainerInfo, ContainerStatsInfo, Counters, StatusInfo};
 
 /// Width of a shortened container id.
 pub const SHORT_ID: usize = 12;
@@ -380,7 +379,7 @@ pub fn acquire_text(r: &AcquireReply) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{AttachmentInfo, InterfaceStatsInfo, MapUsage, ObjInfo, VersionInfo};
+    use tether_api::types::{AttachmentInfo, InterfaceStatsInfo, MapUsage, ObjInfo, VersionInfo};
 
     #[test]
     fn humanized_bytes() {
@@ -612,7 +611,7 @@ mod tests {
     #[test]
     fn acquire_json_shape() {
         let r = AcquireReply {
-            acquired: crate::types::Acquired {
+            acquired: tether_api::types::Acquired {
                 version: "v1".into(),
                 pin_dir: "/p/v1".into(),
                 programs: vec![ObjInfo {

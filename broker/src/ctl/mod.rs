@@ -10,18 +10,18 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
+use tether_api::paths::{self, tetherd_beside_exe};
+use tether_api::types::AuditEvent;
+use tether_api::Client;
 
-use crate::client::{sibling_tetherd, Client};
-use crate::config::DEFAULT_SOCKET;
 use crate::error::CtlError;
-use crate::types::AuditEvent;
 
 /// tetherctl: inspect and drive tetherd, tether's node daemon.
 #[derive(Debug, Parser)]
 #[command(name = "tetherctl", version)]
 pub struct Cli {
     /// tetherd's socket.
-    #[arg(long, global = true, default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    #[arg(long, global = true, default_value = paths::SOCKET, value_name = "PATH")]
     pub socket: PathBuf,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
@@ -150,7 +150,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         } => {
             let tetherd = match tetherd {
                 Some(p) => p.clone(),
-                None => sibling_tetherd().map_err(CtlError::LocateTetherd)?,
+                None => tetherd_beside_exe().map_err(CtlError::LocateTetherd)?,
             };
             let client =
                 Client::connect_or_spawn(&cli.socket, &tetherd, config.as_deref(), cli.deadline())

@@ -15,9 +15,9 @@ use anyhow::{bail, ensure, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 pub use tether_bpf::testing::*;
+use tether_api::types::{AcquireReply, StatusInfo};
+use tether_api::Client;
 use tether_bpf::{PinLayout, Programs};
-use tether_broker::types::{AcquireReply, StatusInfo};
-use tether_broker::Client;
 
 pub const TETHERD: &str = env!("CARGO_BIN_EXE_tetherd");
 pub const TETHERCTL: &str = env!("CARGO_BIN_EXE_tetherctl");
@@ -231,10 +231,7 @@ impl Node {
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|e| e == "log"))
             .collect();
-        names.push(
-            self.socket
-                .with_file_name(tether_broker::instance::LOG_FILE),
-        );
+        names.push(self.socket.with_file_name(tether_api::paths::LOG_FILE));
         names.sort();
         for p in names {
             if let Ok(text) = fs::read_to_string(&p) {
@@ -246,12 +243,9 @@ impl Node {
 
     /// The pid in the instance lock file, if any.
     pub fn lock_pid(&self) -> Option<i32> {
-        fs::read_to_string(
-            self.socket
-                .with_file_name(tether_broker::instance::LOCK_FILE),
-        )
-        .ok()
-        .and_then(|p| p.trim().parse().ok())
+        fs::read_to_string(self.socket.with_file_name(tether_api::paths::LOCK_FILE))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
     }
 
     /// Kills the tetherd named in the lock file (one spawned on demand by tetherctl) if it

@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::spec::Spec;
 use async_trait::async_trait;
 use log::{info, warn};
+use tether_api::types::{ContainerStatsInfo, InterfaceStatsInfo};
 use tether_bpf::{container, Counters, PinLayout, Programs};
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
@@ -158,10 +159,7 @@ pub struct EbpfAttach {
 
 /// The pin layout the config names (default `/sys/fs/bpf/tether`).
 pub(crate) fn layout(config: &Config) -> PinLayout {
-    match &config.broker.pin_root {
-        Some(p) => PinLayout::new(p),
-        None => PinLayout::default(),
-    }
+    PinLayout::new(config.broker.pin_root())
 }
 
 fn attach_err(id: &str, reason: impl std::fmt::Display) -> Error {
@@ -235,22 +233,15 @@ fn cgroup2_dir_of(pid: u32, cgroup: &str, mount: &Path) -> std::result::Result<P
 /// The config file a tetherd started on demand is given: the one the runtime options named,
 /// else `$TETHER_CONFIG`.
 fn config_path(from_options: Option<&Path>) -> Option<PathBuf> {
-    from_options
-        .map(Path::to_path_buf)
-        .or_else(|| std::env::var_os(crate::config::CONFIG_ENV).map(PathBuf::from))
+    tether_api::paths::config_file(from_options)
 }
 
 fn tetherd_path(config: &Config) -> PathBuf {
-    if let Some(p) = &config.attach.tetherd {
-        return p.clone();
-    }
-    let sibling = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("tetherd")));
-    match sibling {
-        Some(s) if s.exists() => s,
-        _ => PathBuf::from("tetherd"),
-    }
+    config
+        .attach
+        .tetherd
+        .clone()
+        .unwrap_or_else(tether_api::paths::tetherd)
 }
 
 impl EbpfAttach {
@@ -375,7 +366,7 @@ impl EbpfAttach {
             Err(tether_bpf::Error::NotLoaded { .. }) => {
                 let socket = socket(config);
                 let deadline = Duration::from_millis(config.attach.deadline_ms.unwrap_or(2000));
-                let client = tether_broker::client::Client::connect_or_spawn(
+                let client = tether_api::Client::connect_or_spawn(
                     &socket,
                     &tetherd_path(config),
                     config_path,
@@ -546,12 +537,15 @@ impl EbpfAttach {
                 if let Some(e) = &earlier {
                     d.counters.at_least(e);
                 }
-                let stats = tether_broker::types::ContainerStatsInfo::from_counters(
+                let interfaces = d.interfaces.iter().map(|(k, c)| {
+                    InterfaceStatsInfo::new(k.ifindex, k.netns_cookie, wire_counters(c))
+                });
+                let stats = ContainerStatsInfo::from_counters(
                     &namespace,
                     &id,
                     d.cgroup_id.unwrap_or(0),
-                    &d.counters,
-                    &d.interfaces,
+                    wire_counters(&d.counters),
+                    interfaces.collect(),
                     d.count_at_interfaces,
                 );
                 let c = &stats.total;
@@ -575,11 +569,20 @@ pub struct BeforeDelete {
 }
 
 fn socket(config: &Config) -> PathBuf {
-    config
-        .broker
-        .socket
-        .clone()
-        .unwrap_or_else(|| tether_broker::config::DEFAULT_SOCKET.into())
+    config.broker.socket()
+}
+
+/// The API's counters of the kernel's (summed over CPUs), for the wire.
+fn wire_counters(c: &Counters) -> tether_api::types::Counters {
+    tether_api::types::Counters {
+        rx_packets: c.rx_packets,
+        rx_bytes: c.rx_bytes,
+        tx_packets: c.tx_packets,
+        tx_bytes: c.tx_bytes,
+        drops: c.drops,
+        denials: c.denials,
+        events_lost: c.events_lost,
+    }
 }
 
 /// How long a deleted container's counters may take to reach tetherd; delete does not wait
@@ -587,12 +590,12 @@ fn socket(config: &Config) -> PathBuf {
 const RETIRE_DEADLINE: Duration = Duration::from_millis(300);
 
 /// Hands a deleted container's final counters to tetherd, if it runs. Best effort.
-async fn retire(socket: &Path, stats: tether_broker::types::ContainerStatsInfo) {
+async fn retire(socket: &Path, stats: ContainerStatsInfo) {
     if !socket.exists() {
         return;
     }
     let sent = async {
-        let client = tether_broker::client::Client::connect(socket, RETIRE_DEADLINE)
+        let client = tether_api::Client::connect(socket, RETIRE_DEADLINE)
             .await?
             .with_timeout(RETIRE_DEADLINE);
         client.retire(stats).await

@@ -1,9 +1,9 @@
-//! Conversions between the plain types in `types` and the protobuf messages of
-//! `tether_proto`, in both directions (server encodes, client decodes).
+//! Conversions between the plain types in `types` and the protobuf messages in `pb`, in
+//! both directions (tetherd encodes, the client decodes).
 
 use protobuf::MessageField;
-use tether_proto as pb;
 
+use crate::pb;
 use crate::types::*;
 
 impl From<ObjInfo> for pb::Program {

@@ -6,18 +6,17 @@ use std::fs::OpenOptions;
 use std::future::Future;
 use std::io;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tether_proto as pb;
 use tokio::net::UnixStream;
 use tokio::time::Instant;
 use ttrpc::asynchronous::transport::Socket;
 
-use crate::config::socket_dir;
 use crate::error::ClientError;
-use crate::instance::{create_socket_dir, LOG_FILE};
+use crate::paths::{create_socket_dir, socket_dir, tetherd_log};
+use crate::pb;
 use crate::types::{AcquireReply, ContainerInfo, ContainerStatsInfo, GcReport, StatusInfo};
 
 /// Per-call deadline unless set with [`Client::with_timeout`].
@@ -63,7 +62,7 @@ fn spawn_tetherd(tetherd: &Path, socket: &Path, config: Option<&Path>) -> Result
     let log = OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join(LOG_FILE))
+        .open(tetherd_log(socket))
         .map_err(spawn_err)?;
     let log2 = log.try_clone().map_err(spawn_err)?;
     let mut cmd = Command::new(tetherd);
@@ -143,7 +142,7 @@ impl Client {
                 if spawned {
                     return Err(ClientError::NotServing {
                         socket: socket.to_path_buf(),
-                        log: socket_dir(socket).join(LOG_FILE),
+                        log: tetherd_log(socket),
                         after: deadline,
                         source: err,
                     });
@@ -263,10 +262,4 @@ impl Client {
             .await?;
         Ok(r.into())
     }
-}
-
-/// The `tetherd` next to the running executable (how tetherctl finds it).
-pub fn sibling_tetherd() -> io::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    Ok(exe.with_file_name("tetherd"))
 }

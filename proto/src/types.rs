@@ -1,6 +1,6 @@
-//! Plain Rust mirrors of the broker API's messages: what a `Backend` returns, what the
-//! client hands to its callers and what tetherctl prints as JSON. Conversions to and from
-//! the protobuf types live in `convert`.
+//! Plain Rust mirrors of the broker API's messages: what tetherd's backend returns, what
+//! the client hands to its callers, what the shim reports for a deleted container and what
+//! tetherctl prints as JSON. Conversions to and from the protobuf types live in `convert`.
 
 use serde::{Deserialize, Serialize};
 
@@ -124,20 +124,6 @@ impl Counters {
     }
 }
 
-impl From<&tether_bpf::Counters> for Counters {
-    fn from(c: &tether_bpf::Counters) -> Self {
-        Counters {
-            rx_packets: c.rx_packets,
-            rx_bytes: c.rx_bytes,
-            tx_packets: c.tx_packets,
-            tx_bytes: c.tx_bytes,
-            drops: c.drops,
-            denials: c.denials,
-            events_lost: c.events_lost,
-        }
-    }
-}
-
 /// Counters of one interface in a container's netns.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InterfaceStatsInfo {
@@ -145,6 +131,19 @@ pub struct InterfaceStatsInfo {
     pub ifindex: u32,
     pub netns_cookie: u64,
     pub counters: Counters,
+}
+
+impl InterfaceStatsInfo {
+    /// The counters of interface `ifindex` of the netns with cookie `netns_cookie`, named
+    /// `if<ifindex>` (the reader is not in that netns and cannot see the name).
+    pub fn new(ifindex: u32, netns_cookie: u64, counters: Counters) -> Self {
+        InterfaceStatsInfo {
+            name: format!("if{ifindex}"),
+            ifindex,
+            netns_cookie,
+            counters,
+        }
+    }
 }
 
 /// Counters of one container: its cgroup, each interface, and the total.
@@ -186,31 +185,21 @@ impl ContainerStatsInfo {
         namespace: &str,
         id: &str,
         cgroup_id: u64,
-        cgroup: &tether_bpf::Counters,
-        interfaces: &[(tether_bpf::IfKey, tether_bpf::Counters)],
+        cgroup: Counters,
+        interfaces: Vec<InterfaceStatsInfo>,
         count_at_interfaces: bool,
     ) -> Self {
-        let cgroup = Counters::from(cgroup);
         let mut total = cgroup;
-        let interfaces = interfaces
-            .iter()
-            .map(|(k, c)| {
-                total.drops = total.drops.wrapping_add(c.drops);
-                total.events_lost = total.events_lost.wrapping_add(c.events_lost);
-                if count_at_interfaces {
-                    total.rx_packets = total.rx_packets.wrapping_add(c.rx_packets);
-                    total.rx_bytes = total.rx_bytes.wrapping_add(c.rx_bytes);
-                    total.tx_packets = total.tx_packets.wrapping_add(c.tx_packets);
-                    total.tx_bytes = total.tx_bytes.wrapping_add(c.tx_bytes);
-                }
-                InterfaceStatsInfo {
-                    name: format!("if{}", k.ifindex),
-                    ifindex: k.ifindex,
-                    netns_cookie: k.netns_cookie,
-                    counters: c.into(),
-                }
-            })
-            .collect();
+        for c in interfaces.iter().map(|i| &i.counters) {
+            total.drops = total.drops.wrapping_add(c.drops);
+            total.events_lost = total.events_lost.wrapping_add(c.events_lost);
+            if count_at_interfaces {
+                total.rx_packets = total.rx_packets.wrapping_add(c.rx_packets);
+                total.rx_bytes = total.rx_bytes.wrapping_add(c.rx_bytes);
+                total.tx_packets = total.tx_packets.wrapping_add(c.tx_packets);
+                total.tx_bytes = total.tx_bytes.wrapping_add(c.tx_bytes);
+            }
+        }
         ContainerStatsInfo {
             id: id.to_string(),
             namespace: namespace.to_string(),
@@ -304,7 +293,7 @@ mod tests {
 
     #[test]
     fn totals_take_packets_from_the_cgroup_and_add_what_only_tc_sees() {
-        let cg = tether_bpf::Counters {
+        let cg = Counters {
             tx_packets: 10,
             tx_bytes: 1000,
             drops: 1,
@@ -312,15 +301,15 @@ mod tests {
             events_lost: 3,
             ..Default::default()
         };
-        let iface = tether_bpf::Counters {
+        let iface = Counters {
             tx_packets: 12,
             tx_bytes: 1100,
             drops: 4,
             events_lost: 5,
             ..Default::default()
         };
-        let key = tether_bpf::IfKey::new(9, 2);
-        let s = ContainerStatsInfo::from_counters("default", "web", 7, &cg, &[(key, iface)], false);
+        let iface = InterfaceStatsInfo::new(2, 9, iface);
+        let s = ContainerStatsInfo::from_counters("default", "web", 7, cg, vec![iface], false);
         let t = s.total;
         assert_eq!((t.tx_packets, t.tx_bytes), (10, 1000));
         assert_eq!((t.drops, t.denials, t.events_lost), (5, 2, 8));
@@ -332,12 +321,12 @@ mod tests {
     #[test]
     fn totals_of_a_container_counted_at_its_interfaces_take_their_packets() {
         // The cgroup counts drops and denials only; two interfaces count packets.
-        let cg = tether_bpf::Counters {
+        let cg = Counters {
             drops: 1,
             denials: 2,
             ..Default::default()
         };
-        let eth0 = tether_bpf::Counters {
+        let eth0 = Counters {
             rx_packets: 3,
             rx_bytes: 300,
             tx_packets: 4,
@@ -345,7 +334,7 @@ mod tests {
             drops: 1,
             ..Default::default()
         };
-        let eth1 = tether_bpf::Counters {
+        let eth1 = Counters {
             rx_packets: 5,
             rx_bytes: 500,
             tx_packets: 6,
@@ -353,15 +342,11 @@ mod tests {
             events_lost: 7,
             ..Default::default()
         };
-        let (k0, k1) = (tether_bpf::IfKey::new(9, 2), tether_bpf::IfKey::new(9, 3));
-        let s = ContainerStatsInfo::from_counters(
-            "default",
-            "web",
-            7,
-            &cg,
-            &[(k0, eth0), (k1, eth1)],
-            true,
-        );
+        let ifaces = vec![
+            InterfaceStatsInfo::new(2, 9, eth0),
+            InterfaceStatsInfo::new(3, 9, eth1),
+        ];
+        let s = ContainerStatsInfo::from_counters("default", "web", 7, cg, ifaces, true);
         let t = s.total;
         assert_eq!((t.rx_packets, t.rx_bytes), (8, 800));
         assert_eq!((t.tx_packets, t.tx_bytes), (10, 1000));
