@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-pub use tether_bpf::testing::*;
 use tether_api::types::{AcquireReply, StatusInfo};
 use tether_api::Client;
+pub use tether_bpf::testing::*;
 use tether_bpf::{PinLayout, Programs};
 
 pub const TETHERD: &str = env!("CARGO_BIN_EXE_tetherd");
