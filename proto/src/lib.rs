@@ -16,15 +16,8 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod paths;
+pub mod pb;
 pub mod types;
-
-/// The generated protobuf messages and `Broker` ttrpc service of `tether.broker.v1`.
-pub mod pb {
-    include!(concat!(env!("OUT_DIR"), "/mod.rs"));
-
-    pub use broker::*;
-    pub use broker_ttrpc::{create_broker, Broker, BrokerClient};
-}
 
 pub use client::Client;
 pub use config::Config;
