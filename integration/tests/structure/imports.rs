@@ -1,153 +1,17 @@
-//! The source tree's shape, checked: no import circle between the files of a crate, no
-//! source file over 800 lines, runc spawned only by the shim's runc driver, the shim built
-//! without the daemon crate, and anyhow only in binaries and tests.
+//! The import graph of one crate target: which file imports from which, and its cycles.
 //!
-//! Import edges are read from `use` declarations and from `crate::`/`super::` paths in code,
+//! Edges are read from `use` declarations and from `crate::`/`super::` paths in code,
 //! resolved to the file that defines the named item (following `pub use` re-exports), so a
 //! file that only re-exports is not a hub that every user loops through.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-const MAX_LINES: usize = 800;
-
-/// The crates whose files are checked, relative to the workspace root.
-const CRATES: &[&str] = &["bpf", "proto", "broker", "shim", "integration"];
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the integration crate sits in the workspace")
-        .to_path_buf()
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            if p.file_name().is_some_and(|n| n == "target") {
-                continue;
-            }
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
-}
-
-/// Source text without comments, string and char literals (replaced by spaces), so paths
-/// named in docs or messages are not read as imports.
-fn code_only(src: &str) -> String {
-    let b = src.as_bytes();
-    let mut out = String::with_capacity(src.len());
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c == b'/' && b.get(i + 1) == Some(&b'/') {
-            while i < b.len() && b[i] != b'\n' {
-                i += 1;
-            }
-        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
-            let mut depth = 0;
-            while i < b.len() {
-                if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                    depth += 1;
-                    i += 2;
-                } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                    depth -= 1;
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-            out.push(' ');
-        } else if c == b'r' && matches!(b.get(i + 1), Some(b'"') | Some(b'#')) && !ident_byte(b, i)
-        {
-            // Raw string r"..." or r#"..."#.
-            let mut j = i + 1;
-            let mut hashes = 0;
-            while b.get(j) == Some(&b'#') {
-                hashes += 1;
-                j += 1;
-            }
-            if b.get(j) != Some(&b'"') {
-                out.push('r');
-                i += 1;
-                continue;
-            }
-            j += 1;
-            loop {
-                if j >= b.len() {
-                    break;
-                }
-                if b[j] == b'"' && (0..hashes).all(|k| b.get(j + 1 + k) == Some(&b'#')) {
-                    j += 1 + hashes;
-                    break;
-                }
-                j += 1;
-            }
-            i = j;
-            out.push_str("\"\"");
-        } else if c == b'"' {
-            i += 1;
-            while i < b.len() && b[i] != b'"' {
-                if b[i] == b'\\' {
-                    i += 1;
-                }
-                i += 1;
-            }
-            i += 1;
-            out.push_str("\"\"");
-        } else if c == b'\'' {
-            // A char literal ('a', '\n', '\'') or a lifetime ('a): only the former is skipped.
-            let end = if b.get(i + 1) == Some(&b'\\') {
-                b[i + 2..]
-                    .iter()
-                    .position(|&x| x == b'\'')
-                    .map(|p| i + 2 + p)
-            } else if b.get(i + 2) == Some(&b'\'') {
-                Some(i + 2)
-            } else {
-                // Multi-byte chars: find a closing quote within a UTF-8 char's length.
-                let s = &src[i + 1..];
-                s.chars()
-                    .next()
-                    .filter(|ch| s[ch.len_utf8()..].starts_with('\''))
-                    .map(|ch| i + 1 + ch.len_utf8())
-            };
-            match end {
-                Some(e) => {
-                    out.push_str("' '");
-                    i = e + 1;
-                }
-                None => {
-                    out.push('\'');
-                    i += 1;
-                }
-            }
-        } else {
-            let ch = src[i..].chars().next().unwrap_or(' ');
-            out.push(ch);
-            i += ch.len_utf8();
-        }
-    }
-    out
-}
-
-fn ident_byte(b: &[u8], i: usize) -> bool {
-    i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_')
-}
+use crate::source::{code_only, rust_files};
 
 /// One crate target: its root file and the module path of each of its files.
-struct Target {
+pub struct Target {
     files: BTreeMap<Vec<String>, PathBuf>,
 }
 
@@ -170,7 +34,7 @@ fn module_path(root_dir: &Path, root: &Path, file: &Path) -> Option<Vec<String>>
 }
 
 /// The crate targets of one crate directory: the library, each binary and each test target.
-fn targets(crate_dir: &Path) -> Vec<Target> {
+pub fn targets(crate_dir: &Path) -> Vec<Target> {
     // (root file, the directory its modules live in, whether it has modules at all)
     let mut roots: Vec<(PathBuf, PathBuf, bool)> = Vec::new();
     let src = crate_dir.join("src");
@@ -431,12 +295,12 @@ fn absolute(
     Some(p)
 }
 
-struct Graph {
+pub struct Graph {
     /// file -> the files it imports from
-    edges: BTreeMap<PathBuf, BTreeSet<PathBuf>>,
+    pub edges: BTreeMap<PathBuf, BTreeSet<PathBuf>>,
 }
 
-fn crate_graph(t: &Target) -> Graph {
+pub fn crate_graph(t: &Target) -> Graph {
     let sources: HashMap<&Vec<String>, Vec<Written>> = t
         .files
         .iter()
@@ -501,7 +365,7 @@ fn crate_graph(t: &Target) -> Graph {
 }
 
 /// The cycles of a graph, one per strongly connected component of more than one file.
-fn cycles(g: &Graph) -> Vec<Vec<PathBuf>> {
+pub fn cycles(g: &Graph) -> Vec<Vec<PathBuf>> {
     // Tarjan's algorithm, iterative enough for a few hundred files.
     struct S<'a> {
         g: &'a Graph,
@@ -563,195 +427,4 @@ fn cycles(g: &Graph) -> Vec<Vec<PathBuf>> {
         }
     }
     s.out
-}
-
-fn rel(p: &Path) -> String {
-    p.strip_prefix(workspace())
-        .unwrap_or(p)
-        .display()
-        .to_string()
-}
-
-#[test]
-fn no_import_circle_between_files() {
-    let mut found = Vec::new();
-    for c in CRATES {
-        for t in targets(&workspace().join(c)) {
-            for cycle in cycles(&crate_graph(&t)) {
-                let g = crate_graph(&t);
-                let detail: Vec<String> = cycle
-                    .iter()
-                    .map(|f| {
-                        let to: Vec<String> = g.edges[f]
-                            .iter()
-                            .filter(|x| cycle.contains(x))
-                            .map(|x| rel(x))
-                            .collect();
-                        format!("{} -> {}", rel(f), to.join(", "))
-                    })
-                    .collect();
-                found.push(detail.join("\n  "));
-            }
-        }
-    }
-    assert!(
-        found.is_empty(),
-        "import circles:\n  {}",
-        found.join("\n\n  ")
-    );
-}
-
-#[test]
-fn the_checker_sees_a_circle() {
-    // The control: two modules of a scratch crate that import each other are found.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("src");
-    fs::create_dir_all(src.join("m")).expect("mkdir");
-    fs::write(
-        src.join("lib.rs"),
-        "pub mod a;\npub mod m;\npub use m::Thing;\n",
-    )
-    .expect("write");
-    fs::write(src.join("a.rs"), "use crate::Thing;\npub struct A;\n").expect("write");
-    fs::write(src.join("m/mod.rs"), "mod inner;\npub use inner::Thing;\n").expect("write");
-    fs::write(
-        src.join("m/inner.rs"),
-        "// crate::a::A in a comment is no import\npub struct Thing(crate::a::A);\n",
-    )
-    .expect("write");
-    let t = &targets(dir.path())[0];
-    let c = cycles(&crate_graph(t));
-    assert_eq!(c.len(), 1, "{c:?}");
-    assert_eq!(c[0].len(), 2);
-    assert!(
-        c[0].iter().any(|p| p.ends_with("a.rs")) && c[0].iter().any(|p| p.ends_with("m/inner.rs"))
-    );
-    // Without the path in code, no circle: the comment and the re-export hub don't count.
-    fs::write(
-        src.join("m/inner.rs"),
-        "// crate::a::A\npub struct Thing;\n",
-    )
-    .expect("write");
-    assert!(cycles(&crate_graph(&targets(dir.path())[0])).is_empty());
-}
-
-#[test]
-fn no_source_file_over_800_lines() {
-    let mut files = Vec::new();
-    for c in CRATES {
-        rust_files(&workspace().join(c), &mut files);
-    }
-    let long: Vec<String> = files
-        .iter()
-        .filter_map(|f| {
-            let n = fs::read_to_string(f).ok()?.lines().count();
-            (n > MAX_LINES).then(|| format!("{} ({n} lines)", rel(f)))
-        })
-        .collect();
-    assert!(long.is_empty(), "files over {MAX_LINES} lines: {long:?}");
-}
-
-#[test]
-fn runc_is_spawned_only_by_the_runc_driver() {
-    let mut files = Vec::new();
-    rust_files(&workspace().join("shim/src"), &mut files);
-    let owner = workspace().join("shim/src/runc.rs");
-    let spawners: Vec<String> = files
-        .iter()
-        .filter(|f| **f != owner)
-        .filter(|f| {
-            let code = code_only(&fs::read_to_string(f).unwrap_or_default());
-            code.contains("Command::new(") && !only_spawns_itself(&code)
-        })
-        .map(|f| rel(f))
-        .collect();
-    assert!(
-        spawners.is_empty(),
-        "Command::new outside shim/src/runc.rs: {spawners:?}"
-    );
-}
-
-/// Whether every `Command::new(` of a file runs the current executable (the shim or
-/// tether-runc starting a copy of itself), never another program.
-fn only_spawns_itself(code: &str) -> bool {
-    code.match_indices("Command::new(").all(|(i, _)| {
-        let arg: String = code[i + 13..].chars().take_while(|c| *c != ')').collect();
-        arg.contains("current_exe") || matches!(arg.trim(), "exe" | "&exe" | "me" | "&me")
-    })
-}
-
-#[test]
-fn the_shim_does_not_build_the_daemon() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(workspace())
-        .args([
-            "tree",
-            "-p",
-            "tether-shim",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-            "--offline",
-        ])
-        .output()
-        .expect("run cargo tree");
-    assert!(
-        out.status.success(),
-        "cargo tree: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let tree = String::from_utf8_lossy(&out.stdout);
-    let names: BTreeSet<&str> = tree
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
-    assert!(
-        names.contains("tether-bpf"),
-        "cargo tree printed no tree: {tree}"
-    );
-    let unwanted: Vec<&&str> = [
-        "tether-broker",
-        "clap",
-        "anyhow",
-        "hyper",
-        "tiny_http",
-        "prometheus-client",
-    ]
-    .iter()
-    .filter(|n| names.contains(**n))
-    .collect();
-    assert!(
-        unwanted.is_empty(),
-        "the shim's dependency tree has {unwanted:?}"
-    );
-}
-
-#[test]
-fn anyhow_only_in_binaries_and_tests() {
-    let mut found = Vec::new();
-    for c in ["bpf", "proto", "broker", "shim"] {
-        let src = workspace().join(c).join("src");
-        let mut files = Vec::new();
-        rust_files(&src, &mut files);
-        for f in files {
-            if f.starts_with(src.join("bin")) || f.ends_with("main.rs") {
-                continue;
-            }
-            if code_only(&fs::read_to_string(&f).unwrap_or_default()).contains("anyhow") {
-                found.push(rel(&f));
-            }
-        }
-        let manifest =
-            fs::read_to_string(workspace().join(c).join("Cargo.toml")).unwrap_or_default();
-        let deps = manifest.split("[dependencies]").nth(1).unwrap_or("");
-        let deps = deps.split("\n[").next().unwrap_or("");
-        if deps.lines().any(|l| l.trim_start().starts_with("anyhow"))
-            && !Path::new(&src.join("bin")).exists()
-        {
-            found.push(format!("{c}/Cargo.toml"));
-        }
-    }
-    assert!(found.is_empty(), "anyhow in library code: {found:?}");
 }
