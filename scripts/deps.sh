@@ -5,7 +5,7 @@ set -euo pipefail
 PKGS=(containerd runc busybox-static criu iproute2 containernetworking-plugins
       pkg-config ca-certificates procps util-linux
       clang llvm libelf-dev zlib1g-dev linux-libc-dev libc6-dev bpftool iperf3 make
-      docker.io tar)
+      docker.io tar tmux)
 
 missing=()
 for p in "${PKGS[@]}"; do
