@@ -119,6 +119,7 @@ impl Tmux {
         ensure!(out.status.success(), "tmux new-session: {out:?}");
         // dash gives root `# ` whatever the environment says; a prompt of our own tells
         // the shell's screen from tetherctl's.
+        t.wait("the shell's first prompt", |s| !s.trim().is_empty())?;
         t.send(&[&format!("PS1='{PROMPT}'"), "Enter"])?;
         Ok(t)
     }
@@ -182,7 +183,7 @@ fn top_refreshes_in_a_terminal_and_q_restores_the_shell() -> Result<()> {
     let mut scene = Scene::new()?;
     let tmux = Tmux::new(scene.node.dir.path(), 110, 20)?;
     tmux.wait("the shell's prompt", |s| {
-        s.lines().any(|l| l.trim_end() == PROMPT.trim_end())
+        s.lines().any(|l| l.trim_end().ends_with(PROMPT.trim_end()))
     })?;
     let command = format!(
         "{TETHERCTL} --socket {} top; echo \"top exited $?\"",
