@@ -476,6 +476,34 @@ tether_events_lost_total 0
         assert_eq!(text, want);
     }
 
+    /// The `ip:port` form: a loopback TCP listener, scraped over TCP.
+    #[tokio::test]
+    async fn serves_on_loopback_tcp() {
+        use crate::backend::testing::FakeBackend;
+        let addr = MetricsAddr::Tcp("127.0.0.1:0".parse().unwrap());
+        let Some(listener) = MetricsListener::bind(&addr).await.unwrap() else {
+            panic!("metrics are on");
+        };
+        let MetricsListener::Tcp(tcp) = &listener else {
+            panic!("a TCP listener");
+        };
+        let local = tcp.local_addr().unwrap();
+        assert!(listener.unix_path().is_none());
+        let backend: Arc<dyn Backend> = Arc::new(FakeBackend::new());
+        let acq = Arc::new(Acquirer::new(backend.clone()));
+        let server = tokio::spawn(listener.serve(backend, acq));
+        let mut s = tokio::net::TcpStream::connect(local).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.unwrap();
+        server.abort();
+        assert!(resp.starts_with("HTTP/1.0 200 OK"), "{resp}");
+        assert!(
+            resp.contains("\r\n\r\n# HELP tether_loads_total "),
+            "{resp}"
+        );
+    }
+
     #[tokio::test]
     async fn http_get_metrics_and_404() {
         use crate::backend::testing::FakeBackend;
