@@ -55,7 +55,7 @@ pub enum Command {
         #[arg(long, default_value = "1", value_parser = top::parse_interval, value_name = "SECONDS")]
         interval: Duration,
         /// Print one table (the rates over one interval) and exit, as when stdout is not
-        /// a terminal.
+        /// a terminal or with --json (one object per line per container).
         #[arg(long)]
         no_stream: bool,
     },
