@@ -1,31 +1,14 @@
 //! The readable one-line form of an audit event for `tetherctl events`.
 
+use std::time::{Duration, UNIX_EPOCH};
 use tether_api::types::AuditEvent;
 
 use crate::ctl::format::short_id;
 
 /// `1700000000123456789` -> `2023-11-14T22:13:20.123Z`.
 pub fn rfc3339_millis(ts_ns: u64) -> String {
-    let secs = ts_ns / 1_000_000_000;
-    let millis = ts_ns % 1_000_000_000 / 1_000_000;
-    let days = i64::try_from(secs / 86400).unwrap_or(0);
-    let rem = secs % 86400;
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    let t = UNIX_EPOCH + Duration::from_nanos(ts_ns);
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// A readable one-line rendering of an audit event.

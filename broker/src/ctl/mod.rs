@@ -1,9 +1,11 @@
 //! tetherctl: the operator's commands over the broker client. Parses nothing itself
-//! (clap does) and prints through `format`; `follow` reads the audit log.
+//! (clap does) and prints through `format`; `follow` reads the audit log, `top` draws
+//! the live view.
 
 pub mod event;
 pub mod follow;
 pub mod format;
+pub mod top;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -46,6 +48,17 @@ pub enum Command {
     /// Per-container traffic counters (of one container if ID is given; a unique prefix
     /// works), of live containers and, marked, of those deleted in the last minutes.
     Stats { id: Option<String> },
+    /// Live per-container traffic: packets, bytes, drops and denials per second, busiest
+    /// first, refreshed in place (q or Ctrl-C quits).
+    Top {
+        /// Seconds between refreshes, the interval each rate is measured over.
+        #[arg(long, default_value = "1", value_parser = top::parse_interval, value_name = "SECONDS")]
+        interval: Duration,
+        /// Print one table (the rates over one interval) and exit, as when stdout is not
+        /// a terminal or with --json (one object per line per container).
+        #[arg(long)]
+        no_stream: bool,
+    },
     /// Audit events from the audit log, followed like `tail -F`.
     Events {
         /// Print what the log holds and exit.
@@ -129,6 +142,10 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                 format::stats_table(&s, now)
             })
         }
+        Command::Top {
+            interval,
+            no_stream,
+        } => top::run(&cli.client().await?, *interval, *no_stream, cli.json).await,
         Command::Gc { dry_run } => {
             let r = cli.client().await?.gc(*dry_run).await?;
             print(&if cli.json {

@@ -8,10 +8,7 @@ use tether_broker::{logger, Error};
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    logger::init(logger::level(
-        args.debug,
-        std::env::var("RUST_LOG").ok().as_deref(),
-    ));
+    logger::init(args.debug, std::env::var("RUST_LOG").ok().as_deref());
     match try_main(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Error::AlreadyRunning { pid }) => {
