@@ -14,6 +14,7 @@ pub mod events;
 pub mod gc;
 pub mod link;
 pub mod maps;
+pub mod netlink;
 pub mod pins;
 pub mod programs;
 pub mod sys;

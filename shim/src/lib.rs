@@ -11,6 +11,7 @@ pub mod container;
 pub mod delete;
 pub mod error;
 pub mod events;
+mod lock;
 pub mod options;
 pub mod process;
 pub mod reaper;
@@ -27,12 +28,6 @@ mod generated {
 }
 
 use std::io::Write;
-
-/// Locks `m`. The shim's locks guard plain maps and single-field state that a panic
-/// cannot leave half-updated, so a poisoned lock still holds valid data.
-pub(crate) fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Runs the shim binary: `start`, `delete`, or (no action) serve. Returns the exit code.
 pub fn main() -> i32 {
