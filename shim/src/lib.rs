@@ -11,6 +11,7 @@ pub mod container;
 pub mod delete;
 pub mod error;
 pub mod events;
+mod generated;
 mod lock;
 pub mod options;
 pub mod process;
@@ -22,10 +23,6 @@ pub mod service;
 pub mod spec;
 pub mod start;
 pub mod stdio;
-
-mod generated {
-    include!(concat!(env!("OUT_DIR"), "/protos/mod.rs"));
-}
 
 use std::io::Write;
 
