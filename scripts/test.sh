@@ -12,7 +12,8 @@ bash scripts/deps.sh
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-# The benchmark-only naive loader is left out of default builds: lint it too.
-cargo clippy -p tether-shim --all-targets --features bench-naive-load -- -D warnings
+# The benchmark-only instrumentation (naive loader, attach times) is left out of default
+# builds: lint it too.
+cargo clippy -p tether-shim --all-targets --features bench -- -D warnings
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast -- --test-threads="${TETHER_TEST_THREADS:-2}"

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::link::Link;
 use crate::maps::{Cidr, ContainerConfig, Counters, IfKey};
+use crate::netlink;
 use crate::pins::{self, PinLayout};
 use crate::programs::{NetnsKey, Prog, Programs};
 use crate::sys::{self, LinkInfo};
@@ -261,11 +262,11 @@ pub fn in_netns<T>(netns: BorrowedFd<'_>, f: impl FnOnce() -> Result<T>) -> Resu
     r
 }
 
-/// A netlink socket, bound inside `netns`, that receives a message whenever a link there is
-/// added or changes (RTMGRP_LINK). Non-blocking; the socket stays in that namespace.
+/// [`netlink::link_events_socket_here`] bound inside `netns`: a message whenever a link there
+/// is added or changes. The socket stays in that namespace.
 pub fn link_events_socket(netns: BorrowedFd<'_>) -> Result<std::os::fd::OwnedFd> {
     refuse_host_netns(netns)?;
-    in_netns(netns, link_events_here)
+    in_netns(netns, netlink::link_events_socket_here)
 }
 
 /// [`attach_netns_only`] and [`link_events_socket`] in one visit to the namespace: the watch
@@ -285,7 +286,7 @@ pub fn attach_netns_and_watch(
     require_attached(&dir, id)?;
     let tc = TcAttach::probe();
     in_netns(netns, || {
-        let watch = link_events_here()?;
+        let watch = netlink::link_events_socket_here()?;
         let attached = attach_here(programs, &dir, cgroup_id, only, tc)?;
         Ok((attached, watch))
     })
@@ -300,28 +301,6 @@ pub fn has_interfaces(netns: BorrowedFd<'_>, only: Option<&[String]>) -> Result<
             .into_iter()
             .any(|(_, name)| name != "lo" && only.is_none_or(|o| o.contains(&name))))
     })
-}
-
-fn link_events_here() -> Result<std::os::fd::OwnedFd> {
-    use nix::sys::socket::{
-        bind, socket, AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType,
-    };
-    {
-        let fd = socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkRoute,
-        )
-        .map_err(|e| Error::syscall("socket(AF_NETLINK)", e.into()))?;
-        // RTMGRP_LINK = 1
-        bind(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            &NetlinkAddr::new(0, 1),
-        )
-        .map_err(|e| Error::syscall("bind(RTMGRP_LINK)", e.into()))?;
-        Ok(fd)
-    }
 }
 
 fn attach_here(

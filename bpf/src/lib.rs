@@ -15,6 +15,7 @@ pub mod events;
 pub mod gc;
 pub mod link;
 pub mod maps;
+pub mod netlink;
 pub mod pins;
 pub mod programs;
 mod skel;

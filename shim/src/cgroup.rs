@@ -1,15 +1,17 @@
-//! The container's cgroups: metrics in containerd's types and OOM notifications,
-//! on pure cgroup v2 and on the v1/v2 hybrid layout (where runc puts resource
-//! controllers, memory included, on v1).
+//! The container's cgroups, the one module that reads the cgroup file systems: metrics in
+//! containerd's types, OOM notifications, and where a process's cgroup v2 directory is (the
+//! attach step's target), on pure cgroup v2 and on the v1/v2 hybrid layout (where runc puts
+//! resource controllers, memory included, on v1).
 
 use std::{
     fs,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use log::{debug, warn};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use tokio::io::unix::AsyncFd;
 
 use crate::error::{Error, Result};
@@ -82,13 +84,8 @@ pub async fn watch_oom(pid: u32, mut on_oom: impl FnMut()) -> Result<()> {
 async fn watch_v1(dir: &Path, mut on_oom: impl FnMut()) -> Result<()> {
     let oom_control = fs::File::open(dir.join("memory.oom_control"))
         .map_err(|e| Error::io(format!("open {}/memory.oom_control", dir.display()), e))?;
-    // SAFETY: eventfd has no pointer arguments; we own the returned descriptor.
-    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if raw < 0 {
-        return Err(Error::io("eventfd", std::io::Error::last_os_error()));
-    }
-    // SAFETY: `raw` is a fresh descriptor returned by eventfd above, owned by no one else.
-    let efd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let efd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+        .map_err(|e| Error::sys("eventfd", e))?;
     fs::write(
         dir.join("cgroup.event_control"),
         format!("{} {}", efd.as_raw_fd(), oom_control.as_raw_fd()),
@@ -104,11 +101,9 @@ async fn watch_v1(dir: &Path, mut on_oom: impl FnMut()) -> Result<()> {
             .readable()
             .await
             .map_err(|e| Error::io("wait for OOM eventfd", e))?;
-        let mut buf = [0u8; 8];
-        // SAFETY: reads 8 bytes into a valid 8-byte buffer from our own eventfd.
-        let n = unsafe { libc::read(efd.get_ref().as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+        let read = efd.get_ref().read();
         guard.clear_ready();
-        if n != 8 {
+        if read.is_err() {
             continue;
         }
         // The eventfd also fires when the cgroup is removed.
@@ -170,6 +165,67 @@ fn oom_kills(events: &Path) -> Option<u64> {
     v
 }
 
+/// The cgroup v2 directory of `pid`: its `0::` line in /proc/<pid>/cgroup under the cgroup2
+/// mount (pure v2 at /sys/fs/cgroup, or the hybrid layout's unified mount).
+pub fn cgroup2_dir(pid: u32) -> std::result::Result<PathBuf, String> {
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| format!("read /proc/{pid}/cgroup: {e}"))?;
+    cgroup2_dir_of(pid, &cgroup, &cgroup2_mount()?)
+}
+
+/// Where the cgroup2 file system is mounted; found once per process. The two usual places
+/// are checked with statfs(2); only elsewhere is /proc/self/mountinfo read (it grows with
+/// every container's rootfs mount, and reading it takes the mount table's lock).
+fn cgroup2_mount() -> std::result::Result<PathBuf, String> {
+    static MOUNT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(m) = MOUNT.get() {
+        return Ok(m.clone());
+    }
+    let usual = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .find(|p| {
+            nix::sys::statfs::statfs(*p)
+                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+        })
+        .map(PathBuf::from);
+    let mount = match usual {
+        Some(m) => m,
+        None => {
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+                .map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
+            cgroup2_mount_of(&mounts)?
+        }
+    };
+    Ok(MOUNT.get_or_init(|| mount).clone())
+}
+
+/// The cgroup2 mount point in the text of /proc/self/mountinfo.
+fn cgroup2_mount_of(mountinfo: &str) -> std::result::Result<PathBuf, String> {
+    mountinfo
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            right
+                .starts_with("cgroup2 ")
+                .then(|| left.split(' ').nth(4).map(PathBuf::from))?
+        })
+        .ok_or_else(|| "no cgroup2 file system is mounted".to_string())
+}
+
+/// [`cgroup2_dir`] over the text of /proc/<pid>/cgroup and the cgroup2 mount point.
+fn cgroup2_dir_of(pid: u32, cgroup: &str, mount: &Path) -> std::result::Result<PathBuf, String> {
+    let rel = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| format!("process {pid} is in no cgroup v2 (no 0:: line)"))?;
+    if rel == "/" {
+        return Err(format!(
+            "process {pid} is at the root of the cgroup v2 hierarchy, not in a cgroup of its own"
+        ));
+    }
+    Ok(mount.join(rel.trim_start_matches('/')))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,5 +256,44 @@ mod tests {
         fs::write(&p, "low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\n").unwrap();
         assert_eq!(oom_kills(&p), Some(2));
         assert_eq!(oom_kills(&dir.path().join("gone")), None);
+    }
+
+    const PURE_V2: &str = "25 1 0:22 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
+    const HYBRID: &str = "30 25 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+                          31 25 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n";
+
+    #[test]
+    fn cgroup_dir_on_pure_v2_and_hybrid() {
+        let cg = "0::/default/web\n";
+        let pure = cgroup2_mount_of(PURE_V2).unwrap();
+        assert_eq!(pure, PathBuf::from("/sys/fs/cgroup"));
+        assert_eq!(
+            cgroup2_dir_of(1, cg, &pure).unwrap(),
+            PathBuf::from("/sys/fs/cgroup/default/web")
+        );
+        let cg = "4:memory:/default/web\n0::/default/web\n";
+        let hybrid = cgroup2_mount_of(HYBRID).unwrap();
+        assert_eq!(
+            cgroup2_dir_of(1, cg, &hybrid).unwrap(),
+            PathBuf::from("/sys/fs/cgroup/unified/default/web")
+        );
+    }
+
+    #[test]
+    fn no_cgroup_of_its_own_is_an_error() {
+        let root = Path::new("/sys/fs/cgroup");
+        let e = cgroup2_dir_of(7, "0::/\n", root).unwrap_err();
+        assert!(e.contains("root of the cgroup v2 hierarchy"), "{e}");
+        let e = cgroup2_dir_of(7, "4:memory:/x\n", root).unwrap_err();
+        assert!(e.contains("no 0:: line"), "{e}");
+        let e = cgroup2_mount_of("30 25 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw\n")
+            .unwrap_err();
+        assert!(e.contains("no cgroup2"), "{e}");
+    }
+
+    #[test]
+    fn this_machine_has_a_cgroup2_mount() {
+        let m = cgroup2_mount().unwrap();
+        assert!(m.join("cgroup.procs").exists(), "{}", m.display());
     }
 }

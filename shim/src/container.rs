@@ -15,10 +15,10 @@ use log::warn;
 
 use crate::{
     error::{Error, Result},
-    locked,
+    lock::locked,
     options::ShimOptions,
     process::Process,
-    runc::{CreateArgs, RestoreArgs, Runc},
+    runc::{error::RuncErrorKind, CreateArgs, RestoreArgs, Runc},
     stdio::Prepared,
 };
 
@@ -159,7 +159,7 @@ impl Container {
     /// Force-deletes runc's container and unmounts the rootfs; idempotent.
     pub async fn cleanup(&self) {
         if let Err(e) = self.runc.delete(&self.id, true).await {
-            if !matches!(&e, Error::Runc(r) if r.kind == crate::runc::RuncErrorKind::NotFound) {
+            if !matches!(&e, Error::Runc(r) if r.kind == RuncErrorKind::NotFound) {
                 warn!("runc delete {}: {e}", self.id);
             }
         }

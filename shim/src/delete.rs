@@ -11,12 +11,13 @@ use containerd_shim::{
 use log::warn;
 
 use crate::{
+    attach::attacher::Attacher,
     config::Config,
     error::{Error, Result},
     options::ShimOptions,
     process::timestamp,
     reaper::Reaper,
-    runc::{Runc, RuncErrorKind},
+    runc::{error::RuncErrorKind, Runc},
 };
 
 pub async fn delete(flags: &Flags) -> Result<Vec<u8>> {
@@ -34,18 +35,16 @@ pub async fn delete(flags: &Flags) -> Result<Vec<u8>> {
     });
     let (reaper, _orphans) = Reaper::start()?;
     let runc = Runc::new(opts.runc_config(&config, &flags.namespace), &bundle, reaper);
+    let attacher = Attacher::new();
     // Read before `runc delete` removes the cgroup, and its local counters with it.
-    let earlier =
-        crate::attach::ebpf::EbpfAttach::read_before_delete(&flags.namespace, &flags.id, &config);
+    attacher.before_delete(&flags.namespace, &flags.id, &config);
     match runc.delete(&flags.id, true).await {
         Err(Error::Runc(e)) if e.kind == RuncErrorKind::NotFound => {}
         Err(e) => warn!("runc delete {}: {e}", flags.id),
         Ok(()) => {}
     }
     // The shim that attached the programs is gone: detach here (idempotent).
-    crate::attach::ebpf::EbpfAttach::new()
-        .detach_now(&flags.namespace, &flags.id, &config, earlier)
-        .await;
+    attacher.detach(&flags.namespace, &flags.id, &config).await;
     let rootfs = bundle.join("rootfs");
     if let Err(e) =
         containerd_shim::mount::umount_recursive(Some(&rootfs.to_string_lossy()), libc::MNT_DETACH)

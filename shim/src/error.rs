@@ -9,7 +9,7 @@ use std::io;
 
 use containerd_shim::protos::ttrpc;
 
-use crate::runc::RuncError;
+use crate::runc::error::RuncError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -78,13 +78,21 @@ impl Error {
         Error::Sys { call, source }
     }
 
+    /// Attaching a container's programs failed, and why.
+    pub fn attach(id: &str, reason: impl std::fmt::Display) -> Self {
+        Error::Attach {
+            id: id.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
     /// An error from the containerd-shim framework crate.
     pub fn framework(context: &'static str, source: containerd_shim::Error) -> Self {
         Error::Framework { context, source }
     }
 
     pub fn code(&self) -> ttrpc::Code {
-        use crate::runc::RuncErrorKind;
+        use crate::runc::error::RuncErrorKind;
         match self {
             Error::InvalidArgument(_) | Error::Spec { .. } | Error::Decode { .. } => {
                 ttrpc::Code::INVALID_ARGUMENT
@@ -115,7 +123,7 @@ impl From<Error> for ttrpc::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runc::RuncErrorKind;
+    use crate::runc::error::RuncErrorKind;
 
     fn code_of(e: Error) -> ttrpc::Code {
         match ttrpc::Error::from(e) {

@@ -11,6 +11,8 @@ pub mod container;
 pub mod delete;
 pub mod error;
 pub mod events;
+mod generated;
+mod lock;
 pub mod options;
 pub mod process;
 pub mod reaper;
@@ -22,17 +24,7 @@ pub mod spec;
 pub mod start;
 pub mod stdio;
 
-mod generated {
-    include!(concat!(env!("OUT_DIR"), "/protos/mod.rs"));
-}
-
 use std::io::Write;
-
-/// Locks `m`. The shim's locks guard plain maps and single-field state that a panic
-/// cannot leave half-updated, so a poisoned lock still holds valid data.
-pub(crate) fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// How this executable was linked, for `--version`: one shim runs per container, and the
 /// dynamically linked one (a plain `cargo build`) holds about 1 MiB more resident memory

@@ -11,7 +11,7 @@ use containerd_shim::{
 };
 use tokio::sync::watch;
 
-use crate::{locked, reaper::Exit};
+use crate::{lock::locked, reaper::Exit};
 
 #[derive(Debug, Clone, Copy)]
 struct State {

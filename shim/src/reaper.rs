@@ -67,13 +67,8 @@ impl Reaper {
     ///
     /// Must be called from within the tokio runtime, before any child is spawned.
     pub fn start() -> Result<(Arc<Self>, mpsc::UnboundedReceiver<Exit>)> {
-        // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) takes no pointers.
-        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-            return Err(Error::io(
-                "prctl(PR_SET_CHILD_SUBREAPER)",
-                std::io::Error::last_os_error(),
-            ));
-        }
+        nix::sys::prctl::set_child_subreaper(true)
+            .map_err(|e| Error::sys("prctl(PR_SET_CHILD_SUBREAPER)", e))?;
         let mut sigchld =
             signal(SignalKind::child()).map_err(|e| Error::io("install SIGCHLD handler", e))?;
         let reaper = Arc::new(Reaper {
@@ -122,7 +117,7 @@ impl Reaper {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Waiters> {
-        crate::locked(&self.waiters)
+        crate::lock::locked(&self.waiters)
     }
 
     /// Spawns `cmd` and returns it with a receiver of its exit. The caller must never

@@ -1,17 +1,19 @@
 //! The one module that runs the `runc` binary.
 //!
-//! Every invocation is built by [`Runc::command`] (global flags: `--root`, `--log` in
-//! JSON format, `--systemd-cgroup`, `--criu`), spawned through the [`Reaper`] so its
-//! exit cannot be lost, and its failure turned into a [`RuncError`] whose message is
+//! The shim's invocations are built by [`Runc::command`] (global flags: `--root`, `--log` in
+//! JSON format, `--systemd-cgroup`, `--criu`), spawned through the [`Reaper`] so their
+//! exit cannot be lost, and their failure turned into a [`RuncError`] whose message is
 //! runc's own last error (read from the part of `log.json` this invocation wrote) and
-//! whose kind is classified here, once, so nobody matches on message text later.
+//! whose kind is classified once ([`error`]), so nobody matches on message text later.
+//! `tether-runc`'s are built by [`Passthrough::command`]: the caller's global flags, and
+//! runc's output, exit code and log left to the caller, on the calling thread.
 
 use std::{
     ffi::OsString,
     io::{Read, Seek, SeekFrom},
     os::fd::OwnedFd,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Command, ExitStatus, Stdio},
     sync::Arc,
 };
 
@@ -22,7 +24,10 @@ use tokio::net::unix::pipe;
 use crate::{
     error::{Error, Result},
     reaper::Reaper,
+    runc::error::RuncError,
 };
+
+pub mod error;
 
 /// Everything until EOF from one of a child's pipes (nothing for no pipe).
 async fn read_pipe(fd: Option<OwnedFd>) -> Vec<u8> {
@@ -31,57 +36,6 @@ async fn read_pipe(fd: Option<OwnedFd>) -> Vec<u8> {
         let _ = r.read_to_end(&mut v).await;
     }
     v
-}
-
-/// What went wrong, as far as callers need to tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RuncErrorKind {
-    /// The container does not exist (any more).
-    NotFound,
-    /// A container with this id already exists.
-    AlreadyExists,
-    /// The process to signal has already exited.
-    ProcessFinished,
-    /// Anything else: the message says what.
-    Failed,
-}
-
-/// A runc command that failed, with runc's reason.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("OCI runtime {command} failed: {message}")]
-pub struct RuncError {
-    pub command: &'static str,
-    pub kind: RuncErrorKind,
-    pub message: String,
-}
-
-impl RuncError {
-    pub fn new(command: &'static str, kind: RuncErrorKind, message: String) -> Self {
-        Self {
-            command,
-            kind,
-            message,
-        }
-    }
-
-    /// Classifies runc's message. runc has no error codes; these phrases are the ones
-    /// runc 1.0-1.2 print for these conditions (libcontainer/error.go and kill.go).
-    fn classify(command: &'static str, message: String) -> Self {
-        let m = message.to_ascii_lowercase();
-        let kind = if m.contains("does not exist") || m.contains("container not found") {
-            RuncErrorKind::NotFound
-        } else if m.contains("already exists") {
-            RuncErrorKind::AlreadyExists
-        } else if m.contains("process already finished")
-            || m.contains("container not running")
-            || m.contains("no such process")
-        {
-            RuncErrorKind::ProcessFinished
-        } else {
-            RuncErrorKind::Failed
-        };
-        Self::new(command, kind, message)
-    }
 }
 
 /// The stdio a runc invocation (and, for create/exec, the container process) gets.
@@ -439,6 +393,84 @@ impl Runc {
     }
 }
 
+/// runc as `tether-runc` runs it: the caller's global flags passed through unchanged, the
+/// caller's stdio inherited, blocking. (`tether-runc` is runc to its caller.)
+pub struct Passthrough {
+    binary: PathBuf,
+    global: Vec<OsString>,
+}
+
+/// What `runc state` says of a container that `tether-runc` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    /// The container's init process.
+    pub pid: u32,
+    pub bundle: PathBuf,
+}
+
+impl Passthrough {
+    /// `binary` with the caller's global flags (`--root`, `--log`...).
+    pub fn new(binary: PathBuf, global: Vec<OsString>) -> Self {
+        Self { binary, global }
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    fn command(&self, command: Option<&str>, args: &[OsString]) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.args(&self.global);
+        if let Some(command) = command {
+            c.arg(command);
+        }
+        c.args(args);
+        c
+    }
+
+    /// Runs `runc <global flags> <command> <args>` and waits for it.
+    pub fn status(&self, command: &str, args: &[OsString]) -> std::io::Result<ExitStatus> {
+        self.command(Some(command), args).status()
+    }
+
+    /// Replaces this process with `runc <global flags> [command] <args>`. Returns only if
+    /// that failed, with the reason.
+    pub fn exec(&self, command: Option<&str>, args: &[OsString]) -> std::io::Error {
+        use std::os::unix::process::CommandExt;
+        self.command(command, args).exec()
+    }
+
+    /// The init pid and bundle of container `id`, from `runc state`.
+    pub fn state(&self, id: &str) -> Result<State> {
+        let out = self
+            .command(Some("state"), &[OsString::from(id)])
+            .output()
+            .map_err(|e| Error::io(format!("runc state {id}"), e))?;
+        if !out.status.success() {
+            let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            return Err(RuncError::classify("state", message).into());
+        }
+        parse_state(id, &out.stdout)
+    }
+}
+
+/// The pid and bundle in `runc state`'s JSON.
+fn parse_state(id: &str, json: &[u8]) -> Result<State> {
+    let v: serde_json::Value = serde_json::from_slice(json).map_err(|source| Error::Json {
+        context: format!("runc state {id}"),
+        source,
+    })?;
+    let pid = v["pid"].as_u64().map(|p| p as u32).ok_or_else(|| {
+        RuncError::new(
+            "state",
+            error::RuncErrorKind::Failed,
+            format!("no pid for {id}"),
+        )
+    })?;
+    let bundle = v["bundle"].as_str().map(PathBuf::from).unwrap_or_default();
+    Ok(State { pid, bundle })
+}
+
 /// The message of the last `error`-level line of runc's JSON log.
 fn last_error(log: &str) -> Option<String> {
     log.lines()
@@ -453,6 +485,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn state_gives_pid_and_bundle() {
+        let s = parse_state(
+            "c1",
+            br#"{"id":"c1","pid":42,"status":"created","bundle":"/b"}"#,
+        );
+        assert_eq!(
+            s.unwrap(),
+            State {
+                pid: 42,
+                bundle: "/b".into()
+            }
+        );
+        assert!(parse_state("c1", br#"{"id":"c1","status":"stopped"}"#).is_err());
+        assert!(parse_state("c1", b"not json").is_err());
+    }
+
+    #[test]
     fn last_error_is_taken_from_json_log() {
         let log = r#"{"level":"info","msg":"starting","time":"t"}
 {"level":"error","msg":"first","time":"t"}
@@ -464,21 +513,5 @@ not json
             Some("runc create failed: unable to start container process: exec: \"/nope\": stat /nope: no such file or directory")
         );
         assert_eq!(last_error("{\"level\":\"info\",\"msg\":\"x\"}"), None);
-    }
-
-    #[test]
-    fn messages_are_classified_once() {
-        let k = |m: &str| RuncError::classify("kill", m.to_string()).kind;
-        assert_eq!(k("container \"x\" does not exist"), RuncErrorKind::NotFound);
-        assert_eq!(
-            k("container with id exists: x: already exists"),
-            RuncErrorKind::AlreadyExists
-        );
-        assert_eq!(k("container not running"), RuncErrorKind::ProcessFinished);
-        assert_eq!(
-            k("os: process already finished"),
-            RuncErrorKind::ProcessFinished
-        );
-        assert_eq!(k("permission denied"), RuncErrorKind::Failed);
     }
 }

@@ -1,6 +1,6 @@
 //! The shim server: the long-lived process containerd talks ttrpc to.
 
-use std::{collections::HashMap, os::fd::AsRawFd, sync::Arc};
+use std::{collections::HashMap, sync::Arc};
 
 use containerd_shim::{
     protos::{
@@ -17,7 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    attach::ebpf::EbpfAttach,
+    attach::attacher::Attacher,
     error::{Error, Result},
     events::Events,
     reaper::Reaper,
@@ -63,8 +63,7 @@ fn bind(address: &str) -> Result<Option<std::os::unix::net::UnixListener>> {
 /// Tells `start` we are serving: it reads our stdout until EOF.
 fn signal_ready() {
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
-        // SAFETY: dup2 onto fd 1 replaces our stdout with /dev/null; both fds are valid.
-        unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) };
+        let _ = nix::unistd::dup2_stdout(null);
     }
 }
 
@@ -90,7 +89,7 @@ pub async fn serve(flags: &Flags) -> Result<()> {
         reaper,
         exits,
         Events::start(&ttrpc_address, &flags.namespace),
-        Arc::new(EbpfAttach::new()),
+        Arc::new(Attacher::new()),
         shutdown.clone(),
     );
     let listener = Listener::try_from(listener).map_err(|e| Error::io("ttrpc listener", e))?;

@@ -29,12 +29,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    attach::{AttachHook, CreatedContainer},
+    attach::attacher::{Attacher, CreatedContainer},
+    attach::plan::Plan,
     config::Config,
     container::{load_spec, read_pid, Container},
     error::{Error, Result},
     events::Events,
-    locked,
+    lock::locked,
     options::{checkpoint_options, ShimOptions},
     process::{timestamp, Process},
     reaper::{Exit, Reaper},
@@ -48,7 +49,7 @@ pub struct TaskService {
     events: Arc<Events>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     lifecycle: Arc<tokio::sync::Mutex<()>>,
-    hook: Arc<dyn AttachHook>,
+    attacher: Arc<Attacher>,
     shutdown: CancellationToken,
 }
 
@@ -60,7 +61,7 @@ impl TaskService {
         reaper: Arc<Reaper>,
         exits: mpsc::UnboundedReceiver<Exit>,
         events: Events,
-        hook: Arc<dyn AttachHook>,
+        attacher: Arc<Attacher>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let s = Arc::new(Self {
@@ -69,7 +70,7 @@ impl TaskService {
             events: Arc::new(events),
             containers: Mutex::new(HashMap::new()),
             lifecycle: Arc::new(tokio::sync::Mutex::new(())),
-            hook,
+            attacher,
             shutdown,
         });
         tokio::spawn(Self::handle_exits(Arc::downgrade(&s), exits));
@@ -132,8 +133,10 @@ impl TaskService {
         let spec = load_spec(&bundle)?;
         let opts = ShimOptions::from_any(req.options.as_ref())?;
         let config = Config::load(opts.config_path.as_deref())?;
-        self.hook
-            .prepare(&req.id, &spec, &config, opts.config_path.as_deref())
+        // Resolved once: a bad plan fails Create before runc runs.
+        let plan = Plan::resolve(&config, &spec)?;
+        self.attacher
+            .prepare(&req.id, &plan, &config, opts.config_path.as_deref())
             .await?;
         let runc = Runc::new(
             opts.runc_config(&config, &self.namespace),
@@ -154,13 +157,12 @@ impl TaskService {
             let created = CreatedContainer {
                 namespace: &self.namespace,
                 id: &c.id,
-                bundle: &c.bundle,
-                spec: &spec,
+                plan: &plan,
                 config: &config,
                 config_path: c.opts.config_path.clone(),
                 pid,
             };
-            if let Err(e) = self.hook.attach(&created).await {
+            if let Err(e) = self.attacher.attach(&created).await {
                 c.cleanup().await;
                 c.init.io.abort().await;
                 return Err(e);
@@ -235,7 +237,7 @@ impl TaskService {
                     self.watch_oom(&c);
                 }
                 None => {
-                    self.hook.before_start(&c.id, c.init.pid()).await?;
+                    self.attacher.before_start(&c.id).await?;
                     c.runc.start(&c.id).await?;
                 }
             }
@@ -348,10 +350,10 @@ impl TaskService {
                 c.id
             )));
         }
-        self.hook.before_delete(&c.id).await;
-        c.cleanup().await;
         let config = Config::load(c.opts.config_path.as_deref()).unwrap_or_default();
-        self.hook.detach(&self.namespace, &c.id, &config).await;
+        self.attacher.before_delete(&self.namespace, &c.id, &config);
+        c.cleanup().await;
+        self.attacher.detach(&self.namespace, &c.id, &config).await;
         // A created-but-never-started init is killed by `runc delete --force`: wait
         // (bounded) for its exit so the response carries it.
         if c.init.pid() != 0 && c.init.exit().is_none() {

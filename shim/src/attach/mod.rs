@@ -1,77 +1,30 @@
-//! The seam between `runc create` and `runc start`.
+//! tether's attach step, between `runc create` and `runc start`: the container's cgroup and
+//! network namespace get the shared programs from their pins (tetherd loads them once per
+//! node, started on demand when the pins are missing), and a watcher inside the namespace
+//! attaches to links added later. Every wait has the plan's deadline.
 //!
-//! The task service calls an [`AttachHook`] at fixed points of a container's life:
-//! [`AttachHook::prepare`] before runc runs (a bad plan, or programs that cannot be had,
-//! must fail Create with nothing created), [`AttachHook::attach`] once the container exists but has not executed a
-//! single instruction, [`AttachHook::before_start`] just before `runc start`, and
-//! [`AttachHook::detach`] after `runc delete`. A failing `attach` makes Create delete
-//! the container and fail. [`ebpf::EbpfAttach`] is tether's implementation.
+//! Every front-end (the task service, the shim's `delete` action, `tether-runc`) goes
+//! through one [`attacher::Attacher`], at fixed points of a container's life: `prepare`
+//! before runc runs (a bad plan, or programs that cannot be had, must fail Create with
+//! nothing created), `attach` once the container exists but has not executed a single
+//! instruction, `before_start` just before `runc start`, `before_delete` just before
+//! `runc delete`, and `detach` after it. A failing `attach` makes Create delete the
+//! container and fail. The front-end resolves the container's [`plan::Plan`] once and
+//! passes it.
+//!
+//! - [`attacher`]: the [`attacher::Attacher`] and its contract with the front-ends.
+//! - [`plan`]: the plan of one container (config and annotations; pure).
+//! - [`programs`]: the programs: this process's cache, their pins, tetherd.
+//! - [`cgroup_netns`]: attaching to the cgroup and network namespace, and detaching.
+//! - [`watch`]: the link watcher (one implementation, async and blocking callers).
+//! - [`priority`]: the attach step's scheduling priority.
+//! - `bench` (the `bench` feature only): the benchmark's naive loader and attach times.
 
-pub mod ebpf;
+pub mod attacher;
+#[cfg(feature = "bench")]
+mod bench;
+pub mod cgroup_netns;
 pub mod plan;
 pub mod priority;
-
-use std::path::{Path, PathBuf};
-
-use crate::spec::Spec;
-use async_trait::async_trait;
-
-use crate::config::Config;
-use crate::error::Result;
-
-/// What the hook sees of a container that runc has created but not started.
-pub struct CreatedContainer<'a> {
-    pub namespace: &'a str,
-    pub id: &'a str,
-    pub bundle: &'a Path,
-    pub spec: &'a Spec,
-    pub config: &'a Config,
-    /// The config file the runtime options named, if any (passed to a tetherd started on
-    /// demand).
-    pub config_path: Option<PathBuf>,
-    /// The container's init process, stopped before its first instruction.
-    pub pid: u32,
-}
-
-#[async_trait]
-pub trait AttachHook: Send + Sync {
-    /// Checks the container's plan and readies what attaching it needs; runs before
-    /// anything is created. `config_path`: the config file the runtime options named.
-    async fn prepare(
-        &self,
-        id: &str,
-        spec: &Spec,
-        config: &Config,
-        config_path: Option<&Path>,
-    ) -> Result<()>;
-    async fn attach(&self, container: &CreatedContainer<'_>) -> Result<()>;
-    async fn before_start(&self, id: &str, pid: u32) -> Result<()>;
-    /// The container has stopped and `runc delete` comes next, which removes its cgroup:
-    /// last chance to read what lives only as long as the cgroup does.
-    async fn before_delete(&self, id: &str);
-    async fn detach(&self, namespace: &str, id: &str, config: &Config);
-}
-
-/// Runs containers exactly as the runc shim does: nothing attached.
-pub struct NoAttach;
-
-#[async_trait]
-impl AttachHook for NoAttach {
-    async fn prepare(
-        &self,
-        _id: &str,
-        _spec: &Spec,
-        _config: &Config,
-        _config_path: Option<&Path>,
-    ) -> Result<()> {
-        Ok(())
-    }
-    async fn attach(&self, _container: &CreatedContainer<'_>) -> Result<()> {
-        Ok(())
-    }
-    async fn before_start(&self, _id: &str, _pid: u32) -> Result<()> {
-        Ok(())
-    }
-    async fn before_delete(&self, _id: &str) {}
-    async fn detach(&self, _namespace: &str, _id: &str, _config: &Config) {}
-}
+pub mod programs;
+pub mod watch;

@@ -209,6 +209,25 @@ fn parse_nice(v: Option<i32>) -> Result<Option<i32>> {
 pub const DEFAULT_NICE: i32 = -20;
 
 impl Plan {
+    /// The network namespace whose interfaces get TC programs (and whose new links are
+    /// watched): `None` for the host's or with `interfaces = none`. `pid`: the container's
+    /// init, whose namespace a new one is.
+    pub fn netns_path(&self, pid: u32) -> Option<PathBuf> {
+        match (&self.netns, &self.interfaces) {
+            (Netns::Host, _) | (_, Interfaces::None) => None,
+            (Netns::New, _) => Some(format!("/proc/{pid}/ns/net").into()),
+            (Netns::Path(p), _) => Some(p.clone()),
+        }
+    }
+
+    /// The interfaces that get TC programs when not all do.
+    pub fn only(&self) -> Option<Vec<String>> {
+        match &self.interfaces {
+            Interfaces::Named(n) => Some(n.clone()),
+            _ => None,
+        }
+    }
+
     /// Resolves and validates the plan of a container. Every error names the key (config
     /// key or annotation) and its value.
     pub fn resolve(config: &Config, spec: &Spec) -> Result<Plan> {

@@ -10,11 +10,10 @@
 //! anything, and the step is bounded by its deadline.
 use log::{debug, warn};
 
-/// The calling thread's id. Through syscall(2): glibc's gettid() wrapper is a null weak
-/// symbol in a static-pie link.
+/// The calling thread's id. nix makes the syscall(2) itself, which a static-pie link needs:
+/// glibc's gettid() wrapper is a null weak symbol there.
 fn thread_id() -> libc::id_t {
-    // SAFETY: gettid(2) takes no arguments and cannot fail.
-    unsafe { libc::syscall(libc::SYS_gettid) as libc::id_t }
+    nix::unistd::gettid().as_raw() as libc::id_t
 }
 
 /// Nice values the kernel accepts.

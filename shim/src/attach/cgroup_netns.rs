@@ -1,0 +1,303 @@
+//! Attaching one container to its cgroup and network namespace, the interfaces added later,
+//! and detaching: the kernel side of the attach step, over `tether_bpf::container`. The
+//! attach step's policy (deadline, failure policy, what is tracked) is the attacher's.
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use tether_api::types::{ContainerStatsInfo, InterfaceStatsInfo};
+use tether_bpf::container::{self, IfaceAttached};
+use tether_bpf::{Counters, PinLayout, Programs};
+
+use super::plan::{CountAt, Netns, Plan};
+use crate::error::{Error, Result};
+
+/// What is attached of one container: the programs, its cgroup, and the network namespace
+/// whose interfaces get TC programs (if any). Holds the namespace open, so that interfaces
+/// added later can be attached (and clsact filters removed) while the container lives.
+pub struct Attachment {
+    pub namespace: String,
+    pub id: String,
+    pub layout: PinLayout,
+    pub programs: Arc<Programs>,
+    pub cgroup_id: u64,
+    pub netns: Option<OwnedFd>,
+    /// The interfaces that get TC programs when not all do.
+    pub only: Option<Vec<String>>,
+}
+
+impl Attachment {
+    /// The attachment of a container another process attached (`tether-runc start`, its
+    /// link watcher), found from the pins: `None` when nothing is loaded or the container is
+    /// not tracked. `netns`: the namespace to watch ([`Plan::netns_path`]).
+    pub fn from_pins(
+        layout: PinLayout,
+        namespace: &str,
+        id: &str,
+        netns: &Path,
+        only: Option<Vec<String>>,
+    ) -> tether_bpf::Result<Option<Attachment>> {
+        let programs = match Programs::open(&layout, tether_bpf::VERSION) {
+            Ok(p) => p,
+            Err(tether_bpf::Error::NotLoaded { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(cgroup_id) = programs.maps().cgroup_of(namespace, id)? else {
+            return Ok(None);
+        };
+        let netns = File::open(netns).map_err(|e| tether_bpf::Error::Path {
+            op: "open",
+            path: netns.to_path_buf(),
+            source: e,
+        })?;
+        Ok(Some(Attachment {
+            namespace: namespace.to_string(),
+            id: id.to_string(),
+            layout,
+            programs: Arc::new(programs),
+            cgroup_id,
+            netns: Some(netns.into()),
+            only,
+        }))
+    }
+
+    /// Attaches to the interfaces of the container's network namespace that have no programs
+    /// yet (added since the last visit). No unbounded wait inside: bpf(2), setns(2) and a
+    /// netlink dump of the namespace.
+    pub fn attach_new_interfaces(&self) -> tether_bpf::Result<Vec<IfaceAttached>> {
+        let Some(netns) = &self.netns else {
+            return Ok(Vec::new());
+        };
+        container::attach_netns_only(
+            &self.programs,
+            &self.layout,
+            &self.namespace,
+            &self.id,
+            self.cgroup_id,
+            netns.as_fd(),
+            self.only.as_deref(),
+        )
+    }
+
+    /// clsact filters are not pinned: they are removed through the namespace, while this
+    /// process still holds it. Nothing to do where TC links are used.
+    pub fn detach_clsact(&self) {
+        let Some(netns) = &self.netns else { return };
+        if tether_bpf::tc::TcAttach::probe() != tether_bpf::tc::TcAttach::Clsact {
+            return;
+        }
+        if let Err(e) = container::detach_clsact(&self.programs, netns.as_fd(), self.cgroup_id) {
+            warn!("{}: remove clsact filters: {e}", self.id);
+        }
+    }
+}
+
+/// A container attached by [`attach`]: what is attached, the link-events socket bound in its
+/// namespace (for the watcher), and where the step spent its time.
+pub struct Attached {
+    pub attachment: Attachment,
+    pub watch: Option<OwnedFd>,
+    /// Finding and opening the container's cgroup directory and network namespace.
+    pub open: Duration,
+    /// Map entries and cgroup links.
+    pub cgroup: Duration,
+    /// Entering the network namespace, TC links, the link watch socket.
+    pub netns: Duration,
+}
+
+/// Attaches a created container (init `pid`) to `programs` as its plan says: map entries and
+/// cgroup links, then TC links in its network namespace, with a link-events socket bound
+/// there before the interfaces are listed (so no link added in between is missed).
+pub fn attach(
+    namespace: &str,
+    id: &str,
+    pid: u32,
+    plan: &Plan,
+    layout: PinLayout,
+    programs: Arc<Programs>,
+) -> Result<Attached> {
+    let t0 = Instant::now();
+    let cgroup_dir = crate::cgroup::cgroup2_dir(pid).map_err(|e| Error::attach(id, e))?;
+    let cgroup = File::open(&cgroup_dir)
+        .map_err(|e| Error::attach(id, format!("open {}: {e}", cgroup_dir.display())))?;
+    let netns = match plan.netns_path(pid) {
+        Some(p) => Some(OwnedFd::from(File::open(&p).map_err(|e| {
+            Error::attach(id, format!("open network namespace {}: {e}", p.display()))
+        })?)),
+        None => None,
+    };
+    let only = plan.only();
+    let mut config = plan.config;
+    // The namespace is the container's alone: count at its interfaces if it has any (a
+    // prestart hook, as Docker's, has set them up by now). Not where TC keys are
+    // ifindexes alone (kernels before 6.2): an interface whose ifindex another tracked
+    // container's has is refused there, which would leave the container uncounted.
+    if plan.count_at == CountAt::Auto
+        && config.account
+        && plan.netns == Netns::New
+        && programs.netns_key() == tether_bpf::NetnsKey::Cookie
+    {
+        if let Some(netns) = &netns {
+            config.count_at_interfaces = container::has_interfaces(netns.as_fd(), only.as_deref())
+                .map_err(|e| Error::attach(id, e))?;
+        }
+    }
+    let t_open = Instant::now();
+    let cg = container::attach_cgroup(
+        &programs,
+        &layout,
+        namespace,
+        id,
+        cgroup.as_fd(),
+        &config,
+        &plan.deny,
+    )
+    .map_err(|e| Error::attach(id, e))?;
+    let t_cgroup = Instant::now();
+    let watch = match &netns {
+        Some(netns) => Some(
+            container::attach_netns_and_watch(
+                &programs,
+                &layout,
+                namespace,
+                id,
+                cg.cgroup_id,
+                netns.as_fd(),
+                only.as_deref(),
+            )
+            .map_err(|e| Error::attach(id, e))?
+            .1,
+        ),
+        None => None,
+    };
+    Ok(Attached {
+        attachment: Attachment {
+            namespace: namespace.to_string(),
+            id: id.to_string(),
+            layout,
+            programs,
+            cgroup_id: cg.cgroup_id,
+            netns,
+            only,
+        },
+        watch,
+        open: t_open - t0,
+        cgroup: t_cgroup - t_open,
+        netns: t_cgroup.elapsed(),
+    })
+}
+
+/// Detaches a container: its links and map entries go; with `report_to`, its final counters
+/// go to tetherd (which keeps them readable for a while after the container is gone).
+/// `programs`: the pins this process opened already, if any (else they are opened).
+/// `earlier`: the cgroup counters read before `runc delete` removed the cgroup.
+pub async fn detach(
+    namespace: &str,
+    id: &str,
+    layout: PinLayout,
+    programs: Option<Arc<Programs>>,
+    report_to: Option<PathBuf>,
+    earlier: Option<Counters>,
+) {
+    // The benchmark's naive mode pinned a private copy for the container: it goes too.
+    let naive = layout
+        .root()
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("naive-"));
+    if naive {
+        let root = layout.root().to_path_buf();
+        remove_links(namespace, id, layout, programs, None, earlier).await;
+        let _ = std::fs::remove_dir_all(root);
+        return;
+    }
+    remove_links(namespace, id, layout, programs, report_to, earlier).await;
+}
+
+async fn remove_links(
+    namespace: &str,
+    id: &str,
+    layout: PinLayout,
+    programs: Option<Arc<Programs>>,
+    report_to: Option<PathBuf>,
+    earlier: Option<Counters>,
+) {
+    let dir = match layout.container_dir(namespace, id) {
+        Ok(d) => d,
+        Err(_) => return,
+    };
+    if !dir.exists() {
+        return;
+    }
+    let r = match programs {
+        Some(p) => Ok(p),
+        None => Programs::open(&layout, tether_bpf::VERSION).map(Arc::new),
+    }
+    .and_then(|p| container::detach(&p, &layout, namespace, id));
+    match r {
+        Ok(mut d) => {
+            // The cgroup's local counters went with the cgroup at `runc delete`.
+            if let Some(e) = &earlier {
+                d.counters.at_least(e);
+            }
+            let interfaces = d
+                .interfaces
+                .iter()
+                .map(|(k, c)| InterfaceStatsInfo::new(k.ifindex, k.netns_cookie, wire_counters(c)));
+            let stats = ContainerStatsInfo::from_counters(
+                namespace,
+                id,
+                d.cgroup_id.unwrap_or(0),
+                wire_counters(&d.counters),
+                interfaces.collect(),
+                d.count_at_interfaces,
+            );
+            let c = &stats.total;
+            info!(
+                "detached: {} links, {} map entries; final counters (at the {}) rx {} pkts {} B, tx {} pkts {} B, drops {}, denials {}",
+                d.links, d.map_entries, stats.counted_at, c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes, c.drops, c.denials
+            );
+            if let Some(socket) = report_to {
+                retire(&socket, stats).await;
+            }
+        }
+        Err(e) => warn!("detach: {e}"),
+    }
+}
+
+/// The API's counters of the kernel's (summed over CPUs), for the wire.
+fn wire_counters(c: &Counters) -> tether_api::types::Counters {
+    tether_api::types::Counters {
+        rx_packets: c.rx_packets,
+        rx_bytes: c.rx_bytes,
+        tx_packets: c.tx_packets,
+        tx_bytes: c.tx_bytes,
+        drops: c.drops,
+        denials: c.denials,
+        events_lost: c.events_lost,
+    }
+}
+
+/// How long a deleted container's counters may take to reach tetherd; delete does not wait
+/// longer (tetherd down: the counters are still in the shim's log line).
+const RETIRE_DEADLINE: Duration = Duration::from_millis(300);
+
+/// Hands a deleted container's final counters to tetherd, if it runs. Best effort.
+async fn retire(socket: &Path, stats: ContainerStatsInfo) {
+    if !socket.exists() {
+        return;
+    }
+    let sent = async {
+        let client = tether_api::Client::connect(socket, RETIRE_DEADLINE)
+            .await?
+            .with_timeout(RETIRE_DEADLINE);
+        client.retire(stats).await
+    };
+    match tokio::time::timeout(RETIRE_DEADLINE, sent).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => info!("final counters not handed to tetherd: {e}"),
+        Err(_) => info!("final counters not handed to tetherd within {RETIRE_DEADLINE:?}"),
+    }
+}

@@ -1,0 +1,88 @@
+//! `tether-runc`: a runc-compatible binary for callers that take an OCI runtime binary rather
+//! than a shim (Docker 20.10's `runtimes`, containerd's runc shim `BinaryName`, Podman, CRI-O).
+//!
+//! Every runc command, flag, output and exit code passes through unchanged: most commands
+//! `exec` the real runc. Three differ:
+//! - `create`: after runc's `create` succeeds, the container's programs are attached (as the
+//!   shim does between create and start) before `tether-runc` returns; a fail-closed attach
+//!   failure force-deletes the container and exits 1 with the reason (also written to runc's
+//!   `--log` in its format, where callers such as containerd's shim read runc's errors).
+//! - `start`: interfaces that appeared since create are attached, then runc's `start` runs.
+//! - `delete`: runc's `delete` runs, then the container's programs are detached.
+//! - `run` is `create` + attach + `start` (+ wait, for a foreground run).
+//!
+//! One file per command tether handles ([`create`], [`start`], [`delete`], [`run`]); every
+//! other command is [`exec`]'d. [`args`] parses the command line (passing unknown flags
+//! through), [`report`] writes errors as runc does, [`watch`] is the link watcher process.
+//! runc itself is run by [`crate::runc::Passthrough`]; the attach steps by the shim's
+//! [`crate::attach::attacher::Attacher`].
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::config::Config;
+use crate::runc::Passthrough;
+
+pub mod args;
+pub mod create;
+pub mod delete;
+pub mod exec;
+pub mod report;
+pub mod run;
+pub mod runtime;
+pub mod start;
+pub mod watch;
+
+use args::RuncArgs;
+use report::report;
+
+/// The real runc: `$TETHER_RUNC`, else `[runc] binary` of the config, else `runc` on PATH
+/// (never this binary itself, should it be installed as `runc`).
+fn real_runc(config: &Config) -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("TETHER_RUNC") {
+        return Ok(PathBuf::from(p));
+    }
+    let name = config.runc.binary.clone().unwrap_or_else(|| "runc".into());
+    if name.contains('/') {
+        return Ok(PathBuf::from(name));
+    }
+    let me = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.canonicalize().ok());
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let cand = dir.join(&name);
+        if cand.is_file() && cand.canonicalize().ok() != me {
+            return Ok(cand);
+        }
+    }
+    Err(format!("tether-runc: no {name} on PATH (set TETHER_RUNC)"))
+}
+
+/// Runs `tether-runc` with `argv` (without the program name); returns the exit code.
+pub fn main_with(argv: Vec<OsString>) -> i32 {
+    if argv.first().is_some_and(|a| a == watch::WATCH_ARG) {
+        return watch::watch(&argv[1..]);
+    }
+    let args = RuncArgs::parse(&argv);
+    let config = match Config::load(None) {
+        Ok(c) => c,
+        Err(e) => {
+            report(&args, &format!("tether-runc: {e}"));
+            return 1;
+        }
+    };
+    let runc = match real_runc(&config) {
+        Ok(r) => Passthrough::new(r, args.global.clone()),
+        Err(e) => {
+            report(&args, &e);
+            return 127;
+        }
+    };
+    match args.command.as_deref() {
+        Some("create") => create::create(&runc, &args, &config, &args.args).0,
+        Some("start") => start::start(&runc, &args, &config),
+        Some("delete") => delete::delete(&runc, &args, &config),
+        Some("run") => run::run(&runc, &args, &config),
+        _ => exec::exec(&runc, &args),
+    }
+}
