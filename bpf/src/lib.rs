@@ -7,8 +7,9 @@
 //! - [`events`]: the audit ring buffer.
 //! - `testing` (cargo feature `testing`): the fixtures of the kernel tests.
 //!
-//! Every bpf(2) command and every `unsafe` is in [`sys`]. No policy lives here: which programs a
-//! container gets, and what happens when attaching fails, is the caller's decision.
+//! Every bpf(2) command and every `unsafe` is in [`sys`]. No policy lives here: what a
+//! container's config holds, and what happens when attaching fails, is the caller's decision;
+//! [`Prog::used_by`] only names the programs that have work to do for a given config.
 pub mod container;
 pub mod error;
 pub mod events;
