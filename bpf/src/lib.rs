@@ -13,6 +13,7 @@
 pub mod container;
 pub mod error;
 pub mod events;
+pub mod features;
 pub mod gc;
 pub mod link;
 pub mod maps;
@@ -26,6 +27,7 @@ pub mod tc;
 pub mod testing;
 
 pub use error::{Error, Result};
+pub use features::Features;
 pub use maps::{Cidr, ContainerConfig, Counters, IfKey};
 pub use pins::PinLayout;
 pub use programs::{NetnsKey, Prog, Programs};

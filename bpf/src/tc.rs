@@ -36,6 +36,22 @@ impl TcAttach {
             _ => TcAttach::Clsact,
         }
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TcAttach::Tcx => "tcx",
+            TcAttach::Clsact => "clsact",
+        }
+    }
+
+    /// Every mode this kernel has: clsact always, TCX from 6.6.
+    pub fn available() -> &'static [TcAttach] {
+        if crate::sys::kernel_at_least(6, 6) {
+            &[TcAttach::Tcx, TcAttach::Clsact]
+        } else {
+            &[TcAttach::Clsact]
+        }
+    }
 }
 
 fn hook(prog: BorrowedFd<'_>, ifindex: u32, ingress: bool) -> libbpf_rs::TcHook {

@@ -174,7 +174,7 @@ fn egress_filters(netns: &Netns) -> String {
 }
 
 /// Where TC keys are (0, ifindex) (kernels before 6.2, which attach with clsact), an
-/// interface of a second namespace with a tracked ifindex is refused, in both attach modes,
+/// interface of a second namespace with a tracked ifindex is refused, in every attach mode the kernel has,
 /// and leaves nothing behind.
 #[test]
 fn ifindex_only_keys_refuse_a_shared_ifindex() {
@@ -211,7 +211,7 @@ fn ifindex_only_keys_refuse_a_shared_ifindex() {
     .unwrap();
     assert_eq!(ifaces[0].key.netns_cookie, 0);
     assert_eq!(ifaces[0].key.ifindex, pair.b.ifindex("veth0"));
-    for mode in [TcAttach::Tcx, TcAttach::Clsact] {
+    for &mode in TcAttach::available() {
         let err = container::attach_netns_with(
             &progs,
             &fs.layout,
@@ -311,7 +311,7 @@ fn clsact_fallback_counts_and_detaches() {
 }
 
 /// Containers sharing a network namespace (a pod's): the first one attached counts its
-/// interfaces; a later one skips them, in both TC modes, and neither takes them over nor
+/// interfaces; a later one skips them, in every TC mode the kernel has, and neither takes them over nor
 /// zeroes the first one's counters.
 #[test]
 fn a_shared_namespace_stays_counted_for_the_first_container() {
@@ -322,7 +322,7 @@ fn a_shared_namespace_stays_counted_for_the_first_container() {
     let pair = VethPair::new();
     let netns = pair.a.open();
     let target = format!("{}:9", pair.addr_b);
-    for mode in [TcAttach::Tcx, TcAttach::Clsact] {
+    for &mode in TcAttach::available() {
         let (cg_a, cg_b) = (TestCgroup::new().unwrap(), TestCgroup::new().unwrap());
         let attach = |id: &str, cg: &TestCgroup| {
             let config = ContainerConfig {

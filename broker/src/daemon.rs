@@ -40,6 +40,9 @@ pub struct Args {
     /// Print the eBPF object version this tetherd carries and exit.
     #[arg(long)]
     pub version: bool,
+    /// Print what this kernel gives tether (TC attach mode, netns keys, BTF) and exit.
+    #[arg(long)]
+    pub features: bool,
     /// Serve from an in-memory fake backend that loads nothing (for tests of tetherd
     /// itself and of its clients, without root or bpf).
     #[arg(long, hide = true)]
@@ -94,6 +97,14 @@ pub async fn run(config: Config, backend: Arc<dyn Backend>) -> Result<(), Error>
         env!("CARGO_PKG_VERSION"),
         backend.version(),
         std::process::id()
+    );
+    let features = tether_bpf::Features::probe();
+    log::info!(
+        "kernel {}: TC programs attach with {}, interfaces keyed by {}{}",
+        features.kernel,
+        features.tc_attach.as_str(),
+        features.netns_key.as_str(),
+        if features.btf { "" } else { "; no kernel BTF" }
     );
     server::serve(&config, backend, terminated(term, int)).await
 }

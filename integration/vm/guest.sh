@@ -5,6 +5,7 @@
 # its exit code to $VM_OUT/rc.
 set -u
 . "$VM_OUT/vm.env"
+export VM_OUT
 
 mount -t proc proc /proc
 mount -t sysfs sys /sys

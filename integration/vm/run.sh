@@ -2,11 +2,13 @@
 # Boots a Debian kernel in a qemu VM over the host's own root file system (read-only, with a
 # tmpfs overlay) and runs one command in it, as root, with the cgroup layout asked for.
 #
-#   run.sh [--cgroup v2|hybrid] [--mem MiB] [--cpus N] [--timeout SECONDS] KERNEL_DIR -- CMD
+#   run.sh [--cgroup v2|hybrid] [--mem MiB] [--cpus N] [--timeout SECONDS] [--keep DIR]
+#          KERNEL_DIR -- CMD
 #
 # KERNEL_DIR is what `scripts/debs.sh kernel SUITE` prints. The command runs in the current
 # directory (the same path inside the VM); its output is printed here and its exit code is
-# this script's. The VM has no network card: tests use loopback and the namespaces they make.
+# this script's. The command may leave files in $VM_OUT; --keep copies them to DIR. The VM
+# has no network card: tests use loopback and the namespaces they make.
 # TCG is the accelerator by default (TETHER_VM_ACCEL=kvm to use /dev/kvm where it can boot
 # stock kernels).
 set -euo pipefail
@@ -21,12 +23,13 @@ while [ $# -gt 0 ]; do
     --mem) mem=$2; shift 2 ;;
     --cpus) cpus=$2; shift 2 ;;
     --timeout) timeout=$2; shift 2 ;;
+    --keep) keep=$2; shift 2 ;;
     --) shift; break ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) kdir=$1; shift ;;
   esac
 done
-[ -n "${kdir:-}" ] && [ $# -gt 0 ] || { sed -n '2,12p' "$0" >&2; exit 2; }
+[ -n "${kdir:-}" ] && [ $# -gt 0 ] || { sed -n '2,14p' "$0" >&2; exit 2; }
 case "$cgroup" in v2|hybrid) ;; *) echo "run.sh: --cgroup is v2 or hybrid, not $cgroup" >&2; exit 2 ;; esac
 kdir=$(cd "$kdir" && pwd)
 
@@ -107,6 +110,10 @@ timeout --foreground "$timeout" qemu-system-x86_64 "${accel[@]}" -M pc -m "$mem"
   -device virtio-9p-pci,fsdev=out,mount_tag=out
 qrc=$?
 set -e
+if [ -n "${keep:-}" ]; then
+  mkdir -p "$keep"
+  cp -a "$out/." "$keep/"
+fi
 if [ ! -s "$out/rc" ]; then
   echo "run.sh: the VM ($kver) ended without the command's exit code (qemu: $qrc)" >&2
   exit 125

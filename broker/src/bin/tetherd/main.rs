@@ -23,6 +23,10 @@ fn main() -> ExitCode {
 }
 
 fn try_main(args: Args) -> Result<(), Error> {
+    if args.features {
+        println!("{}", tether_bpf::Features::probe());
+        return Ok(());
+    }
     let config = args.config()?;
     let backend = args.backend(&config)?;
     if args.version {

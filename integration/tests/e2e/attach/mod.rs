@@ -96,6 +96,29 @@ pub(super) fn pins_of(env: &TestEnv, id: &str) -> Vec<String> {
     v
 }
 
+/// The container's TC attachments (one per interface and direction), whatever the kernel's
+/// mechanism: TCX links (pinned, 6.6+) or clsact filters (older kernels), as `tetherctl ps`
+/// lists them.
+pub(super) fn tc_attachments(env: &TestEnv, id: &str) -> Result<Vec<serde_json::Value>> {
+    let all = tetherctl(env, &["ps"])?;
+    let row = all
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["id"] == id))
+        .ok_or_else(|| anyhow!("{id} not in tetherctl ps: {all}"))?;
+    Ok(row["attachments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["kind"] == "tcx" || a["kind"] == "clsact")
+        .cloned()
+        .collect())
+}
+
+/// The number of the container's TC attachments ([`tc_attachments`]).
+pub(super) fn tc_count(env: &TestEnv, id: &str) -> Result<usize> {
+    Ok(tc_attachments(env, id)?.len())
+}
+
 /// The cgroup links of a container with the default plan (accounting, no deny rules), as
 /// sorted pin names: the sock_addr programs are attached only for deny rules or connection
 /// audit.

@@ -11,8 +11,8 @@ use tether_integration::wait::wait_until;
 use tether_integration::{Runtime, TestEnv};
 
 use super::{
-    assert_detached, cgroup_pins, interfaces_sum, pins_of, stats_of, tether, tetherctl,
-    ACCOUNTING_LINKS, POLICY_LINKS,
+    assert_detached, cgroup_pins, interfaces_sum, pins_of, stats_of, tc_attachments, tc_count,
+    tether, tetherctl, ACCOUNTING_LINKS, POLICY_LINKS,
 };
 use crate::common::*;
 
@@ -94,10 +94,8 @@ fn cni_interface_is_attached_before_start() -> Result<()> {
             )))?;
         wait_status(env, &id, "RUNNING")?;
         let pins = pins_of(env, &id);
-        ensure!(
-            pins.iter().filter(|p| p.starts_with("tc_")).count() == 2,
-            "eth0 not attached: {pins:?}"
-        );
+        let tc = tc_attachments(env, &id)?;
+        ensure!(tc.len() == 2, "eth0 not attached: {pins:?} {tc:?}");
         ensure!(cgroup_pins(&pins) == ACCOUNTING_LINKS, "{pins:?}");
         let counted = wait_until("eth0 to count the pings", Duration::from_secs(10), || {
             let s = stats_of(env, &id)?;
@@ -126,10 +124,8 @@ fn cni_interface_is_attached_before_start() -> Result<()> {
         )?;
         wait_status(env, &id, "RUNNING")?;
         let pins = pins_of(env, &id);
-        ensure!(
-            pins.iter().filter(|p| p.starts_with("tc_")).count() == 2,
-            "eth0 not attached: {pins:?}"
-        );
+        let tc = tc_attachments(env, &id)?;
+        ensure!(tc.len() == 2, "eth0 not attached: {pins:?} {tc:?}");
         ensure!(cgroup_pins(&pins) == ["cgroup_tether_connect4"], "{pins:?}");
         let s = wait_until("eth0 to count the pings", Duration::from_secs(10), || {
             let s = stats_of(env, &id)?;
@@ -186,7 +182,9 @@ fn clsact_filters_are_removed_from_a_pod_netns_at_delete() -> Result<()> {
 }
 
 fn pod_netns(env: &mut TestEnv) -> Result<()> {
-    let clsact = env.containerd().env_var("TETHER_TC_ATTACH") == Some("clsact");
+    // clsact when forced, and on kernels without TCX (before 6.6).
+    let clsact = env.containerd().env_var("TETHER_TC_ATTACH") == Some("clsact")
+        || tether_bpf::tc::TcAttach::probe() == tether_bpf::tc::TcAttach::Clsact;
     {
         // A namespace made beforehand, as Kubernetes does for a pod, with a veth in it.
         let ns = format!("tp-{}", env.id("ns"));
@@ -276,6 +274,7 @@ fn pod_netns(env: &mut TestEnv) -> Result<()> {
         let theirs = pins_of(env, &second);
         ensure!(cgroup_pins(&theirs) == POLICY_LINKS, "{theirs:?}");
         ensure!(!theirs.iter().any(|p| p.starts_with("tc_")), "{theirs:?}");
+        ensure!(tc_count(env, &second)? == 0, "{theirs:?}");
         let interfaces = |id: &str| -> Result<usize> {
             let s = stats_of(env, id)?;
             Ok(s["interfaces"].as_array().map_or(0, Vec::len))

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, ensure, Result};
 use tether_integration::wait::wait_until;
 
-use super::{assert_detached, pins_of, stats_of, tether, POLICY_LINKS};
+use super::{assert_detached, pins_of, stats_of, tc_count, tether, POLICY_LINKS};
 use crate::common::*;
 
 #[test]
@@ -185,11 +185,8 @@ fn interface_added_to_a_running_container_is_attached() -> Result<()> {
         run(&["link", "set", "eth7", "netns", &pid.to_string()])?;
         wait_until(
             "the new interface to be attached",
-            Duration::from_secs(1),
-            || {
-                let pins = pins_of(env, &id);
-                Ok((pins.iter().filter(|p| p.starts_with("tc_")).count() == 2).then_some(pins))
-            },
+            Duration::from_secs(10),
+            || Ok((tc_count(env, &id)? == 2).then_some(())),
         )?;
         drop(cleanup);
         env.ctr.ok(["task", "kill", "--signal", "SIGKILL", &id])?;

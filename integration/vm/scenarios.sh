@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs the scenarios of a kernel-matrix manifest (inside a VM, or on the host) and writes one
+# result line per scenario:  SCENARIO  pass|fail  PASSED  FAILED  SECONDS
+#
+#   scenarios.sh MANIFEST RESULTS LOGDIR
+#
+# A manifest line is  SCENARIO  TEST_BINARY  [ARGS...]  (tab-separated name, then the
+# command); a scenario with several lines passes when every one of them does. A test binary
+# that runs no test at all fails the scenario (a filter that matches nothing proves nothing).
+set -uo pipefail
+manifest=$1 results=$2 logs=$3
+mkdir -p "$logs"
+: >"$results"
+threads=${TETHER_TEST_THREADS:-2}
+
+declare -A passed failed status secs
+order=()
+while IFS=$'\t' read -r name cmd; do
+  [ -z "$name" ] || [ "${name:0:1}" = "#" ] && continue
+  [ -n "${status[$name]:-}" ] || { order+=("$name"); status[$name]=pass; passed[$name]=0; failed[$name]=0; secs[$name]=0; }
+  start=$(date +%s)
+  # shellcheck disable=SC2086
+  $cmd --test-threads="$threads" >"$logs/$name.cur" 2>&1
+  rc=$?
+  cat "$logs/$name.cur" >>"$logs/$name.log"
+  secs[$name]=$(( ${secs[$name]} + $(date +%s) - start ))
+  p=$(grep -ho '^test result: [A-Za-z]*\. [0-9]* passed; [0-9]* failed' "$logs/$name.cur" | tail -n1 |
+      awk '{ print $4 " " $6 }')
+  np=${p%% *} nf=${p##* }
+  : "${np:=0}" "${nf:=0}"
+  passed[$name]=$(( ${passed[$name]} + np ))
+  failed[$name]=$(( ${failed[$name]} + nf ))
+  if [ "$rc" -ne 0 ] || [ "$np" -eq 0 ]; then status[$name]=fail; fi
+  rm -f "$logs/$name.cur"
+  echo "--- $name: exit $rc, $np passed, $nf failed ($cmd)" >>"$logs/$name.log"
+done <"$manifest"
+
+for name in "${order[@]}"; do
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "${status[$name]}" "${passed[$name]}" "${failed[$name]}" \
+    "${secs[$name]}" >>"$results"
+done

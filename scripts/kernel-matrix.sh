@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# The kernel matrix: boots each kernel in a qemu VM over this machine's root file system
+# (integration/vm/run.sh), with each cgroup layout, runs tether's kernel and end-to-end
+# attach scenarios in it, and prints a table kernel x scenario -> pass / FAIL, with the
+# mechanisms tether picked on that kernel (TC attach mode, interface keys).
+#
+#   kernel-matrix.sh [--kernels "bullseye bookworm trixie sid host"] [--cgroups "v2 hybrid"]
+#                    [--scenarios "bpf broker deny ..."] [--out DIR]
+#
+# Kernels are Debian suites (their default kernel, fetched by scripts/debs.sh) or `host`
+# (this machine's own kernel and cgroup layout, no VM). Exit status 0 when every cell passes.
+# Results: DIR/matrix.md (the table), DIR/<kernel>-<layout>/{results,features,logs/}.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+kernels="bullseye bookworm trixie sid host"
+cgroups="v2 hybrid"
+scenarios=""
+out=${TETHER_MATRIX_OUT:-$root/target/kernel-matrix}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --kernels) kernels=$2; shift 2 ;;
+    --cgroups) cgroups=$2; shift 2 ;;
+    --scenarios) scenarios=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    *) sed -n '2,12p' "$0" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$out"
+
+# The binaries: built once here, run from the shared file system in every VM.
+cargo build --workspace --bins --quiet
+declare -A exe
+while IFS= read -r line; do
+  case "$line" in *'"executable":"/'*) ;; *) continue ;; esac
+  grep -q '"profile":{[^}]*"test":true}' <<<"$line" || continue
+  path=$(sed 's/.*"executable":"\([^"]*\)".*/\1/' <<<"$line")
+  pkg=$(sed 's/.*"package_id":"[^"]*#\([a-z-]*\)@.*/\1/; s/.*"package_id":"[^"]*\/\([a-z-]*\)#.*/\1/' <<<"$line")
+  name=$(sed 's/.*"target":{[^}]*"name":"\([^"]*\)".*/\1/' <<<"$line")
+  kind=$(sed 's/.*"target":{"kind":\["\([a-z-]*\)".*/\1/' <<<"$line")
+  exe["$pkg/$kind/$name"]=$path
+done < <(cargo test -p tether-bpf -p tether-broker -p tether-integration --no-run \
+           --message-format=json 2>/dev/null)
+need() {
+  local key=$1
+  [ -n "${exe[$key]:-}" ] || { echo "kernel-matrix: no test binary $key" >&2; exit 1; }
+  echo "${exe[$key]}"
+}
+
+# The scenarios: a name, then a test binary with its filter (one line per part).
+manifest=$out/manifest
+{
+  for t in test_run cgroup interfaces pins; do
+    printf 'bpf\t%s\n' "$(need tether-bpf/test/$t)"
+  done
+  printf 'bpf\t%s\n' "$(need tether-bpf/lib/tether_bpf)"
+  for t in tetherd_kernel burst_kernel; do
+    printf 'broker\t%s\n' "$(need tether-broker/test/$t)"
+  done
+  e2e=$(need tether-integration/test/e2e)
+  printf 'deny\t%s attach::one_container::first_instruction_is_denied\n' "$e2e"
+  printf 'accounting\t%s attach::one_container::short_lived_containers\n' "$e2e"
+  printf 'late-iface\t%s attach::one_container::interface_added\n' "$e2e"
+  printf 'cni\t%s attach::named_netns::\n' "$e2e"
+  printf 'burst\t%s attach::many_containers::burst\n' "$e2e"
+  printf 'cleanup\t%s attach::many_containers::leftovers\n' "$e2e"
+  printf 'cleanup\t%s fixture::\n' "$e2e"
+  printf 'cleanup\t%s attach::create_failures::\n' "$e2e"
+} >"$manifest.all"
+if [ -n "$scenarios" ]; then
+  : >"$manifest"
+  for s in $scenarios; do awk -F'\t' -v s="$s" '$1 == s' "$manifest.all" >>"$manifest"; done
+else
+  cp "$manifest.all" "$manifest"
+fi
+columns=$(cut -f1 "$manifest" | awk '!seen[$0]++' | tr '\n' ' ')
+
+host_layout() {
+  if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; then echo v2; else echo hybrid; fi
+}
+
+rows=()
+for k in $kernels; do
+  if [ "$k" = host ]; then
+    dir="$out/host-$(host_layout)"
+    rm -rf "$dir"; mkdir -p "$dir"
+    echo "== host ($(uname -r), cgroup $(host_layout))" >&2
+    target/debug/tetherd --features >"$dir/features"
+    bash integration/vm/scenarios.sh "$manifest" "$dir/results" "$dir/logs" || true
+    rows+=("host:$(host_layout):$dir")
+    continue
+  fi
+  kdir=$(bash scripts/debs.sh kernel "$k")
+  for cg in $cgroups; do
+    dir="$out/$k-$cg"
+    rm -rf "$dir"; mkdir -p "$dir"
+    echo "== $k ($(basename "$kdir"), cgroup $cg)" >&2
+    start=$(date +%s)
+    bash integration/vm/run.sh --cgroup "$cg" --keep "$dir" "$kdir" -- \
+      "target/debug/tetherd --features >\"\$VM_OUT/features\";
+       bash integration/vm/scenarios.sh '$manifest' \"\$VM_OUT/results\" \"\$VM_OUT/logs\"" \
+      >"$dir/console.log" 2>&1 || true
+    echo "   $(( $(date +%s) - start )) s" >&2
+    rows+=("$k:$cg:$dir")
+  done
+done
+
+# The table.
+table=$out/matrix.md
+{
+  printf '| kernel | cgroup | mechanisms |'
+  for c in $columns; do printf ' %s |' "$c"; done
+  printf '\n|---|---|---|'
+  for c in $columns; do printf -- '---|'; done
+  printf '\n'
+  for r in "${rows[@]}"; do
+    IFS=: read -r k cg dir <<<"$r"
+    kv=$(awk -F': ' '$1 == "kernel" { print $2 }' "$dir/features" 2>/dev/null)
+    mech=$(awk -F': ' '$1 == "tc-attach" { tc = $2 } $1 == "netns-key" { nk = $2 }
+                       END { if (tc != "") print "TC " tc ", keys " nk }' "$dir/features" 2>/dev/null)
+    printf '| %s | %s | %s |' "${kv:-$k (did not boot)}" "$cg" "${mech:--}"
+    for c in $columns; do
+      cell=$(awk -F'\t' -v c="$c" '$1 == c {
+               if ($2 == "pass") print "pass (" $3 ")"; else print "**FAIL** (" $4 " of " $3 + $4 ")" }' \
+             "$dir/results" 2>/dev/null)
+      printf ' %s |' "${cell:-**no result**}"
+    done
+    printf '\n'
+  done
+} >"$table"
+cat "$table"
+! grep -q 'FAIL\|no result' "$table"
