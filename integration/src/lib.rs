@@ -10,7 +10,7 @@
 //! - [`events`]: a background `ctr events` subscription ([`EventLog`]).
 //! - [`leaks`]: what must be gone after a container is deleted.
 //! - [`cgroup`], [`procfs`]: reading the kernel's view of a container.
-//! - [`shim_api`]: the one shim call `ctr` 1.6 cannot make (`Task.Update`).
+//! - [`shim_api`]: shim calls `ctr` 1.6 cannot make (`Task.Update`, and any Task request).
 //! - [`pty`]: running `ctr -t` on a pseudo terminal.
 //! - [`process`], [`wait`]: every child has a deadline, every wait polls with one.
 //! - [`harness`]: [`TestEnv`], one scenario's containerd, namespace and rootfs.

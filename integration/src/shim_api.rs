@@ -1,5 +1,7 @@
 //! Calls to a shim's ttrpc Task service that `ctr` 1.6 cannot make.
 //!
+//! [`request`] is any Task call, with the shim's status kept for the caller to compare.
+//!
 //! `ctr` 1.6 has no `task update` (it arrived in containerd 1.7), so the update scenario sends
 //! the request containerd's tasks service would send for `Update`: `containerd.task.v2.Task/
 //! Update` on the shim's socket (from the bundle's `address` file), with the namespace in the
@@ -65,6 +67,18 @@ pub fn update(
 
 /// One unary call on the shim at `address`; returns the response payload.
 fn call(address: &str, namespace: &str, method: &str, payload: Vec<u8>) -> Result<Vec<u8>> {
+    request(address, namespace, method, payload)?.map_err(|s| anyhow!("{method}: {s:?}"))
+}
+
+/// One unary call of Task `method` on the shim at `address`, as containerd makes it. The
+/// outer error is the transport's; the inner result is the shim's answer: the response
+/// payload, or the status it returned (whose code a test can compare between runtimes).
+pub fn request(
+    address: &str,
+    namespace: &str,
+    method: &str,
+    payload: Vec<u8>,
+) -> Result<std::result::Result<Vec<u8>, ttrpc::Status>> {
     let client = ttrpc::Client::connect(address).map_err(|e| anyhow!("connecting: {e}"))?;
     let mut kv = ttrpc::proto::KeyValue::new();
     kv.key = NAMESPACE_KEY.to_owned();
@@ -75,6 +89,9 @@ fn call(address: &str, namespace: &str, method: &str, payload: Vec<u8>) -> Resul
     req.payload = payload;
     req.timeout_nano = i64::try_from(CALL_TIMEOUT.as_nanos()).unwrap_or(i64::MAX);
     req.metadata = vec![kv];
-    let resp = client.request(req).map_err(|e| anyhow!("{method}: {e}"))?;
-    Ok(resp.payload)
+    match client.request(req) {
+        Ok(resp) => Ok(Ok(resp.payload)),
+        Err(ttrpc::Error::RpcStatus(status)) => Ok(Err(status)),
+        Err(e) => Err(anyhow!("{method}: {e}")),
+    }
 }

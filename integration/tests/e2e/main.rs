@@ -19,4 +19,5 @@ mod events;
 mod fixture;
 mod grouping;
 mod lifecycle;
+mod parity;
 mod restart;

@@ -2,6 +2,7 @@
 //! delete, kill, exec and checkpoint, each ordered against exits as the service's module
 //! docs say.
 
+use super::exec_spec::exec_process_spec;
 use super::*;
 
 impl TaskService {
@@ -303,13 +304,10 @@ impl TaskService {
             )));
         }
         let spec =
-            req.spec.as_ref().map(|a| a.value.clone()).ok_or_else(|| {
+            req.spec.as_ref().map(|a| &a.value).ok_or_else(|| {
                 Error::InvalidArgument("exec request without a process spec".into())
             })?;
-        serde_json::from_slice::<crate::spec::Process>(&spec).map_err(|source| Error::Json {
-            context: format!("exec {} process spec", req.exec_id),
-            source,
-        })?;
+        let spec = exec_process_spec(&req.exec_id, spec, req.terminal)?;
         let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         c.add_exec(Process::new(&req.exec_id, stdio, Some(spec)))?;
         self.events

@@ -5,6 +5,7 @@
 //! starts still gets its TaskStart before its TaskExit, and its pid is known before
 //! its exit is looked up.
 
+mod exec_spec;
 mod lifecycle;
 mod task;
 

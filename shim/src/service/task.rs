@@ -118,13 +118,21 @@ impl Task for TaskService {
         log_err("exec", &id, self.do_exec(req).await.map(|_| Empty::new()))
     }
 
+    /// As in the Go runc shim: a process without a terminal is "resized" by doing nothing
+    /// (containerd's client resizes whatever it attached to), an exec that has exited
+    /// cannot be resized, and an unknown container or exec id is NOT_FOUND.
     async fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
         let r = self.container(&req.id).and_then(|c| {
             let p = c.process(&req.exec_id)?;
-            let pty = p.pty().ok_or_else(|| {
-                Error::FailedPrecondition(format!("process {} has no terminal", req.exec_id))
-            })?;
-            resize(&pty, req.width, req.height)?;
+            if !p.exec_id.is_empty() && p.status() == Status::STOPPED {
+                return Err(Error::FailedPrecondition(format!(
+                    "exec {} of {} has exited: no terminal to resize",
+                    p.exec_id, c.id
+                )));
+            }
+            if let Some(pty) = p.pty() {
+                resize(&pty, req.width, req.height)?;
+            }
             Ok(Empty::new())
         });
         log_err("resize pty", &req.id, r)
