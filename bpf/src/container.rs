@@ -56,6 +56,8 @@ pub fn attach_cgroup(
         let _ = remove_links(dir);
         let _ = maps.remove_container(cgid);
     };
+    // Kernels before 5.11 charge the attach's cgroup storage to RLIMIT_MEMLOCK.
+    let _memlock = crate::memlock::raise();
     let result = (|| {
         pins::make_dir(&dir)?;
         maps.set_container(cgid, config, namespace, id)?;
@@ -311,10 +313,24 @@ fn attach_here(
     tc: TcAttach,
 ) -> Result<Vec<IfaceAttached>> {
     let cookie = programs.netns_cookie_here()?;
+    let classid_keys = programs.netns_key() == NetnsKey::Classid;
+    // Classid keys live in clsact filters: TCX has no classid.
+    let tc = if classid_keys { TcAttach::Clsact } else { tc };
+    let classid_start = if classid_keys { classid_start()? } else { 0 };
     let maps = programs.maps();
     let mut out = Vec::new();
     for (ifindex, name) in sys::interfaces()? {
         if name == "lo" || only.is_some_and(|o| !o.contains(&name)) {
+            continue;
+        }
+        if classid_keys {
+            if let Some(key) = attach_classid(programs, ifindex, &name, cgroup_id, classid_start)? {
+                out.push(IfaceAttached {
+                    key,
+                    name,
+                    links: Vec::new(),
+                });
+            }
             continue;
         }
         let key = IfKey::new(cookie, ifindex);
@@ -324,7 +340,7 @@ fn attach_here(
                 continue;
             }
             maps.set_iface(key, cgroup_id)?;
-            if let Err(e) = tc::clsact_attach(programs, ifindex) {
+            if let Err(e) = tc::clsact_attach(programs, ifindex, 0) {
                 // Neither a filter nor the entry stays behind: the next attach starts afresh.
                 let _ = tc::clsact_detach(programs, ifindex);
                 let _ = maps.remove_iface(key);
@@ -373,6 +389,67 @@ fn attach_here(
     Ok(out)
 }
 
+/// Attaches the clsact filters of one interface where keys are (filter classid, ifindex)
+/// ([`NetnsKey::Classid`], kernels before 6.2), and returns its key if this call attached it.
+///
+/// An interface that carries tether's filters already has its classid there: it is the
+/// container's own or a live container's that shares the namespace (skipped), or stale
+/// (taken over, classid kept). A new interface gets the first classid from `start` on whose
+/// key no tracked interface has, claimed atomically, so two namespaces' `eth0` (the same
+/// ifindex in every CNI pod) never share a key, even when their shims attach at once.
+fn attach_classid(
+    programs: &Programs,
+    ifindex: u32,
+    name: &str,
+    cgroup_id: u64,
+    start: u32,
+) -> Result<Option<IfKey>> {
+    let maps = programs.maps();
+    let attach = |key: IfKey, classid: u32| {
+        if let Err(e) = tc::clsact_attach(programs, ifindex, classid) {
+            // Neither a filter nor the entry stays behind: the next attach starts afresh.
+            let _ = tc::clsact_detach(programs, ifindex);
+            let _ = maps.remove_iface(key);
+            return Err(e);
+        }
+        Ok(Some(key))
+    };
+    if let Some(classid) = tc::clsact_classid(ifindex)?.filter(|c| *c & 0xffff != 0) {
+        let classid = classid & 0xffff;
+        let key = IfKey::new(u64::from(classid), ifindex);
+        let owner = maps.iface_owner(key)?;
+        if owner == Some(cgroup_id) || counted_for_another(programs, owner, cgroup_id, name)? {
+            return Ok(None);
+        }
+        maps.set_iface(key, cgroup_id)?;
+        return attach(key, classid);
+    }
+    for i in 0..CLASSIDS {
+        let classid = (start + i) % CLASSIDS + 1;
+        let key = IfKey::new(u64::from(classid), ifindex);
+        if maps.claim_iface(key, cgroup_id)? {
+            return attach(key, classid);
+        }
+    }
+    Err(Error::Name {
+        what: "interface",
+        value: name.to_string(),
+        reason: "finds every filter classid taken by tracked interfaces with its ifindex",
+    })
+}
+
+/// The classids a key can have: 1..=65535 (cls_bpf hands the program its low 16 bits; 0 is
+/// a filter without one).
+const CLASSIDS: u32 = 0xffff;
+
+/// Where the search for a free classid starts in the calling thread's network namespace:
+/// from its inode number, so that namespaces attaching at once rarely probe the same keys.
+fn classid_start() -> Result<u32> {
+    let st = nix::sys::stat::stat("/proc/thread-self/ns/net")
+        .map_err(|e| Error::path("stat", "/proc/thread-self/ns/net", e.into()))?;
+    Ok((st.st_ino % u64::from(CLASSIDS)) as u32)
+}
+
 /// Whether an interface, routed to the container of cgroup `owner` if any, is another live
 /// container's already: containers that share
 /// a network namespace (a Kubernetes pod's, `docker run --network container:`) share its
@@ -380,10 +457,6 @@ fn attach_here(
 /// would zero the first's counters (its total, when it is counted at its interfaces) and,
 /// with TCX, fail on the programs attached there already. An entry whose container has
 /// no entry any more is stale and is taken over.
-///
-/// Where the TC programs key by ifindex only (kernels before 6.2), the same key may be
-/// another namespace's interface with the same ifindex, which would share one counter: it is
-/// refused.
 fn counted_for_another(
     programs: &Programs,
     owner: Option<u64>,
@@ -393,14 +466,6 @@ fn counted_for_another(
     let Some(other) = owner.filter(|o| *o != cgroup_id) else {
         return Ok(false);
     };
-    if programs.netns_key() == NetnsKey::IfindexOnly {
-        return Err(Error::Name {
-            what: "interface",
-            value: name.to_string(),
-            reason: "has the ifindex of another tracked container's interface, \
-                     and this kernel's TC programs cannot tell namespaces apart",
-        });
-    }
     let live = programs.maps().container_config(other)?.is_some();
     if live {
         log::info!("interface {name}: counted for the container of cgroup {other}, which shares its network namespace");

@@ -1,5 +1,5 @@
 //! What the running kernel gives tether, and so which mechanism each step uses on it: TCX
-//! links or clsact filters for the TC programs, netns cookies or ifindex-only keys for
+//! links or clsact filters for the TC programs, netns cookies or filter classids in the keys of
 //! interfaces. `tetherd --features` prints it and tetherd logs it at start, so a step-down on
 //! an older kernel is visible, not silent.
 
@@ -55,12 +55,12 @@ mod tests {
         let f = Features {
             kernel: "6.1.0-50-amd64".into(),
             tc_attach: TcAttach::Clsact,
-            netns_key: NetnsKey::IfindexOnly,
+            netns_key: NetnsKey::Classid,
             btf: true,
         };
         assert_eq!(
             f.to_string(),
-            "kernel: 6.1.0-50-amd64\nbtf: yes\ntc-attach: clsact\nnetns-key: ifindex-only"
+            "kernel: 6.1.0-50-amd64\nbtf: yes\ntc-attach: clsact\nnetns-key: filter-classid"
         );
     }
 }

@@ -17,12 +17,14 @@ pub mod features;
 pub mod gc;
 pub mod link;
 pub mod maps;
+mod memlock;
 pub mod netlink;
 pub mod pins;
 pub mod programs;
 mod skel;
 pub mod sys;
 pub mod tc;
+mod tc_filter;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -128,25 +128,32 @@ pub enum NetnsKey {
     /// The device's netns cookie, read through bpf_cast_to_kern_ctx() and CO-RE (Linux 6.2+):
     /// keys are (netns cookie, ifindex).
     Cookie,
-    /// Older kernels: keys are (0, ifindex); interfaces of different namespaces with the same
-    /// ifindex would share an entry, so the attach step refuses such a collision.
-    IfindexOnly,
+    /// Older kernels: keys are (classid, ifindex), where classid is the 16-bit classid of the
+    /// interface's clsact filters (cls_bpf hands it to the program in `skb->tc_classid`).
+    /// The attach step picks, per interface, a classid that no tracked interface with the
+    /// same ifindex has, so every CNI pod's `eth0` (ifindex 2 in each namespace) has a key
+    /// of its own.
+    Classid,
 }
 
 impl NetnsKey {
     /// Decides for the running kernel: bpf_cast_to_kern_ctx() arrived in Linux 6.2.
+    /// `TETHER_NETNS_KEY=classid` picks the older kernels' way on a newer one (tests of it).
     pub fn probe() -> Self {
+        if std::env::var("TETHER_NETNS_KEY").as_deref() == Ok("classid") {
+            return NetnsKey::Classid;
+        }
         if sys::kernel_at_least(6, 2) {
             NetnsKey::Cookie
         } else {
-            NetnsKey::IfindexOnly
+            NetnsKey::Classid
         }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             NetnsKey::Cookie => "netns-cookie",
-            NetnsKey::IfindexOnly => "ifindex-only",
+            NetnsKey::Classid => "filter-classid",
         }
     }
 }
@@ -157,7 +164,8 @@ pub struct LoadReport {
     pub version: String,
     /// Wall time of open + load (the verifier's work dominates).
     pub load_time: Duration,
-    /// Instructions the verifier processed, over all programs.
+    /// Instructions the verifier processed, over all programs (0 on kernels before 5.16,
+    /// which do not report it).
     pub verified_insns: u64,
     /// True when another loader published the same version first and this load was dropped.
     pub lost_race: bool,
@@ -167,12 +175,23 @@ pub struct LoadReport {
 /// calls this. The pins appear all at once (rename of a staging directory), so a crash at any
 /// point leaves either no version directory or a complete one.
 pub fn load_and_pin(layout: &PinLayout, version: &str) -> Result<LoadReport> {
+    load_and_pin_with(layout, version, NetnsKey::probe())
+}
+
+/// [`load_and_pin`] with the TC programs reading interface keys as `netns_key` says (tests
+/// of one mode on kernels of the other; a kernel before 6.2 has only [`NetnsKey::Classid`]).
+#[doc(hidden)]
+pub fn load_and_pin_with(
+    layout: &PinLayout,
+    version: &str,
+    netns_key: NetnsKey,
+) -> Result<LoadReport> {
     layout.ensure_root()?;
     let staging = layout.staging_dir(version);
     pins::remove_tree(&staging)?;
     pins::make_dir(&staging.join("progs"))?;
     pins::make_dir(&staging.join("maps"))?;
-    let result = load_into(&staging, version);
+    let result = load_into(&staging, version, netns_key);
     let report = match result {
         Ok(r) => r,
         Err(e) => {
@@ -197,7 +216,7 @@ pub fn load_and_pin(layout: &PinLayout, version: &str) -> Result<LoadReport> {
     }
 }
 
-fn load_into(staging: &std::path::Path, version: &str) -> Result<LoadReport> {
+fn load_into(staging: &std::path::Path, version: &str, netns_key: NetnsKey) -> Result<LoadReport> {
     let started = Instant::now();
     let mut object = MaybeUninit::uninit();
     let mut open = TetherSkelBuilder::default()
@@ -207,7 +226,7 @@ fn load_into(staging: &std::path::Path, version: &str) -> Result<LoadReport> {
             source,
         })?;
     if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
-        rodata.tc_netns_cookie = u32::from(NetnsKey::probe() == NetnsKey::Cookie);
+        rodata.tc_netns_cookie = u32::from(netns_key == NetnsKey::Cookie);
     }
     let skel = open.load().map_err(|source| Error::Libbpf {
         what: "load object (verifier)",
@@ -336,8 +355,8 @@ impl Programs {
     }
 
     /// This handle writes TC keys as `key` says instead of as the running kernel's programs
-    /// read them (the loaded programs do not change): tests of the ifindex-only mode's
-    /// attach rules on kernels with netns cookies.
+    /// read them (the loaded programs do not change): tests of the attach rules of one mode
+    /// on kernels of the other.
     #[doc(hidden)]
     pub fn assume_netns_key(mut self, key: NetnsKey) -> Self {
         self.netns_key = key;
@@ -345,11 +364,12 @@ impl Programs {
     }
 
     /// The namespace part of the TC keys of interfaces in the caller's current network
-    /// namespace: its cookie, or 0 where the programs key by ifindex only.
+    /// namespace: its cookie, or 0 where the programs key by filter classid (chosen per
+    /// interface at attach).
     pub fn netns_cookie_here(&self) -> Result<u64> {
         match self.netns_key {
             NetnsKey::Cookie => sys::current_netns_cookie(),
-            NetnsKey::IfindexOnly => Ok(0),
+            NetnsKey::Classid => Ok(0),
         }
     }
 

@@ -74,6 +74,13 @@ impl Bpffs {
         programs::load_and_pin(&self.layout, crate::VERSION)?;
         Programs::open(&self.layout, crate::VERSION)
     }
+
+    /// [`Bpffs::load`] with interface keys of the given kind, whatever the kernel's own
+    /// (tests of the older kernels' classid keys on a newer kernel).
+    pub fn load_with(&self, netns_key: crate::NetnsKey) -> Result<Programs> {
+        programs::load_and_pin_with(&self.layout, crate::VERSION, netns_key)?;
+        Ok(Programs::open(&self.layout, crate::VERSION)?.assume_netns_key(netns_key))
+    }
 }
 
 impl Drop for Bpffs {

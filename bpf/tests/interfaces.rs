@@ -6,7 +6,7 @@ mod common;
 use std::os::fd::AsFd;
 
 use common::*;
-use tether_bpf::{container, ContainerConfig, Prog};
+use tether_bpf::{container, ContainerConfig, NetnsKey, Prog};
 
 /// Re-executed by [`Probe`]; does nothing in a normal test run.
 #[test]
@@ -16,8 +16,19 @@ fn probe_entry() {
 
 #[test]
 fn veth_traffic_is_counted_per_container_and_interface() {
+    veth_traffic(NetnsKey::probe());
+}
+
+/// The same with the keys of kernels before 6.2 (filter classid, ifindex): two namespaces'
+/// `veth0` with one ifindex are counted apart.
+#[test]
+fn veth_traffic_is_counted_per_container_and_interface_with_classid_keys() {
+    veth_traffic(NetnsKey::Classid);
+}
+
+fn veth_traffic(netns_key: NetnsKey) {
     let fs = Bpffs::new().unwrap();
-    let progs = fs.load().unwrap();
+    let progs = fs.load_with(netns_key).unwrap();
     let pair = VethPair::new();
     let cg = TestCgroup::new().unwrap();
     let attached = container::attach_cgroup(
@@ -70,9 +81,8 @@ fn veth_traffic_is_counted_per_container_and_interface() {
     )
     .unwrap();
     assert_eq!(ifaces_b[0].key.ifindex, ifaces[0].key.ifindex);
-    if progs.netns_key() == tether_bpf::NetnsKey::Cookie {
-        assert_ne!(ifaces_b[0].key, ifaces[0].key);
-    }
+    assert_ne!(ifaces_b[0].key, ifaces[0].key);
+    assert!(ifaces[0].key.netns_cookie != 0 && ifaces_b[0].key.netns_cookie != 0);
     // Idempotent: nothing new to attach.
     assert!(container::attach_netns(
         &progs,
@@ -138,8 +148,15 @@ fn veth_traffic_is_counted_per_container_and_interface() {
     let after = maps.iface_counters(ifaces[0].key).unwrap();
     assert_eq!(after.drops - before.drops, 5, "{after:?}");
 
+    let tc_links = ifaces[0].links.len();
+    if tc_links == 0 {
+        assert_eq!(
+            container::detach_clsact(&progs, pair.a.open().as_fd(), attached.cgroup_id).unwrap(),
+            1
+        );
+    }
     let d = container::detach(&progs, &fs.layout, "test", "veth").unwrap();
-    assert_eq!(d.links, 6 + 2);
+    assert_eq!(d.links, 6 + tc_links);
     assert_eq!(d.counters.tx_packets, N, "final counters: {:?}", d.counters);
     assert_eq!(d.interfaces.len(), 1);
     assert!(maps.ifaces().unwrap().is_empty());
@@ -173,17 +190,14 @@ fn egress_filters(netns: &Netns) -> String {
     )
 }
 
-/// Where TC keys are (0, ifindex) (kernels before 6.2, which attach with clsact), an
-/// interface of a second namespace with a tracked ifindex is refused, in every attach mode the kernel has,
-/// and leaves nothing behind.
+/// Where keys are (filter classid, ifindex) (kernels before 6.2): the classid is read back
+/// from an interface's filters, so a container in a namespace whose interface lost its
+/// container's entry (stale) takes it over with the same key, and attaching again finds
+/// nothing new.
 #[test]
-fn ifindex_only_keys_refuse_a_shared_ifindex() {
-    use tether_bpf::tc::TcAttach;
+fn classid_keys_are_read_back_from_the_filters() {
     let fs = Bpffs::new().unwrap();
-    let progs = fs
-        .load()
-        .unwrap()
-        .assume_netns_key(tether_bpf::NetnsKey::IfindexOnly);
+    let progs = fs.load_with(NetnsKey::Classid).unwrap();
     let pair = VethPair::new();
     let attach_cg = |id: &str, cg: &TestCgroup| {
         container::attach_cgroup(
@@ -198,50 +212,39 @@ fn ifindex_only_keys_refuse_a_shared_ifindex() {
         .unwrap()
         .cgroup_id
     };
-    let (cg_a, cg_b) = (TestCgroup::new().unwrap(), TestCgroup::new().unwrap());
-    let (a, b) = (attach_cg("shared-a", &cg_a), attach_cg("shared-b", &cg_b));
-    let ifaces = container::attach_netns(
-        &progs,
-        &fs.layout,
-        "test",
-        "shared-a",
-        a,
-        pair.a.open().as_fd(),
-    )
-    .unwrap();
-    assert_eq!(ifaces[0].key.netns_cookie, 0);
-    assert_eq!(ifaces[0].key.ifindex, pair.b.ifindex("veth0"));
-    for &mode in TcAttach::available() {
-        let err = container::attach_netns_with(
-            &progs,
-            &fs.layout,
-            "test",
-            "shared-b",
-            b,
-            pair.b.open().as_fd(),
-            None,
-            mode,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("veth0") && err.contains("ifindex of another tracked container"),
-            "{mode:?}: {err}"
-        );
-        let ifaces = progs.maps().ifaces().unwrap();
-        assert_eq!(ifaces, [(ifaces[0].0, a)], "{mode:?}");
-        let b_dir = fs.layout.container_dir("test", "shared-b").unwrap();
-        let pins: Vec<_> = std::fs::read_dir(&b_dir)
+    let attach_if = |id: &str, cgid: u64| {
+        container::attach_netns(&progs, &fs.layout, "test", id, cgid, pair.a.open().as_fd())
             .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.starts_with("tc_"))
-            .collect();
-        assert!(pins.is_empty(), "{mode:?}: {pins:?}");
-        let shown = egress_filters(&pair.b);
-        assert!(!shown.contains("tether"), "{mode:?}: {shown}");
-    }
-    container::detach(&progs, &fs.layout, "test", "shared-a").unwrap();
-    container::detach(&progs, &fs.layout, "test", "shared-b").unwrap();
+    };
+    let (cg_a, cg_c) = (TestCgroup::new().unwrap(), TestCgroup::new().unwrap());
+    let a = attach_cg("classid-a", &cg_a);
+    let first = attach_if("classid-a", a);
+    assert_eq!(first.len(), 1);
+    let key = first[0].key;
+    assert!(
+        key.netns_cookie != 0 && key.netns_cookie <= 0xffff,
+        "{key:?}"
+    );
+    assert!(attach_if("classid-a", a).is_empty(), "attached twice");
+    let shown = egress_filters(&pair.a);
+    assert!(
+        shown.contains("tether_tc_egress") && shown.contains(&format!("{:x}", key.netns_cookie)),
+        "{shown}"
+    );
+    // The container goes without its filters removed: its entry is gone, the filter stays.
+    container::detach(&progs, &fs.layout, "test", "classid-a").unwrap();
+    assert!(progs.maps().ifaces().unwrap().is_empty());
+    let c = attach_cg("classid-c", &cg_c);
+    let taken = attach_if("classid-c", c);
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].key, key, "the classid of the filter is kept");
+    assert_eq!(progs.maps().ifaces().unwrap(), [(key, c)]);
+    assert_eq!(
+        container::detach_clsact(&progs, pair.a.open().as_fd(), c).unwrap(),
+        1
+    );
+    assert!(!egress_filters(&pair.a).contains("tether"));
+    container::detach(&progs, &fs.layout, "test", "classid-c").unwrap();
     assert!(progs.maps().ifaces().unwrap().is_empty());
 }
 
@@ -315,14 +318,30 @@ fn clsact_fallback_counts_and_detaches() {
 /// zeroes the first one's counters.
 #[test]
 fn a_shared_namespace_stays_counted_for_the_first_container() {
+    shared_namespace(NetnsKey::probe());
+}
+
+/// The same with classid keys: the second container finds the first one's key in the
+/// interface's filters.
+#[test]
+fn a_shared_namespace_stays_counted_for_the_first_container_with_classid_keys() {
+    shared_namespace(NetnsKey::Classid);
+}
+
+fn shared_namespace(netns_key: NetnsKey) {
     use tether_bpf::tc::TcAttach;
     let fs = Bpffs::new().unwrap();
-    let progs = fs.load().unwrap();
+    let progs = fs.load_with(netns_key).unwrap();
     let maps = progs.maps();
     let pair = VethPair::new();
     let netns = pair.a.open();
     let target = format!("{}:9", pair.addr_b);
-    for &mode in TcAttach::available() {
+    // Classid keys live in clsact filters only.
+    let modes: &[TcAttach] = match netns_key {
+        NetnsKey::Classid => &[TcAttach::Clsact],
+        NetnsKey::Cookie => TcAttach::available(),
+    };
+    for &mode in modes {
         let (cg_a, cg_b) = (TestCgroup::new().unwrap(), TestCgroup::new().unwrap());
         let attach = |id: &str, cg: &TestCgroup| {
             let config = ContainerConfig {

@@ -35,7 +35,7 @@ kdir=$(cd "$kdir" && pwd)
 
 vmlinuz=$(find "$kdir" -name 'vmlinuz*' -type f | head -n1)
 [ -n "$vmlinuz" ] || { echo "run.sh: no vmlinuz under $kdir" >&2; exit 1; }
-moddir=$(find "$kdir" -maxdepth 3 -path '*lib/modules/*' -type d -prune | head -n1)
+moddir=$(find "$kdir" -maxdepth 4 -path '*/lib/modules/*' -type d -prune | head -n1)
 kver=$(basename "$moddir")
 work="$CACHE/vm/$kver"
 mkdir -p "$work"
@@ -63,7 +63,7 @@ fi
 if [ ! -s "$work/initrd.cpio" ] || [ "$here/init" -nt "$work/initrd.cpio" ]; then
   base=$(dirname "$(dirname "$(dirname "$moddir")")")   # the dir holding lib/modules
   [ -e "$base/lib/modules" ] || base=$(dirname "$base")
-  depmod -b "$base" "$kver"
+  depmod -b "$base" "$kver" 2>/dev/null
   root="$work/initrd"
   rm -rf "$root"
   mkdir -p "$root"/{bin,proc,sys,dev,modules}
@@ -74,7 +74,9 @@ if [ ! -s "$work/initrd.cpio" ] || [ "$here/init" -nt "$work/initrd.cpio" ]; the
   cp "$here/init" "$root/init"
   : >"$root/modules.order"
   for mod in virtio_pci 9pnet_virtio 9p overlay; do
-    modprobe -d "$base" -S "$kver" --show-depends "$mod" 2>/dev/null | awk '$1 == "insmod" { print $2 }'
+    # A module built in has nothing to load (an unknown one: the boot says so).
+    { modprobe -d "$base" -S "$kver" --show-depends "$mod" 2>/dev/null || true; } |
+      awk '$1 == "insmod" { print $2 }'
   done | awk '!seen[$0]++' | while read -r ko; do
     name=$(basename "$ko")
     case "$name" in

@@ -34,8 +34,10 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * bpf_cast_to_kern_ctx() kfunc (Linux 6.2), through which a TC program reads
  * the cookie of the network namespace of the packet's device
  * (skb->dev->nd_net.net->net_cookie, located by CO-RE). With 0 the verifier
- * prunes that path and TC keys use netns cookie 0: interfaces are then told
- * apart by ifindex only, and the attach step refuses a collision.
+ * prunes that path and the namespace part of a TC key is the classid of the
+ * clsact filter that runs the program (cls_bpf stores it in skb->tc_classid,
+ * 16 bits, before the program runs): the attach step gives each interface's
+ * filters a classid that makes (classid, ifindex) unique on the node.
  *
  * bpf_get_netns_cookie() on an skb (TC, Linux 6.14) is not used: it reports
  * the namespace of the packet's socket, or init_net's when there is none
@@ -62,9 +64,11 @@ struct sk_buff___tether {
 	struct net_device___tether *dev;
 } __attribute__((preserve_access_index));
 
-static __always_inline __u64 skb_dev_netns_cookie(struct __sk_buff *skb)
+static __always_inline __u64 skb_netns_key(struct __sk_buff *skb)
 {
-	if (!tc_netns_cookie || !bpf_ksym_exists(bpf_cast_to_kern_ctx))
+	if (!tc_netns_cookie)
+		return skb->tc_classid;
+	if (!bpf_ksym_exists(bpf_cast_to_kern_ctx))
 		return 0;
 	struct sk_buff___tether *kskb = bpf_cast_to_kern_ctx(skb);
 	struct net_device___tether *dev = kskb->dev;
@@ -587,7 +591,7 @@ int tether_sendmsg6(struct bpf_sock_addr *ctx)
 static __always_inline int tc_handle(struct __sk_buff *skb, int dir)
 {
 	struct tether_if_key k = {
-		.netns_cookie = skb_dev_netns_cookie(skb),
+		.netns_cookie = skb_netns_key(skb),
 		.ifindex = skb->ifindex,
 	};
 

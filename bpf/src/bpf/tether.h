@@ -90,7 +90,8 @@ struct tether_vetted {
 	__u32 daddr[4]; /* network byte order; IPv4 in daddr[0] */
 };
 
-/* An interface inside a network namespace. */
+/* An interface inside a network namespace. netns_cookie is the namespace's
+ * cookie, or before Linux 6.2 the classid of the interface's clsact filters. */
 struct tether_if_key {
 	__u64 netns_cookie;
 	__u32 ifindex;

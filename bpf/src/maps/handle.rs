@@ -17,6 +17,16 @@ pub(crate) struct MapFd {
     pub max_entries: u32,
 }
 
+/// A per-CPU map's value: `value` once per CPU, each 8-byte aligned.
+fn percpu_value<V: Pod>(value: &V, ncpus: usize) -> Vec<u8> {
+    let stride = std::mem::size_of::<V>().next_multiple_of(8);
+    let mut buf = vec![0u8; stride * ncpus];
+    for cpu in buf.chunks_exact_mut(stride) {
+        cpu[..std::mem::size_of::<V>()].copy_from_slice(as_bytes(value));
+    }
+    buf
+}
+
 impl MapFd {
     pub(super) fn update<K: Pod, V: Pod>(&self, key: &K, value: &V) -> Result<()> {
         self.update_bytes(as_bytes(key), as_bytes(value))
@@ -71,12 +81,25 @@ impl MapFd {
         value: &V,
         ncpus: usize,
     ) -> Result<()> {
-        let stride = std::mem::size_of::<V>().next_multiple_of(8);
-        let mut buf = vec![0u8; stride * ncpus];
-        for cpu in buf.chunks_exact_mut(stride) {
-            cpu[..std::mem::size_of::<V>()].copy_from_slice(as_bytes(value));
+        self.update_bytes(as_bytes(key), &percpu_value(value, ncpus))
+    }
+
+    /// [`MapFd::update_percpu`] only if the key is absent (BPF_NOEXIST): Ok(false) when it
+    /// is there.
+    pub(super) fn insert_percpu<K: Pod, V: Pod>(
+        &self,
+        key: &K,
+        value: &V,
+        ncpus: usize,
+    ) -> Result<bool> {
+        match self.update_flags(
+            as_bytes(key),
+            &percpu_value(value, ncpus),
+            libbpf_sys::BPF_NOEXIST.into(),
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+            other => other.map(|()| true),
         }
-        self.update_bytes(as_bytes(key), &buf)
     }
 
     /// Every CPU's value of a per-CPU map's entry.

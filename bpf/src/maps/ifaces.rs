@@ -23,14 +23,7 @@ impl Maps {
     /// already its own), else an entry in `tc_ifaces`; an interface already there stays
     /// there.
     pub fn set_iface(&self, key: IfKey, cgroup_id: u64) -> Result<()> {
-        let flags = self
-            .container_config(cgroup_id)?
-            .map(|c| RawContainer::of(&c).flags)
-            .ok_or(Error::Name {
-                what: "cgroup",
-                value: cgroup_id.to_string(),
-                reason: "has no container entry: its interfaces cannot be tracked",
-            })?;
+        let flags = self.container_flags(cgroup_id)?;
         // Already this container's (an interface attached again after its ifindex was
         // taken by a new one): its counters stay, as a container's total may be theirs.
         if self.iface_owner(key)? == Some(cgroup_id) {
@@ -65,6 +58,55 @@ impl Maps {
             }
         }
         self.tc_ifaces.update_percpu(&key, &iface, self.ncpus)
+    }
+
+    /// Routes a new interface's TC traffic to a container if no interface has `key` yet, and
+    /// says whether it did. Between processes the claim is atomic (BPF_NOEXIST on the slot
+    /// of `tc_slots` or on the entry of `tc_ifaces`): of two shims claiming one key, one
+    /// gets `false`. The attach step picks [`crate::NetnsKey::Classid`] keys with it.
+    pub fn claim_iface(&self, key: IfKey, cgroup_id: u64) -> Result<bool> {
+        let flags = self.container_flags(cgroup_id)?;
+        let iface = RawIface {
+            cgroup_id,
+            flags,
+            pad: 0,
+            counters: Counters::default(),
+        };
+        if self
+            .tc_ifaces
+            .lookup_percpu::<IfKey, RawIface>(&key, self.ncpus)?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        let slot = tc_slot_of(key);
+        if self
+            .tc_owners
+            .insert(&slot, &RawTcOwner { key, cgroup_id })?
+        {
+            let written = self
+                .tc_slots
+                .update_percpu(&slot, &RawTcSlot { key, iface }, self.ncpus);
+            if written.is_err() {
+                let _ = self.tc_owners.delete(&slot);
+            }
+            return written.map(|()| true);
+        }
+        if self.slot_owner(slot)?.is_some_and(|o| o.key == key) {
+            return Ok(false);
+        }
+        self.tc_ifaces.insert_percpu(&key, &iface, self.ncpus)
+    }
+
+    /// The flags of a container's entry, which its interfaces' entries copy.
+    fn container_flags(&self, cgroup_id: u64) -> Result<u32> {
+        self.container_config(cgroup_id)?
+            .map(|c| RawContainer::of(&c).flags)
+            .ok_or(Error::Name {
+                what: "cgroup",
+                value: cgroup_id.to_string(),
+                reason: "has no container entry: its interfaces cannot be tracked",
+            })
     }
 
     fn slot_owner(&self, slot: u32) -> Result<Option<RawTcOwner>> {

@@ -63,7 +63,8 @@ impl Counters {
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IfKey {
-    /// The namespace's cookie (0 on kernels whose TC programs cannot read it).
+    /// The namespace's cookie; on kernels whose TC programs cannot read it (before 6.2), the
+    /// classid of the interface's clsact filters ([`crate::NetnsKey::Classid`]).
     pub netns_cookie: u64,
     pub ifindex: u32,
     pad: u32,
