@@ -1,6 +1,9 @@
 //! Single-flight Acquire: per object version, at most one `adopt`/`load` runs at a time,
 //! and once a version is known to be pinned every later Acquire is answered from memory.
-//! Owns the `loads` and `acquires` counters.
+//! A load runs to its end in a task of its own, whatever happens to the call that started
+//! it: a client that gives up (its deadline passes while the verifier works, as on a slow
+//! or loaded machine) does not cancel it, and the next Acquire waits for it instead of
+//! starting another. Owns the `loads` and `acquires` counters.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,7 +31,7 @@ where
 pub struct Acquirer {
     backend: Arc<dyn Backend>,
     versions: Mutex<HashMap<String, Arc<OnceCell<Acquired>>>>,
-    loads: AtomicU64,
+    loads: Arc<AtomicU64>,
     acquires: AtomicU64,
 }
 
@@ -55,7 +58,7 @@ impl Acquirer {
         Acquirer {
             backend,
             versions: Mutex::new(HashMap::new()),
-            loads: AtomicU64::new(0),
+            loads: Arc::new(AtomicU64::new(0)),
             acquires: AtomicU64::new(0),
         }
     }
@@ -95,24 +98,37 @@ impl Acquirer {
                 loaded_now: false,
             });
         }
-        let loaded_here = AtomicBool::new(false);
-        let result = cell
-            .get_or_try_init(|| async {
-                let backend = self.backend.clone();
-                let v = version.clone();
-                if let Some(a) = blocking("adopt", move || backend.adopt(&v)).await? {
-                    log::info!("adopted pins of version {version} at {}", a.pin_dir);
-                    return Ok(a);
-                }
-                let backend = self.backend.clone();
-                let v = version.clone();
-                let a = blocking("load", move || backend.load(&v)).await?;
-                self.loads.fetch_add(1, Ordering::Relaxed);
-                loaded_here.store(true, Ordering::Relaxed);
-                log::info!("loaded version {version}, pinned at {}", a.pin_dir);
-                Ok::<_, BackendError>(a)
+        let loaded_here = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (backend, loads, loaded_here) = (
+                self.backend.clone(),
+                self.loads.clone(),
+                loaded_here.clone(),
+            );
+            let cell = cell.clone();
+            let version = version.clone();
+            tokio::spawn(async move {
+                cell.get_or_try_init(|| async {
+                    let b = backend.clone();
+                    let v = version.clone();
+                    if let Some(a) = blocking("adopt", move || b.adopt(&v)).await? {
+                        log::info!("adopted pins of version {version} at {}", a.pin_dir);
+                        return Ok(a);
+                    }
+                    let v = version.clone();
+                    let a = blocking("load", move || backend.load(&v)).await?;
+                    loads.fetch_add(1, Ordering::Relaxed);
+                    loaded_here.store(true, Ordering::Relaxed);
+                    log::info!("loaded version {version}, pinned at {}", a.pin_dir);
+                    Ok::<_, BackendError>(a)
+                })
+                .await
+                .cloned()
             })
-            .await;
+        };
+        let result = task
+            .await
+            .unwrap_or(Err(BackendError::Crashed { call: "acquire" }));
         let acquired = match result {
             Ok(a) => a,
             Err(e) => {
@@ -174,6 +190,21 @@ impl Acquirer {
 mod tests {
     use super::*;
     use crate::backend::testing::{FakeBackend, FAKE_VERSION};
+
+    /// A caller that gives up while the load runs (its ttrpc deadline) does not cancel it:
+    /// the next caller waits for the same load.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_load_outlives_the_call_that_started_it() {
+        let fake = Arc::new(FakeBackend::new());
+        let acq = Arc::new(Acquirer::new(fake.clone()));
+        let gave_up =
+            tokio::time::timeout(std::time::Duration::from_millis(1), acq.acquire("")).await;
+        assert!(gave_up.is_err(), "the load takes longer than the deadline");
+        let r = acq.acquire("").await.unwrap();
+        assert_eq!(r.acquired.version, FAKE_VERSION);
+        assert_eq!(fake.loads(), 1);
+        assert_eq!(acq.loads(), 1);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn fifty_concurrent_acquires_load_once() {

@@ -125,8 +125,9 @@ impl BpfBackend {
                 .and_then(|n| n.to_str())
                 .and_then(|n| n.rsplit('-').next())
                 .and_then(|p| p.parse::<u32>().ok());
-            let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
-                && pid != Some(std::process::id());
+            // This tetherd's own are loads in flight (single-flight per version: a load
+            // never starts twice), left alone like another live tetherd's.
+            let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
             if !alive {
                 log::info!("removing unfinished load {}", dir.display());
                 std::fs::remove_dir_all(&dir).map_err(|source| BackendError::Io {

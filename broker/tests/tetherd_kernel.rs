@@ -143,12 +143,11 @@ fn kill_during_load_never_leaves_half_written_pins() -> Result<()> {
     let mut node = Node::new()?;
     let mut outcomes = Vec::new();
     let (mut during, mut after) = (false, false);
-    // Delays from 0 ms in 10 ms steps until one kill has landed during a load (a staging
+    // Delays from 0 ms in 10 ms steps, then growing by half (a slow machine, such as an
+    // emulated one, loads in seconds), until one kill has landed during a load (a staging
     // directory is left: the load pins into it before the rename) and one after it.
-    for delay_ms in (0u64..=400).step_by(10) {
-        if during && after {
-            break;
-        }
+    let mut delay_ms = 0u64;
+    while !(during && after) && delay_ms <= 30_000 {
         let pid = node.start_tetherd()?;
         let socket = node.socket.clone();
         let (connected_tx, connected) = std::sync::mpsc::channel();
@@ -185,6 +184,11 @@ fn kill_during_load_never_leaves_half_written_pins() -> Result<()> {
         if complete {
             fs::remove_dir_all(node.layout().version_dir(tether_bpf::VERSION))?;
         }
+        delay_ms = if delay_ms < 100 {
+            delay_ms + 10
+        } else {
+            delay_ms * 3 / 2
+        };
     }
     eprintln!("kills: {outcomes:#?}");
     ensure!(during, "no kill landed during a load: {outcomes:#?}");
