@@ -2,7 +2,6 @@
 //! counted at the cgroup or the interfaces, and a pod's namespace made beforehand, shared by
 //! two containers, through TCX links or the clsact fallback.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -10,77 +9,12 @@ use anyhow::{ensure, Context, Result};
 use tether_integration::wait::wait_until;
 use tether_integration::{Runtime, TestEnv};
 
+use super::cni::{CniNetwork, CNI_SUBNET_GW};
 use super::{
     assert_detached, cgroup_pins, interfaces_sum, pins_of, stats_of, tc_attachments, tc_count,
     tether, tetherctl, ACCOUNTING_LINKS, POLICY_LINKS,
 };
 use crate::common::*;
-
-/// A CNI bridge network for `ctr run --cni` (ctr 1.6 reads /etc/cni/net.d and
-/// /opt/cni/bin): a test-owned subnet on a test-owned bridge, removed on drop together with
-/// whatever the test created under /etc/cni and /opt/cni.
-struct CniNetwork {
-    conf: PathBuf,
-    created: Vec<PathBuf>,
-    bridge: String,
-    _ipam: tempfile::TempDir,
-}
-
-const CNI_SUBNET_GW: &str = "10.215.0.1";
-
-impl CniNetwork {
-    fn new() -> Result<Self> {
-        let mut created = Vec::new();
-        for dir in ["/etc/cni", "/etc/cni/net.d", "/opt/cni"] {
-            if !std::path::Path::new(dir).exists() {
-                std::fs::create_dir(dir)?;
-                created.push(PathBuf::from(dir));
-            }
-        }
-        let bin = PathBuf::from("/opt/cni/bin");
-        if !bin.exists() {
-            std::os::unix::fs::symlink("/usr/lib/cni", &bin)?;
-            created.push(bin);
-        }
-        let ipam = tempfile::tempdir()?;
-        let bridge = "tethere2e0".to_string();
-        let conf = PathBuf::from("/etc/cni/net.d/00-tether-e2e.conflist");
-        let json = serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": "tether-e2e",
-            "plugins": [{
-                "type": "bridge",
-                "bridge": bridge,
-                "isGateway": true,
-                "ipMasq": false,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": "10.215.0.0/24", "gateway": CNI_SUBNET_GW}]],
-                    "dataDir": ipam.path(),
-                }
-            }]
-        });
-        std::fs::write(&conf, serde_json::to_vec_pretty(&json)?)?;
-        Ok(CniNetwork {
-            conf,
-            created,
-            bridge,
-            _ipam: ipam,
-        })
-    }
-}
-
-impl Drop for CniNetwork {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.conf);
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .status();
-        for p in self.created.iter().rev() {
-            let _ = std::fs::remove_file(p).or_else(|_| std::fs::remove_dir(p));
-        }
-    }
-}
 
 #[test]
 fn cni_interface_is_attached_before_start() -> Result<()> {
