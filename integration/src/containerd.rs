@@ -39,7 +39,7 @@ pub const SHIM_BIN_ENV: &str = "TETHER_SHIM_BIN";
 pub const LOG_LEVEL_ENV: &str = "TETHER_CONTAINERD_LOG_LEVEL";
 /// The runc root both runc shims use by default (`-root` of `runc`, per namespace below it).
 pub const RUNC_ROOT: &str = "/run/containerd/runc";
-/// Where containerd 1.6 keeps task bundles, below its state dir.
+/// Where containerd (1.6 to 2.x alike) keeps task bundles, below its state dir.
 const TASK_DIR: &str = "io.containerd.runtime.v2.task";
 
 /// A private containerd; see the module docs.
