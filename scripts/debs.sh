@@ -83,7 +83,7 @@ resolve() {
   local suite=$1 pkg=$2 dep
   setup_suite "$suite"
   dep=$(apt-cache "${APT_OPTS[@]}" depends "$pkg" 2>/dev/null |
-        awk '/^  Depends: linux-image-[0-9]/ { print $2; exit }')
+        awk '/^  Depends: linux-image-[0-9]/ && d == "" { d = $2 } END { print d }')
   if [ -n "$dep" ]; then echo "$dep"; else echo "$pkg"; fi
 }
 
@@ -93,7 +93,7 @@ fetch() {
   for pkg in "$@"; do
     real=$(resolve "$suite" "$pkg")
     ver=$(apt-cache "${APT_OPTS[@]}" show --no-all-versions "$real" 2>/dev/null |
-          awk '/^Version:/ { print $2; exit }')
+          awk '/^Version:/ && v == "" { v = $2 } END { print v }')
     [ -n "$ver" ] || die "$suite has no package $real"
     out="$CACHE/root/$suite/${real}_${ver//:/%3a}"
     if [ ! -e "$out/.done" ]; then

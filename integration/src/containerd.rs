@@ -25,7 +25,7 @@ use crate::ctr::Ctr;
 use crate::process::{self, wait_with_deadline};
 use crate::procfs::{self, ProcInfo};
 use crate::runtime::Runtime;
-use crate::{cgroup, wait};
+use crate::{cgroup, containerd_release, wait};
 
 /// How long containerd may take to serve its socket.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,7 +39,7 @@ pub const SHIM_BIN_ENV: &str = "TETHER_SHIM_BIN";
 pub const LOG_LEVEL_ENV: &str = "TETHER_CONTAINERD_LOG_LEVEL";
 /// The runc root both runc shims use by default (`-root` of `runc`, per namespace below it).
 pub const RUNC_ROOT: &str = "/run/containerd/runc";
-/// Where containerd 1.6 keeps task bundles, below its state dir.
+/// Where containerd (1.6 to 2.x alike) keeps task bundles, below its state dir.
 const TASK_DIR: &str = "io.containerd.runtime.v2.task";
 
 /// A private containerd; see the module docs.
@@ -226,37 +226,27 @@ impl Containerd {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// The config in the format of the release under test (see [`containerd_release`]).
     fn write_config(&self) -> Result<()> {
-        let d = self.dir.path();
-        let toml = format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-
-[grpc]
-  address = "{sock}"
-
-[ttrpc]
-  address = "{sock}.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-"#,
-            root = self.root_dir().display(),
-            state = self.state_dir().display(),
-            sock = self.address().display(),
+        let toml = containerd_release::release()?.config_toml(
+            &self.root_dir(),
+            &self.state_dir(),
+            &self.address(),
         );
-        fs::write(d.join("config.toml"), toml).context("writing containerd config.toml")
+        fs::write(self.dir.path().join("config.toml"), toml)
+            .context("writing containerd config.toml")
     }
 
-    /// Links the tether shim (if built) into `bin/`, which goes first on containerd's PATH.
+    /// Links the tether shim (if built) into `bin/`, which goes first on containerd's PATH,
+    /// and, for a containerd from `$TETHER_CONTAINERD_DIR`, that package's runc shim.
     fn link_shims(&self) -> Result<()> {
         let bin = self.bin_dir();
         fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
+        if let Some(dir) = containerd_release::dir() {
+            let name = Runtime::RuncV2.shim_binary();
+            symlink(dir.join(name), bin.join(name))
+                .with_context(|| format!("linking {name} from {}", dir.display()))?;
+        }
         if let Ok(shim) = tether_shim_binary() {
             let link = bin.join(Runtime::Tether.shim_binary());
             symlink(&shim, &link)
@@ -283,7 +273,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             None => self.bin_dir().into_os_string(),
         };
         let level = std::env::var(LOG_LEVEL_ENV).unwrap_or_else(|_| "info".to_owned());
-        let mut cmd = Command::new("containerd");
+        let mut cmd = Command::new(containerd_release::binary("containerd"));
         cmd.arg("--config")
             .arg(d.join("config.toml"))
             .arg("--root")

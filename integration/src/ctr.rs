@@ -68,7 +68,7 @@ impl Ctr {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = Command::new("ctr");
+        let mut cmd = Command::new(crate::containerd_release::binary("ctr"));
         cmd.arg("--address")
             .arg(&self.address)
             .arg("--namespace")

@@ -12,6 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use tempfile::TempDir;
 
 use crate::containerd::{self, Containerd};
+use crate::containerd_release;
 use crate::ctr::{Ctr, Run, Source};
 use crate::procfs::ProcInfo;
 use crate::runtime::Runtime;
@@ -179,6 +180,12 @@ pub fn require_root() -> Result<()> {
 pub fn require_shim(runtime: Runtime) -> Result<()> {
     match runtime {
         Runtime::Tether => containerd::tether_shim_binary().map(drop),
+        Runtime::RuncV2 if containerd_release::dir().is_some() => {
+            let shim = containerd_release::binary(runtime.shim_binary());
+            shim.is_file()
+                .then_some(())
+                .ok_or_else(|| anyhow!("{} is not a file", shim.display()))
+        }
         Runtime::RuncV2 | Runtime::RuncV2Rs => find_on_path(runtime.shim_binary())
             .map(drop)
             .ok_or_else(|| anyhow!("{} is not on PATH", runtime.shim_binary())),

@@ -5,6 +5,7 @@
 //! `tests/e2e/` and the `bench-shim` binary are built on these pieces:
 //!
 //! - [`containerd`]: the private daemon fixture ([`Containerd`]), its cleanup and restart.
+//! - [`containerd_release`]: which containerd (1.6, 1.7, 2.x) runs, and its config format.
 //! - [`ctr`]: the `ctr` CLI wrapper ([`Ctr`]) and the `ctr run` argument builder ([`Run`]).
 //! - [`rootfs`] and [`image`]: a busybox rootfs and its import as an OCI image.
 //! - [`events`]: a background `ctr events` subscription ([`EventLog`]).
@@ -20,6 +21,7 @@
 
 pub mod cgroup;
 pub mod containerd;
+pub mod containerd_release;
 pub mod ctr;
 pub mod dockerd;
 pub mod events;

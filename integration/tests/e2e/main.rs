@@ -4,8 +4,9 @@
 //! (`<module>::<scenario>::runc_v2` and `...::tether`) with the same assertions. The bar for
 //! tether is to behave like `io.containerd.runc.v2` in every one of them.
 //!
-//! Needs root, containerd 1.6, runc, busybox-static; the tether variants need the shim built
-//! (`cargo build -p tether-shim`, or `TETHER_SHIM_BIN`).
+//! Needs root, containerd (the system's 1.6, or the 1.7/2.x in `$TETHER_CONTAINERD_DIR`;
+//! `scripts/containerd-matrix.sh` runs the suite once per release), runc, busybox-static; the
+//! tether variants need the shim built (`cargo build -p tether-shim`, or `TETHER_SHIM_BIN`).
 
 #[macro_use]
 mod common;
@@ -21,3 +22,4 @@ mod grouping;
 mod lifecycle;
 mod parity;
 mod restart;
+mod versions;

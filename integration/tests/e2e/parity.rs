@@ -35,7 +35,7 @@ type Answer<T> = std::result::Result<T, Status>;
 
 /// The shim serving one task, reached as containerd reaches it.
 struct Shim {
-    address: String,
+    endpoint: shim_api::ShimEndpoint,
     namespace: String,
     id: String,
 }
@@ -43,7 +43,7 @@ struct Shim {
 impl Shim {
     fn of(env: &TestEnv, id: &str) -> Result<Self> {
         Ok(Self {
-            address: shim_api::shim_address(env.containerd(), env.namespace(), id)?,
+            endpoint: shim_api::shim_endpoint(env.containerd(), env.namespace(), id)?,
             namespace: env.namespace().to_owned(),
             id: id.to_owned(),
         })
@@ -53,9 +53,9 @@ impl Shim {
         let payload = req
             .write_to_bytes()
             .with_context(|| format!("encoding {method}"))?;
-        match shim_api::request(&self.address, &self.namespace, method, payload)
-            .with_context(|| format!("Task.{method} of {} via {}", self.id, self.address))?
-        {
+        match shim_api::request(&self.endpoint, &self.namespace, method, payload).with_context(
+            || format!("Task.{method} of {} via {}", self.id, self.endpoint.address),
+        )? {
             Ok(bytes) => Ok(Ok(Resp::parse_from_bytes(&bytes)
                 .with_context(|| format!("decoding the answer to {method}"))?)),
             Err(status) => Ok(Err(status)),
