@@ -85,7 +85,9 @@ fn cni_interface_is_attached_before_start() -> Result<()> {
             pins_of(env, &id)
         );
         let tx = s["tx_packets"].as_u64().unwrap_or(0);
-        ensure!((3..=8).contains(&tx), "3 pings (and ARP) sent: {s}");
+        // Besides the pings: ARP, and IPv6 neighbour and router solicitations, more of them on
+        // a slow (emulated) machine, where their timers fire while the test runs.
+        ensure!((3..=16).contains(&tx), "3 pings (and ARP, IPv6 ND) sent: {s}");
         env.ctr.force_remove(&id)?;
         assert_detached(env, &id)?;
         let s = stats_of(env, &id)?;
