@@ -7,8 +7,11 @@ set -euo pipefail
 PKGS=(containerd runc busybox-static criu iproute2 containernetworking-plugins
       pkg-config ca-certificates procps util-linux
       clang llvm libelf-dev zlib1g-dev linux-libc-dev libc6-dev bpftool iperf3 make
-      docker.io tar tmux)
+      docker.io tar tmux
+      qemu-system-x86 kmod cpio xz-utils zstd)
 
+# The kernel matrix (scripts/kernel-matrix.sh): qemu boots other suites' kernels, kmod
+# (depmod, modprobe) finds their modules, cpio, xz and zstd build the VM's initramfs.
 # The demo's part of it. The build: clang (the eBPF object), make, pkg-config, the libelf
 # and zlib headers (libbpf), the kernel's and libc's headers; ca-certificates for cargo's
 # downloads. The demo itself: containerd and ctr, runc, a static busybox (the container's

@@ -20,7 +20,8 @@
 //! `TETHER_BENCH_STEER` (where the flows run: see `Steer`).
 //!
 //! Modules, by what they measure: [`run_cost`] (BPF_PROG_TEST_RUN), [`load_cost`],
-//! [`attach_cost`], [`throughput`] (alternating runs and bpf_stats) with [`periods`] (the
+//! [`attach_cost`], [`key_cost`] (netns-cookie against filter-classid interface keys),
+//! [`throughput`] (alternating runs and bpf_stats) with [`periods`] (the
 //! toggled and paired flows), [`flow`] (one iperf3 flow and its toggles), [`noop`] (the
 //! no-op baseline programs), [`report`] (statistics) and [`fixture`] (bpffs mounts,
 //! namespaces, cgroups, child processes). This file parses the arguments and the
@@ -28,6 +29,7 @@
 mod attach_cost;
 mod fixture;
 mod flow;
+mod key_cost;
 mod load_cost;
 mod noop;
 mod periods;
@@ -58,6 +60,7 @@ fn main() -> Result<()> {
     run_cost::run_cost(1_000_000)?;
     load_cost::load_cost(n)?;
     attach_cost::attach_cost(n)?;
+    key_cost::key_cost(n, 1_000_000)?;
     if secs > 0 {
         throughput::throughput(secs, rounds, toggle_secs, paired_secs)?;
     }
