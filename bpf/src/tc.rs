@@ -80,12 +80,11 @@ fn tc_err(call: &'static str, e: libbpf_rs::Error) -> Error {
 /// interface's key where the programs key by classid; 0 otherwise). Replaces tether's own
 /// earlier filters.
 pub(crate) fn clsact_attach(programs: &Programs, ifindex: u32, classid: u32) -> Result<()> {
+    tc_filter::ensure_clsact(ifindex)?;
     for (prog, ingress, name) in [
         (Prog::TcIngress, true, "tether_tc_ingress"),
         (Prog::TcEgress, false, "tether_tc_egress"),
     ] {
-        let mut h = hook(programs.fd(prog), ifindex, ingress);
-        h.create().map_err(|e| tc_err("create clsact qdisc", e))?;
         tc_filter::replace(
             filter_at(ifindex, ingress),
             programs.fd(prog),

@@ -1,7 +1,8 @@
-//! tether's clsact filters over rtnetlink: add or replace one (cls_bpf, direct action, with
-//! the classid that keys the interface on kernels before 6.2) and read one back (its program
-//! id and classid). libbpf's `bpf_tc_attach` has no classid, hence this module; creating the
-//! clsact qdisc and removing filters stay libbpf's ([`crate::tc`]).
+//! tether's clsact filters over rtnetlink: the clsact qdisc made where it is missing, a
+//! filter added or replaced (cls_bpf, direct action, with the classid that keys the interface
+//! on kernels before 6.2) and read back (its program id and classid). libbpf's
+//! `bpf_tc_attach` has no classid, hence this module; removing filters stays libbpf's
+//! ([`crate::tc`]).
 //!
 //! Messages are built and parsed by hand: a `nlmsghdr`, a `tcmsg`, and attributes (4-byte
 //! aligned `nlattr`s), as linux/rtnetlink.h, linux/pkt_cls.h and linux/netlink.h define them.
@@ -14,12 +15,14 @@ use nix::sys::socket::{
 
 use crate::error::{Error, Result};
 
+const RTM_NEWQDISC: u16 = 36;
 const RTM_NEWTFILTER: u16 = 44;
 const RTM_GETTFILTER: u16 = 46;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_REPLACE: u16 = 0x100;
+const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const NLA_F_NESTED: u16 = 0x8000;
 const TCA_KIND: u16 = 1;
@@ -54,6 +57,26 @@ pub(crate) struct FilterAt {
 pub(crate) struct FilterInfo {
     pub prog_id: u32,
     pub classid: u32,
+}
+
+/// Adds the clsact qdisc to `ifindex` unless it has one.
+pub(crate) fn ensure_clsact(ifindex: u32) -> Result<()> {
+    let mut attrs = Vec::new();
+    put_attr(&mut attrs, TCA_KIND, b"clsact\0");
+    let sock = open()?;
+    let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+    let tcmsg = TcMsg {
+        ifindex,
+        handle: TC_H_CLSACT & 0xFFFF_0000,
+        parent: TC_H_CLSACT,
+        info: 0,
+    };
+    send_tcmsg(&sock, RTM_NEWQDISC, flags, tcmsg, &attrs)?;
+    match reply(&sock, "RTM_NEWQDISC") {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Adds the cls_bpf filter running `prog` (direct action) with `classid`, or replaces the one
@@ -119,12 +142,31 @@ fn put_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     buf.resize(buf.len().next_multiple_of(4), 0);
 }
 
+/// The `tcmsg` of a request: the interface, the object's handle, its parent and `tcm_info`.
+#[derive(Clone, Copy)]
+struct TcMsg {
+    ifindex: u32,
+    handle: u32,
+    parent: u32,
+    info: u32,
+}
+
 fn request(sock: &OwnedFd, kind: u16, flags: u16, at: FilterAt, attrs: &[u8]) -> Result<()> {
     let direction = if at.ingress {
         TC_H_MIN_INGRESS
     } else {
         TC_H_MIN_EGRESS
     };
+    let tcmsg = TcMsg {
+        ifindex: at.ifindex,
+        handle: at.handle,
+        parent: (TC_H_CLSACT & 0xFFFF_0000) | direction,
+        info: (at.priority << 16) | ETH_P_ALL_BE,
+    };
+    send_tcmsg(sock, kind, flags, tcmsg, attrs)
+}
+
+fn send_tcmsg(sock: &OwnedFd, kind: u16, flags: u16, t: TcMsg, attrs: &[u8]) -> Result<()> {
     let len = NLMSG_HDRLEN + TCMSG_LEN + attrs.len();
     let mut msg = Vec::with_capacity(len);
     msg.extend_from_slice(&(len as u32).to_ne_bytes());
@@ -133,13 +175,13 @@ fn request(sock: &OwnedFd, kind: u16, flags: u16, at: FilterAt, attrs: &[u8]) ->
     msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
     msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
     msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
-    msg.extend_from_slice(&(at.ifindex as i32).to_ne_bytes());
-    msg.extend_from_slice(&at.handle.to_ne_bytes());
-    msg.extend_from_slice(&((TC_H_CLSACT & 0xFFFF_0000) | direction).to_ne_bytes());
-    msg.extend_from_slice(&((at.priority << 16) | ETH_P_ALL_BE).to_ne_bytes());
+    msg.extend_from_slice(&(t.ifindex as i32).to_ne_bytes());
+    msg.extend_from_slice(&t.handle.to_ne_bytes());
+    msg.extend_from_slice(&t.parent.to_ne_bytes());
+    msg.extend_from_slice(&t.info.to_ne_bytes());
     msg.extend_from_slice(attrs);
     send(sock.as_fd().as_raw_fd(), &msg, MsgFlags::empty())
-        .map_err(|e| Error::syscall("send(RTM_*TFILTER)", e.into()))?;
+        .map_err(|e| Error::syscall("send(rtnetlink)", e.into()))?;
     Ok(())
 }
 
