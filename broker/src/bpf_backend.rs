@@ -246,10 +246,13 @@ impl Backend for BpfBackend {
         self.layout.ensure_root()?;
         self.remove_dead_staging()?;
         let report = programs::load_and_pin(&self.layout, version)?;
+        let verified = match report.verified_insns {
+            0 => "the kernel does not report instructions verified".to_string(),
+            n => format!("{n} instructions verified"),
+        };
         log::info!(
-            "loaded version {version} in {:?} ({} instructions verified){}",
+            "loaded version {version} in {:?} ({verified}){}",
             report.load_time,
-            report.verified_insns,
             if report.lost_race {
                 ", another loader was first"
             } else {
