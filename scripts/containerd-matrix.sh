@@ -27,8 +27,8 @@ mkdir -p "$logs"
 test_args=(${TETHER_MATRIX_TEST_ARGS:-})
 
 # The shim, tetherd and the test binary, built once for all releases.
-cargo build -p tether-shim -p tether-broker --bins || exit 1
-cargo test -p tether-integration --test e2e --no-run || exit 1
+cargo build --workspace --bins || exit 1
+cargo test --workspace --test e2e --no-run || exit 1
 
 rows=()
 failed=0
@@ -48,7 +48,7 @@ for rel in "${releases[@]}"; do
   log="$logs/e2e-$rel.log"
   echo "=== containerd ${version:-?} ($rel): cargo test -p tether-integration --test e2e" >&2
   start=$(date +%s)
-  TETHER_CONTAINERD_DIR=$dir cargo test -p tether-integration --test e2e -- \
+  TETHER_CONTAINERD_DIR=$dir cargo test --workspace --test e2e -- \
     --test-threads="${TETHER_TEST_THREADS:-2}" "${test_args[@]}" >"$log" 2>&1
   rc=$?
   secs=$(( $(date +%s) - start ))

@@ -29,7 +29,8 @@ while [ $# -gt 0 ]; do
 done
 mkdir -p "$out"
 
-# The binaries: built once here, run from the shared file system in every VM.
+# The binaries: built once here (as the workspace test run builds them, so CI builds them
+# once), run from the shared file system in every VM.
 cargo build --workspace --bins --quiet
 declare -A exe
 while IFS= read -r line; do
@@ -40,7 +41,7 @@ while IFS= read -r line; do
   name=$(sed 's/.*"target":{[^}]*"name":"\([^"]*\)".*/\1/' <<<"$line")
   kind=$(sed 's/.*"target":{"kind":\["\([a-z-]*\)".*/\1/' <<<"$line")
   exe["$pkg/$kind/$name"]=$path
-done < <(cargo test -p tether-bpf -p tether-broker -p tether-integration --no-run \
+done < <(cargo test --workspace --no-run \
            --message-format=json 2>/dev/null)
 need() {
   local key=$1
