@@ -1,4 +1,5 @@
-//! `bench-shim [ITERATIONS] [--out FILE]`: tether's shim against runc's, side by side.
+//! `bench-shim [ITERATIONS] [--idle N] [--out FILE]`: tether's shim against runc's, side by
+//! side.
 //!
 //! One private containerd, one namespace, the busybox image. Runtimes: `io.containerd.runc.v2`,
 //! `io.containerd.tether.v1` (if built) and `io.containerd.runc.v2-rs` (if
@@ -8,7 +9,11 @@
 //! (a) Latency: wall time of `ctr run --rm IMAGE ID /bin/true`; median, p90, min, max and
 //!     the ratio of medians against runc.v2.
 //! (b) Memory: VmRSS of the shim serving one idle container (`sleep 1000`), and the ratio.
+//! (c) Memory at scale: the summed VmRSS of every shim process serving N idle containers
+//!     (default 50) of each runtime, started one runtime at a time.
 //!
+//! The containerd is the system's, or the release in `TETHER_CONTAINERD_DIR` (the Rust shim
+//! needs 2.x).
 //! Numbers only: nothing here passes or fails on a timing.
 
 use std::fmt::Write as _;
@@ -26,21 +31,33 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 struct Args {
     iterations: usize,
+    idle: usize,
     out: Option<String>,
 }
+
+const DEFAULT_IDLE: usize = 50;
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
         iterations: DEFAULT_ITERATIONS,
+        idle: DEFAULT_IDLE,
         out: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--out" => args.out = Some(it.next().context("--out needs a file")?),
+            "--idle" => {
+                args.idle = it
+                    .next()
+                    .context("--idle needs a number")?
+                    .parse()
+                    .context("--idle needs a number")?
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: bench-shim [ITERATIONS (default {DEFAULT_ITERATIONS})] [--out FILE]"
+                    "usage: bench-shim [ITERATIONS (default {DEFAULT_ITERATIONS})] \
+                     [--idle N (default {DEFAULT_IDLE})] [--out FILE]"
                 );
                 std::process::exit(0);
             }
@@ -196,6 +213,38 @@ fn main() -> Result<()> {
         }
     }
 
+    // (c) Memory at scale.
+    if args.idle > 0 {
+        writeln!(
+            report,
+            "\n### (c) VmRSS of all shims serving {} idle containers per runtime\n",
+            args.idle
+        )?;
+        writeln!(
+            report,
+            "| runtime | shim processes | VmRSS KiB, all | KiB per container | / runc.v2 |"
+        )?;
+        writeln!(report, "|---|---|---|---|---|")?;
+        let mut base = None;
+        for rt in &runtimes {
+            match idle_many_rss(&cd, &ctr, *rt, &source, args.idle) {
+                Ok((procs, kib)) => {
+                    let kib = kib as f64;
+                    if *rt == Runtime::RuncV2 {
+                        base = Some(kib);
+                    }
+                    writeln!(
+                        report,
+                        "| {rt} | {procs} | {kib:.0} | {:.0} | {} |",
+                        kib / args.idle as f64,
+                        ratio(Some(kib), base)
+                    )?;
+                }
+                Err(e) => writeln!(report, "| {rt} | error: {e:#} | - | - | - |")?,
+            }
+        }
+    }
+
     print!("{report}");
     if let Some(out) = args.out {
         fs::write(&out, &report).with_context(|| format!("writing {out}"))?;
@@ -245,6 +294,47 @@ fn idle_shim_rss(
     out[3] = procfs::pss_kib(shim.pid)?;
     out[4] = procfs::status_field(shim.pid, "Threads")?;
     Ok(out)
+}
+
+/// Starts `n` idle containers of `rt`, sums the VmRSS of the shim processes serving them
+/// (once idle), removes them, and returns (shim processes, KiB).
+fn idle_many_rss(
+    cd: &Containerd,
+    ctr: &Ctr,
+    rt: Runtime,
+    source: &Source,
+    n: usize,
+) -> Result<(usize, u64)> {
+    let ids: Vec<String> = (0..n).map(|i| format!("many-{}-{i}", rt.tag())).collect();
+    let result = (|| {
+        for id in &ids {
+            let run = Run::new(rt, source.clone(), id.as_str())
+                .detach()
+                .timeout(RUN_TIMEOUT)
+                .command(["/bin/sleep", "1000"]);
+            ctr.run_container(&run)?.ok()?;
+        }
+        std::thread::sleep(IDLE_SETTLE);
+        let mut pids = std::collections::BTreeSet::new();
+        for p in cd.shim_processes()? {
+            if p.arg_after("-id")
+                .is_some_and(|i| ids.iter().any(|x| x == i))
+            {
+                pids.insert(p.pid);
+            }
+        }
+        let mut kib = 0;
+        for pid in &pids {
+            kib += procfs::status_field(*pid, "VmRSS")?;
+        }
+        Ok((pids.len(), kib))
+    })();
+    for id in &ids {
+        if let Err(e) = ctr.force_remove(id) {
+            eprintln!("removing {id}: {e:#}");
+        }
+    }
+    result
 }
 
 /// How long a shim is left idle before its memory is read.
