@@ -43,10 +43,16 @@ while IFS= read -r line; do
   exe["$pkg/$kind/$name"]=$path
 done < <(cargo test --workspace --no-run \
            --message-format=json 2>/dev/null)
+# A snapshot of the build, hard-linked (no copy): the runs take these binaries even if the
+# tree is rebuilt meanwhile (the linker replaces a binary, it does not rewrite it). Test
+# binaries find the shim and tether-runc next to their own directory.
+target=$(cargo metadata --format-version 1 --no-deps | sed 's/.*"target_directory":"\([^"]*\)".*/\1/')
+rm -rf "$out/bin"
+cp -al "$target/debug" "$out/bin"
 need() {
   local key=$1
   [ -n "${exe[$key]:-}" ] || { echo "kernel-matrix: no test binary $key" >&2; exit 1; }
-  echo "${exe[$key]}"
+  echo "$out/bin/${exe[$key]#"$target/debug/"}"
 }
 
 # The scenarios: a name, then a test binary with its filter (one line per part).
@@ -87,7 +93,7 @@ for k in $kernels; do
     dir="$out/host-$(host_layout)"
     rm -rf "$dir"; mkdir -p "$dir"
     echo "== host ($(uname -r), cgroup $(host_layout))" >&2
-    target/debug/tetherd --features >"$dir/features"
+    "$out/bin/tetherd" --features >"$dir/features"
     bash integration/vm/scenarios.sh "$manifest" "$dir/results" "$dir/logs" || true
     rows+=("host:$(host_layout):$dir")
     continue
@@ -99,7 +105,7 @@ for k in $kernels; do
     echo "== $k ($(basename "$kdir"), cgroup $cg)" >&2
     start=$(date +%s)
     bash integration/vm/run.sh --cgroup "$cg" --keep "$dir" "$kdir" -- \
-      "target/debug/tetherd --features >\"\$VM_OUT/features\";
+      "'$out/bin/tetherd' --features >\"\$VM_OUT/features\";
        bash integration/vm/scenarios.sh '$manifest' \"\$VM_OUT/results\" \"\$VM_OUT/logs\"" \
       >"$dir/console.log" 2>&1 || true
     echo "   $(( $(date +%s) - start )) s" >&2

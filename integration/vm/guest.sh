@@ -60,6 +60,7 @@ export HOME=/root
 [ -n "${VM_PATH_PREFIX:-}" ] && export PATH="$VM_PATH_PREFIX:$PATH"
 cd "$VM_CWD"
 echo "tether-vm: kernel $(uname -r), cgroup $VM_CGROUP, running: $VM_CMD"
+touch "$VM_OUT/started"
 bash -c "$VM_CMD" </dev/null
 echo $? >"$VM_OUT/rc"
 sync

@@ -101,17 +101,23 @@ trap 'rm -rf "$out"' EXIT
 
 accel=(-accel tcg,thread=multi -cpu max)
 [ "${TETHER_VM_ACCEL:-tcg}" = kvm ] && accel=(-accel kvm -cpu host)
-set +e
-timeout --foreground "$timeout" qemu-system-x86_64 "${accel[@]}" -M pc -m "$mem" -smp "$cpus" \
-  -nographic -no-reboot -monitor none -serial stdio -nic none \
-  -kernel "$work/vmlinux" -initrd "$work/initrd.cpio" \
-  -append "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init tether.out=$out tether.guest=$here/guest.sh" \
-  -fsdev local,id=root,path=/,security_model=passthrough,readonly=on,multidevs=remap \
-  -device virtio-9p-pci,fsdev=root,mount_tag=root \
-  -fsdev local,id=out,path="$out",security_model=passthrough \
-  -device virtio-9p-pci,fsdev=out,mount_tag=out
-qrc=$?
-set -e
+# A boot that dies before the command starts (emulated SMP now and then faults while the
+# kernel patches its own text early in boot) is retried, twice at most, and said so.
+for attempt in 1 2 3; do
+  set +e
+  timeout --foreground "$timeout" qemu-system-x86_64 "${accel[@]}" -M pc -m "$mem" -smp "$cpus" \
+    -nographic -no-reboot -monitor none -serial stdio -nic none \
+    -kernel "$work/vmlinux" -initrd "$work/initrd.cpio" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init tether.out=$out tether.guest=$here/guest.sh" \
+    -fsdev local,id=root,path=/,security_model=passthrough,readonly=on,multidevs=remap \
+    -device virtio-9p-pci,fsdev=root,mount_tag=root \
+    -fsdev local,id=out,path="$out",security_model=passthrough \
+    -device virtio-9p-pci,fsdev=out,mount_tag=out
+  qrc=$?
+  set -e
+  [ -e "$out/started" ] && break
+  echo "run.sh: the VM ($kver) stopped before the command started (attempt $attempt of 3)" >&2
+done
 if [ -n "${keep:-}" ]; then
   mkdir -p "$keep"
   cp -a "$out/." "$keep/"
