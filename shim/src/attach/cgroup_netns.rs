@@ -132,14 +132,8 @@ pub fn attach(
     let only = plan.only();
     let mut config = plan.config;
     // The namespace is the container's alone: count at its interfaces if it has any (a
-    // prestart hook, as Docker's, has set them up by now). Not where TC keys are
-    // ifindexes alone (kernels before 6.2): an interface whose ifindex another tracked
-    // container's has is refused there, which would leave the container uncounted.
-    if plan.count_at == CountAt::Auto
-        && config.account
-        && plan.netns == Netns::New
-        && programs.netns_key() == tether_bpf::NetnsKey::Cookie
-    {
+    // prestart hook, as Docker's, has set them up by now).
+    if plan.count_at == CountAt::Auto && config.account && plan.netns == Netns::New {
         if let Some(netns) = &netns {
             config.count_at_interfaces = container::has_interfaces(netns.as_fd(), only.as_deref())
                 .map_err(|e| Error::attach(id, e))?;
