@@ -7,7 +7,8 @@ set -euo pipefail
 PKGS=(containerd runc busybox-static criu iproute2 containernetworking-plugins
       pkg-config ca-certificates procps util-linux
       clang llvm libelf-dev zlib1g-dev linux-libc-dev libc6-dev bpftool iperf3 make
-      docker.io tar tmux)
+      docker.io tar tmux
+      podman)
 
 # The demo's part of it. The build: clang (the eBPF object), make, pkg-config, the libelf
 # and zlib headers (libbpf), the kernel's and libc's headers; ca-certificates for cargo's
