@@ -59,6 +59,8 @@ pub struct Podman {
     tetherd: Option<Child>,
     /// The third octet of the CNI network's subnet (10.218.N.0/24).
     octet: u8,
+    /// Whether the fixture made the network's bridge (and so deletes it).
+    bridge_made: bool,
 }
 
 /// A third octet no other fixture of this process uses, spread over processes by pid.
@@ -92,8 +94,10 @@ impl Podman {
             holder: None,
             tetherd: None,
             octet: u8::try_from(next_octet()).context("subnet octet")?,
+            bridge_made: false,
         };
         p.write_configs()?;
+        p.make_bridge()?;
         p.spawn_holder()?;
         p.spawn_tetherd()?;
         let rootfs = rootfs::build_busybox(&p.path().join("rootfs"))?;
@@ -230,7 +234,9 @@ volume_path = "{d}/root/volumes"
             "plugins": [{
                 "type": "bridge",
                 "bridge": self.network(),
-                "isGateway": true,
+                // The fixture gave the bridge its address: as a gateway, the plugin would
+                // also turn on the host's IP forwarding.
+                "isGateway": false,
                 "ipMasq": false,
                 "ipam": {
                     "type": "host-local",
@@ -247,6 +253,25 @@ volume_path = "{d}/root/volumes"
             serde_json::to_vec_pretty(&conflist)?,
         )?;
         Ok(())
+    }
+
+    /// Creates the network's bridge with the gateway's address (the CNI plugin then uses it).
+    fn make_bridge(&mut self) -> Result<()> {
+        let name = self.network();
+        if Path::new("/sys/class/net").join(&name).exists() {
+            bail!("bridge {name} exists already");
+        }
+        let cidr = format!("{}/24", self.gateway());
+        let ip = |args: &[&str]| -> Result<()> {
+            process::run(Command::new("ip").args(args), None, Duration::from_secs(20))?
+                .ok()
+                .map(|_| ())
+                .with_context(|| format!("ip {}", args.join(" ")))
+        };
+        ip(&["link", "add", "name", &name, "type", "bridge"])?;
+        self.bridge_made = true;
+        ip(&["addr", "add", &cidr, "dev", &name])?;
+        ip(&["link", "set", &name, "up"])
     }
 
     /// Starts the process that holds the private mount namespace, once its `/etc` overlay
@@ -389,10 +414,12 @@ impl Drop for Podman {
         if let Some(mut holder) = self.holder.take() {
             process::kill_and_reap(&mut holder);
         }
-        let _ = process::run(
-            Command::new("ip").args(["link", "del", &self.network()]),
-            None,
-            Duration::from_secs(20),
-        );
+        if self.bridge_made {
+            let _ = process::run(
+                Command::new("ip").args(["link", "del", &self.network()]),
+                None,
+                Duration::from_secs(20),
+            );
+        }
     }
 }
