@@ -15,6 +15,7 @@
 //! - [`pty`]: running `ctr -t` on a pseudo terminal.
 //! - [`process`], [`wait`]: every child has a deadline, every wait polls with one.
 //! - [`harness`]: [`TestEnv`], one scenario's containerd, namespace and rootfs.
+//! - [`dockerd`], [`podman`]: private Docker and Podman daemons with tether as a runtime.
 //!
 //! The library must not panic on I/O errors: everything returns `anyhow::Result` with context,
 //! and `Drop` impls log and carry on.
@@ -28,6 +29,7 @@ pub mod events;
 pub mod harness;
 pub mod image;
 pub mod leaks;
+pub mod podman;
 pub mod process;
 pub mod procfs;
 pub mod pty;

@@ -1,13 +1,26 @@
-//! Docker 20.10 (Debian's dockerd, private) with tether as a runc-compatible runtime
-//! (`"runtimes": {"tether": {"path": ".../tether-runc"}}`): the programs are in place before
-//! the first instruction, counters are visible with tetherctl, docker exec/stop/rm behave as
-//! with runc, and nothing is left after `docker rm`.
+//! Docker with tether, against a private dockerd (see `tether_integration::dockerd`): the
+//! system's Docker 20.10, or the one `$TETHER_DOCKER_DIR` names (`scripts/docker-matrix.sh`
+//! runs both).
+//!
+//! - [`runc_compat`]: `tether-runc` as a runc-compatible runtime, on every Docker release.
+//! - [`shim`]: the shim as Docker >= 23 takes it (`--runtime io.containerd.tether.v1`, the
+//!   `daemon.json` `runtimeType` form, `--annotation`), every network mode, a late interface,
+//!   and a dockerd restart under `live-restore`. Docker 20.10 has no shim runtimes: these
+//!   are `#[ignore]`d by default and run with `--include-ignored` against a newer Docker.
+//!
+//! Every container's traffic goes to loopback or to the bridges the fixture made.
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Result};
-use tether_integration::dockerd::{Dockerd, BRIDGE_IP, IMAGE};
+use tether_integration::dockerd::Dockerd;
+use tether_integration::{cgroup, procfs, wait};
 
-fn tetherctl(d: &Dockerd, args: &[&str]) -> Result<serde_json::Value> {
+mod runc_compat;
+mod shim;
+
+/// `tetherctl --json ARGS` against the daemon's tetherd: one JSON value per line.
+pub fn tetherctl(d: &Dockerd, args: &[&str]) -> Result<Vec<serde_json::Value>> {
     let bin = tether_integration::containerd::tether_shim_binary()?
         .parent()
         .map(|p| p.join("tetherctl"))
@@ -24,177 +37,116 @@ fn tetherctl(d: &Dockerd, args: &[&str]) -> Result<serde_json::Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    let rows: Vec<serde_json::Value> = text
+    Ok(text
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
-    Ok(serde_json::Value::Array(rows))
+        .collect::<Result<_, _>>()?)
 }
 
-#[test]
-fn docker_run_with_tether_runtime() -> Result<()> {
-    // Node-wide deny rule: Docker 20.10 has no `docker run --annotation`.
-    let d = Dockerd::start("[attach]\negress_deny = [\"127.0.0.2/32\"]\n")?;
-
-    // The very first instruction connects to the denied address.
-    let out = d.docker(&[
-        "run",
-        "--rm",
-        "--runtime",
-        "tether",
-        IMAGE,
-        "nc",
-        "127.0.0.2",
-        "9",
-    ])?;
-    ensure!(
-        out.code != 0 && out.stderr.contains("Operation not permitted"),
-        "denied: {out}"
-    );
-    let out = d.docker(&[
-        "run",
-        "--rm",
-        "--runtime",
-        "tether",
-        IMAGE,
-        "nc",
-        "127.0.0.3",
-        "9",
-    ])?;
-    ensure!(out.stderr.contains("Connection refused"), "allowed: {out}");
-
-    // Exit codes as with runc.
-    for runtime in ["runc", "tether"] {
-        let out = d.docker(&[
-            "run",
-            "--rm",
-            "--runtime",
-            runtime,
-            IMAGE,
-            "sh",
-            "-c",
-            "exit 3",
-        ])?;
-        ensure!(out.code == 3, "{runtime}: {out}");
-    }
-
-    // A container on the bridge: its eth0 is attached at create, its pings are counted.
-    let id = d
-        .ok(&[
-            "run",
-            "-d",
-            "--runtime",
-            "tether",
-            IMAGE,
-            "sh",
-            "-c",
-            &format!("ping -c 3 -i 0.2 {BRIDGE_IP}; exec sleep 1000"),
-        ])?
-        .stdout
-        .trim()
-        .to_string();
-    let pins: Vec<String> = std::fs::read_dir(d.container_dir(&id))?
+/// The names of a container's pins, sorted.
+pub fn pins(d: &Dockerd, id: &str) -> Result<Vec<String>> {
+    let mut p: Vec<String> = std::fs::read_dir(d.container_dir(id))?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    ensure!(
-        pins.iter().filter(|p| p.starts_with("tc_")).count() == 2,
-        "{pins:?}"
-    );
-    // Its network namespace is its own, with eth0 at create: counted at eth0 (where TC keys
-    // carry the netns cookie). The node's deny rule: every cgroup program, but cgroup_skb
-    // ingress, which only counts, when eth0 counts.
-    let at_ifaces = tether_bpf::NetnsKey::probe() == tether_bpf::NetnsKey::Cookie;
-    let mut want = vec![
-        "cgroup_tether_cg_egress",
-        "cgroup_tether_connect4",
-        "cgroup_tether_connect6",
-        "cgroup_tether_sendmsg4",
-        "cgroup_tether_sendmsg6",
-    ];
-    if !at_ifaces {
-        want.insert(1, "cgroup_tether_cg_ingress");
-    }
-    let mut cgroup_pins: Vec<&str> = pins
-        .iter()
-        .map(String::as_str)
-        .filter(|p| p.starts_with("cgroup_"))
-        .collect();
-    cgroup_pins.sort_unstable();
-    ensure!(cgroup_pins == want, "{pins:?}");
-    let (row, tx) = tether_integration::wait::wait_until(
-        "the pings to be counted",
-        std::time::Duration::from_secs(10),
-        || {
-            let s = tetherctl(&d, &["stats", &id])?;
-            let row = s[0].clone();
-            let tx: u64 = row["interfaces"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|i| i["tx_packets"].as_u64().unwrap_or(0))
-                .sum();
-            Ok((tx >= 3).then_some((row, tx)))
-        },
-    )?;
-    ensure!(row["namespace"] == "moby", "{row}");
-    if at_ifaces {
-        ensure!(
-            row["counted_at"] == "interfaces"
-                && row["tx_packets"].as_u64() == Some(tx)
-                && row["cgroup"]["tx_packets"] == 0,
-            "{row}"
-        );
+    p.sort_unstable();
+    Ok(p)
+}
+
+/// How many TC programs (one per interface and direction) a container has pinned.
+pub fn tc_pins(pins: &[String]) -> usize {
+    pins.iter().filter(|p| p.starts_with("tc_")).count()
+}
+
+/// Packets sent that the TC programs of the container's interfaces counted.
+pub fn iface_tx(row: &serde_json::Value) -> u64 {
+    row["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| i["tx_packets"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Packets sent that tether counted for `id`, wherever it counts them: the interfaces' TC
+/// counters when it counts at the interfaces, else the cgroup's.
+pub fn tx_counted(row: &serde_json::Value) -> u64 {
+    if row["counted_at"] == "interfaces" {
+        iface_tx(row)
     } else {
-        ensure!(row["counted_at"] == "cgroup", "{row}");
+        row["tx_packets"].as_u64().unwrap_or(0)
     }
-    // A second network connected to the running container: its new interface is attached.
-    d.ok(&[
-        "network",
-        "create",
-        "--subnet",
-        "10.217.0.0/24",
-        "tether-e2e-net2",
-    ])?;
-    d.ok(&["network", "connect", "tether-e2e-net2", &id])?;
-    tether_integration::wait::wait_until(
-        "the new interface to be attached",
-        std::time::Duration::from_secs(2),
+}
+
+/// Waits until at least `min` packets sent by `id` are counted; returns its stats row.
+pub fn wait_counted(d: &Dockerd, id: &str, min: u64) -> Result<serde_json::Value> {
+    wait::wait_until(
+        &format!("{min} packets of {id} to be counted"),
+        Duration::from_secs(10),
         || {
-            let n = std::fs::read_dir(d.container_dir(&id))?
-                .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("tc_"))
-                .count();
-            Ok((n == 4).then_some(()))
+            let rows = tetherctl(d, &["stats", id])?;
+            let row = rows.first().cloned().ok_or_else(|| anyhow!("no row"))?;
+            Ok((tx_counted(&row) >= min).then_some(row))
         },
-    )?;
-    let out = d.ok(&["exec", &id, "echo", "exec-ok"])?;
-    ensure!(out.stdout.contains("exec-ok"), "{out}");
-    d.ok(&["stop", "-t", "1", &id])?;
-    d.ok(&["rm", &id])?;
-    d.ok(&["network", "rm", "tether-e2e-net2"])?;
-    ensure!(!d.container_dir(&id).exists(), "pins left after docker rm");
-    // Its link watcher exits with it.
-    tether_integration::wait::wait_until(
-        "the container's link watcher to exit",
-        std::time::Duration::from_secs(5),
+    )
+}
+
+/// The container's full id from `docker run -d` / `docker create` output.
+pub fn id_of(out: &tether_integration::Output) -> String {
+    out.stdout.trim().to_string()
+}
+
+/// After `docker rm`: no pins, no process naming the container (shim, link watcher), no
+/// cgroup named after it, no live entry in tether's maps.
+pub fn assert_gone(d: &Dockerd, id: &str) -> Result<()> {
+    let me = std::process::id() as i32;
+    wait::wait_until(
+        &format!("everything of {id} to be gone"),
+        Duration::from_secs(15),
         || {
-            let left = tether_integration::procfs::processes()?
+            if d.container_dir(id).exists() {
+                return Ok(None);
+            }
+            let procs: Vec<String> = procfs::processes()?
                 .into_iter()
-                .any(|p| {
-                    p.cmdline_string().contains("--tether-watch")
-                        && p.cmdline_string().contains(&id)
-                });
-            Ok((!left).then_some(()))
+                .filter(|p| p.pid != me && !p.is_zombie())
+                .map(|p| p.cmdline_string())
+                .filter(|c| c.contains(id))
+                .collect();
+            if !procs.is_empty() {
+                return Ok(None);
+            }
+            Ok(cgroup::find_dirs_named(id, 4)?.is_empty().then_some(()))
         },
     )?;
-    let live = tetherctl(&d, &["stats"])?;
+    let live = tetherctl(d, &["stats"])?;
     ensure!(
-        !live.as_array().is_some_and(|a| a
-            .iter()
-            .any(|r| r["id"] == id.as_str() && r["deleted"] != true)),
-        "map entries left after docker rm: {live}"
+        !live.iter().any(|r| r["id"] == id && r["deleted"] != true),
+        "map entries left after docker rm: {live:?}"
     );
     Ok(())
+}
+
+/// `nc HOST 9` in a new container of `runtime` with `extra` flags, removed after.
+pub fn nc(
+    d: &Dockerd,
+    runtime: &str,
+    extra: &[&str],
+    host: &str,
+) -> Result<tether_integration::Output> {
+    let mut args = vec!["run", "--rm", "--runtime", runtime];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[tether_integration::dockerd::IMAGE, "nc", host, "9"]);
+    d.docker(&args)
+}
+
+/// `out` is a connect refused by tether (EPERM at connect()).
+pub fn denied(out: &tether_integration::Output) -> bool {
+    out.code != 0 && out.stderr.contains("Operation not permitted")
+}
+
+/// `out` is a connect that reached the address (nothing listens on port 9).
+pub fn refused(out: &tether_integration::Output) -> bool {
+    out.code != 0 && out.stderr.contains("Connection refused")
 }
