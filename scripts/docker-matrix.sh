@@ -46,8 +46,8 @@ docker_tree() {
 }
 
 # The shim, tether-runc, tetherd, tetherctl and the test binary, built once for all releases.
-cargo build -p tether-shim -p tether-broker --bins || exit 1
-cargo test -p tether-integration --test docker --no-run || exit 1
+cargo build --workspace --bins || exit 1
+cargo test --workspace --test docker --no-run || exit 1
 
 rows=()
 failed=0
@@ -74,7 +74,7 @@ for rel in "${releases[@]}"; do
   echo "=== docker ${version:-?} / containerd ${ctrd_version:-?} ($rel): cargo test -p tether-integration --test docker" >&2
   start=$(date +%s)
   TETHER_DOCKER_DIR=$docker_dir TETHER_CONTAINERD_DIR=$ctrd_dir \
-    cargo test -p tether-integration --test docker -- \
+    cargo test --workspace --test docker -- \
     --test-threads="${TETHER_TEST_THREADS:-2}" "${extra[@]}" "${test_args[@]}" >"$log" 2>&1
   rc=$?
   secs=$(( $(date +%s) - start ))

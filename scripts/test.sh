@@ -19,8 +19,10 @@ cargo build --workspace --bins
 cargo test --workspace --no-fail-fast -- --test-threads="${TETHER_TEST_THREADS:-2}"
 
 # The platforms: the end-to-end suite against containerd 1.7 and 2.x (1.6, the system's, ran
-# above), and the kernel matrix on Debian 12's own kernel (6.1) with both cgroup layouts, in
+# above), the Docker suite against Docker 28 over containerd 2.1 (20.10 ran above), and the
+# kernel matrix on Debian 12's own kernel (6.1) with both cgroup layouts, in
 # qemu VMs (the host's kernel ran above). The whole kernel matrix (5.10, 6.1, 6.12, sid's,
 # both layouts) takes about 90 minutes here: `bash scripts/kernel-matrix.sh`.
 bash scripts/containerd-matrix.sh trixie sid
+bash scripts/docker-matrix.sh sid
 bash scripts/kernel-matrix.sh --kernels "${TETHER_CI_KERNELS:-bookworm}" --cgroups "v2 hybrid"
