@@ -70,6 +70,7 @@ manifest=$out/manifest
   printf 'accounting\t%s attach::one_container::short_lived_containers\n' "$e2e"
   printf 'late-iface\t%s attach::one_container::interface_added\n' "$e2e"
   printf 'cni\t%s attach::named_netns::\n' "$e2e"
+  printf 'cni\t%s attach::cni::\n' "$e2e"
   printf 'burst\t%s attach::many_containers::burst\n' "$e2e"
   printf 'cleanup\t%s attach::many_containers::leftovers\n' "$e2e"
   printf 'cleanup\t%s fixture::\n' "$e2e"
