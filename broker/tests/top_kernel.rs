@@ -242,7 +242,11 @@ fn top_refreshes_in_a_terminal_and_q_restores_the_shell() -> Result<()> {
 
     // q quits with status 0, and the shell's screen is back (the alternate screen left).
     tmux.send(&["q"])?;
-    let after = tmux.wait("tetherctl to exit", |s| s.contains("top exited"))?;
+    // The command line itself holds `"top exited $?"`: wait for the echo's own line.
+    let after = tmux.wait("tetherctl to exit", |s| {
+        s.lines()
+            .any(|l| l.starts_with("top exited ") && !l.contains('$'))
+    })?;
     ensure!(after.contains("top exited 0"), "{after}");
     ensure!(
         !after.contains("CONTAINER"),
