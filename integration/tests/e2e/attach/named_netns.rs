@@ -87,7 +87,10 @@ fn cni_interface_is_attached_before_start() -> Result<()> {
         let tx = s["tx_packets"].as_u64().unwrap_or(0);
         // Besides the pings: ARP, and IPv6 neighbour and router solicitations, more of them on
         // a slow (emulated) machine, where their timers fire while the test runs.
-        ensure!((3..=16).contains(&tx), "3 pings (and ARP, IPv6 ND) sent: {s}");
+        ensure!(
+            (3..=16).contains(&tx),
+            "3 pings (and ARP, IPv6 ND) sent: {s}"
+        );
         env.ctr.force_remove(&id)?;
         assert_detached(env, &id)?;
         let s = stats_of(env, &id)?;
