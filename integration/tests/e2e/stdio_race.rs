@@ -30,6 +30,11 @@ const CONTAINERS: usize = 6;
 const ROUNDS: usize = 3;
 /// Lines of stdout (`seq 1 N`: 588,895 bytes) and of stderr (`seq N+1 2N`) per container.
 const LINES: u32 = 100_000;
+/// The test reads each fifo [`READ_CHUNK`] bytes at a time with a [`READ_PAUSE`] after each
+/// read (about 16 MB/s), slower than the shim can copy: the fifo is full, and the shim holds
+/// output it has not yet delivered, when the container exits.
+const READ_CHUNK: usize = 16 << 10;
+const READ_PAUSE: Duration = Duration::from_millis(1);
 /// How long one container's fifos may take to deliver everything and end (2 cores shared by
 /// every container of a round).
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
@@ -145,14 +150,18 @@ fn open_fifo(path: &Path) -> Result<File> {
         .with_context(|| format!("opening {}", path.display()))
 }
 
-/// Everything until the fifo's end (no writer left), failing at `deadline`.
+/// Everything until the fifo's end (no writer left), read slowly (see [`READ_CHUNK`]),
+/// failing at `deadline`.
 fn read_to_end(mut fifo: File, deadline: Instant) -> Result<String> {
     let mut data = Vec::new();
-    let mut buf = vec![0u8; 64 << 10];
+    let mut buf = vec![0u8; READ_CHUNK];
     loop {
         match fifo.read(&mut buf) {
             Ok(0) => return String::from_utf8(data).context("output is not UTF-8"),
-            Ok(n) => data.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                data.extend_from_slice(&buf[..n]);
+                thread::sleep(READ_PAUSE);
+            }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 ensure!(
                     Instant::now() < deadline,
