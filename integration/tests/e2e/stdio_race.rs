@@ -5,10 +5,11 @@
 //! and then drops output that the shim did deliver (all of it, or everything past the first
 //! 64 KiB or so, with `io.containerd.runc.v2` as often as with tether), so a check through
 //! `ctr run` would test `ctr`. Here `ctr run --detach --fifo-dir DIR` only creates the fifos
-//! and starts the task; the test opens them at once and reads them to their end. Each
-//! container writes far more than a pipe and a fifo hold, so its output cannot be queued
-//! ahead of the reader: the shim copies while the container writes, and the container's last
-//! writes and its exit race with that copy, in every container of a round at the same time.
+//! and starts the task, which waits for a marker file before writing anything; once `ctr` has
+//! exited (and its readers of the fifos with it) the test opens the fifos, creates every
+//! container's marker at once and reads each fifo to its end, more slowly than the shim
+//! copies. Each container writes far more than a pipe and a fifo hold, so its exit comes while
+//! the shim still holds output to deliver, in every container of a round at the same time.
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read};
