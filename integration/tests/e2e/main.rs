@@ -22,4 +22,5 @@ mod grouping;
 mod lifecycle;
 mod parity;
 mod restart;
+mod stdio_race;
 mod versions;
