@@ -126,7 +126,8 @@ table=$out/matrix.md
     IFS=: read -r k cg dir <<<"$r"
     kv=$(awk -F': ' '$1 == "kernel" { print $2 }' "$dir/features" 2>/dev/null)
     mech=$(awk -F': ' '$1 == "tc-attach" { tc = $2 } $1 == "netns-key" { nk = $2 }
-                       END { if (tc != "") print "TC " tc ", keys " nk }' "$dir/features" 2>/dev/null)
+                       $1 == "cgroup-sockets" && $2 ~ /^blind/ { cs = "; cgroup sockets blind: deny and counts at TC, lo included" }
+                       END { if (tc != "") print "TC " tc ", keys " nk cs }' "$dir/features" 2>/dev/null)
     printf '| %s | %s | %s |' "${kv:-$k (did not boot)}" "$cg" "${mech:--}"
     for c in $columns; do
       cell=$(awk -F'\t' -v c="$c" '$1 == c {

@@ -6,6 +6,7 @@ use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::features::CgroupSockets;
 use crate::link::Link;
 use crate::maps::{Cidr, ContainerConfig, Counters, IfKey};
 use crate::netlink;
@@ -301,8 +302,18 @@ pub fn has_interfaces(netns: BorrowedFd<'_>, only: Option<&[String]>) -> Result<
     in_netns(netns, || {
         Ok(sys::interfaces()?
             .into_iter()
-            .any(|(_, name)| name != "lo" && only.is_none_or(|o| o.contains(&name))))
+            .any(|(_, name)| gets_tc(&name, only)))
     })
+}
+
+/// Whether the interface `name` gets TC programs: those named in `only`, else all but `lo`,
+/// whose traffic the cgroup programs see. Where they do not ([`CgroupSockets::Blind`]),
+/// `lo` too, so that the container's loopback traffic is enforced and counted at TC.
+fn gets_tc(name: &str, only: Option<&[String]>) -> bool {
+    match only {
+        Some(o) => o.iter().any(|n| n == name),
+        None => name != "lo" || CgroupSockets::probe() == CgroupSockets::Blind,
+    }
 }
 
 fn attach_here(
@@ -320,7 +331,7 @@ fn attach_here(
     let maps = programs.maps();
     let mut out = Vec::new();
     for (ifindex, name) in sys::interfaces()? {
-        if name == "lo" || only.is_some_and(|o| !o.contains(&name)) {
+        if !gets_tc(&name, only) {
             continue;
         }
         if classid_keys {

@@ -10,7 +10,7 @@
 # this script's. The command may leave files in $VM_OUT; --keep copies them to DIR. The VM
 # has no network card: tests use loopback and the namespaces they make.
 # TCG is the accelerator by default (TETHER_VM_ACCEL=kvm to use /dev/kvm where it can boot
-# stock kernels).
+# stock kernels). TETHER_VM_LOGLEVEL=7 shows the kernel's messages on the console (3: errors).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -108,7 +108,7 @@ for attempt in 1 2 3; do
   timeout --foreground "$timeout" qemu-system-x86_64 "${accel[@]}" -M pc -m "$mem" -smp "$cpus" \
     -nographic -no-reboot -monitor none -serial stdio -nic none \
     -kernel "$work/vmlinux" -initrd "$work/initrd.cpio" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init tether.out=$out tether.guest=$here/guest.sh" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=${TETHER_VM_LOGLEVEL:-3} rdinit=/init tether.out=$out tether.guest=$here/guest.sh" \
     -fsdev local,id=root,path=/,security_model=passthrough,readonly=on,multidevs=remap \
     -device virtio-9p-pci,fsdev=root,mount_tag=root \
     -fsdev local,id=out,path="$out",security_model=passthrough \

@@ -20,7 +20,8 @@ while IFS=$'\t' read -r name cmd; do
   [ -n "${status[$name]:-}" ] || { order+=("$name"); status[$name]=pass; passed[$name]=0; failed[$name]=0; secs[$name]=0; }
   start=$(date +%s)
   # shellcheck disable=SC2086
-  $cmd --test-threads="$threads" >"$logs/$name.cur" 2>&1
+  timeout --kill-after=30 "${TETHER_SCENARIO_TIMEOUT:-900}" \
+    $cmd --test-threads="$threads" >"$logs/$name.cur" 2>&1
   rc=$?
   cat "$logs/$name.cur" >>"$logs/$name.log"
   secs[$name]=$(( ${secs[$name]} + $(date +%s) - start ))
@@ -33,9 +34,8 @@ while IFS=$'\t' read -r name cmd; do
   if [ "$rc" -ne 0 ] || [ "$np" -eq 0 ]; then status[$name]=fail; fi
   rm -f "$logs/$name.cur"
   echo "--- $name: exit $rc, $np passed, $nf failed ($cmd)" >>"$logs/$name.log"
+  # Written after every command, so a VM that hangs later still reports what ran.
+  for n in "${order[@]}"; do
+    printf '%s\t%s\t%s\t%s\t%s\n' "$n" "${status[$n]}" "${passed[$n]}" "${failed[$n]}" "${secs[$n]}"
+  done >"$results.new" && mv "$results.new" "$results"
 done <"$manifest"
-
-for name in "${order[@]}"; do
-  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "${status[$name]}" "${passed[$name]}" "${failed[$name]}" \
-    "${secs[$name]}" >>"$results"
-done

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use tether_api::types::{ContainerStatsInfo, InterfaceStatsInfo};
 use tether_bpf::container::{self, IfaceAttached};
+use tether_bpf::features::CgroupSockets;
 use tether_bpf::{Counters, PinLayout, Programs};
 
 use super::plan::{CountAt, Netns, Plan};
@@ -131,9 +132,31 @@ pub fn attach(
     };
     let only = plan.only();
     let mut config = plan.config;
-    // The namespace is the container's alone: count at its interfaces if it has any (a
-    // prestart hook, as Docker's, has set them up by now).
-    if plan.count_at == CountAt::Auto && config.account && plan.netns == Netns::New {
+    if CgroupSockets::probe() == CgroupSockets::Blind {
+        // The cgroup programs will not see this container's sockets: what they would enforce
+        // and count is done at the interfaces of its network namespace, loopback included.
+        // In the host's namespace there is nowhere to do it.
+        if netns.is_none() && (config.account || config.policy) {
+            return Err(Error::attach(
+                id,
+                format!(
+                    "the kernel does not charge sockets to their cgroup v2 (cgroup-sockets: {}), \
+                     and the container shares the host's network namespace, so it can be \
+                     neither enforced nor counted; boot with the pure cgroup v2 layout \
+                     (systemd.unified_cgroup_hierarchy=1) or a kernel from 5.15",
+                    CgroupSockets::Blind.as_str()
+                ),
+            ));
+        }
+        config.count_at_interfaces = config.account;
+        info!(
+            "{id}: cgroup-sockets: {}: enforced and counted at the interfaces of its network \
+             namespace, loopback included",
+            CgroupSockets::Blind.as_str()
+        );
+    } else if plan.count_at == CountAt::Auto && config.account && plan.netns == Netns::New {
+        // The namespace is the container's alone: count at its interfaces if it has any (a
+        // prestart hook, as Docker's, has set them up by now).
         if let Some(netns) = &netns {
             config.count_at_interfaces = container::has_interfaces(netns.as_fd(), only.as_deref())
                 .map_err(|e| Error::attach(id, e))?;
