@@ -229,3 +229,59 @@ fn run_attaches_before_the_first_instruction_and_returns_the_exit_code() -> Resu
     );
     Ok(())
 }
+
+/// Runs tether-runc as rootless Podman does: inside a user namespace whose root is not the
+/// host's (`unshare --user --map-root-user` maps one uid).
+fn rootless(node: &Node, runc_root: &std::path::Path, args: &[&str]) -> Result<Output> {
+    Ok(Command::new("unshare")
+        .args(["--user", "--map-root-user", "--"])
+        .arg(tether_runc()?)
+        .arg("--root")
+        .arg(runc_root)
+        .args(args)
+        .env("TETHER_CONFIG", node.config())
+        .stdin(std::process::Stdio::null())
+        .output()?)
+}
+
+#[test]
+fn a_rootless_create_is_refused_when_fail_closed_and_said_when_open() -> Result<()> {
+    let b = bundle(&["/bin/true"])?;
+    let root = tempfile::tempdir()?;
+    let runc_root = root.path().join("runc");
+    let id = format!("trl{}", std::process::id());
+    let bundle_arg = b.path().to_string_lossy().into_owned();
+
+    // Fail-closed (a deny rule): refused before runc runs, with the reason.
+    let node = Node::new("[attach]\negress_deny = [\"127.0.0.2/32\"]\n")?;
+    let out = rootless(&node, &runc_root, &["create", "--bundle", &bundle_arg, &id])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(1), "exit {:?}: {err}", out.status);
+    ensure!(
+        err.contains("a rootless container cannot be attached") && err.contains("closed"),
+        "{err}"
+    );
+    ensure!(!runc_root.join(&id).exists(), "runc ran: {err}");
+    ensure!(
+        !node.dir.path().join("tetherd").exists(),
+        "tetherd was asked for programs: {err}"
+    );
+
+    // Fail-open: said on stderr, and nothing of tether's is made for it.
+    let node =
+        Node::new("[attach]\negress_deny = [\"127.0.0.2/32\"]\nfailure_policy = \"open\"\n")?;
+    let out = rootless(&node, &runc_root, &["create", "--bundle", &bundle_arg, &id])?;
+    let _ = rootless(&node, &runc_root, &["delete", "--force", &id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        err.contains("a rootless container cannot be attached")
+            && err.contains("runs without programs"),
+        "{err}"
+    );
+    ensure!(
+        !node.container_dir("tether-runc-test", &id).exists()
+            && !node.container_dir("default", &id).exists(),
+        "pins made for a rootless container"
+    );
+    Ok(())
+}

@@ -39,6 +39,22 @@ pub fn create(
             return (1, 0);
         }
     };
+    // Rootless (Podman's rootless mode): runc runs in a user namespace, without the
+    // privileges that bpf(2) and the pin root need. Nothing can be attached; the failure
+    // policy decides whether the container runs so.
+    let rootless = plan.enabled && !in_initial_user_namespace();
+    if rootless {
+        let why = "a rootless container cannot be attached (tether-runc runs in a user \
+                   namespace, without the privileges bpf(2) and the pin root need)";
+        if plan.fail_closed {
+            report(
+                args,
+                &format!("tether-runc: {id}: {why}: refused (failure policy: closed)"),
+            );
+            return (1, 0);
+        }
+        eprintln!("tether-runc: {id}: {why}: it runs without programs (failure policy: open)");
+    }
     let attacher = Attacher::new();
     let rt = match runtime() {
         Ok(rt) => rt,
@@ -47,7 +63,9 @@ pub fn create(
             return (1, 0);
         }
     };
-    if let Err(e) = rt.block_on(attacher.prepare(&id, &plan, config, None)) {
+    if rootless {
+        // Nothing to prepare.
+    } else if let Err(e) = rt.block_on(attacher.prepare(&id, &plan, config, None)) {
         report(args, &format!("tether-runc: {e}"));
         return (1, 0);
     }
@@ -73,6 +91,9 @@ pub fn create(
         Some(pid) => Ok(pid),
         None => runc.state(&id).map(|s| s.pid).map_err(|e| e.to_string()),
     };
+    if rootless {
+        return (0, pid.unwrap_or(0));
+    }
     let result = pid.and_then(|pid| {
         init_pid = pid;
         let created = CreatedContainer {
@@ -96,5 +117,32 @@ pub fn create(
             report(args, &format!("tether-runc: {e}"));
             (1, 0)
         }
+    }
+}
+
+/// Whether this process is in the initial user namespace: its uid map is the identity over
+/// every uid. Inside a rootless engine's namespace it maps a few ranges of the host's.
+fn in_initial_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map").map_or(true, |m| is_identity_uid_map(&m))
+}
+
+fn is_identity_uid_map(map: &str) -> bool {
+    let f: Vec<&str> = map.split_whitespace().collect();
+    f == ["0", "0", "4294967295"]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_identity_map_is_the_initial_namespace() {
+        assert!(is_identity_uid_map("         0          0 4294967295\n"));
+        // Rootless Podman: root is the user, the rest from /etc/subuid.
+        assert!(!is_identity_uid_map(
+            "         0       1000          1\n         1     100000      65536\n"
+        ));
+        assert!(!is_identity_uid_map("0 0 1\n"));
+        assert!(!is_identity_uid_map(""));
     }
 }
