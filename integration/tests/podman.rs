@@ -8,7 +8,8 @@
 //! Known issue 22, which these tests do not hide: Podman runs the runtime's `kill` and
 //! `delete` with no PATH and without the caller's environment, so the fixture's tether
 //! config names runc by absolute path and is the default config file (in a private mount
-//! namespace). Rootless Podman is not tested: tether does not attach a rootless container.
+//! namespace). Rootless: `tether-runc` cannot attach in a user namespace; its refusal (fail-closed)
+//! and its warning (fail-open) are tested in tests/tether_runc.rs.
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
