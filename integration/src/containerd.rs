@@ -91,12 +91,21 @@ impl Containerd {
             None::<&str>,
         )
         .context("mount -t bpf (a private bpffs for this containerd)")?;
-        let toml = format!(
+        let mut toml = format!(
             "[broker]\nsocket = \"{sock}\"\npin_root = \"{pins}\"\naudit_log = \"{audit}\"\n",
             sock = self.tetherd_socket().display(),
             pins = self.pin_root().display(),
             audit = d.join("tetherd").join("audit.jsonl").display(),
         );
+        // Under emulation (the kernel matrix's TCG VMs) the node's first load takes longer
+        // than the default attach deadline: the matrix sets a longer one. Last in the file,
+        // so a test may cut it off and write an [attach] section of its own.
+        if let Some(ms) = std::env::var("TETHER_TEST_ATTACH_DEADLINE_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            toml.push_str(&format!("[attach]\ndeadline_ms = {ms}\n"));
+        }
         fs::write(self.tether_config(), toml).context("writing tether config")
     }
 

@@ -51,7 +51,11 @@ fn failure_policy_closed_fails_create_open_runs_and_nothing_hangs() -> Result<()
         std::fs::set_permissions(&hang, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         let cfg = env.containerd().tether_config();
         let original = std::fs::read_to_string(&cfg)?;
+        // The fixture's own [attach] section, if any, is last: this one replaces it.
         let broken = original
+            .split("[attach]")
+            .next()
+            .unwrap_or_default()
             .replace(
                 &env.containerd().pin_root().display().to_string(),
                 &env.containerd()

@@ -7,7 +7,7 @@ use anyhow::{anyhow, ensure, Result};
 use tether_integration::wait::wait_until;
 use tether_integration::TestEnv;
 
-use super::{assert_detached, container_dir, pins_of, tether, tetherctl, ACCOUNTING_LINKS};
+use super::{accounting_links, assert_detached, container_dir, pins_of, tether, tetherctl};
 use crate::common::*;
 
 /// Starts `n` detached `sleep` containers at once and waits until each runs.
@@ -52,7 +52,7 @@ fn burst_of_50_loads_once_and_attaches_all() -> Result<()> {
         let ids = start_many(env, "b", 50)?;
         for id in &ids {
             let pins = pins_of(env, id);
-            ensure!(pins == ACCOUNTING_LINKS, "{id} is not attached: {pins:?}");
+            ensure!(pins == accounting_links(), "{id} is not attached: {pins:?}");
         }
         let status = tetherctl(env, &["status"])?;
         ensure!(
@@ -79,7 +79,10 @@ fn burst_of_50_loads_once_and_attaches_all() -> Result<()> {
         })?;
         let more = start_many(env, "k", 10)?;
         for id in &more {
-            ensure!(pins_of(env, id) == ACCOUNTING_LINKS, "{id} without tetherd");
+            ensure!(
+                pins_of(env, id) == accounting_links(),
+                "{id} without tetherd"
+            );
         }
         for id in ids.iter().chain(&more) {
             env.ctr.force_remove(id)?;
@@ -98,7 +101,7 @@ fn leftovers_of_a_killed_shim_are_collected() -> Result<()> {
         env.ctr
             .run_container(&env.run(&id).detach().command(["/bin/sleep", "1000"]))?;
         wait_status(env, &id, "RUNNING")?;
-        ensure!(pins_of(env, &id) == ACCOUNTING_LINKS);
+        ensure!(pins_of(env, &id) == accounting_links());
         let shim = env.shim_of(&id)?;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(shim.pid),

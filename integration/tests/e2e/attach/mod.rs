@@ -126,6 +126,17 @@ pub(super) fn tc_count(env: &TestEnv, id: &str) -> Result<usize> {
 /// audit.
 pub(super) const ACCOUNTING_LINKS: [&str; 2] =
     ["cgroup_tether_cg_egress", "cgroup_tether_cg_ingress"];
+/// The cgroup links of a container with the default plan on this node: none where the cgroup
+/// programs cannot see the container's sockets (`cgroup-sockets: blind`), which then counts
+/// at its interfaces, loopback included.
+pub(super) fn accounting_links() -> Vec<&'static str> {
+    if tether_bpf::features::CgroupSockets::probe() == tether_bpf::features::CgroupSockets::Blind {
+        Vec::new()
+    } else {
+        ACCOUNTING_LINKS.to_vec()
+    }
+}
+
 /// The cgroup links of a container with deny rules: every cgroup program.
 pub(super) const POLICY_LINKS: [&str; 6] = [
     "cgroup_tether_cg_egress",

@@ -11,8 +11,8 @@ use tether_integration::{Runtime, TestEnv};
 
 use super::cni::{CniNetwork, CNI_SUBNET_GW};
 use super::{
-    assert_detached, cgroup_pins, interfaces_sum, pins_of, stats_of, tc_attachments, tc_count,
-    tether, tetherctl, ACCOUNTING_LINKS, POLICY_LINKS,
+    accounting_links, assert_detached, cgroup_pins, interfaces_sum, pins_of, stats_of,
+    tc_attachments, tc_count, tether, tetherctl, POLICY_LINKS,
 };
 use crate::common::*;
 
@@ -30,7 +30,7 @@ fn cni_interface_is_attached_before_start() -> Result<()> {
         let pins = pins_of(env, &id);
         let tc = tc_attachments(env, &id)?;
         ensure!(tc.len() == 2, "eth0 not attached: {pins:?} {tc:?}");
-        ensure!(cgroup_pins(&pins) == ACCOUNTING_LINKS, "{pins:?}");
+        ensure!(cgroup_pins(&pins) == accounting_links(), "{pins:?}");
         let counted = wait_until("eth0 to count the pings", Duration::from_secs(10), || {
             let s = stats_of(env, &id)?;
             Ok((interfaces_sum(&s, "tx_packets") >= 3).then_some(s))
@@ -162,7 +162,7 @@ fn pod_netns(env: &mut TestEnv) -> Result<()> {
         };
         if clsact {
             ensure!(
-                pins == ACCOUNTING_LINKS,
+                pins == accounting_links(),
                 "clsact pins nothing for TC: {pins:?}"
             );
             ensure!(
@@ -193,7 +193,7 @@ fn pod_netns(env: &mut TestEnv) -> Result<()> {
                 pins.iter().filter(|p| p.starts_with("tc_")).count() == 4,
                 "{pins:?}"
             );
-            ensure!(cgroup_pins(&pins) == ACCOUNTING_LINKS, "{pins:?}");
+            ensure!(cgroup_pins(&pins) == accounting_links(), "{pins:?}");
         }
         // A second container of the pod, in its namespace: the interfaces stay the first
         // one's (its counters are not taken over or zeroed); the second one's attach skips

@@ -6,7 +6,7 @@ use anyhow::{anyhow, ensure, Result};
 use tether_integration::wait::wait_until;
 use tether_integration::Runtime;
 
-use super::{assert_detached, pins_of, stats_of, ACCOUNTING_LINKS};
+use super::{accounting_links, assert_detached, pins_of, stats_of};
 use crate::common::*;
 
 /// `tether-runc`, the runc-compatible entry point, as the runc binary of containerd's own
@@ -50,7 +50,7 @@ fn tether_runc_under_containerds_runc_shim() -> Result<()> {
         )?;
         wait_status(env, &id, "RUNNING")?;
         ensure!(
-            pins_of(env, &id) == ACCOUNTING_LINKS,
+            pins_of(env, &id) == accounting_links(),
             "{:?}",
             pins_of(env, &id)
         );
