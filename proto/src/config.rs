@@ -8,6 +8,7 @@
 //! absent key, belong to the component that reads it.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -63,7 +64,8 @@ pub struct AttachSection {
     pub audit_sample: Option<u32>,
     /// Audit events per second and CPU per container (default 100; 0 = unlimited).
     pub audit_rate: Option<u32>,
-    /// Deadline of the whole attach step in milliseconds (default 2000).
+    /// Deadline of the whole attach step in milliseconds (default 2000); also how long a
+    /// delete waits to hand the container's final counters to tetherd.
     pub deadline_ms: Option<u64>,
     /// Nice value of the shim's thread during the attach step (default -20; 0: the
     /// shim's own).
@@ -90,6 +92,17 @@ pub struct BrokerSection {
     pub allowed_uids: Option<Vec<u32>>,
     /// Collect garbage this often, in seconds (0: never).
     pub gc_interval: Option<u64>,
+}
+
+/// The attach step's deadline when the config names none.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(2000);
+
+impl AttachSection {
+    /// `deadline_ms`, or [`DEFAULT_DEADLINE`].
+    pub fn deadline(&self) -> Duration {
+        self.deadline_ms
+            .map_or(DEFAULT_DEADLINE, Duration::from_millis)
+    }
 }
 
 impl BrokerSection {

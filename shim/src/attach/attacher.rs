@@ -313,7 +313,10 @@ impl Attacher {
     /// counters to tetherd. Also for a container another process attached (the shim died,
     /// or `tether-runc`): idempotent.
     pub async fn detach(&self, namespace: &str, id: &str, config: &Config) {
-        let socket = Some(programs::socket(config));
+        let socket = Some(cgroup_netns::ReportTo {
+            socket: programs::socket(config),
+            deadline: config.attach.deadline(),
+        });
         let tracked = locked(&self.tracked).remove(id);
         if let Some(mut t) = tracked {
             if let Some(w) = t.watcher.take() {

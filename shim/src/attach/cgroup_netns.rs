@@ -207,6 +207,15 @@ pub fn attach(
     })
 }
 
+/// Where a deleted container's final counters go: tetherd's socket, and how long delete
+/// waits for it (the attach deadline; tetherd down, the counters are still in the shim's
+/// log line).
+#[derive(Debug, Clone)]
+pub struct ReportTo {
+    pub socket: PathBuf,
+    pub deadline: Duration,
+}
+
 /// Detaches a container: its links and map entries go; with `report_to`, its final counters
 /// go to tetherd (which keeps them readable for a while after the container is gone).
 /// `programs`: the pins this process opened already, if any (else they are opened).
@@ -216,7 +225,7 @@ pub async fn detach(
     id: &str,
     layout: PinLayout,
     programs: Option<Arc<Programs>>,
-    report_to: Option<PathBuf>,
+    report_to: Option<ReportTo>,
     earlier: Option<Counters>,
 ) {
     // The benchmark's naive mode pinned a private copy for the container: it goes too.
@@ -238,7 +247,7 @@ async fn remove_links(
     id: &str,
     layout: PinLayout,
     programs: Option<Arc<Programs>>,
-    report_to: Option<PathBuf>,
+    report_to: Option<ReportTo>,
     earlier: Option<Counters>,
 ) {
     let dir = match layout.container_dir(namespace, id) {
@@ -276,8 +285,8 @@ async fn remove_links(
                 "detached: {} links, {} map entries; final counters (at the {}) rx {} pkts {} B, tx {} pkts {} B, drops {}, denials {}",
                 d.links, d.map_entries, stats.counted_at, c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes, c.drops, c.denials
             );
-            if let Some(socket) = report_to {
-                retire(&socket, stats).await;
+            if let Some(to) = report_to {
+                retire(&to, stats).await;
             }
         }
         Err(e) => warn!("detach: {e}"),
@@ -297,24 +306,24 @@ fn wire_counters(c: &Counters) -> tether_api::types::Counters {
     }
 }
 
-/// How long a deleted container's counters may take to reach tetherd; delete does not wait
-/// longer (tetherd down: the counters are still in the shim's log line).
-const RETIRE_DEADLINE: Duration = Duration::from_millis(300);
-
-/// Hands a deleted container's final counters to tetherd, if it runs. Best effort.
-async fn retire(socket: &Path, stats: ContainerStatsInfo) {
-    if !socket.exists() {
+/// Hands a deleted container's final counters to tetherd, if it runs. Best effort: delete
+/// waits at most `to.deadline`.
+async fn retire(to: &ReportTo, stats: ContainerStatsInfo) {
+    if !to.socket.exists() {
         return;
     }
     let sent = async {
-        let client = tether_api::Client::connect(socket, RETIRE_DEADLINE)
+        let client = tether_api::Client::connect(&to.socket, to.deadline)
             .await?
-            .with_timeout(RETIRE_DEADLINE);
+            .with_timeout(to.deadline);
         client.retire(stats).await
     };
-    match tokio::time::timeout(RETIRE_DEADLINE, sent).await {
+    match tokio::time::timeout(to.deadline, sent).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => info!("final counters not handed to tetherd: {e}"),
-        Err(_) => info!("final counters not handed to tetherd within {RETIRE_DEADLINE:?}"),
+        Err(_) => info!(
+            "final counters not handed to tetherd within {:?}",
+            to.deadline
+        ),
     }
 }

@@ -357,7 +357,7 @@ impl Plan {
             fail_closed,
             netns,
             count_at,
-            deadline: Duration::from_millis(a.deadline_ms.unwrap_or(2000)),
+            deadline: a.deadline(),
             nice: parse_nice(a.nice)?,
         })
     }

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tether_bpf::{PinLayout, Programs};
 
@@ -79,7 +78,7 @@ impl ProgramCache {
             Ok(p) => p,
             Err(tether_bpf::Error::NotLoaded { .. }) => {
                 let socket = socket(config);
-                let deadline = Duration::from_millis(config.attach.deadline_ms.unwrap_or(2000));
+                let deadline = config.attach.deadline();
                 let client = tether_api::Client::connect_or_spawn(
                     &socket,
                     &tetherd_path(config),
