@@ -70,6 +70,10 @@ pub struct AttachSection {
     /// Nice value of the shim's thread during the attach step (default -20; 0: the
     /// shim's own).
     pub nice: Option<i32>,
+    /// The `tether.io/` annotations containers may set (full keys); default: those that
+    /// can only add to the node's policy. Whatever the list, an annotation can never lower
+    /// what this section sets.
+    pub annotations: Option<Vec<String>>,
     /// The tetherd binary started on demand (default: `tetherd` next to the shim, or on PATH).
     pub tetherd: Option<PathBuf>,
 }

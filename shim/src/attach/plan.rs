@@ -29,6 +29,7 @@ pub const AUDIT_RATE: &str = "tether.io/audit-rate";
 /// Where packets and bytes are counted: `auto`, `cgroup` or `interfaces` (see [`CountAt`]).
 pub const COUNT_AT: &str = "tether.io/count-at";
 
+/// Every key tether knows.
 pub const KEYS: [&str; 8] = [
     PROGRAMS,
     EGRESS_DENY,
@@ -37,6 +38,19 @@ pub const KEYS: [&str; 8] = [
     AUDIT,
     AUDIT_SAMPLE,
     AUDIT_RATE,
+    COUNT_AT,
+];
+
+/// The keys a container may set when the node's `[attach] annotations` names none: those
+/// that can only add to the node's policy or leave it as it is (each value is still held
+/// to the node's floor). The audit's sampling and rate are the node's to give away: a
+/// container that could raise its rate could crowd the shared event ring.
+pub const DEFAULT_ALLOWED: [&str; 6] = [
+    EGRESS_DENY,
+    PROGRAMS,
+    INTERFACES,
+    FAILURE_POLICY,
+    AUDIT,
     COUNT_AT,
 ];
 
@@ -205,6 +219,58 @@ fn parse_nice(v: Option<i32>) -> Result<Option<i32>> {
     }
 }
 
+/// An annotation's value that would lower what the node sets: refused, naming both.
+fn lowers(key: &str, value: &str, node: &str, what: impl std::fmt::Display) -> Error {
+    Error::InvalidArgument(format!(
+        "{key}={value:?} would lower the node's policy ({node}): {what}; an annotation may \
+         only make a container stricter than the node"
+    ))
+}
+
+/// How a node setting reads in an error: `[attach] key = "value"`, or its default.
+fn node_setting(key: &str, set: Option<&str>, default: &str) -> String {
+    match set {
+        Some(v) => format!("[attach] {key} = {v:?}"),
+        None => format!("[attach] {key} unset, default {default:?}"),
+    }
+}
+
+/// The keys the node lets containers set: `[attach] annotations`, each a known key, or
+/// [`DEFAULT_ALLOWED`].
+fn allowed_keys(config: &Config) -> Result<Vec<&str>> {
+    let Some(list) = &config.attach.annotations else {
+        return Ok(DEFAULT_ALLOWED.to_vec());
+    };
+    list.iter()
+        .map(|k| {
+            KEYS.iter()
+                .copied()
+                .find(|known| known == k)
+                .ok_or_else(|| {
+                    bad(
+                        "[attach] annotations",
+                        k,
+                        format!("not a tether annotation (tether knows {})", KEYS.join(", ")),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Whether the interfaces `a` covers include all of `b`'s.
+fn covers(a: &Interfaces, b: &Interfaces) -> bool {
+    match (a, b) {
+        (Interfaces::All, _) | (_, Interfaces::None) => true,
+        (Interfaces::Named(a), Interfaces::Named(b)) => b.iter().all(|n| a.contains(n)),
+        _ => false,
+    }
+}
+
+/// An audit setting's rank: off < denials < connections.
+fn audit_rank(a: (bool, bool)) -> u8 {
+    u8::from(a.0) + u8::from(a.1)
+}
+
 /// The attach step's default nice value (see `super::priority`).
 pub const DEFAULT_NICE: i32 = -20;
 
@@ -229,35 +295,67 @@ impl Plan {
     }
 
     /// Resolves and validates the plan of a container. Every error names the key (config
-    /// key or annotation) and its value.
+    /// key or annotation) and its value. The node's config is a floor: a container's
+    /// annotations may add deny rules and make it stricter, never lower what the node sets
+    /// (an annotation that would is refused, naming the node's setting), and only the keys
+    /// the node allows (`[attach] annotations`) may be set at all.
     pub fn resolve(config: &Config, spec: &Spec) -> Result<Plan> {
         let a = &config.attach;
         let ann = spec.annotations();
-        for k in ann.keys() {
-            if k.starts_with(PREFIX) && !KEYS.contains(&k.as_str()) {
+        let allowed = allowed_keys(config)?;
+        let mut keys: Vec<&String> = ann.keys().filter(|k| k.starts_with(PREFIX)).collect();
+        keys.sort();
+        for k in keys {
+            if !KEYS.contains(&k.as_str()) {
                 return Err(Error::InvalidArgument(format!(
                     "unknown annotation {k:?} (tether knows {})",
                     KEYS.join(", ")
                 )));
             }
+            if !allowed.contains(&k.as_str()) {
+                let list = if allowed.is_empty() {
+                    "none".to_string()
+                } else {
+                    allowed.join(", ")
+                };
+                return Err(Error::InvalidArgument(format!(
+                    "annotation {k:?} is not one this node lets containers set ([attach] \
+                     annotations allows {list})"
+                )));
+            }
         }
         let get = |k: &str| ann.get(k).map(String::as_str);
 
-        let (mut account, mut policy) = match &a.programs {
+        let node_programs = match &a.programs {
             Some(v) => parse_programs("[attach] programs", v)?,
             None => (true, true),
         };
+        let mut node_deny = Vec::new();
+        for v in a.egress_deny.iter().flatten() {
+            parse_cidrs("[attach] egress_deny", v, &mut node_deny)?;
+        }
+        // What the node enforces on every container: its rules, with its policy on.
+        let node_enforces = node_programs.1 && !node_deny.is_empty();
+        let (mut account, mut policy) = node_programs;
         if let Some(v) = get(PROGRAMS) {
             (account, policy) = parse_programs(PROGRAMS, v)?;
+            let node = node_setting("programs", a.programs.as_deref(), "all");
+            if node_programs.0 && !account {
+                return Err(lowers(PROGRAMS, v, &node, "it switches accounting off"));
+            }
+            if node_enforces && !policy {
+                return Err(lowers(
+                    PROGRAMS,
+                    v,
+                    &format!("{node}, and [attach] egress_deny"),
+                    "it switches off the policy that enforces the node's deny rules",
+                ));
+            }
         }
-        let mut deny = Vec::new();
-        for v in a.egress_deny.iter().flatten() {
-            parse_cidrs("[attach] egress_deny", v, &mut deny)?;
-        }
+        let mut deny = node_deny;
         if let Some(v) = get(EGRESS_DENY) {
             parse_cidrs(EGRESS_DENY, v, &mut deny)?;
-            // The node's rules may be switched off per container; the container's own
-            // rules with the policy off would be dropped without a word.
+            // The container's own rules with the policy off would be dropped without a word.
             if !policy {
                 return Err(bad(
                     EGRESS_DENY,
@@ -267,35 +365,87 @@ impl Plan {
                 ));
             }
         }
-        let mut interfaces = match &a.interfaces {
+        let node_interfaces = match &a.interfaces {
             Some(v) => parse_interfaces("[attach] interfaces", v)?,
             None => Interfaces::All,
         };
+        let mut interfaces = node_interfaces.clone();
         if let Some(v) = get(INTERFACES) {
             interfaces = parse_interfaces(INTERFACES, v)?;
+            if !covers(&interfaces, &node_interfaces) {
+                let node = node_setting("interfaces", a.interfaces.as_deref(), "all");
+                return Err(lowers(
+                    INTERFACES,
+                    v,
+                    &node,
+                    "it leaves out interfaces the node gives programs",
+                ));
+            }
         }
-        let mut audit = match &a.audit {
+        let node_audit = match &a.audit {
             Some(v) => parse_audit("[attach] audit", v)?,
             None => (true, false),
         };
+        let mut audit = node_audit;
         if let Some(v) = get(AUDIT) {
             audit = parse_audit(AUDIT, v)?;
+            if audit_rank(audit) < audit_rank(node_audit) {
+                let node = node_setting("audit", a.audit.as_deref(), "denials");
+                return Err(lowers(AUDIT, v, &node, "it audits less than the node"));
+            }
         }
-        let mut sample = a.audit_sample.unwrap_or(1).max(1);
+        let node_sample = a.audit_sample.unwrap_or(1).max(1);
+        let mut sample = node_sample;
         if let Some(v) = get(AUDIT_SAMPLE) {
             sample = parse_u32(AUDIT_SAMPLE, v, 1)?;
+            if sample > node_sample {
+                let node = format!("[attach] audit_sample = {node_sample}");
+                return Err(lowers(
+                    AUDIT_SAMPLE,
+                    v,
+                    &node,
+                    "it keeps fewer audit events than the node",
+                ));
+            }
         }
-        let mut rate = a.audit_rate.unwrap_or(100);
+        let node_rate = a.audit_rate.unwrap_or(100);
+        let mut rate = node_rate;
         if let Some(v) = get(AUDIT_RATE) {
             rate = parse_u32(AUDIT_RATE, v, 0)?;
+            // 0 is unlimited: the most a container can keep.
+            if rate != 0 && (node_rate == 0 || rate < node_rate) {
+                let node = format!("[attach] audit_rate = {node_rate} (0: unlimited)");
+                return Err(lowers(
+                    AUDIT_RATE,
+                    v,
+                    &node,
+                    "it keeps fewer audit events than the node",
+                ));
+            }
         }
         let enforce = policy && !deny.is_empty();
-        let mut fail_closed = match &a.failure_policy {
+        let node_closed = match &a.failure_policy {
             Some(v) => parse_failure("[attach] failure_policy", v)?,
+            None => node_enforces,
+        };
+        let mut fail_closed = match &a.failure_policy {
+            Some(_) => node_closed,
             None => enforce,
         };
         if let Some(v) = get(FAILURE_POLICY) {
             fail_closed = parse_failure(FAILURE_POLICY, v)?;
+            if node_closed && !fail_closed {
+                let node = match &a.failure_policy {
+                    Some(p) => format!("[attach] failure_policy = {p:?}"),
+                    None => "[attach] egress_deny, which fails closed".to_string(),
+                };
+                return Err(lowers(
+                    FAILURE_POLICY,
+                    v,
+                    &node,
+                    "a container the node fails closed must not run unattached",
+                ));
+            }
         }
         let enabled = a.enabled.unwrap_or(true) && (account || enforce);
         let netns = spec
@@ -312,7 +462,18 @@ impl Plan {
             },
         );
         if let Some(v) = get(COUNT_AT) {
-            count_at = (COUNT_AT, parse_count_at(COUNT_AT, v)?);
+            let asked = parse_count_at(COUNT_AT, v)?;
+            // Where to count is the node's to say when it says it.
+            if a.count_at.is_some() && asked != count_at.1 {
+                let node = node_setting("count_at", a.count_at.as_deref(), "auto");
+                return Err(lowers(
+                    COUNT_AT,
+                    v,
+                    &node,
+                    "the node decides where its containers are counted",
+                ));
+            }
+            count_at = (COUNT_AT, asked);
         }
         let no_interfaces = netns == Netns::Host || interfaces == Interfaces::None;
         if count_at.1 == CountAt::Interfaces && no_interfaces && count_at.0 != COUNT_AT {
@@ -418,11 +579,10 @@ mod tests {
         let p = Plan::resolve(&cfg("[attach]\ncount_at = \"interfaces\"\n"), &own).unwrap();
         assert_eq!(p.count_at, CountAt::Interfaces);
         assert!(p.config.count_at_interfaces);
-        // The annotation wins over the node's config.
-        let s = spec(&[(COUNT_AT, "cgroup")], Some(None));
-        let p = Plan::resolve(&cfg("[attach]\ncount_at = \"interfaces\"\n"), &s).unwrap();
-        assert_eq!(p.count_at, CountAt::Cgroup);
-        assert!(!p.config.count_at_interfaces);
+        // The annotation decides where the node leaves it to the default.
+        let s = spec(&[(COUNT_AT, "interfaces")], Some(None));
+        let p = Plan::resolve(&Config::default(), &s).unwrap();
+        assert_eq!(p.count_at, CountAt::Interfaces);
         // A pod's namespace, named in the spec: at the interfaces only when asked.
         let s = spec(
             &[(COUNT_AT, "interfaces")],
@@ -435,19 +595,19 @@ mod tests {
                 .count_at_interfaces
         );
         // No counting: nothing to count anywhere, and nothing to refuse.
-        let s = spec(
-            &[(COUNT_AT, "interfaces"), (PROGRAMS, "policy")],
-            Some(None),
-        );
+        let s = spec(&[(COUNT_AT, "interfaces")], Some(None));
         assert!(
-            !Plan::resolve(&Config::default(), &s)
+            !Plan::resolve(&cfg("[attach]\nprograms = \"policy\"\n"), &s)
                 .unwrap()
                 .config
                 .count_at_interfaces
         );
         // The node's choice leaves the containers without interfaces at the cgroup.
-        let node = cfg("[attach]\ncount_at = \"interfaces\"\n");
-        for s in [spec(&[], None), spec(&[(INTERFACES, "none")], Some(None))] {
+        for (conf, s) in [
+            ("", spec(&[], None)),
+            ("interfaces = \"none\"\n", spec(&[], Some(None))),
+        ] {
+            let node = cfg(&format!("[attach]\ncount_at = \"interfaces\"\n{conf}"));
             let p = Plan::resolve(&node, &s).unwrap();
             assert_eq!(p.count_at, CountAt::Cgroup);
             assert!(!p.config.count_at_interfaces);
@@ -462,8 +622,8 @@ mod tests {
                 "host's network namespace",
             ),
             (
-                vec![(COUNT_AT, "interfaces"), (INTERFACES, "none")],
-                "",
+                vec![(COUNT_AT, "interfaces")],
+                "[attach]\ninterfaces = \"none\"\n",
                 Some(None),
                 COUNT_AT,
                 "interfaces \"none\"",
@@ -523,8 +683,176 @@ mod tests {
         assert_eq!(p.deny.len(), 2);
         assert_eq!(p.interfaces, Interfaces::Named(vec!["eth0".into()]));
         assert!(p.config.audit_connects);
-        let p = Plan::resolve(&c, &spec(&[(PROGRAMS, "none")], Some(None))).unwrap();
+        let p = Plan::resolve(&cfg("[attach]\nprograms = \"none\"\n"), &spec(&[], None)).unwrap();
         assert!(!p.enabled);
+    }
+
+    /// A node config that lets containers set every key.
+    fn all_keys() -> Config {
+        let keys: Vec<String> = KEYS.iter().map(|k| format!("{k:?}")).collect();
+        cfg(&format!("[attach]\nannotations = [{}]\n", keys.join(", ")))
+    }
+
+    /// Resolves `ann` on a new netns under the node config `conf`; the error's text.
+    fn refused(conf: &str, ann: &[(&str, &str)]) -> String {
+        match Plan::resolve(&cfg(conf), &spec(ann, Some(None))) {
+            Ok(p) => panic!("{ann:?} under {conf:?} resolved: {p:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_node_is_a_floor() {
+        let rules = "[attach]\negress_deny = [\"10.0.0.0/8\"]\n";
+        let every = {
+            let keys: Vec<String> = KEYS.iter().map(|k| format!("{k:?}")).collect();
+            format!("annotations = [{}]\n", keys.join(", "))
+        };
+        // Each annotation that would lower the node's setting: refused, naming the key,
+        // the value and the node's setting.
+        for (conf, ann, node) in [
+            (rules.to_string(), (PROGRAMS, "none"), "[attach] programs"),
+            (
+                rules.to_string(),
+                (PROGRAMS, "accounting"),
+                "[attach] egress_deny",
+            ),
+            (
+                "".into(),
+                (PROGRAMS, "policy"),
+                "[attach] programs unset, default \"all\"",
+            ),
+            ("".into(), (INTERFACES, "none"), "[attach] interfaces"),
+            (
+                "[attach]\ninterfaces = \"eth0,eth1\"\n".into(),
+                (INTERFACES, "eth0"),
+                "\"eth0,eth1\"",
+            ),
+            (
+                rules.to_string(),
+                (FAILURE_POLICY, "open"),
+                "[attach] egress_deny",
+            ),
+            (
+                "[attach]\nfailure_policy = \"closed\"\n".into(),
+                (FAILURE_POLICY, "open"),
+                "failure_policy = \"closed\"",
+            ),
+            ("".into(), (AUDIT, "off"), "[attach] audit"),
+            (
+                "[attach]\naudit = \"connections\"\n".into(),
+                (AUDIT, "denials"),
+                "\"connections\"",
+            ),
+            (
+                format!("[attach]\naudit_sample = 4\n{every}"),
+                (AUDIT_SAMPLE, "5"),
+                "audit_sample = 4",
+            ),
+            (
+                format!("[attach]\n{every}"),
+                (AUDIT_RATE, "50"),
+                "audit_rate = 100",
+            ),
+            (
+                format!("[attach]\naudit_rate = 0\n{every}"),
+                (AUDIT_RATE, "1000"),
+                "audit_rate = 0",
+            ),
+            (
+                "[attach]\ncount_at = \"cgroup\"\n".into(),
+                (COUNT_AT, "interfaces"),
+                "count_at = \"cgroup\"",
+            ),
+        ] {
+            let e = refused(&conf, &[ann]);
+            assert!(
+                e.contains(ann.0) && e.contains(ann.1) && e.contains(node) && e.contains("lower"),
+                "{ann:?} under {conf:?}: {e}"
+            );
+        }
+        // What only adds, or leaves the node's setting as it is, resolves.
+        for (conf, ann) in [
+            (rules.to_string(), vec![(EGRESS_DENY, "192.0.2.1")]),
+            (
+                rules.to_string(),
+                vec![(PROGRAMS, "all"), (FAILURE_POLICY, "closed")],
+            ),
+            ("".into(), vec![(PROGRAMS, "accounting")]),
+            (
+                "[attach]\nprograms = \"accounting\"\n".into(),
+                vec![(PROGRAMS, "all"), (EGRESS_DENY, "192.0.2.1")],
+            ),
+            (
+                "[attach]\ninterfaces = \"eth0\"\n".into(),
+                vec![(INTERFACES, "eth0,eth1")],
+            ),
+            (
+                "[attach]\ninterfaces = \"eth0\"\n".into(),
+                vec![(INTERFACES, "all")],
+            ),
+            ("".into(), vec![(AUDIT, "connections")]),
+            (
+                "".into(),
+                vec![(EGRESS_DENY, "192.0.2.1"), (FAILURE_POLICY, "open")],
+            ),
+            (
+                format!("[attach]\naudit_sample = 4\n{every}"),
+                vec![(AUDIT_SAMPLE, "2")],
+            ),
+            (format!("[attach]\n{every}"), vec![(AUDIT_RATE, "0")]),
+            (format!("[attach]\n{every}"), vec![(AUDIT_RATE, "500")]),
+            (
+                "[attach]\ncount_at = \"cgroup\"\n".into(),
+                vec![(COUNT_AT, "cgroup")],
+            ),
+        ] {
+            if let Err(e) = Plan::resolve(&cfg(&conf), &spec(&ann, Some(None))) {
+                panic!("{ann:?} under {conf:?}: {e}");
+            }
+        }
+        let p = Plan::resolve(
+            &cfg(rules),
+            &spec(
+                &[(EGRESS_DENY, "192.0.2.1"), (AUDIT, "connections")],
+                Some(None),
+            ),
+        )
+        .unwrap();
+        assert!(p.config.policy && p.fail_closed && p.config.audit_connects);
+        assert_eq!(p.deny.len(), 2, "the container's rule adds to the node's");
+    }
+
+    #[test]
+    fn only_the_keys_the_node_allows() {
+        // By default the audit's sampling and rate are the node's.
+        for k in [AUDIT_SAMPLE, AUDIT_RATE] {
+            let e = refused("", &[(k, "1")]);
+            assert!(
+                e.contains(k) && e.contains("[attach] annotations allows tether.io/egress-deny"),
+                "{e}"
+            );
+        }
+        // A node that allows only deny rules.
+        let conf = "[attach]\nannotations = [\"tether.io/egress-deny\"]\n";
+        let e = refused(conf, &[(AUDIT, "connections")]);
+        assert!(
+            e.contains(AUDIT) && e.contains("allows tether.io/egress-deny)"),
+            "{e}"
+        );
+        Plan::resolve(&cfg(conf), &spec(&[(EGRESS_DENY, "192.0.2.1")], Some(None))).unwrap();
+        // None at all.
+        let e = refused(
+            "[attach]\nannotations = []\n",
+            &[(EGRESS_DENY, "192.0.2.1")],
+        );
+        assert!(e.contains("allows none"), "{e}");
+        // A key in the list that tether does not know is the config's error.
+        let e = refused("[attach]\nannotations = [\"tether.io/egres-deny\"]\n", &[]);
+        assert!(
+            e.contains("[attach] annotations") && e.contains("tether.io/egres-deny"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -550,7 +878,7 @@ mod tests {
             (AUDIT_RATE, "-3", "whole number"),
             (INTERFACES, "a/b", "not an interface"),
         ] {
-            let e = Plan::resolve(&Config::default(), &spec(&[(k, v)], Some(None)))
+            let e = Plan::resolve(&all_keys(), &spec(&[(k, v)], Some(None)))
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -561,7 +889,7 @@ mod tests {
         // A container's own deny rules with its policy off.
         for programs in ["accounting", "none"] {
             let e = Plan::resolve(
-                &Config::default(),
+                &cfg("[attach]\nprograms = \"none\"\n"),
                 &spec(
                     &[(PROGRAMS, programs), (EGRESS_DENY, "10.0.0.0/8")],
                     Some(None),
@@ -574,14 +902,6 @@ mod tests {
                 "{e}"
             );
         }
-        // The node's rules with the policy off for one container: accounting only.
-        let node = Config::parse(
-            "[attach]\negress_deny = [\"10.0.0.0/8\"]\n",
-            std::path::Path::new("t"),
-        )
-        .unwrap();
-        let p = Plan::resolve(&node, &spec(&[(PROGRAMS, "accounting")], Some(None))).unwrap();
-        assert!(!p.config.policy && p.config.account);
         let e = Plan::resolve(
             &Config::default(),
             &spec(&[("tether.io/egres-deny", "x")], Some(None)),

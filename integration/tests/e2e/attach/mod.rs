@@ -6,14 +6,16 @@
 //! its first instruction, counters, priority, host network, a late interface),
 //! [`create_failures`] (bad annotations, the failure policy), [`many_containers`] (a burst,
 //! tetherd or a shim killed), [`named_netns`] (CNI and a pod's namespace, TCX and clsact)
-//! [`cni`] (the tests' CNI network, twenty pods at once) and [`runc_shim`] (`tether-runc`
-//! under containerd's runc shim). This file holds what they
+//! [`cni`] (the tests' CNI network, twenty pods at once), [`node_floor`] (annotations
+//! cannot lower the node's policy) and [`runc_shim`] (`tether-runc` under containerd's runc
+//! shim). This file holds what they
 //! share: `tetherctl`, the pins of a container, the detach check.
 
 mod cni;
 mod create_failures;
 mod many_containers;
 mod named_netns;
+mod node_floor;
 mod one_container;
 mod runc_shim;
 
