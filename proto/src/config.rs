@@ -70,6 +70,8 @@ pub struct AttachSection {
     /// Nice value of the shim's thread during the attach step (default -20; 0: the
     /// shim's own).
     pub nice: Option<i32>,
+    /// Deny rules per container, the node's and its annotation's together (default 256).
+    pub max_rules: Option<u32>,
     /// The `tether.io/` annotations containers may set (full keys); default: those that
     /// can only add to the node's policy. Whatever the list, an annotation can never lower
     /// what this section sets.

@@ -271,6 +271,12 @@ fn audit_rank(a: (bool, bool)) -> u8 {
     u8::from(a.0) + u8::from(a.1)
 }
 
+/// The default quota of deny rules per container (`[attach] max_rules`), the node's and
+/// the container's together. Each is an entry of a map every container shares (65,536
+/// entries): at 256, a node's 110 pods (Kubernetes' default maximum) at their quota fill
+/// less than half of it.
+pub const DEFAULT_MAX_RULES: u32 = 256;
+
 /// The attach step's default nice value (see `super::priority`).
 pub const DEFAULT_NICE: i32 = -20;
 
@@ -364,6 +370,26 @@ impl Plan {
                      [attach] programs): drop the rules or enable the policy",
                 ));
             }
+        }
+        // A quota on the node's shared deny maps: one container cannot fill them for all.
+        let max_rules = a.max_rules.unwrap_or(DEFAULT_MAX_RULES) as usize;
+        if deny.len() > max_rules {
+            let node_rules = a.egress_deny.iter().flatten().count();
+            return Err(match get(EGRESS_DENY) {
+                Some(v) if node_rules <= max_rules => bad(
+                    EGRESS_DENY,
+                    v,
+                    format!(
+                        "{} deny rules with the node's exceed the quota of {max_rules} per \
+                         container ([attach] max_rules)",
+                        deny.len()
+                    ),
+                ),
+                _ => Error::InvalidArgument(format!(
+                    "[attach] egress_deny: {node_rules} rules exceed [attach] max_rules = \
+                     {max_rules}"
+                )),
+            });
         }
         let node_interfaces = match &a.interfaces {
             Some(v) => parse_interfaces("[attach] interfaces", v)?,
@@ -821,6 +847,33 @@ mod tests {
         .unwrap();
         assert!(p.config.policy && p.fail_closed && p.config.audit_connects);
         assert_eq!(p.deny.len(), 2, "the container's rule adds to the node's");
+    }
+
+    #[test]
+    fn deny_rules_have_a_quota() {
+        let many = |n: usize| -> String {
+            (0..n)
+                .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let rules = "[attach]\negress_deny = [\"192.0.2.0/24\"]\nmax_rules = 8\n";
+        let p = Plan::resolve(&cfg(rules), &spec(&[(EGRESS_DENY, &many(7))], Some(None)));
+        assert_eq!(p.unwrap().deny.len(), 8);
+        let e = refused(rules, &[(EGRESS_DENY, &many(8))]);
+        assert!(
+            e.contains(EGRESS_DENY) && e.contains("9 deny rules") && e.contains("max_rules"),
+            "{e}"
+        );
+        // The default quota.
+        let e = refused("", &[(EGRESS_DENY, &many(DEFAULT_MAX_RULES as usize + 1))]);
+        assert!(e.contains("quota of 256"), "{e}");
+        // The node's own rules over its quota: the config's error.
+        let e = refused(
+            "[attach]\negress_deny = [\"192.0.2.0/24\", \"198.51.100.0/24\"]\nmax_rules = 1\n",
+            &[],
+        );
+        assert!(e.contains("[attach] egress_deny: 2 rules"), "{e}");
     }
 
     #[test]
