@@ -30,6 +30,31 @@ pub struct CgroupAttached {
     pub links: Vec<(Prog, LinkInfo)>,
 }
 
+/// The default quota of interfaces per network namespace that get TC programs. Each is an
+/// entry of a map every container shares (65,536 entries).
+pub const DEFAULT_MAX_INTERFACES: usize = 64;
+
+/// Which interfaces of a network namespace get TC programs, and how many may.
+#[derive(Debug, Clone, Copy)]
+pub struct Select<'a> {
+    /// Those named; `None`: all but `lo` (and `lo` too where the cgroup programs are
+    /// blind, see [`CgroupSockets`]).
+    pub only: Option<&'a [String]>,
+    /// A quota: a namespace with more interfaces to attach than this is refused, and none
+    /// of them is attached.
+    pub max: usize,
+}
+
+impl Default for Select<'_> {
+    /// All interfaces, up to [`DEFAULT_MAX_INTERFACES`].
+    fn default() -> Self {
+        Select {
+            only: None,
+            max: DEFAULT_MAX_INTERFACES,
+        }
+    }
+}
+
 /// An interface that [`attach_netns`] attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IfaceAttached {
@@ -128,10 +153,18 @@ pub fn attach_netns(
     cgroup_id: u64,
     netns: BorrowedFd<'_>,
 ) -> Result<Vec<IfaceAttached>> {
-    attach_netns_only(programs, layout, namespace, id, cgroup_id, netns, None)
+    attach_netns_only(
+        programs,
+        layout,
+        namespace,
+        id,
+        cgroup_id,
+        netns,
+        Select::default(),
+    )
 }
 
-/// [`attach_netns`] limited to the interfaces named in `only` (all but `lo` when `None`).
+/// [`attach_netns`] limited to the interfaces `select` picks.
 pub fn attach_netns_only(
     programs: &Programs,
     layout: &PinLayout,
@@ -139,7 +172,7 @@ pub fn attach_netns_only(
     id: &str,
     cgroup_id: u64,
     netns: BorrowedFd<'_>,
-    only: Option<&[String]>,
+    select: Select<'_>,
 ) -> Result<Vec<IfaceAttached>> {
     attach_netns_with(
         programs,
@@ -148,7 +181,7 @@ pub fn attach_netns_only(
         id,
         cgroup_id,
         netns,
-        only,
+        select,
         TcAttach::probe(),
     )
 }
@@ -162,13 +195,13 @@ pub fn attach_netns_with(
     id: &str,
     cgroup_id: u64,
     netns: BorrowedFd<'_>,
-    only: Option<&[String]>,
+    select: Select<'_>,
     tc: TcAttach,
 ) -> Result<Vec<IfaceAttached>> {
     refuse_host_netns(netns)?;
     let dir = layout.container_dir(namespace, id)?;
     require_attached(&dir, id)?;
-    in_netns(netns, || attach_here(programs, &dir, cgroup_id, only, tc))
+    in_netns(netns, || attach_here(programs, &dir, cgroup_id, select, tc))
 }
 
 /// Removes the clsact filters of a container's interfaces (the clsact mode of
@@ -282,7 +315,7 @@ pub fn attach_netns_and_watch(
     id: &str,
     cgroup_id: u64,
     netns: BorrowedFd<'_>,
-    only: Option<&[String]>,
+    select: Select<'_>,
 ) -> Result<(Vec<IfaceAttached>, std::os::fd::OwnedFd)> {
     refuse_host_netns(netns)?;
     let dir = layout.container_dir(namespace, id)?;
@@ -290,7 +323,7 @@ pub fn attach_netns_and_watch(
     let tc = TcAttach::probe();
     in_netns(netns, || {
         let watch = netlink::link_events_socket_here()?;
-        let attached = attach_here(programs, &dir, cgroup_id, only, tc)?;
+        let attached = attach_here(programs, &dir, cgroup_id, select, tc)?;
         Ok((attached, watch))
     })
 }
@@ -320,9 +353,20 @@ fn attach_here(
     programs: &Programs,
     dir: &Path,
     cgroup_id: u64,
-    only: Option<&[String]>,
+    select: Select<'_>,
     tc: TcAttach,
 ) -> Result<Vec<IfaceAttached>> {
+    let picked: Vec<(u32, String)> = sys::interfaces()?
+        .into_iter()
+        .filter(|(_, name)| gets_tc(name, select.only))
+        .collect();
+    if picked.len() > select.max {
+        return Err(Error::Quota {
+            what: "interfaces",
+            count: picked.len(),
+            max: select.max,
+        });
+    }
     let cookie = programs.netns_cookie_here()?;
     let classid_keys = programs.netns_key() == NetnsKey::Classid;
     // Classid keys live in clsact filters: TCX has no classid.
@@ -330,10 +374,7 @@ fn attach_here(
     let classid_start = if classid_keys { classid_start()? } else { 0 };
     let maps = programs.maps();
     let mut out = Vec::new();
-    for (ifindex, name) in sys::interfaces()? {
-        if !gets_tc(&name, only) {
-            continue;
-        }
+    for (ifindex, name) in picked {
         if classid_keys {
             if let Some(key) = attach_classid(programs, ifindex, &name, cgroup_id, classid_start)? {
                 out.push(IfaceAttached {

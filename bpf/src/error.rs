@@ -42,6 +42,13 @@ pub enum Error {
     /// A CIDR (e.g. from an annotation) does not parse.
     #[error("invalid CIDR {value:?}: {reason}")]
     Cidr { value: String, reason: &'static str },
+    /// A container asks for more of a shared map than its quota.
+    #[error("{count} {what} exceed the quota of {max} per container")]
+    Quota {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
     /// A container id or namespace that cannot be stored or used as a pin name.
     #[error("invalid container {what} {value:?}: {reason}")]
     Name {

@@ -6,6 +6,7 @@ mod common;
 use std::os::fd::AsFd;
 
 use common::*;
+use tether_bpf::container::Select;
 use tether_bpf::{container, ContainerConfig, NetnsKey, Prog};
 
 /// Re-executed by [`Probe`]; does nothing in a normal test run.
@@ -273,7 +274,7 @@ fn clsact_fallback_counts_and_detaches() {
         "clsact",
         attached.cgroup_id,
         netns.as_fd(),
-        None,
+        Select::default(),
         TcAttach::Clsact,
     )
     .unwrap();
@@ -288,7 +289,7 @@ fn clsact_fallback_counts_and_detaches() {
         "clsact",
         attached.cgroup_id,
         netns.as_fd(),
-        None,
+        Select::default(),
         TcAttach::Clsact,
     )
     .unwrap()
@@ -366,7 +367,7 @@ fn shared_namespace(netns_key: NetnsKey) {
                 id,
                 cgid,
                 netns.as_fd(),
-                None,
+                Select::default(),
                 mode,
             )
             .unwrap();
@@ -422,4 +423,67 @@ fn shared_namespace(netns_key: NetnsKey) {
         assert!(d.interfaces[0].1.tx_packets >= after.tx_packets, "{mode:?}");
         assert!(maps.ifaces().unwrap().is_empty(), "{mode:?}");
     }
+}
+
+/// A namespace with more interfaces than the quota is refused whole: none of them gets
+/// programs or an entry, and at the quota all do.
+#[test]
+fn a_namespace_over_the_interface_quota_is_refused() {
+    let fs = Bpffs::new().unwrap();
+    let progs = fs.load().unwrap();
+    let ns = Netns::new();
+    // Two veth pairs with both ends in the namespace: four interfaces besides lo.
+    for i in 0..2 {
+        let (a, b) = (format!("dq{i}a"), format!("dq{i}b"));
+        let args = [
+            "-n", &ns.name, "link", "add", &a, "type", "veth", "peer", "name", &b,
+        ];
+        run("ip", &args);
+    }
+    let cg = TestCgroup::new().unwrap();
+    let a = container::attach_cgroup(
+        &progs,
+        &fs.layout,
+        "test",
+        "quota",
+        cg.open().unwrap().as_fd(),
+        &ContainerConfig::default(),
+        &[],
+    )
+    .unwrap();
+    let attach = |max| {
+        container::attach_netns_only(
+            &progs,
+            &fs.layout,
+            "test",
+            "quota",
+            a.cgroup_id,
+            ns.open().as_fd(),
+            Select { only: None, max },
+        )
+    };
+    let owned = || {
+        progs
+            .maps()
+            .ifaces()
+            .unwrap()
+            .into_iter()
+            .filter(|(_, cg)| *cg == a.cgroup_id)
+            .count()
+    };
+    // Where the cgroup programs are blind, lo gets TC programs too.
+    let lo = usize::from(
+        tether_bpf::features::CgroupSockets::probe() == tether_bpf::features::CgroupSockets::Blind,
+    );
+    let n = 4 + lo;
+    let e = attach(n - 1).unwrap_err();
+    assert!(
+        matches!(e, tether_bpf::Error::Quota { what: "interfaces", count, max }
+            if count == n && max == n - 1),
+        "{e}"
+    );
+    assert_eq!(owned(), 0, "an interface attached over the quota");
+    assert_eq!(attach(n).unwrap().len(), n);
+    assert_eq!(owned(), n);
+    container::detach(&progs, &fs.layout, "test", "quota").unwrap();
 }

@@ -65,7 +65,9 @@ impl From<tether_bpf::Error> for BackendError {
             E::MapFull { map, max_entries } => BackendError::MapFull {
                 map: format!("{map} ({max_entries} entries)"),
             },
-            other @ (E::Cidr { .. } | E::Name { .. }) => BackendError::NotFound(other.to_string()),
+            other @ (E::Cidr { .. } | E::Name { .. } | E::Quota { .. }) => {
+                BackendError::NotFound(other.to_string())
+            }
         }
     }
 }

@@ -72,6 +72,8 @@ pub struct AttachSection {
     pub nice: Option<i32>,
     /// Deny rules per container, the node's and its annotation's together (default 256).
     pub max_rules: Option<u32>,
+    /// Interfaces per network namespace that get TC programs (default 64).
+    pub max_interfaces: Option<u32>,
     /// The `tether.io/` annotations containers may set (full keys); default: those that
     /// can only add to the node's policy. Whatever the list, an annotation can never lower
     /// what this section sets.

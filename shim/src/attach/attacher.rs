@@ -266,7 +266,7 @@ impl Attacher {
             return Ok(());
         };
         let layout = programs::layout(config);
-        let r = match Attachment::from_pins(layout, namespace, id, &netns, plan.only()) {
+        let r = match Attachment::from_pins(layout, namespace, id, &netns, plan.tc_select()) {
             Ok(Some(a)) => attach_added(&a),
             Ok(None) => Ok(()),
             Err(e) => Err(Error::attach(id, e)),

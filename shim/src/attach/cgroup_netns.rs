@@ -13,7 +13,7 @@ use tether_bpf::container::{self, IfaceAttached};
 use tether_bpf::features::CgroupSockets;
 use tether_bpf::{Counters, PinLayout, Programs};
 
-use super::plan::{CountAt, Netns, Plan};
+use super::plan::{CountAt, Netns, Plan, TcSelect};
 use crate::error::{Error, Result};
 
 /// What is attached of one container: the programs, its cgroup, and the network namespace
@@ -26,8 +26,8 @@ pub struct Attachment {
     pub programs: Arc<Programs>,
     pub cgroup_id: u64,
     pub netns: Option<OwnedFd>,
-    /// The interfaces that get TC programs when not all do.
-    pub only: Option<Vec<String>>,
+    /// The interfaces that get TC programs, and how many may.
+    pub select: TcSelect,
 }
 
 impl Attachment {
@@ -39,7 +39,7 @@ impl Attachment {
         namespace: &str,
         id: &str,
         netns: &Path,
-        only: Option<Vec<String>>,
+        select: TcSelect,
     ) -> tether_bpf::Result<Option<Attachment>> {
         let programs = match Programs::open(&layout, tether_bpf::VERSION) {
             Ok(p) => p,
@@ -61,7 +61,7 @@ impl Attachment {
             programs: Arc::new(programs),
             cgroup_id,
             netns: Some(netns.into()),
-            only,
+            select,
         }))
     }
 
@@ -79,7 +79,7 @@ impl Attachment {
             &self.id,
             self.cgroup_id,
             netns.as_fd(),
-            self.only.as_deref(),
+            self.select.as_select(),
         )
     }
 
@@ -130,7 +130,7 @@ pub fn attach(
         })?)),
         None => None,
     };
-    let only = plan.only();
+    let select = plan.tc_select();
     let mut config = plan.config;
     if CgroupSockets::probe() == CgroupSockets::Blind {
         // The cgroup programs will not see this container's sockets: what they would enforce
@@ -158,8 +158,9 @@ pub fn attach(
         // The namespace is the container's alone: count at its interfaces if it has any (a
         // prestart hook, as Docker's, has set them up by now).
         if let Some(netns) = &netns {
-            config.count_at_interfaces = container::has_interfaces(netns.as_fd(), only.as_deref())
-                .map_err(|e| Error::attach(id, e))?;
+            config.count_at_interfaces =
+                container::has_interfaces(netns.as_fd(), select.only.as_deref())
+                    .map_err(|e| Error::attach(id, e))?;
         }
     }
     let t_open = Instant::now();
@@ -183,7 +184,7 @@ pub fn attach(
                 id,
                 cg.cgroup_id,
                 netns.as_fd(),
-                only.as_deref(),
+                select.as_select(),
             )
             .map_err(|e| Error::attach(id, e))?
             .1,
@@ -198,7 +199,7 @@ pub fn attach(
             programs,
             cgroup_id: cg.cgroup_id,
             netns,
-            only,
+            select,
         },
         watch,
         open: t_open - t0,

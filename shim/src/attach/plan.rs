@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::spec::{Spec, NETWORK_NAMESPACE};
+use tether_bpf::container::{Select, DEFAULT_MAX_INTERFACES};
 use tether_bpf::{Cidr, ContainerConfig};
 
 use crate::config::Config;
@@ -106,6 +107,8 @@ pub struct Plan {
     pub deadline: Duration,
     /// The nice value the shim's thread runs the attach step at (`None`: its own).
     pub nice: Option<i32>,
+    /// The quota of interfaces of the container's network namespace that get TC programs.
+    pub max_interfaces: usize,
 }
 
 fn bad(key: &str, value: &str, why: impl std::fmt::Display) -> Error {
@@ -297,6 +300,16 @@ impl Plan {
         match &self.interfaces {
             Interfaces::Named(n) => Some(n.clone()),
             _ => None,
+        }
+    }
+
+    /// Which interfaces get TC programs, and how many may: what an [`Attachment`] keeps.
+    ///
+    /// [`Attachment`]: super::cgroup_netns::Attachment
+    pub fn tc_select(&self) -> TcSelect {
+        TcSelect {
+            only: self.only(),
+            max: self.max_interfaces,
         }
     }
 
@@ -546,7 +559,27 @@ impl Plan {
             count_at,
             deadline: a.deadline(),
             nice: parse_nice(a.nice)?,
+            max_interfaces: a
+                .max_interfaces
+                .map_or(DEFAULT_MAX_INTERFACES, |n| n as usize),
         })
+    }
+}
+
+/// The owned form of [`Select`]: which interfaces of a container's namespace get TC
+/// programs (those named, else all), and the quota.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcSelect {
+    pub only: Option<Vec<String>>,
+    pub max: usize,
+}
+
+impl TcSelect {
+    pub fn as_select(&self) -> Select<'_> {
+        Select {
+            only: self.only.as_deref(),
+            max: self.max,
+        }
     }
 }
 
@@ -593,6 +626,9 @@ mod tests {
         assert_eq!(p.netns, Netns::New);
         assert_eq!(p.deadline, Duration::from_secs(2));
         assert_eq!(p.nice, Some(DEFAULT_NICE));
+        assert_eq!(p.max_interfaces, DEFAULT_MAX_INTERFACES);
+        let p = Plan::resolve(&cfg("[attach]\nmax_interfaces = 5\n"), &spec(&[], None)).unwrap();
+        assert_eq!(p.tc_select().as_select().max, 5);
     }
 
     #[test]

@@ -10,10 +10,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use crate::attach::cgroup_netns::Attachment;
-use crate::attach::plan::Plan;
+use crate::attach::plan::{Plan, TcSelect};
 use crate::attach::programs;
 use crate::attach::watch;
 use crate::config::Config;
+use tether_bpf::container::DEFAULT_MAX_INTERFACES;
 
 /// The first argument that makes `tether-runc` the link watcher of one container (never a
 /// runc flag).
@@ -70,7 +71,14 @@ pub fn watch(argv: &[OsString]) -> i32 {
     let Ok(dir) = layout.container_dir(&ns, &id) else {
         return 1;
     };
-    let attachment = match Attachment::from_pins(layout, &ns, &id, netns.as_ref(), only) {
+    let select = TcSelect {
+        only,
+        max: config
+            .attach
+            .max_interfaces
+            .map_or(DEFAULT_MAX_INTERFACES, |n| n as usize),
+    };
+    let attachment = match Attachment::from_pins(layout, &ns, &id, netns.as_ref(), select) {
         Ok(Some(a)) => Arc::new(a),
         Ok(None) => return 0,
         Err(_) => return 1,

@@ -8,6 +8,7 @@ use std::os::fd::AsFd;
 use std::time::Instant;
 
 use anyhow::Result;
+use tether_bpf::container::Select;
 use tether_bpf::tc::TcAttach;
 use tether_bpf::{container, programs, ContainerConfig, IfKey, NetnsKey, Prog, Programs};
 
@@ -90,7 +91,7 @@ pub fn key_cost(n: usize, repeat: u32) -> Result<()> {
                 &id,
                 a.cgroup_id,
                 netns.as_fd(),
-                None,
+                Select::default(),
                 w.tc,
             )?;
             w.times.push(t.elapsed().as_secs_f64() * 1e6);
