@@ -75,8 +75,14 @@ pub fn attach_cgroup(
     deny: &[Cidr],
 ) -> Result<CgroupAttached> {
     let dir = layout.container_dir(namespace, id)?;
-    clear_stale(&dir)?;
     let cgid = cgroup_id(cgroup)?;
+    {
+        // Under the lock garbage collection takes to remove a stale directory: it cannot
+        // remove this one between the clearing and the making.
+        let _lock = lock_containers(layout)?;
+        clear_stale(&dir)?;
+        pins::make_dir(&dir)?;
+    }
     let maps = programs.maps();
     let undo = |dir: &Path| {
         let _ = remove_links(dir);
@@ -85,7 +91,6 @@ pub fn attach_cgroup(
     // Kernels before 5.11 charge the attach's cgroup storage to RLIMIT_MEMLOCK.
     let _memlock = crate::memlock::raise();
     let result = (|| {
-        pins::make_dir(&dir)?;
         maps.set_container(cgid, config, namespace, id)?;
         for cidr in deny {
             maps.add_deny(cgid, cidr)?;
@@ -644,7 +649,64 @@ impl ContainerLinks {
     }
 }
 
-/// Every container directory under the layout, with its links.
+/// An exclusive lock on the layout's containers directory (made if missing), held by the
+/// steps that decide whether a container's directory is stale and act on it:
+/// [`attach_cgroup`] clearing a stale directory and making its own, and garbage collection
+/// removing one ([`remove_if_stale`]). Each holds it for a few syscalls, never across a wait.
+pub fn lock_containers(layout: &PinLayout) -> Result<nix::fcntl::Flock<fs::File>> {
+    let root = layout.containers_dir();
+    pins::make_dir(&root)?;
+    let f = fs::File::open(&root).map_err(|e| Error::path("open", &root, e))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| Error::path("flock", &root, e.into()))
+}
+
+/// One container's directory and its links as they are now; `None` when it is gone.
+fn read_container(dir: &Path, namespace: &str, id: &str) -> Result<Option<ContainerLinks>> {
+    let links = match read_links(dir) {
+        Ok(l) => l,
+        Err(Error::Path { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(Some(ContainerLinks {
+        namespace: namespace.to_string(),
+        id: id.to_string(),
+        dir: dir.to_path_buf(),
+        links: links
+            .into_iter()
+            .map(|(n, l)| {
+                let info = l.refresh().unwrap_or(l.info());
+                (n, info)
+            })
+            .collect(),
+    }))
+}
+
+/// Removes a container's directory and links found stale earlier, if it still is by
+/// `stale` (judged again under [`lock_containers`]): a container that reused the id since
+/// has made the directory its own, and it is left alone. Returns whether it was removed.
+pub fn remove_if_stale(
+    layout: &PinLayout,
+    found: &ContainerLinks,
+    stale: impl Fn(&ContainerLinks) -> bool,
+) -> Result<bool> {
+    let _lock = lock_containers(layout)?;
+    match read_container(&found.dir, &found.namespace, &found.id)? {
+        Some(now) if stale(&now) => {
+            remove_links(&found.dir)?;
+            if let Some(parent) = found.dir.parent() {
+                let _ = fs::remove_dir(parent);
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Every container directory under the layout, with its links. A directory that goes away
+/// while it is read is left out.
 pub fn list(layout: &PinLayout) -> Result<Vec<ContainerLinks>> {
     let root = layout.containers_dir();
     let mut out = Vec::new();
@@ -657,20 +719,12 @@ pub fn list(layout: &PinLayout) -> Result<Vec<ContainerLinks>> {
         let Ok(ids) = fs::read_dir(ns.path()) else {
             continue;
         };
+        let namespace = pins::decode_name(&ns.file_name().to_string_lossy());
         for c in ids.flatten() {
-            let links = read_links(&c.path())?
-                .into_iter()
-                .map(|(n, l)| {
-                    let info = l.refresh().unwrap_or(l.info());
-                    (n, info)
-                })
-                .collect();
-            out.push(ContainerLinks {
-                namespace: pins::decode_name(&ns.file_name().to_string_lossy()),
-                id: pins::decode_name(&c.file_name().to_string_lossy()),
-                dir: c.path(),
-                links,
-            });
+            let id = pins::decode_name(&c.file_name().to_string_lossy());
+            if let Some(found) = read_container(&c.path(), &namespace, &id)? {
+                out.push(found);
+            }
         }
     }
     out.sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));

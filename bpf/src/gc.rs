@@ -56,13 +56,15 @@ pub fn collect_with_grace(
             continue;
         }
         if c.is_stale() {
-            dead.insert((c.namespace.clone(), c.id.clone()));
-            report.containers.push(format!("{}/{}", c.namespace, c.id));
-            if !dry_run {
-                container::remove_dir_links(&c.dir)?;
-                if let Some(parent) = c.dir.parent() {
-                    let _ = std::fs::remove_dir(parent);
-                }
+            // Judged again under the lock attaches take: a container may have reused the
+            // id since the listing, and its directory is then its own.
+            let removed = dry_run
+                || container::remove_if_stale(layout, c, |now| {
+                    now.is_stale() && !is_attaching(now)
+                })?;
+            if removed {
+                dead.insert((c.namespace.clone(), c.id.clone()));
+                report.containers.push(format!("{}/{}", c.namespace, c.id));
             }
         } else {
             for (_, info) in &c.links {
@@ -76,6 +78,10 @@ pub fn collect_with_grace(
     let now = unix_nanos(SystemTime::now());
     for p in versions {
         let maps = p.maps();
+        // The cgroups with entries first, then the young identities: a container writes its
+        // identity before any other entry, so one that starts writing between the two reads
+        // is either not among the known cgroups or among the young.
+        let known = maps.known_cgroups()?;
         // A young entry may belong to a container between writing its entries and pinning
         // its links; it is kept unless its container was just found stale.
         let young: HashSet<u64> = maps
@@ -85,7 +91,7 @@ pub fn collect_with_grace(
             .filter(|(_, i)| !dead.contains(&(i.namespace.clone(), i.id.clone())))
             .map(|(cg, _)| cg)
             .collect();
-        for cg in maps.known_cgroups()? {
+        for cg in known {
             if live_cgroups.contains(&cg) || young.contains(&cg) {
                 continue;
             }

@@ -187,3 +187,53 @@ fn a_new_version_is_pinned_beside_the_old_and_gc_removes_it_once_unused() {
     assert_eq!(gc(no_grace), vec![other.to_string()]);
     assert!(!fs.layout.version_dir(other).exists());
 }
+
+/// Garbage collection found a container stale (its cgroup gone); before it acts, a new
+/// container takes the id. The new container's directory and links are its own: they stay.
+/// A directory still stale is removed.
+#[test]
+fn gc_leaves_a_directory_a_new_container_took_since_the_listing() {
+    let fs = Bpffs::new().unwrap();
+    let progs = fs.load().unwrap();
+    let attach = |cg: &TestCgroup| {
+        container::attach_cgroup(
+            &progs,
+            &fs.layout,
+            "test",
+            "reused",
+            cg.open().unwrap().as_fd(),
+            &ContainerConfig::default(),
+            &[],
+        )
+        .unwrap()
+    };
+    let stale = |c: &container::ContainerLinks| c.is_stale();
+    // Attaches to a cgroup, removes the cgroup, and lists until the container is stale
+    // (the kernel releases a cgroup link from a work item).
+    let stale_listing = || {
+        let cg = TestCgroup::new().unwrap();
+        attach(&cg);
+        std::fs::remove_dir(&cg.path).unwrap();
+        for _ in 0..250 {
+            let listed = container::list(&fs.layout).unwrap();
+            if listed.len() == 1 && stale(&listed[0]) {
+                return listed[0].clone();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("never stale: {:?}", container::list(&fs.layout));
+    };
+
+    let found = stale_listing();
+    let new = TestCgroup::new().unwrap();
+    let a = attach(&new);
+    assert!(!container::remove_if_stale(&fs.layout, &found, stale).unwrap());
+    let now = container::list(&fs.layout).unwrap();
+    assert!(now.len() == 1 && !stale(&now[0]), "{now:?}");
+    assert!(now[0].links.iter().all(|(_, l)| l.cgroup_id == a.cgroup_id));
+    container::detach(&progs, &fs.layout, "test", "reused").unwrap();
+
+    let found = stale_listing();
+    assert!(container::remove_if_stale(&fs.layout, &found, stale).unwrap());
+    assert!(!found.dir.exists());
+}
