@@ -730,8 +730,3 @@ pub fn list(layout: &PinLayout) -> Result<Vec<ContainerLinks>> {
     out.sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));
     Ok(out)
 }
-
-/// Removes a container directory found stale by [`list`] (links, pins, directory).
-pub fn remove_dir_links(dir: &Path) -> Result<usize> {
-    remove_links(dir)
-}
