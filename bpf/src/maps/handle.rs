@@ -133,8 +133,12 @@ impl MapFd {
         sys::map_delete(self.fd.as_fd(), as_bytes(key))
     }
 
+    /// Every key, once. A hash map's walk starts over from its first key when the key it
+    /// stands on is deleted meanwhile (another container's delete): keys seen already are
+    /// not listed again.
     pub(super) fn keys<K: Pod>(&self) -> Result<Vec<K>> {
         let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let mut next = K::default();
         let mut cur: Option<K> = None;
         loop {
@@ -145,7 +149,9 @@ impl MapFd {
                 return Ok(out);
             }
             next = from_bytes(&buf).unwrap_or(next);
-            out.push(next);
+            if seen.insert(buf) {
+                out.push(next);
+            }
             cur = Some(next);
         }
     }
