@@ -107,7 +107,7 @@ for k in $kernels; do
     start=$(date +%s)
     bash integration/vm/run.sh --cgroup "$cg" --keep "$dir" "$kdir" -- \
       "'$out/bin/tetherd' --features >\"\$VM_OUT/features\";
-       TETHER_TEST_ATTACH_DEADLINE_MS=${TETHER_TEST_ATTACH_DEADLINE_MS:-30000} \\
+       TETHER_TEST_ATTACH_DEADLINE_MS=${TETHER_TEST_ATTACH_DEADLINE_MS:-60000} \\
        bash integration/vm/scenarios.sh '$manifest' \"\$VM_OUT/results\" \"\$VM_OUT/logs\"" \
       >"$dir/console.log" 2>&1 || true
     echo "   $(( $(date +%s) - start )) s" >&2

@@ -69,7 +69,12 @@ impl Ctr {
         S: AsRef<OsStr>,
     {
         let mut cmd = Command::new(crate::containerd_release::binary("ctr"));
-        cmd.arg("--address")
+        // ctr's own dial gives up after 10 s: under emulation (the kernel matrix's VMs) a
+        // burst of fifty ctr runs keeps containerd from accepting that long. The call's
+        // deadline still holds.
+        cmd.arg("--connect-timeout")
+            .arg("60s")
+            .arg("--address")
             .arg(&self.address)
             .arg("--namespace")
             .arg(&self.namespace)
