@@ -27,6 +27,23 @@ use tether_integration::{Runtime, TestEnv};
 
 use crate::common::*;
 
+/// Whether a probe (`nc -w 3 ADDR 9`, nothing listening) reached its address: the port
+/// answered with a reset.
+pub(super) fn reached(out: &tether_integration::Output) -> bool {
+    out.stderr.contains("Connection refused")
+}
+
+/// Whether a probe was denied: EPERM at connect, or where the cgroup programs are blind
+/// (the step-down enforces at TC) a SYN dropped, so nc times out.
+pub(super) fn denied(out: &tether_integration::Output) -> bool {
+    let eperm = "Operation not permitted";
+    if tether_bpf::features::CgroupSockets::probe() == tether_bpf::features::CgroupSockets::Blind {
+        out.code != 0 && !reached(out)
+    } else {
+        out.stderr.contains(eperm) || out.stdout.contains(eperm)
+    }
+}
+
 /// Runs `f` against the tether runtime only (these behaviours do not exist in runc.v2).
 pub(super) fn tether(name: &str, f: fn(&mut TestEnv) -> Result<()>) -> Result<()> {
     run_scenario(Runtime::Tether, name, f)

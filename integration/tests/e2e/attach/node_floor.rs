@@ -7,10 +7,9 @@
 use std::path::PathBuf;
 
 use anyhow::{ensure, Result};
-use tether_bpf::features::CgroupSockets;
 use tether_integration::{Output, TestEnv};
 
-use super::{container_dir, tether};
+use super::{container_dir, denied, reached, tether};
 
 /// Replaces the fixture's `[attach]` section (last in the file, if any) with `attach`,
 /// keeping its attach deadline; the original comes back on drop.
@@ -50,20 +49,6 @@ fn probe(env: &mut TestEnv, name: &str, annotations: &[&str]) -> Result<Output> 
     }
     env.ctr
         .run_container(&run.command(["/bin/nc", "-w", "3", "127.0.0.2", "9"]))
-}
-
-fn reached(out: &Output) -> bool {
-    out.stderr.contains("Connection refused")
-}
-
-fn denied(out: &Output) -> bool {
-    let eperm = "Operation not permitted";
-    if CgroupSockets::probe() == CgroupSockets::Blind {
-        // The step-down enforces at TC: the SYN is dropped, nc times out.
-        out.code != 0 && !reached(out)
-    } else {
-        out.stderr.contains(eperm) || out.stdout.contains(eperm)
-    }
 }
 
 #[test]

@@ -8,7 +8,10 @@ use std::time::Duration;
 use anyhow::{anyhow, ensure, Result};
 use tether_integration::wait::wait_until;
 
-use super::{assert_detached, pins_of, stats_of, tc_attachments, tc_count, tether, POLICY_LINKS};
+use super::{
+    assert_detached, denied, pins_of, reached, stats_of, tc_attachments, tc_count, tether,
+    POLICY_LINKS,
+};
 use crate::common::*;
 use tether_bpf::features::CgroupSockets;
 
@@ -258,4 +261,50 @@ impl Drop for VethGuard {
 }
 fn scopeguard(name: &str) -> VethGuard {
     VethGuard(name.to_string())
+}
+
+/// A process exec'd into a running container is in its cgroup and network namespace: the
+/// deny rule holds for it, and its denial is the container's. The same exec to an address
+/// not denied reaches it (the control).
+#[test]
+fn an_exec_process_is_denied() -> Result<()> {
+    tether("exec_denied", |env| {
+        let id = detached_sleep(
+            env,
+            "exec",
+            &["--annotation", "tether.io/egress-deny=127.0.0.2/32"],
+        )?;
+        let exec = |exec_id: &str, addr: &str| {
+            env.ctr.run([
+                "task",
+                "exec",
+                "--exec-id",
+                exec_id,
+                &id,
+                "/bin/nc",
+                "-w",
+                "3",
+                addr,
+                "9",
+            ])
+        };
+        let out = exec("allowed", "127.0.0.3")?;
+        ensure!(
+            reached(&out),
+            "the control exec did not reach 127.0.0.3: {out}"
+        );
+        let out = exec("denied", "127.0.0.2")?;
+        ensure!(
+            denied(&out),
+            "an exec'd process reached the denied address: {out}"
+        );
+        let s = stats_of(env, &id)?;
+        let held = if CgroupSockets::probe() == CgroupSockets::Blind {
+            s["drops"].as_u64().unwrap_or(0) >= 1
+        } else {
+            s["denials"].as_u64().unwrap_or(0) >= 1
+        };
+        ensure!(held, "the exec's denial is not the container's: {s}");
+        kill_and_delete(env, &id)
+    })
 }
