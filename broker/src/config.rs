@@ -13,6 +13,8 @@ use tether_api::{paths, ConfigError};
 use crate::error::Error;
 
 pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 64 << 20;
+/// Rotated audit logs kept by default: `<audit_log>.1`.
+pub const DEFAULT_AUDIT_KEEP: u32 = 1;
 /// How often tetherd collects garbage unless `[broker] gc_interval` says otherwise.
 pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -75,6 +77,8 @@ pub struct Config {
     pub audit_log: PathBuf,
     /// Rotate `audit_log` to `<audit_log>.1` once it grows past this.
     pub audit_max_bytes: u64,
+    /// Rotated audit logs kept (`.1` ... `.N`); 0: none.
+    pub audit_keep: u32,
     pub metrics: MetricsAddr,
     /// Non-root uids allowed to call tetherd besides root.
     pub allowed_uids: Vec<u32>,
@@ -89,6 +93,7 @@ impl Default for Config {
             pin_root: paths::PIN_ROOT.into(),
             audit_log: paths::AUDIT_LOG.into(),
             audit_max_bytes: DEFAULT_AUDIT_MAX_BYTES,
+            audit_keep: DEFAULT_AUDIT_KEEP,
             metrics: MetricsAddr::Off,
             allowed_uids: Vec::new(),
             gc_interval: Some(DEFAULT_GC_INTERVAL),
@@ -137,6 +142,7 @@ impl Config {
             pin_root: b.pin_root.unwrap_or(d.pin_root),
             audit_log: b.audit_log.unwrap_or(d.audit_log),
             audit_max_bytes: b.audit_max_bytes.unwrap_or(d.audit_max_bytes),
+            audit_keep: b.audit_keep.unwrap_or(d.audit_keep),
             metrics,
             allowed_uids: b.allowed_uids.unwrap_or_default(),
             gc_interval: match b.gc_interval {

@@ -12,7 +12,7 @@ use ttrpc::asynchronous::transport::Listener;
 use ttrpc::asynchronous::Server;
 
 use crate::acquire::Acquirer;
-use crate::audit::{self, AuditWriter};
+use crate::audit::{self, AuditTarget};
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::Error;
@@ -62,10 +62,14 @@ where
         log::warn!("adopt existing pins: {e}");
     }
 
-    let writer = AuditWriter::open(&config.audit_log, config.audit_max_bytes)?;
+    let target = AuditTarget {
+        path: config.audit_log.clone(),
+        max_bytes: config.audit_max_bytes,
+        keep: config.audit_keep,
+    };
     let stop_audit = Arc::new(AtomicBool::new(false));
     let audit_thread =
-        audit::spawn(backend.clone(), writer, stop_audit.clone()).map_err(|source| Error::Io {
+        audit::spawn(backend.clone(), target, stop_audit.clone()).map_err(|source| Error::Io {
             what: "start audit thread for",
             path: config.audit_log.clone(),
             source,

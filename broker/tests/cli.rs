@@ -169,3 +169,59 @@ fn tetherctl_fails_cleanly_without_tetherd() -> Result<()> {
     }
     Ok(())
 }
+
+/// An audit log that cannot be opened (its directory is a file) does not keep tetherd from
+/// serving: it starts, answers, and its log says what is lost.
+#[test]
+fn tetherd_serves_when_its_audit_log_cannot_be_opened() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("run/tetherd.sock");
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, "")?;
+    let audit = not_a_dir.join("audit.jsonl");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\naudit_log = \"{}\"\nallowed_uids = [{}]\n",
+            audit.display(),
+            nix::unistd::getuid()
+        ),
+    )?;
+    let log = dir.path().join("tetherd.log");
+    let mut child = Command::new(TETHERD)
+        .args(["--fake-backend", "--config"])
+        .arg(&config)
+        .arg("--socket")
+        .arg(&socket)
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let _daemon = Daemon {
+        socket: socket.clone(),
+    };
+    let end = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() && Instant::now() < end {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "tetherd exited ({status}): {}",
+                std::fs::read_to_string(&log)?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = ctl(&socket, &["--json", "status"])?;
+    ensure!(
+        out.status.success(),
+        "status: {}; tetherd: {}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&log)?
+    );
+    let text = std::fs::read_to_string(&log)?;
+    ensure!(
+        text.contains(&audit.display().to_string()) && text.contains("audit events are lost"),
+        "{text}"
+    );
+    drop(_daemon);
+    let _ = child.wait();
+    Ok(())
+}

@@ -96,6 +96,8 @@ pub struct BrokerSection {
     pub metrics: Option<String>,
     /// Rotate the audit log once it grows past this many bytes.
     pub audit_max_bytes: Option<u64>,
+    /// Rotated audit logs kept (default 1; 0: none).
+    pub audit_keep: Option<u32>,
     /// Non-root uids allowed to call tetherd besides root.
     pub allowed_uids: Option<Vec<u32>>,
     /// Collect garbage this often, in seconds (0: never).
