@@ -45,7 +45,9 @@ pub enum Drained {
 }
 
 /// Reads everything queued on a link-events socket without waiting (`MSG_DONTWAIT`, so it
-/// also serves a socket someone made blocking) and says whether a link was added.
+/// also serves a socket someone made blocking) and says whether a link was added. A socket
+/// that overran (`ENOBUFS`: events were dropped, a burst of link changes) counts as a link
+/// added: the caller lists the namespace's interfaces again, which is the resynchronisation.
 /// `buf` is the read buffer ([`RECV_BUFFER`] bytes holds a burst).
 pub fn drain(sock: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Drained> {
     let mut new_link = false;
@@ -55,6 +57,7 @@ pub fn drain(sock: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Drained> {
             Ok(n) => new_link |= has_new_link(&buf[..n]),
             Err(Errno::EAGAIN) => return Ok(Drained::Empty { new_link }),
             Err(Errno::EINTR) => continue,
+            Err(Errno::ENOBUFS) => new_link = true,
             Err(e) => return Err(Error::syscall("recv(link events)", e.into())),
         }
     }

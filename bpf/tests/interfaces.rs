@@ -487,3 +487,27 @@ fn a_namespace_over_the_interface_quota_is_refused() {
     assert_eq!(owned(), n);
     container::detach(&progs, &fs.layout, "test", "quota").unwrap();
 }
+
+/// A link-events socket that overran (ENOBUFS: a burst of link changes beyond its buffer)
+/// is not a broken watch: the drain says a link was added, so the watcher lists the
+/// namespace again.
+#[test]
+fn an_overrun_link_events_socket_asks_for_a_new_look() {
+    let ns = Netns::new();
+    let sock = container::link_events_socket(ns.open().as_fd()).unwrap();
+    // The smallest receive buffer the kernel allows.
+    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBuf, &0).unwrap();
+    for i in 0..40 {
+        let (a, b) = (format!("ob{i}a"), format!("ob{i}b"));
+        let args = [
+            "-n", &ns.name, "link", "add", &a, "type", "veth", "peer", "name", &b,
+        ];
+        run("ip", &args);
+    }
+    let mut buf = vec![0u8; tether_bpf::netlink::RECV_BUFFER];
+    let r = tether_bpf::netlink::drain(sock.as_fd(), &mut buf).unwrap();
+    assert_eq!(r, tether_bpf::netlink::Drained::Empty { new_link: true });
+    // Drained: nothing more.
+    let r = tether_bpf::netlink::drain(sock.as_fd(), &mut buf).unwrap();
+    assert_eq!(r, tether_bpf::netlink::Drained::Empty { new_link: false });
+}

@@ -187,10 +187,12 @@ impl Attacher {
         };
         let Err(e) = r else { return Ok(()) };
         // Nothing half-attached stays behind, whatever the policy.
-        if let Some(mut t) = locked(&self.tracked).remove(c.id) {
+        let removed = locked(&self.tracked).remove(c.id);
+        if let Some(mut t) = removed {
             if let Some(w) = t.watcher.take() {
                 w.abort();
             }
+            t.attachment.stop_watching();
         }
         let layout = programs::layout(c.config);
         let cached = self.programs.cached(&layout);
@@ -322,6 +324,7 @@ impl Attacher {
             if let Some(w) = t.watcher.take() {
                 w.abort();
             }
+            t.attachment.stop_watching();
             // runc delete has already run; the attachment still holds the namespace.
             t.attachment.detach_clsact();
             let a = &t.attachment;

@@ -28,6 +28,9 @@ pub struct Attachment {
     pub netns: Option<OwnedFd>,
     /// The interfaces that get TC programs, and how many may.
     pub select: TcSelect,
+    /// Held while interfaces are attached; `true` once the container is being detached
+    /// ([`Attachment::stop_watching`]): no late attach runs after that.
+    stopped: std::sync::Mutex<bool>,
 }
 
 impl Attachment {
@@ -62,6 +65,7 @@ impl Attachment {
             cgroup_id,
             netns: Some(netns.into()),
             select,
+            stopped: std::sync::Mutex::new(false),
         }))
     }
 
@@ -69,7 +73,8 @@ impl Attachment {
     /// yet (added since the last visit). No unbounded wait inside: bpf(2), setns(2) and a
     /// netlink dump of the namespace.
     pub fn attach_new_interfaces(&self) -> tether_bpf::Result<Vec<IfaceAttached>> {
-        let Some(netns) = &self.netns else {
+        let stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(netns) = self.netns.as_ref().filter(|_| !*stopped) else {
             return Ok(Vec::new());
         };
         container::attach_netns_only(
@@ -81,6 +86,13 @@ impl Attachment {
             netns.as_fd(),
             self.select.as_select(),
         )
+    }
+
+    /// No interface is attached from here on: waits for an attach of new interfaces in
+    /// progress (the link watcher's, on a blocking thread), then makes every later one a
+    /// no-op. Run it before detaching.
+    pub fn stop_watching(&self) {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
     }
 
     /// clsact filters are not pinned: they are removed through the namespace, while this
@@ -200,6 +212,7 @@ pub fn attach(
             cgroup_id: cg.cgroup_id,
             netns,
             select,
+            stopped: std::sync::Mutex::new(false),
         },
         watch,
         open: t_open - t0,

@@ -33,29 +33,45 @@ impl LinkWatch {
     /// added, attaches to the interfaces that have no programs yet. Returns whether to keep
     /// watching (`false`: the socket is closed or broken).
     pub fn on_readable(&mut self, sock: BorrowedFd<'_>) -> bool {
-        let id = &self.attachment.id;
-        match netlink::drain(sock, &mut self.buf) {
-            Ok(Drained::Closed) => false,
-            Ok(Drained::Empty { new_link: false }) => true,
-            Ok(Drained::Empty { new_link: true }) => {
-                match self.attachment.attach_new_interfaces() {
-                    Ok(added) => {
-                        for a in added {
-                            info!(
-                                "{id}: attached to new interface {} (ifindex {})",
-                                a.name, a.key.ifindex
-                            );
-                        }
-                    }
-                    Err(e) => warn!("{id}: attach to new interface: {e}"),
-                }
+        match self.drain(sock) {
+            Some(true) => {
+                attach_new(&self.attachment);
                 true
             }
+            Some(false) => true,
+            None => false,
+        }
+    }
+
+    /// Reads everything queued: `Some(true)` when a link was added (or events were lost,
+    /// and the namespace must be looked at again), `None` when the socket is closed or
+    /// broken.
+    fn drain(&mut self, sock: BorrowedFd<'_>) -> Option<bool> {
+        match netlink::drain(sock, &mut self.buf) {
+            Ok(Drained::Closed) => None,
+            Ok(Drained::Empty { new_link }) => Some(new_link),
             Err(e) => {
-                warn!("link watch of {id}: {e}");
-                false
+                warn!("link watch of {}: {e}", self.attachment.id);
+                None
             }
         }
+    }
+}
+
+/// Attaches to the interfaces of the container's namespace that have no programs yet, and
+/// logs what it did.
+fn attach_new(attachment: &Attachment) {
+    let id = &attachment.id;
+    match attachment.attach_new_interfaces() {
+        Ok(added) => {
+            for a in added {
+                info!(
+                    "{id}: attached to new interface {} (ifindex {})",
+                    a.name, a.key.ifindex
+                );
+            }
+        }
+        Err(e) => warn!("{id}: attach to new interface: {e}"),
     }
 }
 
@@ -71,11 +87,25 @@ pub fn spawn(attachment: Arc<Attachment>, sock: OwnedFd) -> Result<JoinHandle<()
             let Ok(mut guard) = sock.readable().await else {
                 return;
             };
-            if !watch.on_readable(sock.get_ref().as_fd()) {
-                return;
-            }
+            let added = watch.drain(sock.get_ref().as_fd());
             // Drained to EAGAIN: the readiness is used up.
             guard.clear_ready();
+            match added {
+                None => return,
+                Some(false) => {}
+                Some(true) => {
+                    // The attach work (bpf(2), setns(2), a netlink dump) runs on a blocking
+                    // thread, never on the runtime's one thread that serves the task API.
+                    // Detach waits for it (Attachment::stop_watching).
+                    let a = watch.attachment.clone();
+                    if tokio::task::spawn_blocking(move || attach_new(&a))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
         }
     }))
 }
