@@ -42,13 +42,14 @@ fn veth_traffic(netns_key: NetnsKey) {
         &[],
     )
     .unwrap();
-    let ifaces = container::attach_netns(
+    let ifaces = container::attach_netns_only(
         &progs,
         &fs.layout,
         "test",
         "veth",
         attached.cgroup_id,
         pair.a.open().as_fd(),
+        veth0(),
     )
     .unwrap();
     assert_eq!(ifaces.len(), 1, "{ifaces:?}");
@@ -72,26 +73,28 @@ fn veth_traffic(netns_key: NetnsKey) {
     .unwrap();
     let b_progs: Vec<Prog> = b.links.iter().map(|(p, _)| *p).collect();
     assert_eq!(b_progs, [Prog::CgroupIngress, Prog::CgroupEgress]);
-    let ifaces_b = container::attach_netns(
+    let ifaces_b = container::attach_netns_only(
         &progs,
         &fs.layout,
         "test",
         "veth-b",
         b.cgroup_id,
         pair.b.open().as_fd(),
+        veth0(),
     )
     .unwrap();
     assert_eq!(ifaces_b[0].key.ifindex, ifaces[0].key.ifindex);
     assert_ne!(ifaces_b[0].key, ifaces[0].key);
     assert!(ifaces[0].key.netns_cookie != 0 && ifaces_b[0].key.netns_cookie != 0);
     // Idempotent: nothing new to attach.
-    assert!(container::attach_netns(
+    assert!(container::attach_netns_only(
         &progs,
         &fs.layout,
         "test",
         "veth",
         attached.cgroup_id,
-        pair.a.open().as_fd()
+        pair.a.open().as_fd(),
+        veth0()
     )
     .unwrap()
     .is_empty());
@@ -214,8 +217,16 @@ fn classid_keys_are_read_back_from_the_filters() {
         .cgroup_id
     };
     let attach_if = |id: &str, cgid: u64| {
-        container::attach_netns(&progs, &fs.layout, "test", id, cgid, pair.a.open().as_fd())
-            .unwrap()
+        container::attach_netns_only(
+            &progs,
+            &fs.layout,
+            "test",
+            id,
+            cgid,
+            pair.a.open().as_fd(),
+            veth0(),
+        )
+        .unwrap()
     };
     let (cg_a, cg_c) = (TestCgroup::new().unwrap(), TestCgroup::new().unwrap());
     let a = attach_cg("classid-a", &cg_a);
@@ -274,7 +285,7 @@ fn clsact_fallback_counts_and_detaches() {
         "clsact",
         attached.cgroup_id,
         netns.as_fd(),
-        Select::default(),
+        veth0(),
         TcAttach::Clsact,
     )
     .unwrap();
@@ -289,7 +300,7 @@ fn clsact_fallback_counts_and_detaches() {
         "clsact",
         attached.cgroup_id,
         netns.as_fd(),
-        Select::default(),
+        veth0(),
         TcAttach::Clsact,
     )
     .unwrap()
@@ -367,7 +378,7 @@ fn shared_namespace(netns_key: NetnsKey) {
                 id,
                 cgid,
                 netns.as_fd(),
-                Select::default(),
+                veth0(),
                 mode,
             )
             .unwrap();

@@ -156,3 +156,14 @@ pub fn connect_from(
     stream.set_nonblocking(false)?;
     Ok(stream)
 }
+
+/// The TC selection of the veth tests: `veth0` alone. Where the cgroup programs are blind
+/// (`CgroupSockets::Blind`) the default takes `lo` too; these tests are about the veth.
+pub fn veth0() -> tether_bpf::container::Select<'static> {
+    static ONLY: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| vec!["veth0".to_string()]);
+    tether_bpf::container::Select {
+        only: Some(ONLY.as_slice()),
+        ..Default::default()
+    }
+}

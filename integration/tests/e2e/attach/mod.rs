@@ -145,15 +145,27 @@ pub(super) fn tc_count(env: &TestEnv, id: &str) -> Result<usize> {
 /// audit.
 pub(super) const ACCOUNTING_LINKS: [&str; 2] =
     ["cgroup_tether_cg_egress", "cgroup_tether_cg_ingress"];
-/// The cgroup links of a container with the default plan on this node: none where the cgroup
-/// programs cannot see the container's sockets (`cgroup-sockets: blind`), which then counts
-/// at its interfaces, loopback included.
+/// The cgroup links of a container with the default plan on this node. Where the cgroup
+/// programs cannot see the container's sockets (`cgroup-sockets: blind`) it counts at its
+/// interfaces, loopback included, and only `connect4` is attached (its link ties the pins
+/// to the cgroup's life), as for `count-at=interfaces`.
 pub(super) fn accounting_links() -> Vec<&'static str> {
-    if tether_bpf::features::CgroupSockets::probe() == tether_bpf::features::CgroupSockets::Blind {
-        Vec::new()
+    if blind() {
+        vec!["cgroup_tether_connect4"]
     } else {
         ACCOUNTING_LINKS.to_vec()
     }
+}
+
+/// Whether this node's cgroup programs are blind to container sockets (the step-down).
+pub(super) fn blind() -> bool {
+    tether_bpf::features::CgroupSockets::probe() == tether_bpf::features::CgroupSockets::Blind
+}
+
+/// How many `lo` interfaces of a container's namespace get TC programs: one where the
+/// cgroup programs are blind (TC stands in for them), else none.
+pub(super) fn lo_tc() -> usize {
+    usize::from(blind())
 }
 
 /// The cgroup links of a container with deny rules: every cgroup program.

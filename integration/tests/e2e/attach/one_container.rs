@@ -9,7 +9,7 @@ use anyhow::{anyhow, ensure, Result};
 use tether_integration::wait::wait_until;
 
 use super::{
-    assert_detached, denied, pins_of, reached, stats_of, tc_attachments, tc_count, tether,
+    assert_detached, denied, lo_tc, pins_of, reached, stats_of, tc_attachments, tc_count, tether,
     POLICY_LINKS,
 };
 use crate::common::*;
@@ -205,11 +205,7 @@ fn interface_added_to_a_running_container_is_attached() -> Result<()> {
         env.ctr
             .run_container(&env.run(&id).detach().command(["/bin/sleep", "1000"]))?;
         wait_status(env, &id, "RUNNING")?;
-        let lo_tc = if CgroupSockets::probe() == CgroupSockets::Blind {
-            2
-        } else {
-            0
-        };
+        let lo_tc = 2 * lo_tc();
         ensure!(
             tc_count(env, &id)? == lo_tc,
             "{:?}",
