@@ -78,7 +78,7 @@ fn check_uid(uid: u32, allowed_uids: &[u32]) -> ttrpc::Result<()> {
     } else {
         Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
             ttrpc::Code::PERMISSION_DENIED,
-            format!("tetherd: caller uid {uid} is not root"),
+            format!("tetherd: caller uid {uid} is neither root nor in [broker] allowed_uids"),
         )))
     }
 }
@@ -94,7 +94,10 @@ mod tests {
         match check_uid(1000, &[]) {
             Err(ttrpc::Error::RpcStatus(s)) => {
                 assert_eq!(s.code(), ttrpc::Code::PERMISSION_DENIED);
-                assert_eq!(s.message, "tetherd: caller uid 1000 is not root");
+                assert_eq!(
+                    s.message,
+                    "tetherd: caller uid 1000 is neither root nor in [broker] allowed_uids"
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -39,8 +39,9 @@ pub async fn serve<F>(config: &Config, backend: Arc<dyn Backend>, shutdown: F) -
 where
     F: Future<Output = ()>,
 {
-    let lock = instance::lock_for(&config.socket)?;
-    let std_listener = instance::bind_socket(&config.socket, &lock)?;
+    let reach = instance::Reach::for_allowed(&config.allowed_uids);
+    let lock = instance::lock_for(&config.socket, reach)?;
+    let std_listener = instance::bind_socket(&config.socket, &lock, reach)?;
     let result = run(config, backend, std_listener, shutdown).await;
     remove_socket(&config.socket);
     drop(lock);

@@ -225,3 +225,69 @@ fn tetherd_serves_when_its_audit_log_cannot_be_opened() -> Result<()> {
     let _ = child.wait();
     Ok(())
 }
+
+/// `[broker] allowed_uids` works end to end: a listed uid reaches the socket and is
+/// admitted; another uid reaches it too and is refused by the peer-credential check with
+/// a reason, not by the file system. (Needs root, to run tetherctl as other users.)
+#[test]
+fn allowed_uids_admit_the_listed_users_and_refuse_the_rest() -> Result<()> {
+    ensure!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs tetherctl as other users: run it as root"
+    );
+    let dir = tempfile::tempdir()?;
+    // Other users must be able to walk to the socket.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    let socket = dir.path().join("run/tetherd.sock");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\naudit_log = \"{}\"\nallowed_uids = [65534]\n",
+            dir.path().join("audit.jsonl").display()
+        ),
+    )?;
+    let log = dir.path().join("tetherd.log");
+    let mut child = Command::new(TETHERD)
+        .args(["--fake-backend", "--config"])
+        .arg(&config)
+        .arg("--socket")
+        .arg(&socket)
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let daemon = Daemon {
+        socket: socket.clone(),
+    };
+    let end = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let as_user = |uid: u32| -> Result<Output> {
+        Command::new("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .arg("--clear-groups")
+            .arg(TETHERCTL)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--timeout", "5", "--json", "status"])
+            .output()
+            .context("setpriv tetherctl")
+    };
+    let listed = as_user(65534)?;
+    ensure!(
+        listed.status.success(),
+        "uid 65534 (listed): {}; tetherd: {}",
+        String::from_utf8_lossy(&listed.stderr),
+        std::fs::read_to_string(&log)?
+    );
+    let other = as_user(65533)?;
+    let err = String::from_utf8_lossy(&other.stderr);
+    ensure!(
+        !other.status.success() && err.contains("PERMISSION_DENIED") && err.contains("65533"),
+        "uid 65533 (not listed): {err}"
+    );
+    drop(daemon);
+    let _ = child.wait();
+    Ok(())
+}
