@@ -285,3 +285,67 @@ fn a_rootless_create_is_refused_when_fail_closed_and_said_when_open() -> Result<
     );
     Ok(())
 }
+
+/// A container created by runc itself, not through tether-runc, has no programs: under a
+/// fail-closed plan `tether-runc start` refuses it (it stays created); under an open one it
+/// starts.
+#[test]
+fn start_refuses_a_container_its_create_did_not_attach_when_fail_closed() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let runc_root = root.path().join("tether-runc-test");
+    let id = format!("tstart{}", std::process::id());
+    let b = bundle(&["/bin/sleep", "1000"])?;
+    let runc = |prog: &std::path::Path, node: Option<&Node>, args: &[&str]| -> Result<Output> {
+        let mut c = Command::new(prog);
+        c.arg("--root").arg(&runc_root).args(args);
+        if let Some(n) = node {
+            c.env("TETHER_CONFIG", n.config());
+        }
+        Ok(c.stdin(std::process::Stdio::null()).output()?)
+    };
+    let status = |node: &Node| -> Result<String> {
+        let out = runc(&tether_runc()?, Some(node), &["state", &id])?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(v["status"].as_str().unwrap_or_default().to_string())
+    };
+    let bundle_arg = b.path().display().to_string();
+    let plain = std::path::PathBuf::from("runc");
+    // The created container keeps the stdio it was given: give it none to hold open.
+    let create = || -> Result<()> {
+        let ok = Command::new(&plain)
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["create", "--bundle", &bundle_arg, &id])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        ensure!(ok.success(), "runc create: {ok}");
+        Ok(())
+    };
+
+    let closed = Node::new("[attach]\negress_deny = [\"127.0.0.2/32\"]\n")?;
+    create()?;
+    let out = runc(&tether_runc()?, Some(&closed), &["start", &id])?;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let state = status(&closed)?;
+    let _ = runc(&plain, None, &["delete", "--force", &id]);
+    ensure!(out.status.code() == Some(1), "started: {err}");
+    ensure!(err.contains("has no programs"), "{err}");
+    ensure!(state == "created", "{state}");
+
+    // The control: the same start under an open plan runs the container.
+    let open =
+        Node::new("[attach]\negress_deny = [\"127.0.0.2/32\"]\nfailure_policy = \"open\"\n")?;
+    create()?;
+    let out = runc(&tether_runc()?, Some(&open), &["start", &id])?;
+    let state = status(&open)?;
+    let _ = runc(&plain, None, &["delete", "--force", &id]);
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(state == "running", "{state}");
+    Ok(())
+}

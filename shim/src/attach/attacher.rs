@@ -264,10 +264,27 @@ impl Attacher {
         config: &Config,
         plan: &Plan,
     ) -> Result<()> {
-        let Some(netns) = plan.netns_path(pid).filter(|_| plan.enabled) else {
+        if !plan.enabled {
+            return Ok(());
+        }
+        let layout = programs::layout(config);
+        // Whatever order of runc calls the caller makes: a container that its create did
+        // not attach (created by runc itself, or under an open plan whose attach failed)
+        // does not start under a fail-closed plan.
+        if !layout
+            .container_dir(namespace, id)
+            .is_ok_and(|d| d.is_dir())
+        {
+            let e = Error::attach(
+                id,
+                "it has no programs: it was not created through tether-runc, or its attach \
+                 failed",
+            );
+            return policy(Err(e), plan.fail_closed, "; it starts without programs");
+        }
+        let Some(netns) = plan.netns_path(pid) else {
             return Ok(());
         };
-        let layout = programs::layout(config);
         let r = match Attachment::from_pins(layout, namespace, id, &netns, plan.tc_select()) {
             Ok(Some(a)) => attach_added(&a),
             Ok(None) => Ok(()),
