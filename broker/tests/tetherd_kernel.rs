@@ -241,7 +241,7 @@ fn non_root_callers_are_refused() -> Result<()> {
             .context("setpriv")?;
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-        assert!(err.contains("not root"), "{args:?}: {err}");
+        assert!(err.contains("neither root nor in"), "{args:?}: {err}");
         assert!(err.contains("65534"), "{args:?}: {err}");
     }
 
