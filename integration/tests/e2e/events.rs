@@ -1,7 +1,7 @@
 //! Events the shim publishes through containerd: task lifecycle and OOM.
 
 use anyhow::{ensure, Result};
-use tether_integration::{EventLog, TestEnv};
+use tether_integration::{EventLog, Runtime, TestEnv};
 
 use crate::common::*;
 
@@ -68,21 +68,37 @@ fn task_events(env: &mut TestEnv) -> Result<()> {
     ensure!(exit.payload["pid"] == init_pid, "{}", exit.line);
     wait_status(env, &id, "STOPPED")?;
     env.ctr.ok(["task", "delete", &id])?;
-    let delete = events.wait_for_topic("/tasks/delete", &id, EVENT_TIMEOUT)?;
-    ensure!(delete.payload["exit_status"] == 137, "{}", delete.line);
+    // containerd 2.x's Go runc shim, the reference, sometimes exits before its queued
+    // /tasks/delete reaches containerd ("shim disconnected" right after the delete): there
+    // the event is not required of it. tether must always publish it.
+    let delete = events.wait_for_topic("/tasks/delete", &id, EVENT_TIMEOUT);
+    let delete_seen = match (delete, env.runtime) {
+        (Ok(delete), _) => {
+            ensure!(delete.payload["exit_status"] == 137, "{}", delete.line);
+            true
+        }
+        (Err(e), Runtime::RuncV2) => {
+            eprintln!("the reference shim's /tasks/delete was lost: {e:#}");
+            false
+        }
+        (Err(e), _) => return Err(e),
+    };
     env.ctr.ok(["container", "delete", &id])?;
     env.assert_no_leaks(&id)?;
 
     // Exactly once each.
-    for topic in [
+    let mut topics = vec![
         "/tasks/create",
         "/tasks/start",
         "/tasks/exec-added",
         "/tasks/exec-started",
         "/tasks/paused",
         "/tasks/resumed",
-        "/tasks/delete",
-    ] {
+    ];
+    if delete_seen {
+        topics.push("/tasks/delete");
+    }
+    for topic in topics {
         let n = events
             .snapshot()
             .iter()
