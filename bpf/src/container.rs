@@ -76,13 +76,8 @@ pub fn attach_cgroup(
 ) -> Result<CgroupAttached> {
     let dir = layout.container_dir(namespace, id)?;
     let cgid = cgroup_id(cgroup)?;
-    {
-        // Under the lock garbage collection takes to remove a stale directory: it cannot
-        // remove this one between the clearing and the making.
-        let _lock = lock_containers(layout)?;
-        clear_stale(&dir)?;
-        pins::make_dir(&dir)?;
-    }
+    clear_stale(&dir)?;
+    pins::make_dir(&dir)?;
     let maps = programs.maps();
     let undo = |dir: &Path| {
         let _ = remove_links(dir);
@@ -649,18 +644,6 @@ impl ContainerLinks {
     }
 }
 
-/// An exclusive lock on the layout's containers directory (made if missing), held by the
-/// steps that decide whether a container's directory is stale and act on it:
-/// [`attach_cgroup`] clearing a stale directory and making its own, and garbage collection
-/// removing one ([`remove_if_stale`]). Each holds it for a few syscalls, never across a wait.
-pub fn lock_containers(layout: &PinLayout) -> Result<nix::fcntl::Flock<fs::File>> {
-    let root = layout.containers_dir();
-    pins::make_dir(&root)?;
-    let f = fs::File::open(&root).map_err(|e| Error::path("open", &root, e))?;
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| Error::path("flock", &root, e.into()))
-}
-
 /// One container's directory and its links as they are now; `None` when it is gone.
 fn read_container(dir: &Path, namespace: &str, id: &str) -> Result<Option<ContainerLinks>> {
     let links = match read_links(dir) {
@@ -685,14 +668,12 @@ fn read_container(dir: &Path, namespace: &str, id: &str) -> Result<Option<Contai
 }
 
 /// Removes a container's directory and links found stale earlier, if it still is by
-/// `stale` (judged again under [`lock_containers`]): a container that reused the id since
-/// has made the directory its own, and it is left alone. Returns whether it was removed.
+/// `stale` (judged again just before): a container that reused the id since has made the
+/// directory its own, and it is left alone. Returns whether it was removed.
 pub fn remove_if_stale(
-    layout: &PinLayout,
     found: &ContainerLinks,
     stale: impl Fn(&ContainerLinks) -> bool,
 ) -> Result<bool> {
-    let _lock = lock_containers(layout)?;
     match read_container(&found.dir, &found.namespace, &found.id)? {
         Some(now) if stale(&now) => {
             remove_links(&found.dir)?;

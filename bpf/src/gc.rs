@@ -56,12 +56,10 @@ pub fn collect_with_grace(
             continue;
         }
         if c.is_stale() {
-            // Judged again under the lock attaches take: a container may have reused the
-            // id since the listing, and its directory is then its own.
+            // Judged again: a container may have reused the id since the listing, and its
+            // directory is then its own.
             let removed = dry_run
-                || container::remove_if_stale(layout, c, |now| {
-                    now.is_stale() && !is_attaching(now)
-                })?;
+                || container::remove_if_stale(c, |now| now.is_stale() && !is_attaching(now))?;
             if removed {
                 dead.insert((c.namespace.clone(), c.id.clone()));
                 report.containers.push(format!("{}/{}", c.namespace, c.id));

@@ -227,13 +227,13 @@ fn gc_leaves_a_directory_a_new_container_took_since_the_listing() {
     let found = stale_listing();
     let new = TestCgroup::new().unwrap();
     let a = attach(&new);
-    assert!(!container::remove_if_stale(&fs.layout, &found, stale).unwrap());
+    assert!(!container::remove_if_stale(&found, stale).unwrap());
     let now = container::list(&fs.layout).unwrap();
     assert!(now.len() == 1 && !stale(&now[0]), "{now:?}");
     assert!(now[0].links.iter().all(|(_, l)| l.cgroup_id == a.cgroup_id));
     container::detach(&progs, &fs.layout, "test", "reused").unwrap();
 
     let found = stale_listing();
-    assert!(container::remove_if_stale(&fs.layout, &found, stale).unwrap());
+    assert!(container::remove_if_stale(&found, stale).unwrap());
     assert!(!found.dir.exists());
 }
