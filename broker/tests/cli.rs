@@ -45,6 +45,36 @@ fn ctl(socket: &Path, args: &[&str]) -> Result<Output> {
         .context("run tetherctl")
 }
 
+/// Starts tetherd (fake backend) on `socket` with `config`, its stderr in `log`, and waits
+/// for the socket; fails with the log if tetherd exits first.
+fn start_fake_tetherd(
+    config: &Path,
+    socket: &Path,
+    log: &Path,
+) -> Result<(std::process::Child, Daemon)> {
+    let mut child = Command::new(TETHERD)
+        .args(["--fake-backend", "--config"])
+        .arg(config)
+        .arg("--socket")
+        .arg(socket)
+        .stderr(std::fs::File::create(log)?)
+        .spawn()?;
+    let daemon = Daemon {
+        socket: socket.to_path_buf(),
+    };
+    let end = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() && Instant::now() < end {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "tetherd exited ({status}): {}",
+                std::fs::read_to_string(log)?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((child, daemon))
+}
+
 #[test]
 fn fifty_acquires_spawn_one_tetherd_and_load_once() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -189,26 +219,7 @@ fn tetherd_serves_when_its_audit_log_cannot_be_opened() -> Result<()> {
         ),
     )?;
     let log = dir.path().join("tetherd.log");
-    let mut child = Command::new(TETHERD)
-        .args(["--fake-backend", "--config"])
-        .arg(&config)
-        .arg("--socket")
-        .arg(&socket)
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()?;
-    let _daemon = Daemon {
-        socket: socket.clone(),
-    };
-    let end = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() && Instant::now() < end {
-        if let Some(status) = child.try_wait()? {
-            bail!(
-                "tetherd exited ({status}): {}",
-                std::fs::read_to_string(&log)?
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut child, _daemon) = start_fake_tetherd(&config, &socket, &log)?;
     let out = ctl(&socket, &["--json", "status"])?;
     ensure!(
         out.status.success(),
@@ -248,20 +259,7 @@ fn allowed_uids_admit_the_listed_users_and_refuse_the_rest() -> Result<()> {
         ),
     )?;
     let log = dir.path().join("tetherd.log");
-    let mut child = Command::new(TETHERD)
-        .args(["--fake-backend", "--config"])
-        .arg(&config)
-        .arg("--socket")
-        .arg(&socket)
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()?;
-    let daemon = Daemon {
-        socket: socket.clone(),
-    };
-    let end = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut child, daemon) = start_fake_tetherd(&config, &socket, &log)?;
     let as_user = |uid: u32| -> Result<Output> {
         Command::new("setpriv")
             .arg(format!("--reuid={uid}"))
