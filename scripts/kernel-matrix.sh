@@ -62,6 +62,9 @@ manifest=$out/manifest
     printf 'bpf\t%s\n' "$(need tether-bpf/test/$t)"
   done
   printf 'bpf\t%s\n' "$(need tether-bpf/lib/tether_bpf)"
+  for t in judge packet_sockets; do
+    printf 'enforce\t%s\n' "$(need tether-bpf/test/$t)"
+  done
   for t in tetherd_kernel burst_kernel; do
     printf 'broker\t%s\n' "$(need tether-broker/test/$t)"
   done
@@ -108,6 +111,7 @@ for k in $kernels; do
     bash integration/vm/run.sh --cgroup "$cg" --keep "$dir" "$kdir" -- \
       "'$out/bin/tetherd' --features >\"\$VM_OUT/features\";
        TETHER_TEST_ATTACH_DEADLINE_MS=${TETHER_TEST_ATTACH_DEADLINE_MS:-60000} \\
+       TETHER_SCENARIO_TIMEOUT=${TETHER_SCENARIO_TIMEOUT:-900} \\
        bash integration/vm/scenarios.sh '$manifest' \"\$VM_OUT/results\" \"\$VM_OUT/logs\"" \
       >"$dir/console.log" 2>&1 || true
     echo "   $(( $(date +%s) - start )) s" >&2

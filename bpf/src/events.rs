@@ -27,6 +27,16 @@ pub enum EventKind {
     DropTc,
     /// A new connection (when connection auditing is on).
     Connect,
+    /// A packet dropped by the cgroup egress program for what it carries, not where it is
+    /// headed: a source route, or headers that cannot be judged (truncated, too long a chain
+    /// of IPv6 extension headers, a tunnel in a tunnel, GRE of an unknown kind).
+    RefuseCgroup,
+    /// The same, dropped by the TC egress program.
+    RefuseTc,
+    /// setsockopt() refused with EPERM: an option that would take packets around the
+    /// policy (PACKET_QDISC_BYPASS, IP_OPTIONS, IPV6_RTHDR). The event's `protocol` is the
+    /// option's level and its `dport` the option's name; it has no address.
+    DenySockopt,
     Unknown,
 }
 
@@ -38,6 +48,9 @@ impl EventKind {
             3 => EventKind::DropCgroup,
             4 => EventKind::DropTc,
             5 => EventKind::Connect,
+            6 => EventKind::RefuseCgroup,
+            7 => EventKind::RefuseTc,
+            8 => EventKind::DenySockopt,
             _ => EventKind::Unknown,
         }
     }
@@ -49,6 +62,9 @@ impl EventKind {
             EventKind::DropCgroup => "drop_cgroup",
             EventKind::DropTc => "drop_tc",
             EventKind::Connect => "connect",
+            EventKind::RefuseCgroup => "refuse_cgroup",
+            EventKind::RefuseTc => "refuse_tc",
+            EventKind::DenySockopt => "deny_sockopt",
             EventKind::Unknown => "unknown",
         }
     }

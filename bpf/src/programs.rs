@@ -23,18 +23,20 @@ pub enum Prog {
     Connect6,
     Sendmsg4,
     Sendmsg6,
+    Setsockopt,
     TcIngress,
     TcEgress,
 }
 
 impl Prog {
-    pub const ALL: [Prog; 8] = [
+    pub const ALL: [Prog; 9] = [
         Prog::CgroupIngress,
         Prog::CgroupEgress,
         Prog::Connect4,
         Prog::Connect6,
         Prog::Sendmsg4,
         Prog::Sendmsg6,
+        Prog::Setsockopt,
         Prog::TcIngress,
         Prog::TcEgress,
     ];
@@ -48,6 +50,7 @@ impl Prog {
             Prog::Connect6 => "tether_connect6",
             Prog::Sendmsg4 => "tether_sendmsg4",
             Prog::Sendmsg6 => "tether_sendmsg6",
+            Prog::Setsockopt => "tether_setsockopt",
             Prog::TcIngress => "tether_tc_ingress",
             Prog::TcEgress => "tether_tc_egress",
         }
@@ -59,6 +62,7 @@ impl Prog {
             Prog::Connect4 | Prog::Connect6 | Prog::Sendmsg4 | Prog::Sendmsg6 => {
                 libbpf_sys::BPF_PROG_TYPE_CGROUP_SOCK_ADDR
             }
+            Prog::Setsockopt => libbpf_sys::BPF_PROG_TYPE_CGROUP_SOCKOPT,
             Prog::TcIngress | Prog::TcEgress => libbpf_sys::BPF_PROG_TYPE_SCHED_CLS,
         }
     }
@@ -72,6 +76,7 @@ impl Prog {
             Prog::Connect6 => libbpf_sys::BPF_CGROUP_INET6_CONNECT,
             Prog::Sendmsg4 => libbpf_sys::BPF_CGROUP_UDP4_SENDMSG,
             Prog::Sendmsg6 => libbpf_sys::BPF_CGROUP_UDP6_SENDMSG,
+            Prog::Setsockopt => libbpf_sys::BPF_CGROUP_SETSOCKOPT,
             Prog::TcIngress => libbpf_sys::BPF_TCX_INGRESS,
             Prog::TcEgress => libbpf_sys::BPF_TCX_EGRESS,
         }
@@ -99,6 +104,8 @@ impl Prog {
             // not per packet, and does nothing for such a container.
             Prog::Connect4 => c.policy || c.audit_connects || (c.account && c.count_at_interfaces),
             Prog::Sendmsg4 | Prog::Sendmsg6 => c.policy,
+            // Options that would take packets around the deny check.
+            Prog::Setsockopt => c.policy,
         }
     }
 }
@@ -233,13 +240,14 @@ fn load_into(staging: &std::path::Path, version: &str, netns_key: NetnsKey) -> R
         source,
     })?;
     let load_time = started.elapsed();
-    let progs: [(Prog, BorrowedFd<'_>); 8] = [
+    let progs: [(Prog, BorrowedFd<'_>); 9] = [
         (Prog::CgroupIngress, skel.progs.tether_cg_ingress.as_fd()),
         (Prog::CgroupEgress, skel.progs.tether_cg_egress.as_fd()),
         (Prog::Connect4, skel.progs.tether_connect4.as_fd()),
         (Prog::Connect6, skel.progs.tether_connect6.as_fd()),
         (Prog::Sendmsg4, skel.progs.tether_sendmsg4.as_fd()),
         (Prog::Sendmsg6, skel.progs.tether_sendmsg6.as_fd()),
+        (Prog::Setsockopt, skel.progs.tether_setsockopt.as_fd()),
         (Prog::TcIngress, skel.progs.tether_tc_ingress.as_fd()),
         (Prog::TcEgress, skel.progs.tether_tc_egress.as_fd()),
     ];

@@ -304,6 +304,22 @@ fn run_probe(probe: &str) -> io::Result<String> {
             }
         }
         "accept" => accept_one(addr, Duration::from_secs(number()?))?,
+        "recv" => recv_udp(addr, Duration::from_secs(number()?))?,
+        "packet" => {
+            // packet DST N MAC SRC MODE: N UDP datagrams to DST as frames of a packet socket
+            // on veth0, to MAC, from SRC; MODE raw|dgram, with "-bypass" PACKET_QDISC_BYPASS.
+            let (SocketAddr::V4(dst), Some(mac), Some(src), Some(mode)) =
+                (addr, parts.get(3), parts.get(4), parts.get(5))
+            else {
+                return Err(bad());
+            };
+            let mac = parse_mac(mac).ok_or_else(bad)?;
+            let src: std::net::Ipv4Addr = src.parse().map_err(|_| bad())?;
+            match packet::send(dst, number()?, mac, src, mode) {
+                Ok(()) => "sent".to_string(),
+                Err(e) => failed(e),
+            }
+        }
         _ => return Err(bad()),
     })
 }
@@ -325,5 +341,151 @@ fn accept_one(addr: SocketAddr, within: Duration) -> io::Result<String> {
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => return Ok(e.kind().to_string()),
         }
+    }
+}
+
+/// Binds `addr` (UDP), says so, and counts datagrams until none came for `quiet`:
+/// `received:<count>`.
+fn recv_udp(addr: SocketAddr, quiet: Duration) -> io::Result<String> {
+    let sock = UdpSocket::bind(addr)?;
+    sock.set_read_timeout(Some(quiet))?;
+    println!("\nLISTENING");
+    let mut n = 0u64;
+    let mut buf = [0u8; 2048];
+    while sock.recv(&mut buf).is_ok() {
+        n += 1;
+    }
+    Ok(format!("received:{n}"))
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let bytes: Vec<u8> = s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<std::result::Result<_, _>>()
+        .ok()?;
+    bytes.try_into().ok()
+}
+
+/// Frames written to a packet socket, as a tenant with CAP_NET_RAW writes them.
+mod packet {
+    use std::io;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    /// An IPv4 header (with its checksum) and a UDP datagram (no checksum) from `src`.
+    fn udp_packet(src: Ipv4Addr, dst: SocketAddrV4) -> Vec<u8> {
+        let payload = [0x5a_u8; 64];
+        let total = 20 + 8 + payload.len();
+        let mut p = vec![
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            1,
+            0x40,
+            0,
+            64,
+            17,
+            0,
+            0,
+        ];
+        p.extend(src.octets());
+        p.extend(dst.ip().octets());
+        let mut sum: u32 = p
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        let csum = !(sum as u16);
+        p[10..12].copy_from_slice(&csum.to_be_bytes());
+        let ulen = 8 + payload.len();
+        p.extend(40000_u16.to_be_bytes());
+        p.extend(dst.port().to_be_bytes());
+        p.extend((ulen as u16).to_be_bytes());
+        p.extend([0, 0]);
+        p.extend(payload);
+        p
+    }
+
+    pub fn send(
+        dst: SocketAddrV4,
+        n: u64,
+        mac: [u8; 6],
+        src: Ipv4Addr,
+        mode: &str,
+    ) -> io::Result<()> {
+        let (kind, bypass) = match mode {
+            "raw" => (libc::SOCK_RAW, false),
+            "dgram" => (libc::SOCK_DGRAM, false),
+            "raw-bypass" => (libc::SOCK_RAW, true),
+            "dgram-bypass" => (libc::SOCK_DGRAM, true),
+            _ => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
+        };
+        let proto = (libc::ETH_P_IP as u16).to_be();
+        // SAFETY: socket(2) with constant arguments; the fd is owned right after.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, kind, i32::from(proto)) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a socket this function just opened and nothing else owns.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        if bypass {
+            let one: libc::c_int = 1;
+            // SAFETY: the option value is a live c_int of the size passed.
+            let r = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_PACKET,
+                    libc::PACKET_QDISC_BYPASS,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // SAFETY: the name is a NUL-terminated constant.
+        let ifindex = unsafe { libc::if_nametoindex(c"veth0".as_ptr()) };
+        if ifindex == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: sockaddr_ll is plain data; all zero is a valid value.
+        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        to.sll_family = libc::AF_PACKET as u16;
+        to.sll_protocol = proto;
+        to.sll_ifindex = ifindex as i32;
+        to.sll_halen = 6;
+        to.sll_addr[..6].copy_from_slice(&mac);
+        let mut frame = Vec::new();
+        if kind == libc::SOCK_RAW {
+            frame.extend(mac);
+            frame.extend([2, 0, 0, 0, 0, 1]);
+            frame.extend(0x0800_u16.to_be_bytes());
+        }
+        frame.extend(udp_packet(src, dst));
+        // Every frame is tried: a dropped one fails its sendto (ENOBUFS), not the next.
+        let mut last = Ok(());
+        for _ in 0..n {
+            // SAFETY: frame and `to` are live for the call, with the lengths passed.
+            let r = unsafe {
+                libc::sendto(
+                    sock.as_raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&to as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            if r < 0 {
+                last = Err(io::Error::last_os_error());
+            }
+        }
+        last
     }
 }

@@ -148,6 +148,7 @@ fn prog_kind(p: tether_bpf::Prog) -> &'static str {
     match p {
         CgroupIngress | CgroupEgress => "cgroup_skb",
         Connect4 | Connect6 | Sendmsg4 | Sendmsg6 => "cgroup_sock_addr",
+        Setsockopt => "cgroup_sockopt",
         TcIngress | TcEgress => "tc",
     }
 }

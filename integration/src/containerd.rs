@@ -33,6 +33,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline of each cleanup `ctr` call in `Drop`.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long removing a fixture's containers through containerd may take in all.
+const CLEANUP_BUDGET: Duration = Duration::from_secs(120);
 /// Env var naming the tether shim binary to test (default: next to the test binary).
 pub const SHIM_BIN_ENV: &str = "TETHER_SHIM_BIN";
 /// Env var for containerd's `--log-level` (default `info`).
@@ -369,12 +371,19 @@ impl Containerd {
 
     /// Deletes every task and container through containerd, as a user would.
     fn remove_all_containers(&self, namespaces: &BTreeSet<String>) {
+        // A wedged containerd would make every call wait its full timeout, one container at a
+        // time; past the budget the rest is left to the kill below.
+        let deadline = std::time::Instant::now() + CLEANUP_BUDGET;
         for ns in namespaces {
             let ctr = Ctr::new(self.address(), ns.as_str()).with_timeout(CLEANUP_TIMEOUT);
             let Ok(out) = ctr.run(["container", "ls", "--quiet"]) else {
                 continue;
             };
             for id in out.stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                if std::time::Instant::now() > deadline {
+                    eprintln!("cleanup: containerd took over {CLEANUP_BUDGET:?}; killing the rest");
+                    return;
+                }
                 if let Err(e) = ctr.force_remove(id) {
                     eprintln!("cleanup: {e:#}");
                 }

@@ -13,16 +13,35 @@ mkdir -p "$logs"
 : >"$results"
 threads=${TETHER_TEST_THREADS:-2}
 
+# Every process of the container stack, what it waits on, and the kernel stacks of its
+# threads.
+dump_stuck() {
+  echo "=== $(date -u +%FT%TZ): still running"
+  ps -eo pid,ppid,stat,etimes,wchan:32,args --sort=pid | grep -E 'containerd|ctr|runc|tether|PID'
+  for p in $(pgrep -f 'containerd|ctr |runc|tether'); do
+    for t in /proc/"$p"/task/*; do
+      echo "--- $p $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-120) task ${t##*/}"
+      cat "$t/stack" 2>/dev/null
+    done
+  done
+}
+
 declare -A passed failed status secs
 order=()
 while IFS=$'\t' read -r name cmd; do
   [ -z "$name" ] || [ "${name:0:1}" = "#" ] && continue
   [ -n "${status[$name]:-}" ] || { order+=("$name"); status[$name]=pass; passed[$name]=0; failed[$name]=0; secs[$name]=0; }
   start=$(date +%s)
+  limit=${TETHER_SCENARIO_TIMEOUT:-900}
+  # A scenario near its limit is stuck: what every process of the stack waits on is kept.
+  ( sleep $(( limit > 120 ? limit - 90 : limit / 2 )) && dump_stuck >>"$logs/$name.stuck" 2>&1 ) &
+  watchdog=$!
+  # Output not captured: a test that hangs in its cleanup still shows why it failed.
   # shellcheck disable=SC2086
-  timeout --kill-after=30 "${TETHER_SCENARIO_TIMEOUT:-900}" \
-    $cmd --test-threads="$threads" >"$logs/$name.cur" 2>&1
+  timeout --kill-after=30 "$limit" \
+    $cmd --test-threads="$threads" --nocapture >"$logs/$name.cur" 2>&1
   rc=$?
+  kill "$watchdog" 2>/dev/null; wait "$watchdog" 2>/dev/null
   cat "$logs/$name.cur" >>"$logs/$name.log"
   secs[$name]=$(( ${secs[$name]} + $(date +%s) - start ))
   p=$(grep -ho '^test result: [A-Za-z]*\. [0-9]* passed; [0-9]* failed' "$logs/$name.cur" | tail -n1 |

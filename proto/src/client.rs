@@ -99,6 +99,21 @@ impl Client {
         Self::connect_inner(socket, deadline, None).await
     }
 
+    /// Connects to a tetherd that serves `socket` now: one attempt, no wait for a tetherd
+    /// that is starting. For callers to whom tetherd is optional (a deleted container's
+    /// final counters): a dead tetherd, its socket file left behind, is an immediate error.
+    pub async fn connect_serving(socket: &Path, deadline: Duration) -> Result<Client, ClientError> {
+        let connect_err = |source| ClientError::Connect {
+            socket: socket.to_path_buf(),
+            source,
+        };
+        match tokio::time::timeout(deadline, connect_once(socket)).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(connect_err(e)),
+            Err(_) => Err(connect_err(io::Error::from(io::ErrorKind::TimedOut))),
+        }
+    }
+
     /// Connects to tetherd at `socket`; if nobody serves it, spawns `tetherd` (with
     /// `config` if given) and retries with backoff until `deadline`. Many callers may do
     /// this at once: tetherd's instance lock lets one of the spawned daemons serve and

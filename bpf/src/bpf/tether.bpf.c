@@ -383,33 +383,34 @@ int tether_cg_ingress(struct __sk_buff *skb)
 	return 1;
 }
 
-/* Returns true when the packet's destination is denied; `daddr`/`family` are filled. */
-static __always_inline bool skb_denied(struct __sk_buff *skb, __u32 nh_off, __u64 cgid,
-				       __u32 *daddr, __u16 *family, __u16 *proto)
+#include "judge.h"
+
+/*
+ * Whether a packet of a vetted TCP socket is plain: an IPv4 header without options, or
+ * an IPv6 header straight followed by TCP. Only a plain packet goes where its socket's
+ * destination says; one with a source route (IP_OPTIONS, IPV6_RTHDR) is judged.
+ */
+static __always_inline bool plain_header(struct __sk_buff *skb)
 {
-	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		__u8 p;
+	__u8 b;
 
-		if (bpf_skb_load_bytes(skb, nh_off + 16, daddr, 4) < 0)
-			return false;
-		if (bpf_skb_load_bytes(skb, nh_off + 9, &p, 1) < 0)
-			return false;
-		*family = TETHER_AF_INET;
-		*proto = p;
-		return denied4(cgid, daddr[0]);
-	}
-	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-		__u8 p;
-
-		if (bpf_skb_load_bytes(skb, nh_off + 24, daddr, 16) < 0)
-			return false;
-		if (bpf_skb_load_bytes(skb, nh_off + 6, &p, 1) < 0)
-			return false;
-		*family = TETHER_AF_INET6;
-		*proto = p;
-		return denied6(cgid, daddr);
-	}
+	if (skb->protocol == bpf_htons(ETH_P_IP))
+		return bpf_skb_load_bytes(skb, 0, &b, 1) == 0 && b == 0x45;
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return bpf_skb_load_bytes(skb, 6, &b, 1) == 0 && b == IPPROTO_TCP;
 	return false;
+}
+
+/* Counts and reports a packet the judge did not let through. */
+static __always_inline void judged_drop(__u64 cgid, const struct tether_container *ct,
+					struct tether_counters *c, int verdict,
+					const struct judged *j, __u32 ev_drop, __u32 ev_refuse,
+					__u32 ifindex)
+{
+	c->drops++;
+	if (ct->flags & TETHER_F_AUDIT_DENY)
+		emit(cgid, ct, c, verdict == JUDGE_DENY ? ev_drop : ev_refuse, j->family,
+		     j->proto, j->daddr, 0, ifindex, false);
 }
 
 /*
@@ -468,16 +469,19 @@ int tether_cg_egress(struct __sk_buff *skb)
 	const struct tether_container *ct = &cg->config;
 	struct tether_counters *c = &cg->counters;
 
-	if ((ct->flags & TETHER_F_POLICY) && !vetted_socket(skb)) {
-		__u32 daddr[4] = {};
-		__u16 family = 0, proto = 0;
+	if ((ct->flags & TETHER_F_POLICY) && !(vetted_socket(skb) && plain_header(skb))) {
+		struct judged j = {};
+		int v = JUDGE_PASS;
 
-		/* cgroup_skb sees the packet from the network header on. */
-		if (skb_denied(skb, 0, cgid, daddr, &family, &proto)) {
-			c->drops++;
-			if (ct->flags & TETHER_F_AUDIT_DENY)
-				emit(cgid, ct, c, TETHER_EV_DROP_CGROUP, family, proto, daddr, 0,
-				     0, false);
+		/* cgroup_skb sees the packet from the network header on, its protocol set by
+		 * the kernel's IP output path. */
+		if (skb->protocol == bpf_htons(ETH_P_IP))
+			v = judge_packet(skb, 0, NEXT_IPV4, cgid, &j);
+		else if (skb->protocol == bpf_htons(ETH_P_IPV6))
+			v = judge_packet(skb, 0, NEXT_IPV6, cgid, &j);
+		if (v != JUDGE_PASS) {
+			judged_drop(cgid, ct, c, v, &j, TETHER_EV_DROP_CGROUP,
+				    TETHER_EV_REFUSE_CGROUP, 0);
 			return 0;
 		}
 	}
@@ -586,7 +590,86 @@ int tether_sendmsg6(struct bpf_sock_addr *ctx)
 	return sock_addr_check(ctx, true, TETHER_EV_DENY_SENDMSG);
 }
 
+/* ---- cgroup/setsockopt: options that would take packets around the policy ---- */
+
+#define SOL_IP_ 0
+#define SOL_IPV6_ 41
+#define SOL_PACKET_ 263
+#define IP_OPTIONS_ 4
+#define IPV6_2292RTHDR_ 5
+#define IPV6_RTHDR_ 57
+#define PACKET_QDISC_BYPASS_ 20
+
+/*
+ * Under a policy, setsockopt() refuses (EPERM) what would send packets where the deny
+ * check does not judge them:
+ * - PACKET_QDISC_BYPASS: a packet socket's frames would go straight to the driver,
+ *   past the TC egress program that judges them;
+ * - IP_OPTIONS and IPV6_RTHDR (and the RFC 2292 IPV6_2292RTHDR) with a value: a source
+ *   route, which the packet judge refuses anyway; refused here the caller gets an error
+ *   instead of a connection that hangs.
+ * setsockopt() of a 32-bit (compat) caller does not run cgroup programs: there the
+ * packets are refused by the judge (source routes), and frames of a bypassing packet
+ * socket are not judged (see the README's enforcement table).
+ */
+SEC("cgroup/setsockopt")
+int tether_setsockopt(struct bpf_sockopt *ctx)
+{
+	int level = ctx->level;
+	int optname = ctx->optname;
+	bool route = (level == SOL_IP_ && optname == IP_OPTIONS_) ||
+		     (level == SOL_IPV6_ && (optname == IPV6_RTHDR_ || optname == IPV6_2292RTHDR_));
+	bool refused = (route && ctx->optlen > 0) ||
+		       (level == SOL_PACKET_ && optname == PACKET_QDISC_BYPASS_);
+
+	/* 0: the kernel uses the caller's own buffer, whatever its size (a program that
+	 * leaves an option longer than a page as it found it fails it on some kernels). */
+	ctx->optlen = 0;
+	if (!refused)
+		return 1;
+	__u64 cgid;
+	struct tether_cgroup *cg = local_cgroup(&cgid);
+
+	if (!cg) {
+		cgid = bpf_get_current_cgroup_id();
+		cg = lookup_cgroup(&cgid);
+	}
+	if (!cg || !(cg->config.flags & TETHER_F_POLICY))
+		return 1;
+	cg->counters.denials++;
+	if (cg->config.flags & TETHER_F_AUDIT_DENY) {
+		__u32 none[4] = {};
+
+		emit(cgid, &cg->config, &cg->counters, TETHER_EV_DENY_SOCKOPT, 0,
+		     (__u16)level, none, (__u16)optname, 0, false);
+	}
+	return 0;
+}
+
 /* ---- TC (TCX or clsact): per-interface accounting inside the container's netns ---- */
+
+/*
+ * Whether the cgroup egress program judged this packet already: it was sent by an IP
+ * socket (TCP, UDP, ICMP, raw IP) of the container's own cgroup, so it passed the IP
+ * output path where that program runs. Everything else is judged at TC: packets of a
+ * packet socket (AF_PACKET writes whole frames and skips the IP output path), of
+ * processes outside the container's cgroup, and forwarded packets.
+ */
+static __always_inline bool judged_at_cgroup(struct __sk_buff *skb, __u64 id)
+{
+	if (bpf_skb_cgroup_id(skb) != id)
+		return false;
+	struct bpf_sock *sk = skb->sk;
+
+	if (!sk)
+		return false;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return false;
+	__u32 family = SK_U32(sk, family);
+
+	return family == TETHER_AF_INET || family == TETHER_AF_INET6;
+}
 
 static __always_inline int tc_handle(struct __sk_buff *skb, int dir)
 {
@@ -608,23 +691,16 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int dir)
 	struct tether_counters *c = &ifc->counters;
 	__u64 id = ifc->cgroup_id;
 
-	/*
-	 * Packets from a socket of the container's own cgroup were checked by the cgroup
-	 * egress program already; TC enforces only what bypasses it (packet sockets, packets
-	 * of processes outside the container's cgroup, forwarded packets).
-	 */
-	if (dir == DIR_TX && (ifc->flags & TETHER_F_POLICY) && bpf_skb_cgroup_id(skb) != id) {
+	if (dir == DIR_TX && (ifc->flags & TETHER_F_POLICY) && !judged_at_cgroup(skb, id)) {
 		struct tether_cgroup *cg = lookup_cgroup(&id);
 
 		if (cg && (cg->config.flags & TETHER_F_POLICY)) {
-			__u32 daddr[4] = {};
-			__u16 family = 0, proto = 0;
+			struct judged j = {};
+			int v = judge_frame(skb, id, &j);
 
-			if (skb_denied(skb, sizeof(struct ethhdr), id, daddr, &family, &proto)) {
-				c->drops++;
-				if (cg->config.flags & TETHER_F_AUDIT_DENY)
-					emit(id, &cg->config, c, TETHER_EV_DROP_TC, family, proto,
-					     daddr, 0, k.ifindex, false);
+			if (v != JUDGE_PASS) {
+				judged_drop(id, &cg->config, c, v, &j, TETHER_EV_DROP_TC,
+					    TETHER_EV_REFUSE_TC, k.ifindex);
 				return TC_ACT_SHOT;
 			}
 		}

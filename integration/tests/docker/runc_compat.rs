@@ -60,6 +60,7 @@ fn docker_run_with_tether_runc() -> Result<()> {
         "cgroup_tether_connect6",
         "cgroup_tether_sendmsg4",
         "cgroup_tether_sendmsg6",
+        "cgroup_tether_setsockopt",
     ];
     if !at_ifaces {
         want.insert(1, "cgroup_tether_cg_ingress");

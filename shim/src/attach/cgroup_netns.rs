@@ -320,14 +320,15 @@ fn wire_counters(c: &Counters) -> tether_api::types::Counters {
     }
 }
 
-/// Hands a deleted container's final counters to tetherd, if it runs. Best effort: delete
-/// waits at most `to.deadline`.
+/// Hands a deleted container's final counters to tetherd, if it serves. Best effort: delete
+/// waits at most `to.deadline` for a tetherd that serves, and not at all for one that does
+/// not (a killed tetherd leaves its socket file; waiting for it made every delete wait).
 async fn retire(to: &ReportTo, stats: ContainerStatsInfo) {
     if !to.socket.exists() {
         return;
     }
     let sent = async {
-        let client = tether_api::Client::connect(&to.socket, to.deadline)
+        let client = tether_api::Client::connect_serving(&to.socket, to.deadline)
             .await?
             .with_timeout(to.deadline);
         client.retire(stats).await

@@ -169,13 +169,14 @@ pub(super) fn lo_tc() -> usize {
 }
 
 /// The cgroup links of a container with deny rules: every cgroup program.
-pub(super) const POLICY_LINKS: [&str; 6] = [
+pub(super) const POLICY_LINKS: [&str; 7] = [
     "cgroup_tether_cg_egress",
     "cgroup_tether_cg_ingress",
     "cgroup_tether_connect4",
     "cgroup_tether_connect6",
     "cgroup_tether_sendmsg4",
     "cgroup_tether_sendmsg6",
+    "cgroup_tether_setsockopt",
 ];
 
 /// The cgroup link pins among `pins` (sorted as `pins` is).
