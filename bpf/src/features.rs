@@ -24,6 +24,79 @@ pub struct Features {
     pub btf: bool,
     /// Whether the cgroup programs see the sockets of the container's cgroup.
     pub cgroup_sockets: CgroupSockets,
+    /// Whether the kernel runs BPF LSM programs (`bpf` among the active LSMs).
+    pub bpf_lsm: BpfLsm,
+}
+
+/// Whether BPF LSM programs run on this kernel: built in (CONFIG_BPF_LSM) is not enough, `bpf`
+/// must be among the active LSMs (Debian's default list from 6.1; `lsm=` on the command
+/// line elsewhere). With it, tetherd attaches the LSM program that refuses
+/// PACKET_QDISC_BYPASS to every caller under a policy, 32-bit ones included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BpfLsm {
+    Active,
+    Inactive,
+}
+
+impl BpfLsm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BpfLsm::Active => "active",
+            BpfLsm::Inactive => {
+                "inactive (add bpf to lsm= to refuse PACKET_QDISC_BYPASS to 32-bit callers)"
+            }
+        }
+    }
+
+    /// `TETHER_BPF_LSM=off` leaves it out (tests of the step-down on a kernel that has it).
+    pub fn probe() -> Self {
+        static PROBED: OnceLock<BpfLsm> = OnceLock::new();
+        *PROBED.get_or_init(|| {
+            if std::env::var("TETHER_BPF_LSM").as_deref() == Ok("off") {
+                return BpfLsm::Inactive;
+            }
+            match active_lsms() {
+                Some(list) if list.trim().split(',').any(|l| l == "bpf") => BpfLsm::Active,
+                _ => BpfLsm::Inactive,
+            }
+        })
+    }
+}
+
+/// The kernel's list of active LSMs, from securityfs: its usual mount, or (where nothing
+/// mounted it) a private mount made for the read and removed after it.
+fn active_lsms() -> Option<String> {
+    const LSM: &str = "/sys/kernel/security/lsm";
+    if let Ok(list) = std::fs::read_to_string(LSM) {
+        return Some(list);
+    }
+    let dir = private_dir()?;
+    let mounted = nix::mount::mount(
+        Some("securityfs"),
+        dir.as_path(),
+        Some("securityfs"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    );
+    let list = match mounted {
+        Ok(()) => {
+            let list = std::fs::read_to_string(dir.join("lsm")).ok();
+            let _ = nix::mount::umount2(dir.as_path(), nix::mount::MntFlags::MNT_DETACH);
+            list
+        }
+        Err(_) => None,
+    };
+    let _ = std::fs::remove_dir(&dir);
+    list
+}
+
+/// A fresh private directory under the system's temporary directory.
+fn private_dir() -> Option<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("tether-securityfs-{}", std::process::id()));
+    std::fs::create_dir(&dir).ok()?;
+    Some(dir)
 }
 
 /// Whether a socket is charged to its creator's cgroup v2, which every cgroup program
@@ -117,6 +190,7 @@ impl Features {
             netns_key: NetnsKey::probe(),
             btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
             cgroup_sockets: CgroupSockets::probe(),
+            bpf_lsm: BpfLsm::probe(),
         }
     }
 }
@@ -128,7 +202,8 @@ impl fmt::Display for Features {
         writeln!(f, "btf: {}", if self.btf { "yes" } else { "no" })?;
         writeln!(f, "tc-attach: {}", self.tc_attach.as_str())?;
         writeln!(f, "netns-key: {}", self.netns_key.as_str())?;
-        write!(f, "cgroup-sockets: {}", self.cgroup_sockets.as_str())
+        writeln!(f, "cgroup-sockets: {}", self.cgroup_sockets.as_str())?;
+        write!(f, "bpf-lsm: {}", self.bpf_lsm.as_str())
     }
 }
 
@@ -144,11 +219,13 @@ mod tests {
             netns_key: NetnsKey::Classid,
             btf: true,
             cgroup_sockets: CgroupSockets::Matched,
+            bpf_lsm: BpfLsm::Inactive,
         };
         assert_eq!(
             f.to_string(),
             "kernel: 6.1.0-50-amd64\nbtf: yes\ntc-attach: clsact\nnetns-key: filter-classid\n\
-             cgroup-sockets: matched"
+             cgroup-sockets: matched\nbpf-lsm: inactive (add bpf to lsm= to refuse \
+             PACKET_QDISC_BYPASS to 32-bit callers)"
         );
     }
 

@@ -176,6 +176,18 @@ pub struct LoadReport {
     pub verified_insns: u64,
     /// True when another loader published the same version first and this load was dropped.
     pub lost_race: bool,
+    /// The node-wide LSM program (PACKET_QDISC_BYPASS refused to 32-bit callers too).
+    pub lsm: Lsm,
+}
+
+/// Whether the node-wide LSM program is attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lsm {
+    Attached,
+    /// The kernel does not run BPF LSM.
+    Inactive,
+    /// The kernel runs BPF LSM, but loading or attaching the program failed (the reason).
+    Failed(String),
 }
 
 /// Loads the object, pins it as `version` under `layout` and returns the report. Only tetherd
@@ -223,7 +235,29 @@ pub fn load_and_pin_with(
     }
 }
 
+/// Loads with the node-wide LSM program where the kernel runs BPF LSM, and without it where
+/// it does not, or where loading it fails (a kernel in lockdown, a policy that refuses LSM
+/// programs): the LSM program closes a gap the rest does not depend on.
 fn load_into(staging: &std::path::Path, version: &str, netns_key: NetnsKey) -> Result<LoadReport> {
+    if crate::features::BpfLsm::probe() == crate::features::BpfLsm::Inactive {
+        return load_object(staging, version, netns_key, false);
+    }
+    match load_object(staging, version, netns_key, true) {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            let mut r = load_object(staging, version, netns_key, false)?;
+            r.lsm = Lsm::Failed(e.to_string());
+            Ok(r)
+        }
+    }
+}
+
+fn load_object(
+    staging: &std::path::Path,
+    version: &str,
+    netns_key: NetnsKey,
+    lsm: bool,
+) -> Result<LoadReport> {
     let started = Instant::now();
     let mut object = MaybeUninit::uninit();
     let mut open = TetherSkelBuilder::default()
@@ -235,6 +269,7 @@ fn load_into(staging: &std::path::Path, version: &str, netns_key: NetnsKey) -> R
     if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
         rodata.tc_netns_cookie = u32::from(netns_key == NetnsKey::Cookie);
     }
+    open.progs.tether_lsm_setsockopt.set_autoload(lsm);
     let skel = open.load().map_err(|source| Error::Libbpf {
         what: "load object (verifier)",
         source,
@@ -271,13 +306,42 @@ fn load_into(staging: &std::path::Path, version: &str, netns_key: NetnsKey) -> R
     for (name, fd) in maps {
         sys::obj_pin(fd, &staging.join("maps").join(name))?;
     }
+    let lsm = if lsm {
+        verified_insns +=
+            u64::from(sys::prog_info(skel.progs.tether_lsm_setsockopt.as_fd())?.verified_insns);
+        match attach_lsm(&skel.progs.tether_lsm_setsockopt, staging) {
+            Ok(()) => Lsm::Attached,
+            Err(e) => Lsm::Failed(e.to_string()),
+        }
+    } else {
+        Lsm::Inactive
+    };
     Ok(LoadReport {
         version: version.to_string(),
         load_time,
         verified_insns,
         lost_race: false,
+        lsm,
     })
 }
+
+/// Attaches the node-wide LSM program once, its link pinned with the version: it lives as
+/// long as the version's pins, and goes when they are removed.
+fn attach_lsm(prog: &libbpf_rs::ProgramMut<'_>, staging: &std::path::Path) -> Result<()> {
+    let mut link = prog.attach_lsm().map_err(|source| Error::Libbpf {
+        what: "attach the LSM program",
+        source,
+    })?;
+    pins::make_dir(&staging.join("links"))?;
+    link.pin(staging.join("links").join(LSM_LINK))
+        .map_err(|source| Error::Libbpf {
+            what: "pin the LSM link",
+            source,
+        })
+}
+
+/// The pin of the node-wide LSM link, under a version's `links/`.
+pub const LSM_LINK: &str = "lsm_setsockopt";
 
 /// The pinned programs and maps of one version, opened and validated.
 #[derive(Debug)]

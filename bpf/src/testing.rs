@@ -320,6 +320,10 @@ fn run_probe(probe: &str) -> io::Result<String> {
                 Err(e) => failed(e),
             }
         }
+        "compat-bypass" => match packet::compat_bypass() {
+            Ok(()) => "set".to_string(),
+            Err(e) => failed(e),
+        },
         _ => return Err(bad()),
     })
 }
@@ -372,6 +376,59 @@ mod packet {
     use std::io;
     use std::net::{Ipv4Addr, SocketAddrV4};
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    /// setsockopt(PACKET_QDISC_BYPASS) on a packet socket the way a 32-bit process makes it:
+    /// the i386 system call (`int 0x80`, setsockopt is 366 there), whose arguments are 32 bits
+    /// wide, so the option's value sits in memory below 4 GiB.
+    #[cfg(target_arch = "x86_64")]
+    pub fn compat_bypass() -> io::Result<()> {
+        let proto = (libc::ETH_P_IP as u16).to_be();
+        // SAFETY: socket(2) with constant arguments; the fd is owned right after.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a socket this function just opened and nothing else owns.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: an anonymous private mapping of one page, unmapped below.
+        let page = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+                -1,
+                0,
+            )
+        };
+        if page == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the page is mapped, writable and aligned for a c_int.
+        unsafe { *page.cast::<libc::c_int>() = 1 };
+        let ret: i32;
+        // SAFETY: the i386 setsockopt(fd, level, optname, optval, optlen) reads 4 bytes at
+        // `page`, mapped above; ebx (which the compiler reserves) is swapped in and back.
+        unsafe {
+            std::arch::asm!(
+                "xchg {fd:e}, ebx",
+                "int 0x80",
+                "xchg {fd:e}, ebx",
+                fd = inout(reg) sock.as_raw_fd() => _,
+                inlateout("eax") 366 => ret,
+                in("ecx") libc::SOL_PACKET,
+                in("edx") libc::PACKET_QDISC_BYPASS,
+                in("esi") page as usize as u32,
+                in("edi") 4,
+            );
+        }
+        // SAFETY: the page mapped above, no longer used.
+        unsafe { libc::munmap(page, 4096) };
+        if ret < 0 {
+            return Err(io::Error::from_raw_os_error(-ret));
+        }
+        Ok(())
+    }
 
     /// An IPv4 header (with its checksum) and a UDP datagram (no checksum) from `src`.
     fn udp_packet(src: Ipv4Addr, dst: SocketAddrV4) -> Vec<u8> {

@@ -114,7 +114,7 @@ fn connect_and_sendmsg_are_denied_in_the_cgroup() {
         &deny,
     )
     .unwrap();
-    assert_eq!(attached.links.len(), 6);
+    assert_eq!(attached.links.len(), 7);
 
     // Nothing listens on port 9: allowed → refused, denied → EPERM.
     let r = Probe::new("connect 127.0.0.2:9")
@@ -150,7 +150,7 @@ fn connect_and_sendmsg_are_denied_in_the_cgroup() {
     assert_eq!(c.denials, 2 + 3 + 1, "{c:?}");
 
     let d = container::detach(&progs, &fs.layout, "test", "deny").unwrap();
-    assert_eq!(d.links, 6);
+    assert_eq!(d.links, 7);
     assert_eq!(d.counters.denials, 6);
     assert!(progs.maps().known_cgroups().unwrap().is_empty());
     assert!(!fs.layout.container_dir("test", "deny").unwrap().exists());

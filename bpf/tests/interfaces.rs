@@ -160,7 +160,7 @@ fn veth_traffic(netns_key: NetnsKey) {
         );
     }
     let d = container::detach(&progs, &fs.layout, "test", "veth").unwrap();
-    assert_eq!(d.links, 6 + tc_links);
+    assert_eq!(d.links, 7 + tc_links);
     assert_eq!(d.counters.tx_packets, N, "final counters: {:?}", d.counters);
     assert_eq!(d.interfaces.len(), 1);
     assert!(maps.ifaces().unwrap().is_empty());

@@ -254,8 +254,20 @@ impl Backend for BpfBackend {
             n => format!("{n} instructions verified"),
         };
         log::info!(
-            "loaded version {version} in {:?} ({verified}){}",
+            "loaded version {version} in {:?} ({verified}){}{}",
             report.load_time,
+            match &report.lsm {
+                programs::Lsm::Attached => "; LSM program attached: PACKET_QDISC_BYPASS refused \
+                     to every caller under a policy"
+                    .to_string(),
+                programs::Lsm::Inactive => "; no BPF LSM: PACKET_QDISC_BYPASS refused to 64-bit \
+                     callers only"
+                    .to_string(),
+                programs::Lsm::Failed(e) => format!(
+                    "; the LSM program could not be loaded or attached ({e}): \
+                     PACKET_QDISC_BYPASS refused to 64-bit callers only"
+                ),
+            },
             if report.lost_race {
                 ", another loader was first"
             } else {

@@ -100,10 +100,11 @@ pub async fn run(config: Config, backend: Arc<dyn Backend>) -> Result<(), Error>
     );
     let features = tether_bpf::Features::probe();
     log::info!(
-        "kernel {}: TC programs attach with {}, interfaces keyed by {}{}",
+        "kernel {}: TC programs attach with {}, interfaces keyed by {}, BPF LSM {}{}",
         features.kernel,
         features.tc_attach.as_str(),
         features.netns_key.as_str(),
+        features.bpf_lsm.as_str(),
         if features.btf { "" } else { "; no kernel BTF" }
     );
     server::serve(&config, backend, terminated(term, int)).await

@@ -45,7 +45,7 @@ fn restart_adopts_pins_and_counters_keep_counting() -> Result<()> {
     let first_pid = node.start_tetherd()?;
     let first = node.acquire()?;
     assert!(first.loaded_now);
-    assert_eq!(prog_ids(&first).len(), 8);
+    assert_eq!(prog_ids(&first).len(), tether_bpf::Prog::ALL.len());
 
     // A "container": its entries in the shared maps, and one packet counted.
     let pkt = ipv4_packet([198, 51, 100, 1], 100);
@@ -333,7 +333,7 @@ fn gc_removes_containers_whose_cgroup_is_gone() -> Result<()> {
     let ps: Vec<ContainerInfo> = node.ctl_json(&["ps"])?;
     let c = find(&ps, "gone").context("gone is listed")?;
     assert_eq!((c.cgroup_id, c.stale), (gone, false));
-    assert_eq!(c.attachments.len(), 6, "{c:?}");
+    assert_eq!(c.attachments.len(), 7, "{c:?}");
     assert_eq!(c.version, tether_bpf::VERSION);
 
     fs::remove_dir(&gone_cg.path)?;

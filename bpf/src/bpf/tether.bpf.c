@@ -333,6 +333,52 @@ static __always_inline bool denied6(__u64 cgid, const __u32 *daddr)
 	return bpf_map_lookup_elem(&deny6, &k) != NULL;
 }
 
+/* ---- LSM: setsockopt() of every caller, where the kernel runs BPF LSM ---- */
+
+#define SOL_IP_ 0
+#define SOL_IPV6_ 41
+#define SOL_PACKET_ 263
+#define IP_OPTIONS_ 4
+#define IPV6_2292RTHDR_ 5
+#define IPV6_RTHDR_ 57
+#define PACKET_QDISC_BYPASS_ 20
+
+/*
+ * The refusal of PACKET_QDISC_BYPASS (see tether_setsockopt) where the kernel runs BPF
+ * LSM (Debian's 6.1 and later; `lsm=...,bpf` elsewhere): the LSM hook runs for every
+ * caller, 32-bit (compat) ones included, which skip the cgroup hook. Attached once per node by tetherd, not per
+ * container: it finds the caller's container by its cgroup. The LSM hook does not see the
+ * option's value, so source-route options are left to the cgroup hook and the judge.
+ * First in the object: where the kernel refuses it (lockdown), the load fails before the
+ * verifier spends time on the rest, and tetherd loads again without it.
+ * ctx: the hook's arguments (socket, level, optname), then the return value so far.
+ */
+SEC("lsm/socket_setsockopt")
+int tether_lsm_setsockopt(unsigned long long *ctx)
+{
+	int level = (int)ctx[1];
+	int optname = (int)ctx[2];
+	int ret = (int)ctx[3];
+
+	if (ret)
+		return ret;
+	if (level != SOL_PACKET_ || optname != PACKET_QDISC_BYPASS_)
+		return 0;
+	__u64 cgid = bpf_get_current_cgroup_id();
+	struct tether_cgroup *cg = lookup_cgroup(&cgid);
+
+	if (!cg || !(cg->config.flags & TETHER_F_POLICY))
+		return 0;
+	cg->counters.denials++;
+	if (cg->config.flags & TETHER_F_AUDIT_DENY) {
+		__u32 none[4] = {};
+
+		emit(cgid, &cg->config, &cg->counters, TETHER_EV_DENY_SOCKOPT, 0,
+		     (__u16)level, none, (__u16)optname, 0, false);
+	}
+	return -1; /* -EPERM */
+}
+
 /* ---- cgroup_skb: per-container packets and bytes, packet-level policy ---- */
 
 /*
@@ -591,14 +637,6 @@ int tether_sendmsg6(struct bpf_sock_addr *ctx)
 }
 
 /* ---- cgroup/setsockopt: options that would take packets around the policy ---- */
-
-#define SOL_IP_ 0
-#define SOL_IPV6_ 41
-#define SOL_PACKET_ 263
-#define IP_OPTIONS_ 4
-#define IPV6_2292RTHDR_ 5
-#define IPV6_RTHDR_ 57
-#define PACKET_QDISC_BYPASS_ 20
 
 /*
  * Under a policy, setsockopt() refuses (EPERM) what would send packets where the deny
