@@ -320,6 +320,10 @@ fn run_probe(probe: &str) -> io::Result<String> {
                 Err(e) => failed(e),
             }
         }
+        "source-route" => match packet::source_route(addr) {
+            Ok(()) => "set".to_string(),
+            Err(e) => failed(e),
+        },
         "compat-bypass" => match packet::compat_bypass() {
             Ok(()) => "set".to_string(),
             Err(e) => failed(e),
@@ -376,6 +380,46 @@ mod packet {
     use std::io;
     use std::net::{Ipv4Addr, SocketAddrV4};
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    /// A source route through `via` on a TCP socket: IP_OPTIONS with a loose source route
+    /// (IPv4), or an IPV6_RTHDR segment routing header (IPv6).
+    pub fn source_route(via: std::net::SocketAddr) -> io::Result<()> {
+        let (family, level, name, value) = match via {
+            std::net::SocketAddr::V4(a) => {
+                // NOP, LSRR (type 131, length 7, pointer 4), the hop.
+                let mut o = vec![1u8, 131, 7, 4];
+                o.extend(a.ip().octets());
+                (libc::AF_INET, libc::IPPROTO_IP, libc::IP_OPTIONS, o)
+            }
+            std::net::SocketAddr::V6(a) => {
+                // Routing header type 4 (segment routing), one segment.
+                let mut o = vec![0u8, 2, 4, 0, 0, 0, 0, 0];
+                o.extend(a.ip().octets());
+                (libc::AF_INET6, libc::IPPROTO_IPV6, libc::IPV6_RTHDR, o)
+            }
+        };
+        // SAFETY: socket(2) with constant arguments; the fd is owned right after.
+        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a socket this function just opened and nothing else owns.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: the value is a live buffer of the length passed.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                level,
+                name,
+                value.as_ptr().cast(),
+                value.len() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 
     /// setsockopt(PACKET_QDISC_BYPASS) on a packet socket the way a 32-bit process makes it:
     /// the i386 system call (`int 0x80`, setsockopt is 366 there), whose arguments are 32 bits

@@ -211,3 +211,38 @@ fn a_32bit_caller_may_not_bypass_the_qdisc_where_bpf_lsm_runs() {
         );
     }
 }
+
+/// IP_OPTIONS with a source route and an IPv6 routing header, set on a TCP socket: refused
+/// under a policy (the segments would carry a destination the connect check never saw),
+/// set in the control without one.
+#[test]
+fn source_route_options_are_refused_under_a_policy() {
+    let fs = Bpffs::new().unwrap();
+    let progs = fs.load().unwrap();
+    for (policy, want) in [(false, "set"), (true, "permission denied:1")] {
+        let cg = TestCgroup::new().unwrap();
+        let id = format!("route-{policy}");
+        let config = ContainerConfig {
+            policy,
+            ..ContainerConfig::default()
+        };
+        container::attach_cgroup(
+            &progs,
+            &fs.layout,
+            "test",
+            &id,
+            cg.open().unwrap().as_fd(),
+            &config,
+            &[],
+        )
+        .unwrap();
+        for via in ["192.0.2.7:0", "[2001:db8::7]:0"] {
+            let r = Probe::new(&format!("source-route {via}"))
+                .cgroup(&cg)
+                .result()
+                .unwrap();
+            assert_eq!(r, want, "policy {policy}, via {via}");
+        }
+        container::detach(&progs, &fs.layout, "test", &id).unwrap();
+    }
+}
