@@ -349,3 +349,49 @@ fn start_refuses_a_container_its_create_did_not_attach_when_fail_closed() -> Res
     ensure!(state == "running", "{state}");
     Ok(())
 }
+
+/// `restore` starts the container inside runc's call, with no gap for the attach step:
+/// refused before runc runs under a fail-closed plan; under an open one runc's restore runs
+/// (here it fails on a missing image, exactly as runc's own), with a warning.
+#[test]
+fn restore_is_refused_when_fail_closed_and_runc_s_own_when_open() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let runc_root = root.path().join("tether-runc-restore");
+    let id = format!("trestore{}", std::process::id());
+    let b = bundle(&["/bin/sleep", "1000"])?;
+    let image = root.path().join("no-such-image");
+    let args = |bin: &std::path::Path, node: Option<&Node>| -> Result<Output> {
+        let mut c = Command::new(bin);
+        c.arg("--root").arg(&runc_root).arg("restore");
+        c.arg("--bundle")
+            .arg(b.path())
+            .arg("--image-path")
+            .arg(&image);
+        c.arg("--detach").arg(&id);
+        if let Some(n) = node {
+            c.env("TETHER_CONFIG", n.config());
+        }
+        Ok(c.stdin(std::process::Stdio::null()).output()?)
+    };
+
+    let closed = Node::new("[attach]\negress_deny = [\"127.0.0.2/32\"]\n")?;
+    let out = args(&tether_runc()?, Some(&closed))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(1), "closed: {out:?}");
+    ensure!(
+        err.contains("restore refused") && err.contains("failure policy: closed"),
+        "{err}"
+    );
+    ensure!(!runc_root.join(&id).exists(), "runc ran: {out:?}");
+
+    let open = Node::new("")?;
+    let ours = args(&tether_runc()?, Some(&open))?;
+    let theirs = args(std::path::Path::new("runc"), None)?;
+    let err = String::from_utf8_lossy(&ours.stderr);
+    ensure!(
+        ours.status.code() == theirs.status.code() && ours.status.code() != Some(0),
+        "open: {ours:?} vs runc's {theirs:?}"
+    );
+    ensure!(err.contains("runs without programs"), "{err}");
+    Ok(())
+}

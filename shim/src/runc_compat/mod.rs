@@ -2,7 +2,7 @@
 //! than a shim (Docker 20.10's `runtimes`, containerd's runc shim `BinaryName`, Podman, CRI-O).
 //!
 //! Every runc command, flag, output and exit code passes through unchanged: most commands
-//! `exec` the real runc. Three differ:
+//! `exec` the real runc. These differ:
 //! - `create`: after runc's `create` succeeds, the container's programs are attached (as the
 //!   shim does between create and start) before `tether-runc` returns; a fail-closed attach
 //!   failure force-deletes the container and exits 1 with the reason (also written to runc's
@@ -10,8 +10,10 @@
 //! - `start`: interfaces that appeared since create are attached, then runc's `start` runs.
 //! - `delete`: runc's `delete` runs, then the container's programs are detached.
 //! - `run` is `create` + attach + `start` (+ wait, for a foreground run).
+//! - `restore` starts the container inside runc's call: refused under a fail-closed plan.
 //!
-//! One file per command tether handles ([`create`], [`start`], [`delete`], [`run`]); every
+//! One file per command tether handles ([`create`], [`start`], [`delete`], [`run`],
+//! [`restore`]); every
 //! other command is [`exec`]'d. [`args`] parses the command line (passing unknown flags
 //! through), [`report`] writes errors as runc does, [`watch`] is the link watcher process.
 //! runc itself is run by [`crate::runc::Passthrough`]; the attach steps by the shim's
@@ -27,6 +29,7 @@ pub mod create;
 pub mod delete;
 pub mod exec;
 pub mod report;
+pub mod restore;
 pub mod run;
 pub mod runtime;
 pub mod start;
@@ -83,6 +86,7 @@ pub fn main_with(argv: Vec<OsString>) -> i32 {
         Some("start") => start::start(&runc, &args, &config),
         Some("delete") => delete::delete(&runc, &args, &config),
         Some("run") => run::run(&runc, &args, &config),
+        Some("restore") => restore::restore(&runc, &args, &config),
         _ => exec::exec(&runc, &args),
     }
 }

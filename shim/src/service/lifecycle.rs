@@ -16,6 +16,17 @@ impl TaskService {
         let config = Config::load(opts.config_path.as_deref())?;
         // Resolved once: a bad plan fails Create before runc runs.
         let plan = Plan::resolve(&config, &spec)?;
+        // A restore runs the container's processes from inside `runc restore` on: there is
+        // no gap between create and start for the attach step. A plan that must not let an
+        // instruction run unattached refuses it; an open one attaches right after.
+        if !req.checkpoint.is_empty() && plan.enabled && plan.fail_closed {
+            return Err(Error::FailedPrecondition(format!(
+                "container {}: restore from checkpoint {} refused: a restored container runs \
+                 from inside runc restore, before tether can attach its programs, and its plan \
+                 fails closed (failure-policy; deny rules make it so)",
+                req.id, req.checkpoint
+            )));
+        }
         self.attacher
             .prepare(&req.id, &plan, &config, opts.config_path.as_deref())
             .await?;
@@ -75,6 +86,37 @@ impl TaskService {
         })
     }
 
+    /// Attaches a container `runc restore` started (only under an open plan: Create refuses
+    /// a restore under a closed one). Its restored processes ran unattached until here, which
+    /// the log says; a failure is logged, as an open plan's failures are.
+    async fn attach_restored(&self, c: &Arc<Container>) {
+        let attached = async {
+            let spec = load_spec(&c.bundle)?;
+            let config = Config::load(c.opts.config_path.as_deref())?;
+            let plan = Plan::resolve(&config, &spec)?;
+            if !plan.enabled {
+                return Ok(());
+            }
+            warn!(
+                "{}: restored from a checkpoint: its processes ran from runc restore until \
+                 this attach (an open plan allows it)",
+                c.id
+            );
+            let created = CreatedContainer {
+                namespace: &self.namespace,
+                id: &c.id,
+                plan: &plan,
+                config: &config,
+                config_path: c.opts.config_path.clone(),
+                pid: c.init.pid(),
+            };
+            self.attacher.attach(&created).await
+        };
+        if let Err(e) = attached.await {
+            warn!("{}: attach after restore: {e}", c.id);
+        }
+    }
+
     fn watch_oom(&self, c: &Arc<Container>) {
         let pid = c.init.pid();
         let events = self.events.clone();
@@ -115,6 +157,7 @@ impl TaskService {
             match &c.checkpoint {
                 Some(cp) => {
                     c.restore(cp).await?;
+                    self.attach_restored(&c).await;
                     self.watch_oom(&c);
                 }
                 None => {
