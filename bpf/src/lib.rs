@@ -16,6 +16,7 @@ pub mod events;
 pub mod features;
 pub mod gc;
 pub mod link;
+pub mod lsm;
 pub mod maps;
 mod memlock;
 pub mod netlink;

@@ -239,7 +239,7 @@ pub fn load_and_pin_with(
 /// it does not, or where loading it fails (a kernel in lockdown, a policy that refuses LSM
 /// programs): the LSM program closes a gap the rest does not depend on.
 fn load_into(staging: &std::path::Path, version: &str, netns_key: NetnsKey) -> Result<LoadReport> {
-    if crate::features::BpfLsm::probe() == crate::features::BpfLsm::Inactive {
+    if crate::lsm::BpfLsm::probe() == crate::lsm::BpfLsm::Inactive {
         return load_object(staging, version, netns_key, false);
     }
     match load_object(staging, version, netns_key, true) {
