@@ -37,6 +37,9 @@ pub enum EventKind {
     /// policy (PACKET_QDISC_BYPASS, IP_OPTIONS, IPV6_RTHDR). The event's `protocol` is the
     /// option's level and its `dport` the option's name; it has no address.
     DenySockopt,
+    /// socket(AF_PACKET) refused with EPERM: a container under a policy whose frames no TC
+    /// program judges (host network). The event's `protocol` is the address family.
+    DenySocket,
     Unknown,
 }
 
@@ -51,6 +54,7 @@ impl EventKind {
             6 => EventKind::RefuseCgroup,
             7 => EventKind::RefuseTc,
             8 => EventKind::DenySockopt,
+            9 => EventKind::DenySocket,
             _ => EventKind::Unknown,
         }
     }
@@ -65,6 +69,7 @@ impl EventKind {
             EventKind::RefuseCgroup => "refuse_cgroup",
             EventKind::RefuseTc => "refuse_tc",
             EventKind::DenySockopt => "deny_sockopt",
+            EventKind::DenySocket => "deny_socket",
             EventKind::Unknown => "unknown",
         }
     }

@@ -270,6 +270,7 @@ fn load_object(
         rodata.tc_netns_cookie = u32::from(netns_key == NetnsKey::Cookie);
     }
     open.progs.tether_lsm_setsockopt.set_autoload(lsm);
+    open.progs.tether_lsm_socket.set_autoload(lsm);
     let skel = open.load().map_err(|source| Error::Libbpf {
         what: "load object (verifier)",
         source,
@@ -307,12 +308,19 @@ fn load_object(
         sys::obj_pin(fd, &staging.join("maps").join(name))?;
     }
     let lsm = if lsm {
-        verified_insns +=
-            u64::from(sys::prog_info(skel.progs.tether_lsm_setsockopt.as_fd())?.verified_insns);
-        match attach_lsm(&skel.progs.tether_lsm_setsockopt, staging) {
-            Ok(()) => Lsm::Attached,
-            Err(e) => Lsm::Failed(e.to_string()),
+        let node_wide = [
+            (&skel.progs.tether_lsm_setsockopt, LSM_LINKS[0]),
+            (&skel.progs.tether_lsm_socket, LSM_LINKS[1]),
+        ];
+        let mut outcome = Lsm::Attached;
+        for (prog, name) in node_wide {
+            verified_insns += u64::from(sys::prog_info(prog.as_fd())?.verified_insns);
+            if let Err(e) = attach_lsm(prog, staging, name) {
+                outcome = Lsm::Failed(e.to_string());
+                break;
+            }
         }
+        outcome
     } else {
         Lsm::Inactive
     };
@@ -327,21 +335,26 @@ fn load_object(
 
 /// Attaches the node-wide LSM program once, its link pinned with the version: it lives as
 /// long as the version's pins, and goes when they are removed.
-fn attach_lsm(prog: &libbpf_rs::ProgramMut<'_>, staging: &std::path::Path) -> Result<()> {
+fn attach_lsm(
+    prog: &libbpf_rs::ProgramMut<'_>,
+    staging: &std::path::Path,
+    name: &str,
+) -> Result<()> {
     let mut link = prog.attach_lsm().map_err(|source| Error::Libbpf {
         what: "attach the LSM program",
         source,
     })?;
     pins::make_dir(&staging.join("links"))?;
-    link.pin(staging.join("links").join(LSM_LINK))
+    link.pin(staging.join("links").join(name))
         .map_err(|source| Error::Libbpf {
             what: "pin the LSM link",
             source,
         })
 }
 
-/// The pin of the node-wide LSM link, under a version's `links/`.
-pub const LSM_LINK: &str = "lsm_setsockopt";
+/// The pins of the node-wide LSM links, under a version's `links/`: setsockopt() of every
+/// caller, and socket() of packet sockets.
+pub const LSM_LINKS: [&str; 2] = ["lsm_setsockopt", "lsm_socket"];
 
 /// The pinned programs and maps of one version, opened and validated.
 #[derive(Debug)]

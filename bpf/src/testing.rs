@@ -324,6 +324,10 @@ fn run_probe(probe: &str) -> io::Result<String> {
             Ok(()) => "set".to_string(),
             Err(e) => failed(e),
         },
+        "packet-socket" => match packet::open() {
+            Ok(()) => "opened".to_string(),
+            Err(e) => failed(e),
+        },
         "compat-bypass" => match packet::compat_bypass() {
             Ok(()) => "set".to_string(),
             Err(e) => failed(e),
@@ -380,6 +384,19 @@ mod packet {
     use std::io;
     use std::net::{Ipv4Addr, SocketAddrV4};
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    /// Opens (and closes) a packet socket.
+    pub fn open() -> io::Result<()> {
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: socket(2) with constant arguments; the fd is owned right after.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a socket this function just opened and nothing else owns.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        Ok(())
+    }
 
     /// A source route through `via` on a TCP socket: IP_OPTIONS with a loose source route
     /// (IPv4), or an IPV6_RTHDR segment routing header (IPv6).

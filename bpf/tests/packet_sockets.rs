@@ -198,7 +198,7 @@ fn a_32bit_caller_may_not_bypass_the_qdisc_where_bpf_lsm_runs() {
         .layout
         .version_dir(tether_bpf::VERSION)
         .join("links")
-        .join(tether_bpf::programs::LSM_LINK)
+        .join(tether_bpf::programs::LSM_LINKS[0])
         .exists();
     eprintln!("LSM program attached: {lsm}");
     if lsm {
@@ -244,5 +244,56 @@ fn source_route_options_are_refused_under_a_policy() {
             assert_eq!(r, want, "policy {policy}, via {via}");
         }
         container::detach(&progs, &fs.layout, "test", &id).unwrap();
+    }
+}
+
+/// A container under a policy with no interface where TC judges its frames (the host's
+/// network): where the LSM programs are attached, it may not open a packet socket at all;
+/// the control, a container whose frames TC judges, opens one. Without them it opens one too
+/// (the README's gap for host-network containers without BPF LSM).
+#[test]
+fn packet_sockets_are_refused_where_no_tc_program_judges_them() {
+    let fs = Bpffs::new().unwrap();
+    let progs = fs.load().unwrap();
+    let lsm = fs
+        .layout
+        .version_dir(tether_bpf::VERSION)
+        .join("links")
+        .join(tether_bpf::programs::LSM_LINKS[1])
+        .exists();
+    eprintln!("LSM programs attached: {lsm}");
+    for refuse in [false, true] {
+        let cg = TestCgroup::new().unwrap();
+        let id = format!("host-{refuse}");
+        let config = ContainerConfig {
+            refuse_packet_sockets: refuse,
+            ..ContainerConfig::default()
+        };
+        let attached = container::attach_cgroup(
+            &progs,
+            &fs.layout,
+            "test",
+            &id,
+            cg.open().unwrap().as_fd(),
+            &config,
+            &[],
+        )
+        .unwrap();
+        let r = Probe::new("packet-socket 0.0.0.0:0")
+            .cgroup(&cg)
+            .result()
+            .unwrap();
+        let denials = progs
+            .maps()
+            .cgroup_counters(attached.cgroup_id)
+            .unwrap()
+            .denials;
+        container::detach(&progs, &fs.layout, "test", &id).unwrap();
+        let want = if refuse && lsm {
+            ("permission denied:1", 1)
+        } else {
+            ("opened", 0)
+        };
+        assert_eq!((r.as_str(), denials), want, "refuse {refuse}, LSM {lsm}");
     }
 }

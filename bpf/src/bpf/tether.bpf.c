@@ -379,6 +379,41 @@ int tether_lsm_setsockopt(unsigned long long *ctx)
 	return -1; /* -EPERM */
 }
 
+#define AF_PACKET_ 17
+
+/*
+ * Packet sockets of a container under a policy whose frames no TC program judges (host
+ * network, or no interfaces selected): refused where the kernel runs BPF LSM. SOCK_PACKET
+ * of AF_INET reaches the hook as AF_PACKET. Kernel sockets (kern) are not the container's.
+ * ctx: family, type, protocol, kern, then the return value so far.
+ */
+SEC("lsm/socket_create")
+int tether_lsm_socket(unsigned long long *ctx)
+{
+	int family = (int)ctx[0];
+	int kern = (int)ctx[3];
+	int ret = (int)ctx[4];
+
+	if (ret)
+		return ret;
+	if (family != AF_PACKET_ || kern)
+		return 0;
+	__u64 cgid = bpf_get_current_cgroup_id();
+	struct tether_cgroup *cg = lookup_cgroup(&cgid);
+	__u32 want = TETHER_F_POLICY | TETHER_F_REFUSE_PACKET;
+
+	if (!cg || (cg->config.flags & want) != want)
+		return 0;
+	cg->counters.denials++;
+	if (cg->config.flags & TETHER_F_AUDIT_DENY) {
+		__u32 none[4] = {};
+
+		emit(cgid, &cg->config, &cg->counters, TETHER_EV_DENY_SOCKET, 0,
+		     (__u16)family, none, 0, 0, false);
+	}
+	return -1; /* -EPERM */
+}
+
 /* ---- cgroup_skb: per-container packets and bytes, packet-level policy ---- */
 
 /*

@@ -28,6 +28,12 @@
  * a container whose network namespace is its own; loopback traffic is then not counted.
  */
 #define TETHER_F_COUNT_AT_IFACES 16u
+/*
+ * With TETHER_F_POLICY: the container has no interface of its own where TC judges what its
+ * packet sockets write (host network, or no interfaces selected); where the node-wide LSM
+ * programs run, it may not open packet sockets.
+ */
+#define TETHER_F_REFUSE_PACKET 32u
 
 /* tether_event.kind */
 #define TETHER_EV_DENY_CONNECT 1
@@ -38,6 +44,7 @@
 #define TETHER_EV_REFUSE_CGROUP 6
 #define TETHER_EV_REFUSE_TC 7
 #define TETHER_EV_DENY_SOCKOPT 8
+#define TETHER_EV_DENY_SOCKET 9
 
 #define TETHER_AF_INET 2
 #define TETHER_AF_INET6 10

@@ -98,6 +98,10 @@ pub struct ContainerConfig {
     /// cgroup_skb programs then run only if the policy needs them (they cost a flow more
     /// than the TC programs do), and loopback traffic, which only they see, is not counted.
     pub count_at_interfaces: bool,
+    /// With `policy`: packet sockets are refused, where the node-wide LSM program runs. For a
+    /// container with no interface of its own where TC judges the frames they write (the
+    /// host's network namespace, or `interfaces = none`).
+    pub refuse_packet_sockets: bool,
     /// Keep one audit event in `sample_every` (0 or 1: every event).
     pub sample_every: u32,
     /// Audit events per second and CPU (0: unlimited).
@@ -114,6 +118,7 @@ impl Default for ContainerConfig {
             audit_denials: true,
             audit_connects: false,
             count_at_interfaces: false,
+            refuse_packet_sockets: false,
             sample_every: 1,
             rate_per_sec: 100,
             burst: 200,

@@ -548,6 +548,9 @@ impl Plan {
                 audit_denials: audit.0,
                 audit_connects: audit.1,
                 count_at_interfaces: account && count_at == CountAt::Interfaces,
+                // No TC program judges what its packet sockets write.
+                refuse_packet_sockets: enforce
+                    && (netns == Netns::Host || interfaces == Interfaces::None),
                 sample_every: sample,
                 rate_per_sec: rate,
                 burst: rate.saturating_mul(2).max(1),

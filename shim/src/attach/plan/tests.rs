@@ -371,6 +371,30 @@ fn host_and_existing_netns() {
 }
 
 #[test]
+fn packet_sockets_refused_only_where_no_tc_program_judges_them() {
+    let deny = [(EGRESS_DENY, "192.0.2.0/24")];
+    let refuse = |spec| {
+        Plan::resolve(&all_keys(), &spec)
+            .unwrap()
+            .config
+            .refuse_packet_sockets
+    };
+    // Host network under a policy: nothing judges its frames.
+    assert!(refuse(spec(&deny, None)));
+    // Its own namespace: TC judges them; or no policy at all.
+    assert!(!refuse(spec(&deny, Some(None))));
+    assert!(!refuse(spec(&[], None)));
+    // Its own namespace, where the node selects no interface.
+    let none = cfg("[attach]\ninterfaces = \"none\"\negress_deny = [\"192.0.2.0/24\"]\n");
+    assert!(
+        Plan::resolve(&none, &spec(&[], Some(None)))
+            .unwrap()
+            .config
+            .refuse_packet_sockets
+    );
+}
+
+#[test]
 fn bad_values_name_key_and_value() {
     for (k, v, why) in [
         (EGRESS_DENY, "10.0.0.1/8", "host bits"),
