@@ -69,6 +69,7 @@ manifest=$out/manifest
     printf 'broker\t%s\n' "$(need tether-broker/test/$t)"
   done
   e2e=$(need tether-integration/test/e2e)
+  printf 'enforce\t%s attach::escape::\n' "$e2e"
   printf 'deny\t%s attach::one_container::first_instruction_is_denied\n' "$e2e"
   printf 'accounting\t%s attach::one_container::short_lived_containers\n' "$e2e"
   printf 'late-iface\t%s attach::one_container::interface_added\n' "$e2e"

@@ -10,6 +10,13 @@ if [ "$(id -u)" != 0 ]; then
 fi
 bash scripts/deps.sh
 
+# The builds (debug and release), the daemons' state and the other suites' packages take
+# about 10 GiB; a full disk shows up as a compiler or daemon error, so say it first.
+avail=$(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }')
+if [ "$avail" -lt 10 ]; then
+  echo "tether: warning: ${avail} GiB free in $PWD; the build and tests need about 10 GiB" >&2
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The benchmark-only instrumentation (naive loader, attach times) is left out of default

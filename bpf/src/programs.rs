@@ -356,6 +356,14 @@ fn attach_lsm(
 /// caller, and socket() of packet sockets.
 pub const LSM_LINKS: [&str; 2] = ["lsm_setsockopt", "lsm_socket"];
 
+/// Whether the node-wide LSM links of `version` are pinned (see [`Programs::lsm_guards`]).
+pub fn lsm_guards(layout: &PinLayout, version: &str) -> bool {
+    let links = layout.version_dir(version).join("links");
+    LSM_LINKS
+        .iter()
+        .all(|l| fs::symlink_metadata(links.join(l)).is_ok())
+}
+
 /// The pinned programs and maps of one version, opened and validated.
 #[derive(Debug)]
 pub struct Programs {
@@ -363,6 +371,7 @@ pub struct Programs {
     progs: Vec<(Prog, OwnedFd, u32)>,
     maps: Maps,
     netns_key: NetnsKey,
+    lsm_guards: bool,
 }
 
 impl Programs {
@@ -419,16 +428,25 @@ impl Programs {
             events: open("events")?,
             ncpus: sys::possible_cpus()?,
         };
+        let lsm_guards = lsm_guards(layout, version);
         Ok(Programs {
             version: version.to_string(),
             progs,
             maps,
             netns_key: NetnsKey::probe(),
+            lsm_guards,
         })
     }
 
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// Whether the node-wide LSM programs of this version run (their link pins exist): they
+    /// refuse packet sockets where no TC program judges a container's frames, and judge
+    /// the setsockopt() of 32-bit callers, which the cgroup setsockopt hook never sees.
+    pub fn lsm_guards(&self) -> bool {
+        self.lsm_guards
     }
 
     pub fn maps(&self) -> &Maps {

@@ -15,6 +15,7 @@
 //! - [`pty`]: running `ctr -t` on a pseudo terminal.
 //! - [`process`], [`wait`]: every child has a deadline, every wait polls with one.
 //! - [`harness`]: [`TestEnv`], one scenario's containerd, namespace and rootfs.
+//! - [`escape`]: the escape probe, run in a container, and its receiver.
 //! - [`dockerd`], [`podman`]: private Docker and Podman daemons with tether as a runtime.
 //!
 //! The library must not panic on I/O errors: everything returns `anyhow::Result` with context,
@@ -25,6 +26,7 @@ pub mod containerd;
 pub mod containerd_release;
 pub mod ctr;
 pub mod dockerd;
+pub mod escape;
 pub mod events;
 pub mod harness;
 pub mod image;

@@ -72,6 +72,32 @@ fn applets() -> Result<Vec<String>> {
         .collect())
 }
 
+/// Copies the host's `binary` into the rootfs at `dir` as `/bin/<name>`, with the shared
+/// libraries it loads (as `ldd` lists them) at their own paths.
+pub fn add_binary(dir: &Path, binary: &Path, name: &str) -> Result<()> {
+    let out = process::run(
+        Command::new("ldd").arg(binary),
+        None,
+        Duration::from_secs(10),
+    )?;
+    let mut files = vec![(binary.to_path_buf(), dir.join("bin").join(name))];
+    // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)`, `/lib64/ld-linux-x86-64.so.2 (0x...)`;
+    // a static binary has none ("not a dynamic executable", a failure).
+    if out.success() {
+        for lib in out.stdout.split_whitespace().filter(|w| w.starts_with('/')) {
+            files.push((PathBuf::from(lib), dir.join(lib.trim_start_matches('/'))));
+        }
+    }
+    for (from, to) in files {
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        fs::copy(&from, &to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,8 @@ pub struct Container {
     /// do not die with init, so they are killed when it exits.
     pub shared_pid_ns: bool,
     rootfs: Option<PathBuf>,
+    /// Capabilities the container's processes run without (its exec'd ones too).
+    pub withheld: &'static [&'static str],
     pub oom_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -78,6 +80,7 @@ impl Container {
         spec: &Spec,
         opts: ShimOptions,
         runc: Runc,
+        withheld: &'static [&'static str],
     ) -> Result<Self> {
         let bundle = PathBuf::from(&req.bundle);
         let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
@@ -96,6 +99,7 @@ impl Container {
             checkpoint: (!req.checkpoint.is_empty()).then(|| req.checkpoint.clone()),
             shared_pid_ns,
             rootfs,
+            withheld,
             oom_watch: Mutex::new(None),
         };
         if c.checkpoint.is_some() {

@@ -81,6 +81,65 @@ impl Spec {
     }
 }
 
+/// The capability that opens packet sockets (and raw IP sockets).
+pub const CAP_NET_RAW: &str = "CAP_NET_RAW";
+
+/// The capability sets of a process spec.
+const CAPABILITY_SETS: [&str; 5] = [
+    "bounding",
+    "effective",
+    "inheritable",
+    "permitted",
+    "ambient",
+];
+
+/// Removes `cap` from every capability set of `process` (a runtime spec's `process`, or an
+/// exec's process spec). Returns whether any set held it.
+pub fn drop_capability(process: &mut serde_json::Value, cap: &str) -> bool {
+    let mut held = false;
+    let Some(sets) = process
+        .get_mut("capabilities")
+        .and_then(serde_json::Value::as_object_mut)
+    else {
+        return false;
+    };
+    for set in CAPABILITY_SETS {
+        if let Some(list) = sets.get_mut(set).and_then(serde_json::Value::as_array_mut) {
+            let before = list.len();
+            list.retain(|c| c.as_str() != Some(cap));
+            held |= list.len() != before;
+        }
+    }
+    held
+}
+
+/// Rewrites the bundle's `config.json` without `cap` in its process's capability sets
+/// (written whole to a new file, then renamed over the old). Returns whether it held `cap`.
+pub fn drop_capability_from_bundle(bundle: &Path, cap: &str) -> Result<bool> {
+    let path = bundle.join("config.json");
+    let bad = |reason: String| Error::Spec {
+        path: path.display().to_string(),
+        reason,
+    };
+    let bytes = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    let Some(process) = config.get_mut("process") else {
+        return Ok(false);
+    };
+    if !drop_capability(process, cap) {
+        return Ok(false);
+    }
+    let text = serde_json::to_vec(&config).map_err(|e| bad(e.to_string()))?;
+    let tmp = bundle.join(".config.json.tether");
+    std::fs::write(&tmp, text).map_err(|e| bad(format!("writing {}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, &path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        bad(format!("replacing it: {e}"))
+    })?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +193,40 @@ mod tests {
             e.contains("missing.json") && e.contains("No such file"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_capability_is_dropped_from_every_set_and_nothing_else_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = serde_json::json!({
+            "ociVersion": "1.1.0",
+            "process": {"cwd": "/", "args": ["sh"], "capabilities": {
+                "bounding": ["CAP_CHOWN", "CAP_NET_RAW"],
+                "effective": ["CAP_NET_RAW", "CAP_KILL"],
+                "permitted": ["CAP_NET_RAW"],
+                "inheritable": [],
+            }},
+            "future": {"x": 1},
+        });
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        assert!(drop_capability_from_bundle(dir.path(), CAP_NET_RAW).unwrap());
+        let after: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap())
+                .unwrap();
+        let mut want = config.clone();
+        want["process"]["capabilities"] = serde_json::json!({
+            "bounding": ["CAP_CHOWN"], "effective": ["CAP_KILL"], "permitted": [],
+            "inheritable": [],
+        });
+        assert_eq!(after, want);
+        // Nothing to drop: the file is left alone.
+        assert!(!drop_capability_from_bundle(dir.path(), CAP_NET_RAW).unwrap());
+        let mut exec = serde_json::json!({"cwd": "/"});
+        assert!(!drop_capability(&mut exec, CAP_NET_RAW));
+        let e = drop_capability_from_bundle(&dir.path().join("nope"), CAP_NET_RAW)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope/config.json"), "{e}");
     }
 
     #[test]

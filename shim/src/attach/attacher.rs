@@ -138,6 +138,25 @@ impl Attacher {
         policy(r, plan.fail_closed, "; the attach step tries again")
     }
 
+    /// The capabilities a container under `plan` must run without, once [`Attacher::prepare`]
+    /// has the programs: where the kernel does not run tether's LSM programs, a container
+    /// under a policy gets no `CAP_NET_RAW`. Its packet sockets would otherwise write frames
+    /// that no program judges (with no TC program on its interfaces, or past them with
+    /// `PACKET_QDISC_BYPASS` set by a 32-bit setsockopt(), which the cgroup hook never
+    /// sees). Raw IP sockets go with it; ping works through ICMP datagram sockets where
+    /// `net.ipv4.ping_group_range` allows them.
+    pub fn withheld_capabilities(&self, plan: &Plan, config: &Config) -> &'static [&'static str] {
+        let unguarded = self
+            .programs
+            .cached(&programs::layout(config))
+            .is_some_and(|p| !p.lsm_guards());
+        if plan.enabled && plan.config.policy && unguarded {
+            &[crate::spec::CAP_NET_RAW]
+        } else {
+            &[]
+        }
+    }
+
     /// Attaches a created container; on failure nothing half-attached stays behind, and
     /// under a fail-closed plan the error is returned (the caller deletes the container).
     pub async fn attach(&self, c: &CreatedContainer<'_>) -> Result<()> {

@@ -11,10 +11,12 @@
 //! - `delete`: runc's `delete` runs, then the container's programs are detached.
 //! - `run` is `create` + attach + `start` (+ wait, for a foreground run).
 //! - `restore` starts the container inside runc's call: refused under a fail-closed plan.
+//! - `exec`: a container that runs without some capabilities (where the kernel runs no
+//!   tether LSM program, a container under a policy has no `CAP_NET_RAW`) exec's without
+//!   them too.
 //!
 //! One file per command tether handles ([`create`], [`start`], [`delete`], [`run`],
-//! [`restore`]); every
-//! other command is [`exec`]'d. [`args`] parses the command line (passing unknown flags
+//! [`restore`], [`exec_process`]); every other command is [`exec`]'d. [`args`] parses the command line (passing unknown flags
 //! through), [`report`] writes errors as runc does, [`watch`] is the link watcher process.
 //! runc itself is run by [`crate::runc::Passthrough`]; the attach steps by the shim's
 //! [`crate::attach::attacher::Attacher`].
@@ -28,6 +30,7 @@ pub mod args;
 pub mod create;
 pub mod delete;
 pub mod exec;
+pub mod exec_process;
 pub mod report;
 pub mod restore;
 pub mod run;
@@ -87,6 +90,7 @@ pub fn main_with(argv: Vec<OsString>) -> i32 {
         Some("delete") => delete::delete(&runc, &args, &config),
         Some("run") => run::run(&runc, &args, &config),
         Some("restore") => restore::restore(&runc, &args, &config),
+        Some("exec") => exec_process::exec_process(&runc, &args, &config),
         _ => exec::exec(&runc, &args),
     }
 }

@@ -12,8 +12,14 @@
 use crate::error::{Error, Result};
 
 /// The JSON process spec to give `runc exec` for `spec` (the request's), with `terminal`
-/// set to the request's. Everything else is kept as sent; runc checks it.
-pub(super) fn exec_process_spec(exec_id: &str, spec: &[u8], terminal: bool) -> Result<Vec<u8>> {
+/// set to the request's and without the capabilities `withheld` (those tether took from the
+/// container's own process). Everything else is kept as sent; runc checks it.
+pub(super) fn exec_process_spec(
+    exec_id: &str,
+    spec: &[u8],
+    terminal: bool,
+    withheld: &[&str],
+) -> Result<Vec<u8>> {
     let json = |source| Error::Json {
         context: format!("exec {exec_id} process spec"),
         source,
@@ -22,6 +28,10 @@ pub(super) fn exec_process_spec(exec_id: &str, spec: &[u8], terminal: bool) -> R
     let mut process: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(spec).map_err(json)?;
     process.insert("terminal".into(), serde_json::Value::Bool(terminal));
+    let mut process = serde_json::Value::Object(process);
+    for cap in withheld {
+        crate::spec::drop_capability(&mut process, cap);
+    }
     serde_json::to_vec(&process).map_err(json)
 }
 
@@ -37,15 +47,15 @@ mod tests {
     #[test]
     fn the_request_decides_the_terminal() {
         let no_tty = br#"{"terminal":false,"cwd":"/","args":["sh"],"env":["A=1"]}"#;
-        let out = exec_process_spec("e", no_tty, true).unwrap();
+        let out = exec_process_spec("e", no_tty, true, &[]).unwrap();
         assert_eq!(terminal_of(&out), serde_json::Value::Bool(true));
 
         let tty = br#"{"terminal":true,"cwd":"/","args":["sh"]}"#;
-        let out = exec_process_spec("e", tty, false).unwrap();
+        let out = exec_process_spec("e", tty, false, &[]).unwrap();
         assert_eq!(terminal_of(&out), serde_json::Value::Bool(false));
 
         // Absent means false in the runtime spec; the request still decides.
-        let out = exec_process_spec("e", br#"{"cwd":"/"}"#, true).unwrap();
+        let out = exec_process_spec("e", br#"{"cwd":"/"}"#, true, &[]).unwrap();
         assert_eq!(terminal_of(&out), serde_json::Value::Bool(true));
     }
 
@@ -53,7 +63,7 @@ mod tests {
     fn the_rest_of_the_spec_is_kept() {
         let spec = br#"{"terminal":false,"cwd":"/w","args":["a","b"],"user":{"uid":7,"gid":8},"noNewPrivileges":true,"future":{"x":1}}"#;
         let out: serde_json::Value =
-            serde_json::from_slice(&exec_process_spec("e", spec, true).unwrap()).unwrap();
+            serde_json::from_slice(&exec_process_spec("e", spec, true, &[]).unwrap()).unwrap();
         let mut want: serde_json::Value = serde_json::from_slice(spec).unwrap();
         want["terminal"] = serde_json::Value::Bool(true);
         assert_eq!(out, want);
@@ -62,9 +72,22 @@ mod tests {
     #[test]
     fn a_bad_spec_is_refused() {
         for bad in [&b"not json"[..], b"[]", br#"{"args":["sh"]}"#, b"null"] {
-            let e = exec_process_spec("e7", bad, false).unwrap_err();
+            let e = exec_process_spec("e7", bad, false, &[]).unwrap_err();
             assert!(matches!(e, Error::Json { .. }), "{bad:?}: {e}");
             assert!(e.to_string().contains("exec e7"), "{e}");
         }
+    }
+
+    #[test]
+    fn withheld_capabilities_are_not_given_to_an_exec() {
+        let spec = br#"{"cwd":"/","capabilities":{"bounding":["CAP_NET_RAW","CAP_KILL"],"effective":["CAP_NET_RAW"]}}"#;
+        let out: serde_json::Value = serde_json::from_slice(
+            &exec_process_spec("e", spec, false, &[crate::spec::CAP_NET_RAW]).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            out["capabilities"],
+            serde_json::json!({"bounding": ["CAP_KILL"], "effective": []})
+        );
     }
 }

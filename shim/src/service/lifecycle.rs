@@ -30,6 +30,16 @@ impl TaskService {
         self.attacher
             .prepare(&req.id, &plan, &config, opts.config_path.as_deref())
             .await?;
+        let withheld = self.attacher.withheld_capabilities(&plan, &config);
+        for cap in withheld {
+            if crate::spec::drop_capability_from_bundle(&bundle, cap)? {
+                info!(
+                    "container {}: runs without {cap}: the kernel runs no tether LSM program \
+                     to judge its packet sockets",
+                    req.id
+                );
+            }
+        }
         let runc = Runc::new(
             opts.runc_config(&config, &self.namespace),
             &bundle,
@@ -43,7 +53,7 @@ impl TaskService {
         if locked(&self.containers).contains_key(&req.id) {
             return Err(Error::AlreadyExists(format!("container {}", req.id)));
         }
-        let c = Arc::new(Container::create(&req, &spec, opts, runc).await?);
+        let c = Arc::new(Container::create(&req, &spec, opts, runc, withheld).await?);
         let pid = c.init.pid();
         if c.checkpoint.is_none() {
             let created = CreatedContainer {
@@ -350,7 +360,7 @@ impl TaskService {
             req.spec.as_ref().map(|a| &a.value).ok_or_else(|| {
                 Error::InvalidArgument("exec request without a process spec".into())
             })?;
-        let spec = exec_process_spec(&req.exec_id, spec, req.terminal)?;
+        let spec = exec_process_spec(&req.exec_id, spec, req.terminal, c.withheld)?;
         let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         c.add_exec(Process::new(&req.exec_id, stdio, Some(spec)))?;
         self.events

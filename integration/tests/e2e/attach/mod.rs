@@ -13,6 +13,7 @@
 
 mod cni;
 mod create_failures;
+mod escape;
 mod many_containers;
 mod named_netns;
 mod node_floor;

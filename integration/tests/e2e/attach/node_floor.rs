@@ -13,13 +13,13 @@ use super::{container_dir, denied, reached, tether};
 
 /// Replaces the fixture's `[attach]` section (last in the file, if any) with `attach`,
 /// keeping its attach deadline; the original comes back on drop.
-struct NodeConfig {
+pub(super) struct NodeConfig {
     path: PathBuf,
     original: String,
 }
 
 impl NodeConfig {
-    fn set(env: &TestEnv, attach: &str) -> Result<Self> {
+    pub(super) fn set(env: &TestEnv, attach: &str) -> Result<Self> {
         let path = env.containerd().tether_config();
         let original = std::fs::read_to_string(&path)?;
         let kept = original.split("[attach]").collect::<Vec<_>>();

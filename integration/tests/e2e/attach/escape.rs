@@ -1,0 +1,185 @@
+//! The escape test: a tenant with a container's default capabilities tries every way out it
+//! has (`tether_integration::escape`: sockets of each family and type, IP options,
+//! extension headers, fragments, tunnels, packet sockets) against addresses a deny rule
+//! names, in a namespace made here, whose receiver counts what arrives. Under each
+//! attachment mode (TC on the container's interfaces, `interfaces=none`, the host's
+//! network) nothing may arrive; the same probe under `io.containerd.runc.v2`, in the same
+//! place, is the control: there, every variant arrives.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, ensure, Result};
+use tether_integration::ctr::{Run, Source};
+use tether_integration::escape::field::Field;
+use tether_integration::escape::{parse_arrived, parse_sent, VARIANTS};
+use tether_integration::{rootfs, Runtime, TestEnv};
+
+use super::node_floor::NodeConfig;
+use super::tether;
+
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// Its own namespace, TC programs on its interface.
+    Netns,
+    /// Its own namespace, on a node whose `[attach] interfaces` is `"none"`: only the
+    /// cgroup programs.
+    NoInterfaces,
+    /// The host's network namespace.
+    HostNetwork,
+}
+
+fn probe() -> Result<PathBuf> {
+    let bin = tether_integration::containerd::tether_shim_binary()?
+        .parent()
+        .map(|d| d.join("tether-escape"))
+        .ok_or_else(|| anyhow!("no directory for tether-escape"))?;
+    ensure!(bin.is_file(), "{} is not built", bin.display());
+    Ok(bin)
+}
+
+/// One run of the probe under `runtime`: what it says of each variant, and what arrived.
+fn attempt(
+    env: &TestEnv,
+    field: &Field,
+    runtime: Runtime,
+    mode: Mode,
+) -> Result<(BTreeMap<String, String>, BTreeMap<String, u64>)> {
+    let receiver = field.receive(&probe()?)?;
+    let t = &field.targets;
+    let id = env.id("escape");
+    let mut run = Run::new(runtime, Source::Rootfs(env.rootfs_dir().to_path_buf()), &id)
+        .rm()
+        .flag("--annotation")
+        .flag(format!(
+            "tether.io/egress-deny={}/32,{}/128",
+            t.denied4, t.denied6
+        ));
+    let netns = field.container_netns();
+    run = match (mode, netns) {
+        (Mode::HostNetwork, _) => run.flag("--net-host"),
+        (_, None) => return Err(anyhow!("{mode:?} needs the container's own namespace")),
+        (Mode::Netns | Mode::NoInterfaces, Some(ns)) => run
+            .flag("--with-ns")
+            .flag(format!("network:{}", ns.display())),
+    };
+    let mut argv = vec!["/bin/tether-escape".to_string(), "send".to_string()];
+    argv.extend(t.args());
+    let out = env.ctr.run_container(&run.command(argv))?;
+    ensure!(out.success(), "the probe under {runtime}: {out}");
+    let sent = parse_sent(&out.stdout);
+    ensure!(
+        sent.len() == VARIANTS.len(),
+        "the probe under {runtime} tried {} of {} variants: {out}",
+        sent.len(),
+        VARIANTS.len()
+    );
+    let arrived = parse_arrived(&receiver.finish()?);
+    env.assert_no_leaks(&id)?;
+    Ok((sent, arrived))
+}
+
+fn escape(env: &mut TestEnv, mode: Mode, subnet: u8) -> Result<()> {
+    rootfs::add_binary(env.rootfs_dir(), &probe()?, "tether-escape")?;
+    let field = match mode {
+        Mode::HostNetwork => Field::host(subnet)?,
+        Mode::Netns | Mode::NoInterfaces => Field::netns(subnet)?,
+    };
+    let _node = match mode {
+        Mode::NoInterfaces => Some(NodeConfig::set(env, "interfaces = \"none\"\n")?),
+        Mode::Netns | Mode::HostNetwork => None,
+    };
+    let (control_sent, control) = attempt(env, &field, Runtime::RuncV2, mode)?;
+    let (sent, arrived) = attempt(env, &field, Runtime::Tether, mode)?;
+
+    eprintln!("{mode:?}: variant | runc.v2 (frames arrived) | tether (outcome, frames arrived)");
+    for v in VARIANTS {
+        eprintln!(
+            "  {:24} {:>3} | {:14} {}",
+            v.name,
+            control.get(v.name).copied().unwrap_or(0),
+            sent.get(v.name).map_or("?", String::as_str),
+            arrived.get(v.name).copied().unwrap_or(0),
+        );
+    }
+    let missed: Vec<_> = VARIANTS
+        .iter()
+        .filter(|v| !control.contains_key(v.name))
+        .map(|v| format!("{} ({})", v.name, control_sent[v.name]))
+        .collect();
+    ensure!(
+        missed.is_empty(),
+        "control: without tether these did not reach the receiver: {missed:?}"
+    );
+    ensure!(
+        arrived.is_empty(),
+        "{mode:?}: these reached a denied address under tether: {arrived:?}"
+    );
+    if let Mode::Netns = mode {
+        exec_escape(env, &field)?;
+    }
+    Ok(())
+}
+
+/// The same probe exec'd into a running container: nothing arrives either.
+fn exec_escape(env: &TestEnv, field: &Field) -> Result<()> {
+    let t = &field.targets;
+    let id = env.id("escexec");
+    let ns = field
+        .container_netns()
+        .ok_or_else(|| anyhow!("no container namespace"))?;
+    env.ctr.run_container(
+        &env.run(&id)
+            .detach()
+            .flag("--annotation")
+            .flag(format!(
+                "tether.io/egress-deny={}/32,{}/128",
+                t.denied4, t.denied6
+            ))
+            .flag("--with-ns")
+            .flag(format!("network:{}", ns.display()))
+            .command(["/bin/sleep", "1000"]),
+    )?;
+    let receiver = field.receive(&probe()?)?;
+    let mut argv = vec![
+        "task".to_string(),
+        "exec".to_string(),
+        "--exec-id".to_string(),
+        "escape".to_string(),
+        id.clone(),
+        "/bin/tether-escape".to_string(),
+        "send".to_string(),
+    ];
+    argv.extend(t.args());
+    let out = env.ctr.run(argv);
+    let arrived = parse_arrived(&receiver.finish()?);
+    env.ctr.force_remove(&id)?;
+    let out = out?;
+    ensure!(out.success(), "exec of the probe: {out}");
+    ensure!(
+        parse_sent(&out.stdout).len() == VARIANTS.len(),
+        "the exec'd probe: {out}"
+    );
+    ensure!(
+        arrived.is_empty(),
+        "these reached a denied address from an exec'd process: {arrived:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn nothing_escapes_a_container_with_tc_programs() -> Result<()> {
+    tether("escape_netns", |env| escape(env, Mode::Netns, 71))
+}
+
+#[test]
+fn nothing_escapes_a_container_without_tc_programs() -> Result<()> {
+    tether("escape_no_ifaces", |env| {
+        escape(env, Mode::NoInterfaces, 72)
+    })
+}
+
+#[test]
+fn nothing_escapes_a_container_on_the_host_network() -> Result<()> {
+    tether("escape_host", |env| escape(env, Mode::HostNetwork, 73))
+}
