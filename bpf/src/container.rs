@@ -233,7 +233,8 @@ fn require_attached(dir: &Path, id: &str) -> Result<()> {
         Err(Error::Name {
             what: "id",
             value: id.to_string(),
-            reason: "is not attached (no cgroup attachment)",
+            reason: "is not attached: its pin directory is missing (no cgroup attachment, or \
+                     the bpffs was unmounted since)",
         })
     }
 }

@@ -77,6 +77,18 @@ pub(crate) fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
     // SAFETY: `fd` is a live fd and `c` a valid NUL-terminated string during the call.
     let ret = unsafe { libbpf_sys::bpf_obj_pin(fd.as_raw_fd(), c.as_ptr()) };
     check("BPF_OBJ_PIN", ret).map(|_| ()).map_err(|e| match e {
+        // The kernel says EPERM for a path outside any bpffs: say which.
+        Error::Syscall { source, .. }
+            if source.raw_os_error() == Some(libc::EPERM)
+                && path
+                    .parent()
+                    .is_some_and(|d| matches!(crate::pins::is_bpffs(d), Ok(false))) =>
+        {
+            Error::NoBpffs {
+                path: path.to_path_buf(),
+                reason: "BPF_OBJ_PIN refused (EPERM); was the bpffs unmounted?".into(),
+            }
+        }
         Error::Syscall { source, .. } => Error::path("BPF_OBJ_PIN", path, source),
         other => other,
     })

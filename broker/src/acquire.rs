@@ -91,12 +91,23 @@ impl Acquirer {
             version.to_string()
         };
         check_version(&version)?;
-        let cell = self.cell(&version);
-        if let Some(a) = cell.get() {
-            return Ok(AcquireReply {
-                acquired: a.clone(),
-                loaded_now: false,
-            });
+        let mut cell = self.cell(&version);
+        if cell.get().is_some() {
+            // A caller asks because it could not open the pins: they may be gone since
+            // (the bpffs unmounted, or mounted again empty). Then they are had again.
+            let (b, v) = (self.backend.clone(), version.clone());
+            if let Some(a) = blocking("adopt", move || b.adopt(&v)).await? {
+                return Ok(AcquireReply {
+                    acquired: a,
+                    loaded_now: false,
+                });
+            }
+            log::warn!(
+                "the pins of version {version} are gone (was the bpffs unmounted?): loading \
+                 them again"
+            );
+            self.forget_cell(&version, &cell);
+            cell = self.cell(&version);
         }
         let loaded_here = Arc::new(AtomicBool::new(false));
         let task = {
@@ -141,6 +152,18 @@ impl Acquirer {
             acquired: acquired.clone(),
             loaded_now: loaded_here.load(Ordering::Relaxed),
         })
+    }
+
+    /// Drops the entry of `version` if it is still `cell` (another caller may have put a
+    /// new one in its place).
+    fn forget_cell(&self, version: &str, cell: &Arc<OnceCell<Acquired>>) {
+        let mut map = self
+            .versions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if map.get(version).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+            map.remove(version);
+        }
     }
 
     /// Drops the entry of `version` unless it holds pins (another caller may have set it).
@@ -226,6 +249,28 @@ mod tests {
         assert_eq!(loaded_now, 1);
         assert_eq!(acq.loads(), 1);
         assert_eq!(acq.acquires(), 50);
+    }
+
+    /// Pins that went after they were had (the bpffs unmounted, or mounted again empty)
+    /// are loaded again, once for any number of callers, not answered from memory.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pins_gone_since_are_loaded_again_once() {
+        let fake = Arc::new(FakeBackend::new());
+        let acq = Arc::new(Acquirer::new(fake.clone()));
+        acq.acquire("").await.unwrap();
+        assert!(!acq.acquire("").await.unwrap().loaded_now);
+        fake.unpin(FAKE_VERSION);
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let acq = acq.clone();
+                tokio::spawn(async move { acq.acquire("").await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(fake.loads(), 2);
+        assert!(fake.adopt(FAKE_VERSION).unwrap().is_some());
     }
 
     #[tokio::test]

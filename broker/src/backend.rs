@@ -77,6 +77,11 @@ pub mod testing {
             lock(&self.pinned).insert(version.to_string());
         }
 
+        /// Removes the pins of `version`, as an unmounted bpffs would.
+        pub fn unpin(&self, version: &str) {
+            lock(&self.pinned).remove(version);
+        }
+
         /// Queues an audit event for `poll_events`.
         pub fn push_event(&self, event: AuditEvent) {
             lock(&self.events).push_back(event);

@@ -85,14 +85,7 @@ impl Containerd {
         let d = self.dir.path();
         let bpffs = self.bpffs_dir();
         fs::create_dir_all(&bpffs).context("creating bpffs mount point")?;
-        nix::mount::mount(
-            Some("bpf"),
-            &bpffs,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .context("mount -t bpf (a private bpffs for this containerd)")?;
+        crate::mount_bpffs(&bpffs)?;
         let mut toml = format!(
             "[broker]\nsocket = \"{sock}\"\npin_root = \"{pins}\"\naudit_log = \"{audit}\"\n",
             sock = self.tetherd_socket().display(),

@@ -289,14 +289,7 @@ impl Dockerd {
         if self.containerd.is_none() {
             let bpffs = self.bpffs();
             fs::create_dir_all(&bpffs)?;
-            nix::mount::mount(
-                Some("bpf"),
-                &bpffs,
-                Some("bpf"),
-                nix::mount::MsFlags::empty(),
-                None::<&str>,
-            )
-            .context("mount -t bpf")?;
+            crate::mount_bpffs(&bpffs)?;
         }
         Ok(())
     }

@@ -46,3 +46,16 @@ pub use events::EventLog;
 pub use harness::TestEnv;
 pub use process::Output;
 pub use runtime::Runtime;
+
+/// Mounts a bpffs at `dir` (which must exist), as `mount -t bpf bpf DIR`.
+pub fn mount_bpffs(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    nix::mount::mount(
+        Some("bpf"),
+        dir,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| format!("mount -t bpf bpf {}", dir.display()))
+}

@@ -87,13 +87,7 @@ impl Node {
         let dir = tempfile::tempdir()?;
         let bpffs = dir.path().join("bpffs");
         std::fs::create_dir(&bpffs)?;
-        nix::mount::mount(
-            Some("bpf"),
-            &bpffs,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )?;
+        tether_integration::mount_bpffs(&bpffs)?;
         std::fs::write(
             dir.path().join("tether.toml"),
             format!(

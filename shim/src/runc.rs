@@ -12,6 +12,7 @@ use std::{
     ffi::OsString,
     io::{Read, Seek, SeekFrom},
     os::fd::OwnedFd,
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
     sync::Arc,
@@ -133,6 +134,26 @@ impl Runc {
 
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.config.binary);
+        // As containerd's runc shim: a runc that outlives a killed shim would finish a
+        // create nobody will delete (the `delete` containerd runs for a dead shim finds
+        // no container yet), leaving its state and cgroups behind.
+        // The shim's runtime runs on one thread, the one that forks: the signal comes when
+        // the shim dies, not when some other thread of it exits.
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2)
+        // and getppid(2), which are async-signal-safe and touch no memory of the parent.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The shim died before the prctl: no signal will come.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
         cmd.arg("--root")
             .arg(&self.config.root)
             .arg("--log")

@@ -113,31 +113,107 @@ pub fn drop_capability(process: &mut serde_json::Value, cap: &str) -> bool {
     held
 }
 
-/// Rewrites the bundle's `config.json` without `cap` in its process's capability sets
-/// (written whole to a new file, then renamed over the old). Returns whether it held `cap`.
-pub fn drop_capability_from_bundle(bundle: &Path, cap: &str) -> Result<bool> {
-    let path = bundle.join("config.json");
-    let bad = |reason: String| Error::Spec {
-        path: path.display().to_string(),
-        reason,
-    };
-    let bytes = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-    let Some(process) = config.get_mut("process") else {
-        return Ok(false);
-    };
-    if !drop_capability(process, cap) {
-        return Ok(false);
+/// The seccomp name of the native system call ABI, on architectures whose kernel also
+/// runs a 32-bit (compat) one.
+pub fn native_seccomp_arch() -> Option<&'static str> {
+    if cfg!(target_arch = "x86_64") {
+        Some("SCMP_ARCH_X86_64")
+    } else if cfg!(target_arch = "aarch64") {
+        Some("SCMP_ARCH_AARCH64")
+    } else {
+        None
     }
-    let text = serde_json::to_vec(&config).map_err(|e| bad(e.to_string()))?;
-    let tmp = bundle.join(".config.json.tether");
-    std::fs::write(&tmp, text).map_err(|e| bad(format!("writing {}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, &path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        bad(format!("replacing it: {e}"))
-    })?;
-    Ok(true)
+}
+
+/// Leaves the container only the native system call ABI (`arch`, a seccomp arch name): the
+/// spec's seccomp profile keeps its rules but lists no other architecture, and a spec with
+/// no profile gets one that allows every call of that ABI. A call of another ABI (a 32-bit
+/// process, or `int 0x80` from a 64-bit one) then meets the profile's bad-architecture
+/// action and never runs. Returns whether the spec changed.
+pub fn native_abi_only(config: &mut serde_json::Value, arch: &str) -> bool {
+    let Some(root) = config.as_object_mut() else {
+        return false;
+    };
+    let linux = root.entry("linux").or_insert_with(|| serde_json::json!({}));
+    let Some(linux) = linux.as_object_mut() else {
+        return false;
+    };
+    match linux
+        .get_mut("seccomp")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        Some(profile) => match profile
+            .get_mut("architectures")
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            // No list: libseccomp (and runc) filter the native ABI only already.
+            None => false,
+            Some(list) if list.iter().all(|a| a.as_str() == Some(arch)) => false,
+            Some(list) => {
+                *list = vec![serde_json::Value::from(arch)];
+                true
+            }
+        },
+        None => {
+            linux.insert(
+                "seccomp".into(),
+                serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW", "architectures": [arch]}),
+            );
+            true
+        }
+    }
+}
+
+/// What a container under a policy runs without where the kernel runs no tether LSM
+/// program (see `Attacher::hardening`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hardening {
+    /// Capabilities taken from its processes, exec'd ones included.
+    pub withheld: &'static [&'static str],
+    /// Only the native system call ABI (this seccomp arch).
+    pub native_abi: Option<&'static str>,
+}
+
+impl Hardening {
+    pub fn is_empty(&self) -> bool {
+        self.withheld.is_empty() && self.native_abi.is_none()
+    }
+
+    /// Rewrites the bundle's `config.json` hardened (written whole to a new file, then
+    /// renamed over the old). Returns whether it changed.
+    pub fn apply(&self, bundle: &Path) -> Result<bool> {
+        if self.is_empty() {
+            return Ok(false);
+        }
+        let path = bundle.join("config.json");
+        let bad = |reason: String| Error::Spec {
+            path: path.display().to_string(),
+            reason,
+        };
+        let bytes = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        let mut changed = false;
+        if let Some(process) = config.get_mut("process") {
+            for cap in self.withheld {
+                changed |= drop_capability(process, cap);
+            }
+        }
+        if let Some(arch) = self.native_abi {
+            changed |= native_abi_only(&mut config, arch);
+        }
+        if !changed {
+            return Ok(false);
+        }
+        let text = serde_json::to_vec(&config).map_err(|e| bad(e.to_string()))?;
+        let tmp = bundle.join(".config.json.tether");
+        std::fs::write(&tmp, text).map_err(|e| bad(format!("writing {}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, &path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            bad(format!("replacing it: {e}"))
+        })?;
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
@@ -209,7 +285,11 @@ mod tests {
             "future": {"x": 1},
         });
         std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
-        assert!(drop_capability_from_bundle(dir.path(), CAP_NET_RAW).unwrap());
+        let h = Hardening {
+            withheld: &[CAP_NET_RAW],
+            native_abi: None,
+        };
+        assert!(h.apply(dir.path()).unwrap());
         let after: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap())
                 .unwrap();
@@ -220,13 +300,51 @@ mod tests {
         });
         assert_eq!(after, want);
         // Nothing to drop: the file is left alone.
-        assert!(!drop_capability_from_bundle(dir.path(), CAP_NET_RAW).unwrap());
+        assert!(!h.apply(dir.path()).unwrap());
         let mut exec = serde_json::json!({"cwd": "/"});
         assert!(!drop_capability(&mut exec, CAP_NET_RAW));
-        let e = drop_capability_from_bundle(&dir.path().join("nope"), CAP_NET_RAW)
-            .unwrap_err()
-            .to_string();
+        let e = h.apply(&dir.path().join("nope")).unwrap_err().to_string();
         assert!(e.contains("nope/config.json"), "{e}");
+        // Nothing to do: not even a read.
+        assert!(!Hardening::default()
+            .apply(&dir.path().join("nope"))
+            .unwrap());
+    }
+
+    #[test]
+    fn only_the_native_abi_is_left() {
+        let arch = "SCMP_ARCH_X86_64";
+        // No profile: one that allows every native call.
+        let mut c = serde_json::json!({"linux": {"namespaces": []}});
+        assert!(native_abi_only(&mut c, arch));
+        assert_eq!(
+            c["linux"]["seccomp"],
+            serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW", "architectures": [arch]})
+        );
+        // No linux section at all.
+        let mut c = serde_json::json!({"ociVersion": "1.1.0"});
+        assert!(native_abi_only(&mut c, arch));
+        assert_eq!(
+            c["linux"]["seccomp"]["architectures"],
+            serde_json::json!([arch])
+        );
+        // Docker's default profile: the rules stay, the 32-bit ABIs go.
+        let rules = serde_json::json!([{"names": ["accept"], "action": "SCMP_ACT_ALLOW"}]);
+        let mut c = serde_json::json!({"linux": {"seccomp": {
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "syscalls": rules,
+        }}});
+        assert!(native_abi_only(&mut c, arch));
+        assert_eq!(
+            c["linux"]["seccomp"]["architectures"],
+            serde_json::json!([arch])
+        );
+        assert_eq!(c["linux"]["seccomp"]["syscalls"], rules);
+        assert!(!native_abi_only(&mut c, arch));
+        // A profile without a list filters the native ABI only already.
+        let mut c = serde_json::json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW"}}});
+        assert!(!native_abi_only(&mut c, arch));
     }
 
     #[test]

@@ -273,7 +273,7 @@ pub fn send_all(t: &Targets, out: &mut impl Write) -> io::Result<()> {
 pub fn outcome_of(e: &io::Error) -> String {
     match e.raw_os_error() {
         Some(n) => format!("{:?}", nix::errno::Errno::from_raw(n)),
-        None => e.kind().to_string().replace(' ', "-"),
+        None => e.to_string().replace(' ', "-"),
     }
 }
 
@@ -433,7 +433,7 @@ fn packet(t: &Targets, port: u16, m: &[u8], ty: i32, bypass: Bypass) -> io::Resu
             libc::PACKET_QDISC_BYPASS,
             &1_i32.to_ne_bytes(),
         )?,
-        Bypass::Ia32 => ia32_qdisc_bypass(&s)?,
+        Bypass::Ia32 => in_child(|| ia32_qdisc_bypass(&s))?,
     }
     let pkt = wire::ipv4(t.own4, t.denied4, 17, &[], 0, &wire::udp(port, m));
     let frame = if ty == libc::SOCK_RAW {
@@ -469,6 +469,34 @@ fn send_ll(s: &OwnedFd, iface: &str, proto: i32, frame: &[u8]) -> io::Result<()>
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Runs `f` in a child process: a system call that a seccomp profile answers by killing
+/// the caller kills the child, not the probe. The child's errno comes back as its exit code.
+fn in_child(f: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    // SAFETY: `send` runs on the probe's only thread; the child makes system calls and exits.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Child => {
+            let code = match f() {
+                Ok(()) => 0,
+                Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            };
+            // SAFETY: _exit ends the child without running the parent's exit handlers.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            match nix::sys::wait::waitpid(child, None).map_err(io::Error::from)? {
+                nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+                nix::sys::wait::WaitStatus::Exited(_, code) => {
+                    Err(io::Error::from_raw_os_error(code))
+                }
+                nix::sys::wait::WaitStatus::Signaled(_, sig, _) => {
+                    Err(io::Error::other(format!("killed-by-{sig:?}")))
+                }
+                other => Err(io::Error::other(format!("{other:?}"))),
+            }
+        }
+    }
 }
 
 /// `PACKET_QDISC_BYPASS` set the way a 32-bit process sets it: the i386 `setsockopt` (366),

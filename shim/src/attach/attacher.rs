@@ -20,6 +20,7 @@ use super::{priority, watch};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lock::locked;
+use crate::spec::{native_seccomp_arch, Hardening, CAP_NET_RAW};
 
 /// What the attacher sees of a container that runc has created but not started.
 pub struct CreatedContainer<'a> {
@@ -91,6 +92,21 @@ pub struct Attacher {
     programs: ProgramCache,
 }
 
+/// [`Attacher::hardening`] of a container under a policy on a node without tether's LSM
+/// programs.
+pub fn hardening_without_lsm(plan: &Plan) -> Hardening {
+    match native_seccomp_arch() {
+        Some(arch) if !plan.config.refuse_packet_sockets => Hardening {
+            withheld: &[],
+            native_abi: Some(arch),
+        },
+        _ => Hardening {
+            withheld: &[CAP_NET_RAW],
+            native_abi: None,
+        },
+    }
+}
+
 /// `r`, or under a fail-open plan its error logged (with `then`, what happens next) and `Ok`.
 fn policy(r: Result<()>, fail_closed: bool, then: &str) -> Result<()> {
     match r {
@@ -138,23 +154,26 @@ impl Attacher {
         policy(r, plan.fail_closed, "; the attach step tries again")
     }
 
-    /// The capabilities a container under `plan` must run without, once [`Attacher::prepare`]
-    /// has the programs: where the kernel does not run tether's LSM programs, a container
-    /// under a policy gets no `CAP_NET_RAW`. Its packet sockets would otherwise write frames
-    /// that no program judges (with no TC program on its interfaces, or past them with
-    /// `PACKET_QDISC_BYPASS` set by a 32-bit setsockopt(), which the cgroup hook never
-    /// sees). Raw IP sockets go with it; ping works through ICMP datagram sockets where
-    /// `net.ipv4.ping_group_range` allows them.
-    pub fn withheld_capabilities(&self, plan: &Plan, config: &Config) -> &'static [&'static str] {
+    /// What a container under `plan` must run without, once [`Attacher::prepare`] has the
+    /// programs, where the kernel does not run tether's LSM programs (which refuse packet
+    /// sockets where no TC program judges them, and `PACKET_QDISC_BYPASS` from 32-bit
+    /// callers):
+    /// - with no TC program to judge its frames (the host's network, `interfaces = none`),
+    ///   no `CAP_NET_RAW`: its packet sockets would write frames no program judges. Raw IP
+    ///   sockets go with it; ping works through ICMP datagram sockets where
+    ///   `net.ipv4.ping_group_range` allows them;
+    /// - with TC programs, only the native system call ABI: a 32-bit `setsockopt()`, which
+    ///   the cgroup hook never sees, could set `PACKET_QDISC_BYPASS` and send frames past TC.
+    ///   Where the architecture has no seccomp name here, `CAP_NET_RAW` goes instead.
+    pub fn hardening(&self, plan: &Plan, config: &Config) -> Hardening {
         let unguarded = self
             .programs
             .cached(&programs::layout(config))
             .is_some_and(|p| !p.lsm_guards());
-        if plan.enabled && plan.config.policy && unguarded {
-            &[crate::spec::CAP_NET_RAW]
-        } else {
-            &[]
+        if !(plan.enabled && plan.config.policy && unguarded) {
+            return Hardening::default();
         }
+        hardening_without_lsm(plan)
     }
 
     /// Attaches a created container; on failure nothing half-attached stays behind, and

@@ -31,6 +31,29 @@ pub struct Attachment {
     /// Held while interfaces are attached; `true` once the container is being detached
     /// ([`Attachment::stop_watching`]): no late attach runs after that.
     stopped: std::sync::Mutex<bool>,
+    /// The container's pin directory, held open (see [`hold_pins`]).
+    _pins: Option<OwnedFd>,
+}
+
+/// The container's pin directory, opened (`O_PATH`) and held for as long as the container
+/// is: the links are pinned there, and a bpffs that is unmounted (`umount -l`) while
+/// something holds a file of it lives on, with every pin in it, so the container's links stay
+/// attached. Without a holder the kernel would drop them with the file system. `None` where
+/// the directory cannot be opened (nothing is pinned there: nothing to hold).
+fn hold_pins(layout: &PinLayout, namespace: &str, id: &str) -> Option<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = layout.container_dir(namespace, id).ok()?;
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(&dir)
+    {
+        Ok(f) => Some(f.into()),
+        Err(e) => {
+            warn!("{id}: hold {}: {e}", dir.display());
+            None
+        }
+    }
 }
 
 impl Attachment {
@@ -57,6 +80,7 @@ impl Attachment {
             path: netns.to_path_buf(),
             source: e,
         })?;
+        let pins = hold_pins(&layout, namespace, id);
         Ok(Some(Attachment {
             namespace: namespace.to_string(),
             id: id.to_string(),
@@ -66,6 +90,7 @@ impl Attachment {
             netns: Some(netns.into()),
             select,
             stopped: std::sync::Mutex::new(false),
+            _pins: pins,
         }))
     }
 
@@ -186,6 +211,7 @@ pub fn attach(
         &plan.deny,
     )
     .map_err(|e| Error::attach(id, e))?;
+    let pins = hold_pins(&layout, namespace, id);
     let t_cgroup = Instant::now();
     let watch = match &netns {
         Some(netns) => Some(
@@ -213,6 +239,7 @@ pub fn attach(
             netns,
             select,
             stopped: std::sync::Mutex::new(false),
+            _pins: pins,
         },
         watch,
         open: t_open - t0,

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use log::warn;
 use tether_bpf::{PinLayout, Programs};
 
 use crate::config::Config;
@@ -77,21 +78,7 @@ impl ProgramCache {
         let programs = match Programs::open(&layout, tether_bpf::VERSION) {
             Ok(p) => p,
             Err(tether_bpf::Error::NotLoaded { .. }) => {
-                let socket = socket(config);
-                let deadline = config.attach.deadline();
-                let client = tether_api::Client::connect_or_spawn(
-                    &socket,
-                    &tetherd_path(config),
-                    config_path,
-                    deadline,
-                )
-                .await
-                .map_err(|e| Error::attach(id, e))?
-                .with_timeout(deadline);
-                client
-                    .acquire(tether_bpf::VERSION)
-                    .await
-                    .map_err(|e| Error::attach(id, e))?;
+                acquire(config, config_path, id).await?;
                 Programs::open(&layout, tether_bpf::VERSION).map_err(|e| Error::attach(id, e))?
             }
             Err(e) => return Err(Error::attach(id, e)),
@@ -99,6 +86,38 @@ impl ProgramCache {
         let programs = Arc::new(programs);
         locked(&self.open).insert(layout.root().to_path_buf(), programs.clone());
         Ok((layout, programs))
+    }
+}
+
+/// Asks tetherd (started on demand) for the pins. A tetherd that goes away in the middle
+/// of the call (killed, restarted) is asked once more: the next one adopts the pins or
+/// finishes the load.
+async fn acquire(config: &Config, config_path: Option<&Path>, id: &str) -> Result<()> {
+    let socket = socket(config);
+    let deadline = config.attach.deadline();
+    let mut retried = false;
+    loop {
+        let r = async {
+            tether_api::Client::connect_or_spawn(
+                &socket,
+                &tetherd_path(config),
+                config_path,
+                deadline,
+            )
+            .await?
+            .with_timeout(deadline)
+            .acquire(tether_bpf::VERSION)
+            .await
+        }
+        .await;
+        match r {
+            Ok(_) => return Ok(()),
+            Err(e @ tether_api::ClientError::Transport { .. }) if !retried => {
+                warn!("{id}: tetherd went away during Acquire ({e}); asking again");
+                retried = true;
+            }
+            Err(e) => return Err(Error::attach(id, e)),
+        }
     }
 }
 

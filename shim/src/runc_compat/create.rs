@@ -70,11 +70,9 @@ pub fn create(
         return (1, 0);
     } else {
         // As in the shim; an exec into it gets them neither (see `exec`).
-        for cap in attacher.withheld_capabilities(&plan, config) {
-            if let Err(e) = crate::spec::drop_capability_from_bundle(&bundle, cap) {
-                report(args, &format!("tether-runc: {e}"));
-                return (1, 0);
-            }
+        if let Err(e) = attacher.hardening(&plan, config).apply(&bundle) {
+            report(args, &format!("tether-runc: {e}"));
+            return (1, 0);
         }
     }
     let status = match runc.status("create", create_args) {

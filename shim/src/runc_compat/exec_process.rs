@@ -1,5 +1,5 @@
 //! `runc exec` through `tether-runc`: a process exec'd into a container that runs without
-//! some capabilities (see `Attacher::withheld_capabilities`) gets them neither, whether its
+//! some capabilities (see `Attacher::hardening`) gets them neither, whether its
 //! process spec comes in a file (`--process`, as Docker and Podman give it) or from
 //! `--cap` flags. Everything else is runc's, unchanged.
 use std::ffi::OsString;
@@ -125,7 +125,7 @@ fn withheld(
     let layout = crate::attach::programs::layout(config);
     let guarded = tether_bpf::programs::lsm_guards(&layout, tether_bpf::VERSION);
     Ok(if plan.enabled && plan.config.policy && !guarded {
-        &[crate::spec::CAP_NET_RAW]
+        crate::attach::attacher::hardening_without_lsm(&plan).withheld
     } else {
         &[]
     })

@@ -30,15 +30,18 @@ impl TaskService {
         self.attacher
             .prepare(&req.id, &plan, &config, opts.config_path.as_deref())
             .await?;
-        let withheld = self.attacher.withheld_capabilities(&plan, &config);
-        for cap in withheld {
-            if crate::spec::drop_capability_from_bundle(&bundle, cap)? {
-                info!(
-                    "container {}: runs without {cap}: the kernel runs no tether LSM program \
-                     to judge its packet sockets",
-                    req.id
-                );
-            }
+        let hardening = self.attacher.hardening(&plan, &config);
+        if hardening.apply(&bundle)? {
+            info!(
+                "container {}: runs without {:?}{}: the kernel runs no tether LSM program to \
+                 judge its packet sockets",
+                req.id,
+                hardening.withheld,
+                hardening
+                    .native_abi
+                    .map(|a| format!(", with no system call ABI but {a}"))
+                    .unwrap_or_default()
+            );
         }
         let runc = Runc::new(
             opts.runc_config(&config, &self.namespace),
@@ -53,7 +56,7 @@ impl TaskService {
         if locked(&self.containers).contains_key(&req.id) {
             return Err(Error::AlreadyExists(format!("container {}", req.id)));
         }
-        let c = Arc::new(Container::create(&req, &spec, opts, runc, withheld).await?);
+        let c = Arc::new(Container::create(&req, &spec, opts, runc, hardening.withheld).await?);
         let pid = c.init.pid();
         if c.checkpoint.is_none() {
             let created = CreatedContainer {

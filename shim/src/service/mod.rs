@@ -12,7 +12,9 @@ mod task;
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::atomic::{AtomicUsize, Ordering},
+    sync::{Arc, Mutex, Weak},
+    time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
@@ -55,6 +57,34 @@ pub struct TaskService {
     lifecycle: Arc<tokio::sync::Mutex<()>>,
     attacher: Arc<Attacher>,
     shutdown: CancellationToken,
+    /// Creates in flight: a shim that holds no container yet is not idle while one runs.
+    creates: AtomicUsize,
+}
+
+/// How long a shim may hold no container, with no create in flight, before it concludes
+/// that no containerd will use it. containerd creates a container right after it starts
+/// the shim, and shuts the shim down right after it deletes the last container; a shim
+/// that stays empty was started (or emptied) by a containerd that died in between, and
+/// containerd 1.6 never collects such a shim, nor its bundle.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(30);
+
+/// How often the shim looks whether it is orphaned.
+const ORPHAN_CHECK: Duration = Duration::from_secs(2);
+
+/// Counts a create in flight for as long as it lives.
+pub(super) struct CreateInFlight<'a>(&'a AtomicUsize);
+
+impl<'a> CreateInFlight<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for CreateInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl TaskService {
@@ -76,8 +106,10 @@ impl TaskService {
             lifecycle: Arc::new(tokio::sync::Mutex::new(())),
             attacher,
             shutdown,
+            creates: AtomicUsize::new(0),
         });
         tokio::spawn(Self::handle_exits(Arc::downgrade(&s), exits));
+        tokio::spawn(Self::watch_orphaned(Arc::downgrade(&s), ORPHAN_GRACE));
         s
     }
 
@@ -88,7 +120,37 @@ impl TaskService {
             .ok_or_else(|| Error::NotFound(format!("container {id}")))
     }
 
-    async fn handle_exits(this: std::sync::Weak<Self>, mut exits: mpsc::UnboundedReceiver<Exit>) {
+    /// Whether the shim holds no container and has no create in flight.
+    fn is_empty(&self) -> bool {
+        self.creates.load(Ordering::SeqCst) == 0 && locked(&self.containers).is_empty()
+    }
+
+    /// Shuts the shim down once it has been empty (see [`ORPHAN_GRACE`]) for `grace`. Its
+    /// going closes the connection of a containerd that loaded it since it was orphaned,
+    /// which then removes its bundle, as for any shim that died.
+    async fn watch_orphaned(this: Weak<Self>, grace: Duration) {
+        let mut empty_since: Option<Instant> = None;
+        loop {
+            tokio::time::sleep(ORPHAN_CHECK.min(grace)).await;
+            let Some(s) = this.upgrade() else { return };
+            if !s.is_empty() {
+                empty_since = None;
+                continue;
+            }
+            let since = *empty_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= grace {
+                warn!(
+                    "no container for {} s and none being created: the containerd that started \
+                     this shim is gone; shutting down",
+                    grace.as_secs()
+                );
+                s.shutdown.cancel();
+                return;
+            }
+        }
+    }
+
+    async fn handle_exits(this: Weak<Self>, mut exits: mpsc::UnboundedReceiver<Exit>) {
         while let Some(exit) = exits.recv().await {
             let Some(s) = this.upgrade() else { return };
             let _g = s.lifecycle.lock().await;

@@ -19,6 +19,7 @@ impl Task for TaskService {
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
         let id = req.id.clone();
+        let _in_flight = CreateInFlight::new(&self.creates);
         let r = self.do_create(req).await;
         if let Err(e) = &r {
             warn!("create {id}: {e}");

@@ -11,6 +11,7 @@
 //! shim). This file holds what they
 //! share: `tetherctl`, the pins of a container, the detach check.
 
+mod churn;
 mod cni;
 mod create_failures;
 mod escape;
