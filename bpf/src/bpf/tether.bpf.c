@@ -764,19 +764,30 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int dir)
 	struct tether_counters *c = &ifc->counters;
 	__u64 id = ifc->cgroup_id;
 
-	if (dir == DIR_TX && (ifc->flags & TETHER_F_POLICY) && !judged_at_cgroup(skb, id)) {
+	if (dir == DIR_TX && (ifc->flags & TETHER_F_POLICY || counts_at_cgroup(ifc->flags)) &&
+	    !judged_at_cgroup(skb, id)) {
 		struct tether_cgroup *cg = lookup_cgroup(&id);
+		/*
+		 * A frame of the container's own packet socket: the cgroup programs never saw
+		 * it, so where they count the container's packets it is counted here, in the
+		 * container's counters as well as the interface's.
+		 */
+		bool own = cg && counts_at_cgroup(ifc->flags) && bpf_skb_cgroup_id(skb) == id;
 
-		if (cg && (cg->config.flags & TETHER_F_POLICY)) {
+		if (cg && (ifc->flags & TETHER_F_POLICY) && (cg->config.flags & TETHER_F_POLICY)) {
 			struct judged j = {};
 			int v = judge_frame(skb, id, &j);
 
 			if (v != JUDGE_PASS) {
 				judged_drop(id, &cg->config, c, v, &j, TETHER_EV_DROP_TC,
 					    TETHER_EV_REFUSE_TC, k.ifindex);
+				if (own)
+					cg->counters.drops++;
 				return TC_ACT_SHOT;
 			}
 		}
+		if (own)
+			count(&cg->counters, DIR_TX, skb->len);
 	}
 	count(c, dir, skb->len);
 	/* TC_ACT_UNSPEC (TCX_NEXT): let the next program on the interface decide. */

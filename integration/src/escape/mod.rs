@@ -257,8 +257,13 @@ pub fn marker(name: &str) -> Vec<u8> {
 }
 
 /// Tries every variant against `t`; one `VARIANT <name> <outcome>` line each.
-pub fn send_all(t: &Targets, out: &mut impl Write) -> io::Result<()> {
+/// Tries every variant whose name starts with `only` (every variant: `""`), each at its own
+/// port, and says what became of it.
+pub fn send_all(t: &Targets, only: &str, out: &mut impl Write) -> io::Result<()> {
     for (i, variant) in VARIANTS.iter().enumerate() {
+        if !variant.name.starts_with(only) {
+            continue;
+        }
         let port = t.port_base + i as u16;
         let outcome = match (variant.send)(t, port, &marker(variant.name)) {
             Ok(()) => "sent".to_string(),
@@ -656,8 +661,13 @@ pub fn main(args: &[String]) -> Result<(), String> {
     let stdout = io::stdout();
     match args.first().map(String::as_str) {
         Some("send") => {
-            let t = Targets::parse(&args[1..])?;
-            send_all(&t, &mut stdout.lock()).map_err(|e| e.to_string())
+            // An optional last argument: only the variants whose names start with it.
+            let (targets, only) = match &args[1..] {
+                [t @ .., only] if t.len() == 8 => (t, only.as_str()),
+                t => (t, ""),
+            };
+            let t = Targets::parse(targets)?;
+            send_all(&t, only, &mut stdout.lock()).map_err(|e| e.to_string())
         }
         Some("receive") => {
             let [_, iface, port] = args else {
@@ -668,7 +678,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
             receive(iface, port, stdin, &mut stdout.lock())
                 .map_err(|e| format!("receiving on {iface}: {e}"))
         }
-        _ => Err("usage: tether-escape send ... | receive IFACE PORT".into()),
+        _ => Err("usage: tether-escape send TARGETS [NAME-PREFIX] | receive IFACE PORT".into()),
     }
 }
 

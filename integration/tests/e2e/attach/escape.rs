@@ -16,7 +16,7 @@ use tether_integration::escape::{parse_arrived, parse_sent, VARIANTS};
 use tether_integration::{rootfs, Runtime, TestEnv};
 
 use super::node_floor::NodeConfig;
-use super::tether;
+use super::{stats_of, tether};
 
 #[derive(Clone, Copy, Debug)]
 enum Mode {
@@ -165,6 +165,66 @@ fn exec_escape(env: &TestEnv, field: &Field) -> Result<()> {
         "these reached a denied address from an exec'd process: {arrived:?}"
     );
     Ok(())
+}
+
+/// Frames a container writes to packet sockets skip the cgroup programs. Where those count
+/// the container's packets (`count-at=cgroup`), the TC program on its interface counts
+/// them there too: every frame that left (no deny rule here) is in the container's
+/// `tx_packets`, which has no other traffic. Frames sent with `PACKET_QDISC_BYPASS` skip
+/// TC as well and are left out (README: Where packets are counted).
+fn packet_frames_counted(env: &mut TestEnv) -> Result<()> {
+    rootfs::add_binary(env.rootfs_dir(), &probe()?, "tether-escape")?;
+    let field = Field::netns(74)?;
+    let ns = field
+        .container_netns()
+        .ok_or_else(|| anyhow!("no container namespace"))?;
+    let id = env.id("pktcount");
+    env.ctr.run_container(
+        &env.run(&id)
+            .detach()
+            .flag("--annotation")
+            .flag("tether.io/count-at=cgroup")
+            .flag("--with-ns")
+            .flag(format!("network:{}", ns.display()))
+            .command(["/bin/sleep", "1000"]),
+    )?;
+    let receiver = field.receive(&probe()?)?;
+    let mut argv: Vec<String> = ["task", "exec", "--exec-id", "packets", &id]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    argv.extend(["/bin/tether-escape".to_string(), "send".to_string()]);
+    argv.extend(field.targets.args());
+    argv.push("packet-".to_string());
+    let out = env.ctr.run(argv);
+    let arrived = parse_arrived(&receiver.finish()?);
+    let stats = stats_of(env, &id);
+    env.ctr.force_remove(&id)?;
+    let (out, stats) = (out?, stats?);
+    ensure!(out.success(), "the probe: {out}");
+    let judged_at_tc: u64 = arrived
+        .iter()
+        .filter(|(name, _)| !name.contains("bypass"))
+        .map(|(_, n)| n)
+        .sum();
+    ensure!(
+        judged_at_tc >= 4,
+        "too few packet-socket frames arrived to count: {arrived:?} ({out})"
+    );
+    let tx = stats["tx_packets"].as_u64().unwrap_or(0);
+    eprintln!(
+        "packet-socket frames that passed TC: {judged_at_tc}; the container's tx_packets: {tx}"
+    );
+    ensure!(
+        tx >= judged_at_tc,
+        "{judged_at_tc} packet-socket frames left the container, {tx} counted: {stats}"
+    );
+    env.assert_no_leaks(&id)
+}
+
+#[test]
+fn packet_socket_frames_are_counted_at_the_cgroup() -> Result<()> {
+    tether("packet_count", packet_frames_counted)
 }
 
 #[test]

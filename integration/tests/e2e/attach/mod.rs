@@ -7,8 +7,9 @@
 //! [`create_failures`] (bad annotations, the failure policy), [`many_containers`] (a burst,
 //! tetherd or a shim killed), [`named_netns`] (CNI and a pod's namespace, TCX and clsact)
 //! [`cni`] (the tests' CNI network, twenty pods at once), [`node_floor`] (annotations
-//! cannot lower the node's policy) and [`runc_shim`] (`tether-runc` under containerd's runc
-//! shim). This file holds what they
+//! cannot lower the node's policy), [`escape`] (a probe's 29 ways out), [`churn`] (faults
+//! under load), [`restore`] (a restore under a deny rule is refused) and [`runc_shim`]
+//! (`tether-runc` under containerd's runc shim). This file holds what they
 //! share: `tetherctl`, the pins of a container, the detach check.
 
 mod churn;
@@ -19,6 +20,7 @@ mod many_containers;
 mod named_netns;
 mod node_floor;
 mod one_container;
+mod restore;
 mod runc_shim;
 
 use std::path::PathBuf;
