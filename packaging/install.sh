@@ -5,6 +5,8 @@
 #   config     /etc/tether/config.toml (kept if present)
 #   systemd    /etc/systemd/system/tetherd.service (enabled when systemd runs)
 #   containerd the "tether" runtime handler, if /etc/containerd/config.toml lacks one
+#   Podman     /etc/containers/containers.conf.d/tether.conf (`podman run --runtime tether`),
+#              if /etc/containers exists (kept if present)
 # Usage: install.sh [--bin-dir DIR] [--host-root DIR] [--no-systemd] [--restart-containerd]
 set -euo pipefail
 
@@ -19,7 +21,7 @@ while (($#)); do
     --host-root) root=${2%/}; shift 2 ;;
     --no-systemd) systemd=0; shift ;;
     --restart-containerd) restart_containerd=1; shift ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -67,6 +69,13 @@ if [ -f "$ctd" ] && ! grep -q 'io.containerd.tether.v1' "$ctd"; then
       systemctl restart containerd
     fi
   fi
+fi
+
+podman_conf="$root/etc/containers/containers.conf.d/tether.conf"
+if [ -d "$root/etc/containers" ] && [ ! -e "$podman_conf" ]; then
+  install -d -m 0755 "$(dirname "$podman_conf")"
+  install -m 0644 "$here/podman/tether.conf" "$podman_conf"
+  echo "Podman runtime \"tether\": $podman_conf"
 fi
 
 if [ -n "${NODE_NAME:-}" ] && command -v kubectl >/dev/null; then

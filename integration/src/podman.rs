@@ -1,5 +1,6 @@
 //! A private rootful Podman (Debian 12's 4.3, which runs the OCI runtime itself through
-//! conmon) with `tether-runc` as its runtime (`podman run --runtime <path>`).
+//! conmon) with `tether-runc` as its runtime `tether`, from the containers.conf drop-in tether
+//! ships (`podman run --runtime tether`).
 //!
 //! Podman's state is its own: `--root`, `--runroot`, `--tmpdir` (file locks, not the
 //! machine-wide shm segment), `containers.conf` and `storage.conf` through
@@ -9,8 +10,9 @@
 //!
 //! tether's config: Podman runs the runtime's `create` and `start` through conmon, whose
 //! environment is its `conmon_env_vars`, and runs `kill` and `delete` itself with nothing but
-//! `XDG_RUNTIME_DIR` (issue 22): `TETHER_CONFIG` reaches no verb that must see it, and
-//! `tether-runc` reads the default `/etc/tether/config.toml`. So every `podman` command runs
+//! `XDG_RUNTIME_DIR`, no PATH either (`tether-runc` finds runc on the default path all the
+//! same): `TETHER_CONFIG` reaches no verb that must see it, and `tether-runc` reads the
+//! default `/etc/tether/config.toml`, as every verb does on a node. So every `podman` command runs
 //! in a mount namespace of the fixture's own (`nsenter` into a holder process), where `/etc`
 //! is an overlay whose `tether/config.toml` is the fixture's config, and where the private
 //! bpffs is mounted. conmon, the containers and the tetherd that `tether-runc` starts live in
@@ -31,7 +33,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
@@ -64,6 +66,23 @@ pub struct Podman {
 }
 
 /// A third octet no other fixture of this process uses, spread over processes by pid.
+/// The `[engine]` section of the fixture's containers.conf: the drop-in tether ships
+/// (`packaging/podman/tether.conf`: the `tether` runtime, JSON errors) with the built
+/// `tether-runc` in place of the installed one, and `engine` (the fixture's own keys).
+fn shipped_runtime(engine: &str) -> Result<String> {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/podman/tether.conf");
+    let text = fs::read_to_string(&shipped).with_context(|| shipped.display().to_string())?;
+    let built = Podman::tether_runc()?;
+    ensure!(
+        text.contains("\n[engine]\n") && text.contains("/usr/local/bin/tether-runc"),
+        "{} has no [engine] section or no tether-runc",
+        shipped.display()
+    );
+    Ok(text
+        .replace("/usr/local/bin/tether-runc", &built.display().to_string())
+        .replacen("\n[engine]\n", &format!("\n[engine]\n{engine}"), 1))
+}
+
 fn next_octet() -> u32 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -185,12 +204,16 @@ impl Podman {
         ] {
             fs::create_dir_all(d.join(sub))?;
         }
-        // runc by absolute path: Podman runs `kill` and `delete` with no PATH, where
-        // `tether-runc` would find no runc (issue 22).
+        // No runc path: Podman runs `kill` and `delete` with no PATH, and `tether-runc`
+        // finds runc all the same.
+        ensure!(
+            runc.starts_with("/usr/sbin") || runc.starts_with("/usr/bin"),
+            "runc at {} is off the default path",
+            runc.display()
+        );
         let toml = format!(
-            "[runc]\nbinary = \"{runc}\"\n\n[broker]\nsocket = \"{sock}\"\n\
+            "[broker]\nsocket = \"{sock}\"\n\
              pin_root = \"{pins}\"\naudit_log = \"{audit}\"\n",
-            runc = runc.display(),
             sock = self.tetherd_socket().display(),
             pins = d.join("bpffs/tether").display(),
             audit = d.join("tetherd/audit.jsonl").display(),
@@ -214,8 +237,11 @@ network_config_dir = "{cni}"
 cni_plugin_dirs = ["/usr/lib/cni"]
 default_network = "{net}"
 
-[engine]
-cgroup_manager = "cgroupfs"
+{engine}"#,
+            cni = d.join("cni").display(),
+            net = self.network(),
+            engine = shipped_runtime(&format!(
+                r#"cgroup_manager = "cgroupfs"
 events_logger = "file"
 events_logfile_path = "{d}/events.log"
 lock_type = "file"
@@ -223,9 +249,8 @@ tmp_dir = "{d}/tmp"
 static_dir = "{d}/root/libpod"
 volume_path = "{d}/root/volumes"
 "#,
-            cni = d.join("cni").display(),
-            net = self.network(),
-            d = d.display(),
+                d = d.display()
+            ))?,
         );
         fs::write(d.join("containers.conf"), containers)?;
         let conflist = serde_json::json!({

@@ -1,5 +1,6 @@
 //! packaging/install.sh installs into a host root (as the Kubernetes installer does) what the
-//! README and the systemd unit expect, and leaves an existing config alone.
+//! README and the systemd unit expect (binaries, unit, config, the containerd handler, the
+//! Podman runtime), and leaves an existing config alone.
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -7,13 +8,15 @@ use std::process::Command;
 use anyhow::{ensure, Result};
 
 #[test]
-fn install_script_installs_binaries_unit_config_and_containerd_handler() -> Result<()> {
+fn install_script_installs_binaries_unit_config_containerd_handler_and_podman_runtime() -> Result<()>
+{
     let bin_dir = tether_integration::containerd::tether_shim_binary()?
         .parent()
         .map(Path::to_path_buf)
         .ok_or_else(|| anyhow::anyhow!("no build directory"))?;
     let root = tempfile::tempdir()?;
     std::fs::create_dir_all(root.path().join("etc/containerd"))?;
+    std::fs::create_dir_all(root.path().join("etc/containers"))?;
     std::fs::write(
         root.path().join("etc/containerd/config.toml"),
         "version = 2\n[grpc]\n  address = \"/run/containerd/containerd.sock\"\n",
@@ -53,6 +56,14 @@ fn install_script_installs_binaries_unit_config_and_containerd_handler() -> Resu
         "{ctd}"
     );
     ensure!(ctd.matches("version = ").count() == 1, "{ctd}");
+    let podman = std::fs::read_to_string(
+        root.path()
+            .join("etc/containers/containers.conf.d/tether.conf"),
+    )?;
+    ensure!(
+        podman.contains("tether = [\"/usr/local/bin/tether-runc\"]"),
+        "{podman}"
+    );
 
     // A second run keeps the operator's config and adds the handler only once.
     std::fs::write(

@@ -1,15 +1,16 @@
 //! Rootful Podman (Debian 12's 4.3, the OCI runtime run directly through conmon) with
-//! `podman run --runtime <path to tether-runc>`, against a private Podman (see
+//! `podman run --runtime tether` (the containers.conf drop-in tether ships, naming
+//! `tether-runc`), against a private Podman (see
 //! `tether_integration::podman`): a deny rule from an annotation holds from the container's
 //! first instruction, traffic is counted and visible with tetherctl, exec/stop/rm and
 //! `run --rm` behave as with runc, and nothing of a removed container is left (pins, runc
 //! state under /run, its cgroup, processes, live map entries).
 //!
-//! Known issue 22, which these tests do not hide: Podman runs the runtime's `kill` and
-//! `delete` with no PATH and without the caller's environment, so the fixture's tether
-//! config names runc by absolute path and is the default config file (in a private mount
-//! namespace). Rootless: `tether-runc` cannot attach in a user namespace; its refusal (fail-closed)
-//! and its warning (fail-open) are tested in tests/tether_runc.rs.
+//! Podman runs the runtime's `kill` and `delete` with no PATH and without the caller's
+//! environment: the fixture's tether config names no runc (it is found on the default path)
+//! and is the default config file (in a private mount namespace). Rootless: `tether-runc`
+//! cannot attach in a user namespace; its refusal (fail-closed) and its warning (fail-open)
+//! are tested in tests/tether_runc.rs.
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -44,8 +45,9 @@ fn tetherctl(p: &Podman, args: &[&str]) -> Result<Vec<serde_json::Value>> {
         .collect::<Result<_, _>>()?)
 }
 
+/// The runtime's name in the shipped drop-in.
 fn runtime() -> Result<String> {
-    Ok(Podman::tether_runc()?.to_string_lossy().into_owned())
+    Ok("tether".to_string())
 }
 
 /// `podman run --rm --runtime RUNTIME EXTRA IMAGE CMD`; returns its output and the id
@@ -151,6 +153,11 @@ fn podman_deny_from_first_instruction_and_run_rm() -> Result<()> {
     ensure!(
         out.code != 0 && out.stderr.contains("banana"),
         "bad annotation: {out}"
+    );
+    // The runtime's JSON log (runtime_supports_json): a message, not a raw log line.
+    ensure!(
+        !out.stderr.contains("level=error"),
+        "bad annotation, raw: {out}"
     );
     assert_gone(&p, &id)?;
     Ok(())

@@ -21,7 +21,7 @@
 //! runc itself is run by [`crate::runc::Passthrough`]; the attach steps by the shim's
 //! [`crate::attach::attacher::Attacher`].
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::runc::Passthrough;
@@ -41,27 +41,44 @@ pub mod watch;
 use args::RuncArgs;
 use report::report;
 
+/// Where runc is looked for when the caller gives no `PATH` (Podman runs `kill` and
+/// `delete` with an empty environment): root's usual search path, as runc's own callers
+/// assume.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// The real runc: `$TETHER_RUNC`, else `[runc] binary` of the config, else `runc` on PATH
-/// (never this binary itself, should it be installed as `runc`).
+/// (or [`DEFAULT_PATH`] where there is none), never this binary itself, should it be
+/// installed as `runc`.
 fn real_runc(config: &Config) -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("TETHER_RUNC") {
         return Ok(PathBuf::from(p));
     }
     let name = config.runc.binary.clone().unwrap_or_else(|| "runc".into());
-    if name.contains('/') {
-        return Ok(PathBuf::from(name));
-    }
     let me = std::env::current_exe()
         .ok()
         .and_then(|p| p.canonicalize().ok());
-    let path = std::env::var_os("PATH").unwrap_or_default();
+    find_runc(&name, std::env::var_os("PATH"), me.as_deref())
+}
+
+/// `name` itself if it is a path, else the first file of that name in the directories of
+/// `path` (an unset or empty `path`: [`DEFAULT_PATH`]) that is not `me`.
+fn find_runc(name: &str, path: Option<OsString>, me: Option<&Path>) -> Result<PathBuf, String> {
+    if name.contains('/') {
+        return Ok(PathBuf::from(name));
+    }
+    let path = path
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| DEFAULT_PATH.into());
     for dir in std::env::split_paths(&path) {
-        let cand = dir.join(&name);
-        if cand.is_file() && cand.canonicalize().ok() != me {
+        let cand = dir.join(name);
+        if cand.is_file() && cand.canonicalize().ok().as_deref() != me {
             return Ok(cand);
         }
     }
-    Err(format!("tether-runc: no {name} on PATH (set TETHER_RUNC)"))
+    Err(format!(
+        "tether-runc: no {name} in {} (set TETHER_RUNC, or [runc] binary in the config)",
+        path.to_string_lossy()
+    ))
 }
 
 /// Runs `tether-runc` with `argv` (without the program name); returns the exit code.
@@ -92,5 +109,35 @@ pub fn main_with(argv: Vec<OsString>) -> i32 {
         Some("restore") => restore::restore(&runc, &args, &config),
         Some("exec") => exec_process::exec_process(&runc, &args, &config),
         _ => exec::exec(&runc, &args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Podman runs `kill` and `delete` with no PATH at all: runc is still found.
+    #[test]
+    fn runc_is_found_without_a_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("runc");
+        std::fs::write(&fake, "").unwrap();
+        let on = |p: &Path| Some(OsString::from(p));
+        assert_eq!(find_runc("runc", on(dir.path()), None).unwrap(), fake);
+        // The default path is searched where PATH is unset or empty.
+        for path in [None, Some(OsString::new())] {
+            match find_runc("runc", path, None) {
+                Ok(found) => assert!(DEFAULT_PATH.split(':').any(|d| found.starts_with(d))),
+                Err(e) => assert!(e.contains(DEFAULT_PATH), "{e}"),
+            }
+        }
+        // Never tether-runc itself, installed as runc.
+        let me = fake.canonicalize().unwrap();
+        assert!(find_runc("runc", on(dir.path()), Some(&me)).is_err());
+        // A path is taken as it is.
+        assert_eq!(
+            find_runc("/opt/runc", None, None).unwrap(),
+            PathBuf::from("/opt/runc")
+        );
     }
 }
