@@ -79,6 +79,7 @@ manifest=$out/manifest
   printf 'cleanup\t%s attach::many_containers::leftovers\n' "$e2e"
   printf 'cleanup\t%s fixture::\n' "$e2e"
   printf 'cleanup\t%s attach::create_failures::\n' "$e2e"
+  printf 'stats\t%s control::stats_match_the_cgroup::\n' "$e2e"
 } >"$manifest.all"
 if [ -n "$scenarios" ]; then
   : >"$manifest"

@@ -85,7 +85,7 @@ impl Containerd {
         let d = self.dir.path();
         let bpffs = self.bpffs_dir();
         fs::create_dir_all(&bpffs).context("creating bpffs mount point")?;
-        crate::mount_bpffs(&bpffs)?;
+        crate::bpffs::mount(&bpffs)?;
         let mut toml = format!(
             "[broker]\nsocket = \"{sock}\"\npin_root = \"{pins}\"\naudit_log = \"{audit}\"\n",
             sock = self.tetherd_socket().display(),

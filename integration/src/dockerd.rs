@@ -289,7 +289,7 @@ impl Dockerd {
         if self.containerd.is_none() {
             let bpffs = self.bpffs();
             fs::create_dir_all(&bpffs)?;
-            crate::mount_bpffs(&bpffs)?;
+            crate::bpffs::mount(&bpffs)?;
         }
         Ok(())
     }

@@ -21,6 +21,7 @@
 //! The library must not panic on I/O errors: everything returns `anyhow::Result` with context,
 //! and `Drop` impls log and carry on.
 
+pub mod bpffs;
 pub mod cgroup;
 pub mod containerd;
 pub mod containerd_release;
@@ -46,16 +47,3 @@ pub use events::EventLog;
 pub use harness::TestEnv;
 pub use process::Output;
 pub use runtime::Runtime;
-
-/// Mounts a bpffs at `dir` (which must exist), as `mount -t bpf bpf DIR`.
-pub fn mount_bpffs(dir: &std::path::Path) -> anyhow::Result<()> {
-    use anyhow::Context;
-    nix::mount::mount(
-        Some("bpf"),
-        dir,
-        Some("bpf"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .with_context(|| format!("mount -t bpf bpf {}", dir.display()))
-}

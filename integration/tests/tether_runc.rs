@@ -87,7 +87,7 @@ impl Node {
         let dir = tempfile::tempdir()?;
         let bpffs = dir.path().join("bpffs");
         std::fs::create_dir(&bpffs)?;
-        tether_integration::mount_bpffs(&bpffs)?;
+        tether_integration::bpffs::mount(&bpffs)?;
         std::fs::write(
             dir.path().join("tether.toml"),
             format!(

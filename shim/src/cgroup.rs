@@ -34,8 +34,9 @@ pub fn metrics(pid: u32) -> Result<Any> {
             .map_err(|e| Error::framework("collect cgroup v2 metrics", e))?;
         crate::any::pack(&m)
     } else {
-        let m = containerd_shim::cgroup::collect_metrics(&cg)
+        let mut m = containerd_shim::cgroup::collect_metrics(&cg)
             .map_err(|e| Error::framework("collect cgroup v1 metrics", e))?;
+        crate::cgroup_v1::complete(&mut m, pid);
         crate::any::pack(&m)
     }
 }

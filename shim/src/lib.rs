@@ -6,6 +6,7 @@
 pub mod any;
 pub mod attach;
 pub mod cgroup;
+pub mod cgroup_v1;
 pub mod config;
 pub mod container;
 pub mod delete;

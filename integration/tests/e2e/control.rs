@@ -1,4 +1,5 @@
-//! Controlling a running task: kill --all, ps, pause/resume, metrics, update.
+//! Controlling a running task: kill --all, ps, pause/resume, metrics, Stats against the
+//! cgroup files, update.
 
 use anyhow::{bail, ensure, Context, Result};
 use tether_integration::wait::wait_until;
@@ -103,6 +104,137 @@ fn metrics(env: &mut TestEnv) -> Result<()> {
     );
     let pids = value(&|k| k == "pids.current").context(format!("no pids row: {}", out.stdout))?;
     ensure!(pids == "1", "pids.current {pids} for a lone sleep");
+    kill_and_delete(env, &id)
+}
+
+scenario!(stats_match_the_cgroup);
+/// The shim's Stats reply (what kubelet's CRI stats, metrics-server and `ctr task metrics`
+/// read) gives what the cgroup files say, field by field: CPU total, user, kernel and per
+/// CPU after a busy loop, throttling, memory usage and limit, pids. Run under both
+/// runtimes with the same assertions: tether answers as runc.v2 does.
+fn stats_match_the_cgroup(env: &mut TestEnv) -> Result<()> {
+    use containerd_shim_protos::api::{StatsRequest, StatsResponse};
+    use containerd_shim_protos::protobuf::Message;
+    let id = env.id("stats");
+    env.ctr
+        .run_container(
+            &env.run(&id)
+                .detach()
+                .flag("--memory-limit")
+                .flag("67108864")
+                .sh("i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done; exec sleep 1000"),
+        )?
+        .ok()?;
+    let pid = wait_status(env, &id, "RUNNING")?;
+    // Idle from here: the figures stand still while the reply and the files are read.
+    wait_until("the busy loop to end", STATE_TIMEOUT, || {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))?;
+        Ok((comm.trim() == "sleep").then_some(()))
+    })?;
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let shim = shim_api::shim_endpoint(env.containerd(), env.namespace(), &id)?;
+    let req = StatsRequest {
+        id: id.clone(),
+        ..Default::default()
+    };
+    let reply = shim_api::call(&shim, env.namespace(), "Stats", req.write_to_bytes()?)?;
+    let any = StatsResponse::parse_from_bytes(&reply)?.stats.into_option();
+    let any = any.context("Stats has no metrics")?;
+    let pid = i32::try_from(pid)?;
+    let file = |controller: &str, name: &str| -> Result<String> {
+        let path = cgroup::dir_of(pid, controller)?.join(name);
+        Ok(std::fs::read_to_string(&path)
+            .with_context(|| path.display().to_string())?
+            .trim()
+            .to_string())
+    };
+    let keyed = |text: &str, key: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+    };
+    if any.type_url.ends_with("cgroups.v1.Metrics") {
+        use containerd_shim_protos::cgroups::metrics::Metrics;
+        let m = Metrics::parse_from_bytes(&any.value)?;
+        let cpu = m.cpu.clone().into_option().context("no cpu")?;
+        let usage = cpu.usage.clone().into_option().context("no cpu usage")?;
+        let total: u64 = file("cpuacct", "cpuacct.usage")?.parse()?;
+        ensure!(total > 0, "the busy loop used no CPU");
+        ensure!(
+            usage.total == total,
+            "cpu total {} != cpuacct.usage {total}",
+            usage.total
+        );
+        let percpu: Vec<u64> = file("cpuacct", "cpuacct.usage_percpu")?
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        ensure!(
+            usage.per_cpu == percpu,
+            "per cpu {:?} != {percpu:?}",
+            usage.per_cpu
+        );
+        let stat = file("cpuacct", "cpuacct.stat")?;
+        let ns = |k| keyed(&stat, k).map(|t| t * 10_000_000);
+        ensure!(
+            Some(usage.user) == ns("user") && Some(usage.kernel) == ns("system"),
+            "user/kernel {}/{} != cpuacct.stat {stat:?}",
+            usage.user,
+            usage.kernel
+        );
+        let throttle = cpu
+            .throttling
+            .clone()
+            .into_option()
+            .context("no throttling")?;
+        let cpu_stat = file("cpu", "cpu.stat")?;
+        ensure!(
+            Some(throttle.periods) == keyed(&cpu_stat, "nr_periods")
+                && Some(throttle.throttled_time) == keyed(&cpu_stat, "throttled_time"),
+            "throttling {throttle:?} != cpu.stat {cpu_stat:?}"
+        );
+        let mem = m.memory.clone().into_option().context("no memory")?;
+        let entry = mem.usage.clone().into_option().context("no memory usage")?;
+        let used: u64 = file("memory", "memory.usage_in_bytes")?.parse()?;
+        ensure!(
+            entry.usage == used,
+            "memory usage {} != {used}",
+            entry.usage
+        );
+        ensure!(entry.limit == 64 << 20, "memory limit {}", entry.limit);
+        let mstat = file("memory", "memory.stat")?;
+        ensure!(
+            Some(mem.total_inactive_file) == keyed(&mstat, "total_inactive_file")
+                && Some(mem.rss) == keyed(&mstat, "rss"),
+            "memory.stat: rss {} inactive_file {} != {mstat:?}",
+            mem.rss,
+            mem.total_inactive_file
+        );
+        let pids = m.pids.clone().into_option().context("no pids")?;
+        ensure!(pids.current == 1, "pids.current {}", pids.current);
+    } else {
+        use containerd_shim_protos::cgroups_v2::metrics::Metrics;
+        let m = Metrics::parse_from_bytes(&any.value)?;
+        let cpu = m.cpu.clone().into_option().context("no cpu")?;
+        let stat = file("cpu", "cpu.stat")?;
+        ensure!(cpu.usage_usec > 0, "the busy loop used no CPU");
+        ensure!(
+            Some(cpu.usage_usec) == keyed(&stat, "usage_usec")
+                && Some(cpu.user_usec) == keyed(&stat, "user_usec")
+                && Some(cpu.system_usec) == keyed(&stat, "system_usec")
+                && Some(cpu.nr_periods) == keyed(&stat, "nr_periods"),
+            "cpu {cpu:?} != cpu.stat {stat:?}"
+        );
+        let mem = m.memory.clone().into_option().context("no memory")?;
+        let used: u64 = file("memory", "memory.current")?.parse()?;
+        ensure!(mem.usage == used, "memory usage {} != {used}", mem.usage);
+        ensure!(
+            mem.usage_limit == 64 << 20,
+            "memory limit {}",
+            mem.usage_limit
+        );
+        let pids = m.pids.clone().into_option().context("no pids")?;
+        ensure!(pids.current == 1, "pids.current {}", pids.current);
+    }
     kill_and_delete(env, &id)
 }
 

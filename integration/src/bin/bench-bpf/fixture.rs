@@ -60,7 +60,7 @@ pub fn sh(cmd: &str, args: &[&str]) -> Result<String> {
 pub fn private_bpffs(tag: &str) -> Result<(Mount, PinLayout)> {
     let dir = std::env::temp_dir().join(format!("tether-bench-{tag}-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
-    tether_integration::mount_bpffs(&dir)?;
+    tether_integration::bpffs::mount(&dir)?;
     let layout = PinLayout::new(dir.join("tether"));
     Ok((Mount(dir), layout))
 }

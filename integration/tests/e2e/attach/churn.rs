@@ -116,7 +116,7 @@ fn fault(env: &mut TestEnv, rng: &mut Rng, done: f64, f: &mut Faults) -> Result<
         nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH)
             .with_context(|| format!("umount {}", dir.display()))?;
         std::thread::sleep(Duration::from_millis(500));
-        tether_integration::mount_bpffs(&dir)?;
+        tether_integration::bpffs::mount(&dir)?;
         f.bpffs += 1;
         return Ok(());
     }
