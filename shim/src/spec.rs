@@ -30,6 +30,8 @@ pub struct Spec {
 pub struct Linux {
     #[serde(default)]
     pub namespaces: Option<Vec<Namespace>>,
+    #[serde(default, rename = "cgroupsPath")]
+    pub cgroups_path: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -78,6 +80,21 @@ impl Spec {
             .as_ref()?
             .iter()
             .find(|n| n.typ == typ)
+    }
+
+    /// Whether `linux.cgroupsPath` has the form only runc's systemd cgroup driver takes,
+    /// `slice:prefix:name` (`kubepods-besteffort-pod<uid>.slice:cri-containerd:<id>`).
+    /// containerd's CRI writes that form exactly when the pod's parent is a systemd slice
+    /// (kubelet's systemd cgroup driver), whatever the runtime's options say.
+    pub fn systemd_cgroups_path(&self) -> bool {
+        let Some(path) = self.linux.as_ref().and_then(|l| l.cgroups_path.as_deref()) else {
+            return false;
+        };
+        let parts: Vec<&str> = path.split(':').collect();
+        !path.contains('/')
+            && parts.len() == 3
+            && (parts[0].is_empty() || parts[0].ends_with(".slice"))
+            && !parts[2].is_empty()
     }
 }
 
@@ -244,6 +261,31 @@ mod tests {
 
         let bare: Spec = serde_json::from_str(r#"{"ociVersion": "1.0.0"}"#).unwrap();
         assert!(bare.annotations().is_empty() && bare.namespace(PID_NAMESPACE).is_none());
+    }
+
+    #[test]
+    fn the_systemd_form_of_cgroups_path_is_told_apart() {
+        let spec = |path: &str| -> Spec {
+            serde_json::from_value(serde_json::json!({"linux": {"cgroupsPath": path}})).unwrap()
+        };
+        for path in [
+            "kubepods-besteffort-pod1234.slice:cri-containerd:abc",
+            "system.slice:docker:abc",
+            ":tether:abc",
+        ] {
+            assert!(spec(path).systemd_cgroups_path(), "{path}");
+        }
+        for path in [
+            "/kubepods/besteffort/pod1234/abc",
+            "/ns/abc",
+            "abc",
+            "kubepods.slice:cri-containerd",
+            "a/b.slice:x:y",
+            "kubepods.slice:cri-containerd:",
+        ] {
+            assert!(!spec(path).systemd_cgroups_path(), "{path}");
+        }
+        assert!(!Spec::default().systemd_cgroups_path());
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod common;
 mod attach;
 mod bad_input;
 mod burst;
+mod cgroup_driver;
 mod checkpoint;
 mod control;
 mod events;

@@ -12,8 +12,22 @@ impl TaskService {
         }
         let bundle = PathBuf::from(&req.bundle);
         let spec = load_spec(&bundle)?;
-        let opts = ShimOptions::from_any(req.options.as_ref())?;
+        let mut opts = ShimOptions::from_any(req.options.as_ref())?;
         let config = Config::load(opts.config_path.as_deref())?;
+        // containerd's CRI hands a runtime type it does not know as runc no SystemdCgroup
+        // option, but writes the cgroup path in systemd's form where the node uses systemd's
+        // driver: runc needs --systemd-cgroup for it, as under runc.v2 with the option.
+        if spec.systemd_cgroups_path()
+            && !opts.systemd_cgroup
+            && config.runc.systemd_cgroup != Some(false)
+        {
+            info!(
+                "container {}: cgroupsPath is in systemd's form: runc uses the systemd cgroup \
+                 driver",
+                req.id
+            );
+            opts.systemd_cgroup = true;
+        }
         // Resolved once: a bad plan fails Create before runc runs.
         let plan = Plan::resolve(&config, &spec)?;
         // A restore runs the container's processes from inside `runc restore` on: there is

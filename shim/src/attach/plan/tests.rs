@@ -23,6 +23,7 @@ fn spec(ann: &[(&str, &str)], netns: Option<Option<&str>>) -> Spec {
         ),
         linux: Some(Linux {
             namespaces: Some(namespaces),
+            ..Default::default()
         }),
     }
 }
