@@ -439,6 +439,10 @@ fn attach_here(
             links: vec![ingress.info(), egress.info()],
         });
     }
+    // Names are for display only: one that cannot be written leaves the interface `if<N>`.
+    for a in &out {
+        let _ = maps.set_iface_name(a.key, &a.name);
+    }
     Ok(out)
 }
 
@@ -550,6 +554,8 @@ pub struct Detached {
     pub map_entries: usize,
     pub counters: Counters,
     pub interfaces: Vec<(IfKey, Counters)>,
+    /// The names of those interfaces that had one recorded.
+    pub interface_names: Vec<(IfKey, String)>,
     /// The container's packets and bytes were counted at its interfaces, not its cgroup
     /// ([`ContainerConfig::count_at_interfaces`]).
     pub count_at_interfaces: bool,
@@ -574,6 +580,9 @@ pub fn detach(
         for (k, owner) in maps.ifaces()? {
             if owner == cg {
                 out.interfaces.push((k, maps.iface_counters(k)?));
+                if let Ok(Some(name)) = maps.iface_name(k) {
+                    out.interface_names.push((k, name));
+                }
             }
         }
     }

@@ -111,7 +111,7 @@ impl Prog {
 }
 
 /// (name, map type, key size, value size) of every shared map.
-const MAPS: [(&str, u32, u32, u32); 10] = [
+const MAPS: [(&str, u32, u32, u32); 11] = [
     ("cgroups", libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH, 8, 80),
     (
         "cg_local",
@@ -123,6 +123,7 @@ const MAPS: [(&str, u32, u32, u32); 10] = [
     ("tc_slots", libbpf_sys::BPF_MAP_TYPE_PERCPU_ARRAY, 4, 88),
     ("tc_owners", libbpf_sys::BPF_MAP_TYPE_HASH, 4, 24),
     ("tc_ifaces", libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH, 16, 72),
+    ("iface_names", libbpf_sys::BPF_MAP_TYPE_HASH, 16, 16),
     ("deny4", libbpf_sys::BPF_MAP_TYPE_LPM_TRIE, 16, 4),
     ("deny6", libbpf_sys::BPF_MAP_TYPE_LPM_TRIE, 28, 4),
     ("rates", libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH, 8, 24),
@@ -292,13 +293,14 @@ fn load_object(
         verified_insns += u64::from(sys::prog_info(fd)?.verified_insns);
         sys::obj_pin(fd, &staging.join("progs").join(p.name()))?;
     }
-    let maps: [(&str, BorrowedFd<'_>); 10] = [
+    let maps: [(&str, BorrowedFd<'_>); 11] = [
         ("cgroups", skel.maps.cgroups.as_fd()),
         ("cg_local", skel.maps.cg_local.as_fd()),
         ("identities", skel.maps.identities.as_fd()),
         ("tc_slots", skel.maps.tc_slots.as_fd()),
         ("tc_owners", skel.maps.tc_owners.as_fd()),
         ("tc_ifaces", skel.maps.tc_ifaces.as_fd()),
+        ("iface_names", skel.maps.iface_names.as_fd()),
         ("deny4", skel.maps.deny4.as_fd()),
         ("deny6", skel.maps.deny6.as_fd()),
         ("rates", skel.maps.rates.as_fd()),
@@ -422,6 +424,7 @@ impl Programs {
             tc_slots: open("tc_slots")?,
             tc_owners: open("tc_owners")?,
             tc_ifaces: open("tc_ifaces")?,
+            iface_names: open("iface_names")?,
             deny4: open("deny4")?,
             deny6: open("deny6")?,
             rates: open("rates")?,
@@ -504,6 +507,7 @@ impl Programs {
             &m.tc_slots,
             &m.tc_owners,
             &m.tc_ifaces,
+            &m.iface_names,
             &m.deny4,
             &m.deny6,
             &m.rates,

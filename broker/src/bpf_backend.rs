@@ -367,7 +367,11 @@ impl Backend for BpfBackend {
                 let mut per_iface = Vec::new();
                 for (k, _) in ifaces.iter().filter(|(_, owner)| *owner == cg) {
                     let c = wire_counters(&maps.iface_counters(*k)?);
-                    per_iface.push(InterfaceStatsInfo::new(k.ifindex, k.netns_cookie, c));
+                    let mut info = InterfaceStatsInfo::new(k.ifindex, k.netns_cookie, c);
+                    if let Some(name) = maps.iface_name(*k).ok().flatten() {
+                        info.name = name;
+                    }
+                    per_iface.push(info);
                 }
                 // In the maps, so not deleted: retired containers are the service's.
                 let (config, counters) = maps.cgroup_state(cg)?;

@@ -215,6 +215,8 @@ fn podman_accounting_exec_stop_rm() -> Result<()> {
         row["namespace"] == NAMESPACE && row["denials"] == 0,
         "{row}"
     );
+    // By the name it has in the container, not its ifindex.
+    ensure!(row["interfaces"][0]["name"] == "eth0", "{row}");
     let out = p.ok(&["exec", &id, "echo", "exec-ok"])?;
     ensure!(out.stdout.contains("exec-ok"), "{out}");
     // An exec'd process is in the container's cgroup: the rule holds for it, and counts.

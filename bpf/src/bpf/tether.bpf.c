@@ -152,6 +152,18 @@ struct {
 	__type(value, struct tether_iface);
 } tc_ifaces SEC(".maps");
 
+/*
+ * The name of each tracked interface, as the attach step saw it in its namespace: for
+ * userspace (tetherd's stats name `eth0`, not `if2`), no program reads it.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TETHER_MAX_INTERFACES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct tether_if_key);
+	__type(value, struct tether_if_name);
+} iface_names SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, TETHER_MAX_RULES);

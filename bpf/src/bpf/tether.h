@@ -108,6 +108,11 @@ struct tether_if_key {
 	__u32 pad;
 };
 
+/* An interface's name (`iface_names`): IFNAMSIZ bytes, NUL-padded. */
+struct tether_if_name {
+	char name[16];
+};
+
 /*
  * The fast path of the TC programs: an interface's entry in the per-CPU array
  * `tc_slots`, at the slot its key hashes to (tether_tc_slot_of). The array

@@ -170,6 +170,8 @@ pub struct Maps {
     pub(crate) tc_slots: MapFd,
     pub(crate) tc_owners: MapFd,
     pub(crate) tc_ifaces: MapFd,
+    /// Each tracked interface's name, for userspace alone.
+    pub(crate) iface_names: MapFd,
     pub(crate) deny4: MapFd,
     pub(crate) deny6: MapFd,
     pub(crate) rates: MapFd,

@@ -1,7 +1,7 @@
 //! An interface's entries: the slot of `tc_slots` its key hashes to (the TC programs' fast
 //! path) or else its entry in `tc_ifaces`, and its counters.
 use super::handle::Maps;
-use super::raw::{RawContainer, RawIface, RawTcOwner, RawTcSlot};
+use super::raw::{RawContainer, RawIfName, RawIface, RawTcOwner, RawTcSlot};
 use super::values::{Counters, IfKey};
 use crate::error::{Error, Result};
 
@@ -178,9 +178,27 @@ impl Maps {
         ))
     }
 
-    /// Forgets an interface (and its counters). A slot is cleared before it is given up,
-    /// so the programs stop using it before another interface can claim it.
+    /// Records the name of a tracked interface (cut to 15 bytes, as the kernel's are).
+    pub fn set_iface_name(&self, key: IfKey, name: &str) -> Result<()> {
+        let mut raw = RawIfName::default();
+        let bytes = name.as_bytes();
+        let n = bytes.len().min(raw.name.len() - 1);
+        raw.name[..n].copy_from_slice(&bytes[..n]);
+        self.iface_names.update(&key, &raw)
+    }
+
+    /// The name recorded for an interface, if any.
+    pub fn iface_name(&self, key: IfKey) -> Result<Option<String>> {
+        Ok(self.iface_names.lookup::<IfKey, RawIfName>(&key)?.map(|r| {
+            let end = r.name.iter().position(|b| *b == 0).unwrap_or(r.name.len());
+            String::from_utf8_lossy(&r.name[..end]).into_owned()
+        }))
+    }
+
+    /// Forgets an interface (its counters and its name). A slot is cleared before it is
+    /// given up, so the programs stop using it before another interface can claim it.
     pub fn remove_iface(&self, key: IfKey) -> Result<usize> {
+        let _ = self.iface_names.delete(&key)?;
         if let Some(slot) = self.slot_of_iface(key)? {
             self.tc_slots
                 .update_percpu(&slot, &RawTcSlot::default(), self.ncpus)?;

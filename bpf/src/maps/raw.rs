@@ -125,6 +125,15 @@ pub(crate) struct RawTcSlot {
 // SAFETY: repr(C): two repr(C) structs of 16 and 72 bytes, both 8-aligned: no padding.
 unsafe impl Pod for RawTcSlot {}
 
+/// An interface's name (`struct tether_if_name`, the value of `iface_names`).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RawIfName {
+    pub name: [u8; 16],
+}
+// SAFETY: repr(C): 16 bytes, no padding.
+unsafe impl Pod for RawIfName {}
+
 /// Who holds a slot of `tc_slots` (`struct tether_tc_owner`, the value of `tc_owners`).
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]

@@ -309,10 +309,13 @@ async fn remove_links(
             if let Some(e) = &earlier {
                 d.counters.at_least(e);
             }
-            let interfaces = d
-                .interfaces
-                .iter()
-                .map(|(k, c)| InterfaceStatsInfo::new(k.ifindex, k.netns_cookie, wire_counters(c)));
+            let interfaces = d.interfaces.iter().map(|(k, c)| {
+                let mut i = InterfaceStatsInfo::new(k.ifindex, k.netns_cookie, wire_counters(c));
+                if let Some((_, name)) = d.interface_names.iter().find(|(n, _)| n == k) {
+                    i.name = name.clone();
+                }
+                i
+            });
             let stats = ContainerStatsInfo::from_counters(
                 namespace,
                 id,

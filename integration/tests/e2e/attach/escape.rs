@@ -211,6 +211,10 @@ fn packet_frames_counted(env: &mut TestEnv) -> Result<()> {
         judged_at_tc >= 4,
         "too few packet-socket frames arrived to count: {arrived:?} ({out})"
     );
+    ensure!(
+        stats["interfaces"][0]["name"] == "eth0",
+        "the interface is named as in its namespace: {stats}"
+    );
     let tx = stats["tx_packets"].as_u64().unwrap_or(0);
     eprintln!(
         "packet-socket frames that passed TC: {judged_at_tc}; the container's tx_packets: {tx}"
