@@ -2,16 +2,18 @@
 //! resource controller on v1), read as containerd's runc shim reads them
 //! (`containerd/cgroups/v1`): CPU from `cpuacct` (total, per CPU, user and kernel) and
 //! `cpu` (throttling), memory from `memory` (usage, limit, max and failures of memory,
-//! memory+swap, kernel and kernel TCP memory, and `memory.stat`). Pids, block I/O and
-//! hugetlb are left to `containerd_shim::cgroup::collect_metrics`, whose CPU figures are
-//! cgroup v2's and whose memory entries carry usage alone.
+//! memory+swap, kernel and kernel TCP memory, and `memory.stat`), block I/O from `blkio`
+//! (CFQ's recursive files, else the throttle files), hugetlb per page size. Pids are left to
+//! `containerd_shim::cgroup::collect_metrics`, whose CPU figures are cgroup v2's, whose
+//! memory entries carry usage alone and which reads no block I/O or hugetlb.
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use containerd_shim::protos::cgroups::metrics::{
-    CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, Throttle,
+    BlkIOEntry, BlkIOStat, CPUStat, CPUUsage, HugetlbStat, MemoryEntry, MemoryStat, Metrics,
+    Throttle,
 };
 use containerd_shim::protos::protobuf::MessageField;
 
@@ -188,14 +190,160 @@ fn memory_in(dir: &Path) -> Option<MemoryStat> {
     Some(m)
 }
 
-/// Puts the CPU and memory figures containerd's runc shim gives into `metrics` (the rest
-/// as it is).
+/// `/dev/<name>` of each block device by (major, minor), from `/proc/partitions`.
+fn device_names(partitions: &str) -> HashMap<(u64, u64), String> {
+    partitions
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let [major, minor, _blocks, name] = f.as_slice() else {
+                return None;
+            };
+            Some((
+                (major.parse().ok()?, minor.parse().ok()?),
+                format!("/dev/{name}"),
+            ))
+        })
+        .collect()
+}
+
+/// The entries of one blkio file (`MAJOR:MINOR [OP] VALUE` lines; `Total` lines skipped).
+fn blkio_entries(text: &str, devices: &HashMap<(u64, u64), String>) -> Vec<BlkIOEntry> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (dev, op, value) = match f.as_slice() {
+                [dev, op, value] => (*dev, *op, *value),
+                [dev, value] => (*dev, "", *value),
+                _ => return None,
+            };
+            let (major, minor) = dev.split_once(':')?;
+            let (major, minor) = (major.parse().ok()?, minor.parse().ok()?);
+            Some(BlkIOEntry {
+                op: op.to_string(),
+                device: devices.get(&(major, minor)).cloned().unwrap_or_default(),
+                major,
+                minor,
+                value: value.parse().ok()?,
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+type BlkioField = fn(&mut BlkIOStat) -> &mut Vec<BlkIOEntry>;
+
+/// Block I/O as containerd reads it: CFQ's recursive files where the kernel has them and
+/// they hold anything, else the throttle files.
+fn blkio_in(dir: &Path, partitions: &str) -> BlkIOStat {
+    let devices = device_names(partitions);
+    let mut stat = BlkIOStat::default();
+    let cfq: [(&str, BlkioField); 8] = [
+        ("blkio.sectors_recursive", |s| &mut s.sectors_recursive),
+        ("blkio.io_service_bytes_recursive", |s| {
+            &mut s.io_service_bytes_recursive
+        }),
+        ("blkio.io_serviced_recursive", |s| {
+            &mut s.io_serviced_recursive
+        }),
+        ("blkio.io_queued_recursive", |s| &mut s.io_queued_recursive),
+        ("blkio.io_service_time_recursive", |s| {
+            &mut s.io_service_time_recursive
+        }),
+        ("blkio.io_wait_time_recursive", |s| {
+            &mut s.io_wait_time_recursive
+        }),
+        ("blkio.io_merged_recursive", |s| &mut s.io_merged_recursive),
+        ("blkio.time_recursive", |s| &mut s.io_time_recursive),
+    ];
+    let mut found = 0;
+    if dir.join("blkio.io_serviced_recursive").exists() {
+        for (file, field) in cfq {
+            let entries = read(dir, file).map_or_else(Vec::new, |t| blkio_entries(&t, &devices));
+            found += entries.len();
+            *field(&mut stat) = entries;
+        }
+    }
+    if found == 0 {
+        let throttle: [(&str, BlkioField); 2] = [
+            ("blkio.throttle.io_serviced", |s| {
+                &mut s.io_serviced_recursive
+            }),
+            ("blkio.throttle.io_service_bytes", |s| {
+                &mut s.io_service_bytes_recursive
+            }),
+        ];
+        for (file, field) in throttle {
+            *field(&mut stat) =
+                read(dir, file).map_or_else(Vec::new, |t| blkio_entries(&t, &devices));
+        }
+    }
+    stat
+}
+
+/// Block I/O, or `None` where the `blkio` controller is not found.
+pub fn blkio(pid: u32) -> Option<BlkIOStat> {
+    let partitions = fs::read_to_string("/proc/partitions").unwrap_or_default();
+    Some(blkio_in(&controller_dir(pid, "blkio")?, &partitions))
+}
+
+/// The bytes of a huge page size as the hugetlb files name it (`2MB`, `1GB`, `64KB`).
+fn page_bytes(size: &str) -> u64 {
+    let split = size
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(size.len());
+    let n: u64 = size[..split].parse().unwrap_or(0);
+    let unit = match &size[split..] {
+        "KB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        _ => 1,
+    };
+    n.saturating_mul(unit)
+}
+
+/// Usage, max and failures per huge page size (`hugetlb.<size>.usage_in_bytes`, ...).
+fn hugetlb_in(dir: &Path) -> Vec<HugetlbStat> {
+    let mut sizes: Vec<String> = fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                let size = name
+                    .strip_prefix("hugetlb.")?
+                    .strip_suffix(".usage_in_bytes")?;
+                Some(size.to_string())
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    // Smallest page first, as the kernel lists them (`2MB` before `1GB`).
+    sizes.sort_by_key(|s| page_bytes(s));
+    sizes
+        .into_iter()
+        .map(|size| HugetlbStat {
+            usage: read_u64(dir, &format!("hugetlb.{size}.usage_in_bytes")).unwrap_or(0),
+            max: read_u64(dir, &format!("hugetlb.{size}.max_usage_in_bytes")).unwrap_or(0),
+            failcnt: read_u64(dir, &format!("hugetlb.{size}.failcnt")).unwrap_or(0),
+            pagesize: size,
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Puts what containerd's runc shim gives and `collect_metrics` does not (CPU, memory in
+/// full, block I/O, hugetlb) into `metrics`; the rest stays as it is.
 pub fn complete(metrics: &mut Metrics, pid: u32) {
     if let Some(cpu) = cpu(pid) {
         metrics.cpu = MessageField::some(cpu);
     }
     if let Some(memory) = memory(pid) {
         metrics.memory = MessageField::some(memory);
+    }
+    if let Some(blkio) = blkio(pid) {
+        metrics.blkio = MessageField::some(blkio);
+    }
+    if let Some(dir) = controller_dir(pid, "hugetlb") {
+        metrics.hugetlb = hugetlb_in(&dir);
     }
 }
 
@@ -279,5 +427,54 @@ mod tests {
         );
         assert!(m.swap.is_none() && m.kernel.is_none());
         assert!(cpu_in(&p.join("missing"), None).is_none());
+    }
+
+    #[test]
+    fn block_io_and_hugetlb_read_as_containerd_reads_them() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        let partitions = "major minor  #blocks  name\n\n 254        0  262144000 vda\n";
+        // No CFQ files: the throttle ones.
+        fs::write(
+            p.join("blkio.throttle.io_service_bytes"),
+            "254:0 Read 4096\n254:0 Write 8192\nTotal 12288\n",
+        )
+        .unwrap();
+        fs::write(
+            p.join("blkio.throttle.io_serviced"),
+            "254:0 Read 1\nTotal 1\n",
+        )
+        .unwrap();
+        let b = blkio_in(p, partitions);
+        assert_eq!(b.io_service_bytes_recursive.len(), 2);
+        let w = &b.io_service_bytes_recursive[1];
+        assert_eq!(
+            (w.op.as_str(), w.device.as_str(), w.major, w.minor, w.value),
+            ("Write", "/dev/vda", 254, 0, 8192)
+        );
+        assert_eq!(b.io_serviced_recursive.len(), 1);
+        // CFQ's files, where they hold anything, win.
+        fs::write(
+            p.join("blkio.io_serviced_recursive"),
+            "254:0 Read 7\nTotal 7\n",
+        )
+        .unwrap();
+        fs::write(p.join("blkio.sectors_recursive"), "254:0 16\n").unwrap();
+        let b = blkio_in(p, partitions);
+        assert_eq!(b.io_serviced_recursive[0].value, 7);
+        assert_eq!(b.sectors_recursive[0].op, "");
+        assert!(b.io_service_bytes_recursive.is_empty());
+
+        fs::write(p.join("hugetlb.2MB.usage_in_bytes"), "2097152\n").unwrap();
+        fs::write(p.join("hugetlb.2MB.max_usage_in_bytes"), "4194304\n").unwrap();
+        fs::write(p.join("hugetlb.2MB.failcnt"), "3\n").unwrap();
+        fs::write(p.join("hugetlb.1GB.usage_in_bytes"), "0\n").unwrap();
+        let h = hugetlb_in(p);
+        assert_eq!(h.len(), 2);
+        assert_eq!(
+            (h[0].pagesize.as_str(), h[1].pagesize.as_str()),
+            ("2MB", "1GB")
+        );
+        assert_eq!((h[0].usage, h[0].max, h[0].failcnt), (2097152, 4194304, 3));
     }
 }

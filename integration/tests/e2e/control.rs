@@ -122,7 +122,11 @@ fn stats_match_the_cgroup(env: &mut TestEnv) -> Result<()> {
                 .detach()
                 .flag("--memory-limit")
                 .flag("67108864")
-                .sh("i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done; exec sleep 1000"),
+                .sh(
+                    "dd if=/dev/zero of=/tmp/io bs=4096 count=64 conv=fsync 2>/dev/null; \
+                     rm -f /tmp/io; \
+                     i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done; exec sleep 1000",
+                ),
         )?
         .ok()?;
     let pid = wait_status(env, &id, "RUNNING")?;
@@ -211,6 +215,27 @@ fn stats_match_the_cgroup(env: &mut TestEnv) -> Result<()> {
         );
         let pids = m.pids.clone().into_option().context("no pids")?;
         ensure!(pids.current == 1, "pids.current {}", pids.current);
+        // Block I/O: the throttle files where the kernel has no CFQ ones (as here).
+        let dir = cgroup::dir_of(pid, "blkio")?;
+        if !dir.join("blkio.io_serviced_recursive").exists() {
+            let sum = |text: &str| -> u64 {
+                text.lines()
+                    .filter(|l| !l.starts_with("Total"))
+                    .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                    .sum()
+            };
+            let want = sum(&file("blkio", "blkio.throttle.io_service_bytes")?);
+            let blkio = m.blkio.clone().into_option().context("no blkio")?;
+            let got: u64 = blkio
+                .io_service_bytes_recursive
+                .iter()
+                .map(|e| e.value)
+                .sum();
+            ensure!(
+                got == want,
+                "blkio bytes {got} != the throttle file's {want}"
+            );
+        }
     } else {
         use containerd_shim_protos::cgroups_v2::metrics::Metrics;
         let m = Metrics::parse_from_bytes(&any.value)?;
