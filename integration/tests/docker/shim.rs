@@ -118,7 +118,10 @@ fn docker_shim_network_modes_and_late_interface() -> Result<()> {
     let at_ifaces = tether_bpf::NetnsKey::probe() == tether_bpf::NetnsKey::Cookie
         && !d.engine().networks_after_create();
     // none: a netns of its own with only lo: no TC program, counted at the cgroup (loopback
-    // included). host: the host's netns, whose interfaces tether leaves alone.
+    // included). host: the host's netns, whose interfaces tether leaves alone. The traffic is
+    // three TCP SYNs, not ping: on a host network without BPF LSM a container under a policy
+    // runs without CAP_NET_RAW, and busybox's ping needs a raw socket (README: What a deny
+    // rule enforces).
     for net in ["none", "host"] {
         let id = id_of(&d.ok(&[
             "run",
@@ -132,7 +135,7 @@ fn docker_shim_network_modes_and_late_interface() -> Result<()> {
             IMAGE,
             "sh",
             "-c",
-            "ping -c 3 -i 0.2 127.0.0.1; exec sleep 1000",
+            "for i in 1 2 3; do nc 127.0.0.1 9; done; exec sleep 1000",
         ])?);
         let p = pins(&d, &id)?;
         ensure!(tc_pins(&p) == 0, "--network {net}: {p:?}");
