@@ -67,12 +67,32 @@ fn signal_ready() {
     }
 }
 
+/// containerd opens the reading end of the bundle's `log` fifo before it runs `start`; with
+/// no reader, the containerd that started this shim is gone, and opening the fifo to write
+/// (as the logger does) would block for ever, with `start` waiting on this process. Then the
+/// shim does not serve: `start` fails, and nothing is left running. A missing fifo is left
+/// to the logger to report.
+fn log_has_reader(fifo: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(fifo)
+    {
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Err(Error::FailedPrecondition(
+            "nothing reads the shim log fifo: the containerd that started this shim is gone".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub async fn serve(flags: &Flags) -> Result<()> {
     if flags.socket.is_empty() {
         return Err(Error::InvalidArgument(
             "-socket is required to serve".into(),
         ));
     }
+    log_has_reader(std::path::Path::new("log"))?;
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
         .map_err(|e| Error::framework("open the shim log", e))?;
     let (reaper, exits) = Reaper::start()?;
@@ -124,4 +144,28 @@ pub async fn serve(flags: &Flags) -> Result<()> {
 
 fn ttrpc_err(e: ttrpc::Error) -> Error {
     Error::io("start ttrpc server", std::io::Error::other(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    /// A log fifo nobody reads (containerd died after making it) fails at once instead
+    /// of blocking; one with a reader, or none at all, goes on.
+    #[test]
+    fn a_log_fifo_without_a_reader_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = log_has_reader(&fifo).unwrap_err();
+        assert!(e.to_string().contains("gone"), "{e}");
+        let _reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        log_has_reader(&fifo).unwrap();
+        log_has_reader(&dir.path().join("missing")).unwrap();
+    }
 }
