@@ -8,8 +8,9 @@ PKGS=(containerd runc busybox-static criu iproute2 containernetworking-plugins
       pkg-config ca-certificates procps util-linux
       clang llvm libelf-dev zlib1g-dev linux-libc-dev libc6-dev bpftool iperf3 make
       docker.io tar tmux
-      podman qemu-system-x86 kmod cpio xz-utils zstd)
+      podman qemu-system-x86 kmod cpio xz-utils zstd protobuf-compiler)
 
+# protoc: the CRI tests' client is generated from the Kubernetes protos at build time.
 # The kernel matrix (scripts/kernel-matrix.sh): qemu boots other suites' kernels, kmod
 # (depmod, modprobe) finds their modules, cpio, xz and zstd build the VM's initramfs.
 # The demo's part of it. The build: clang (the eBPF object), make, pkg-config, the libelf

@@ -44,6 +44,9 @@ pub const RUNC_ROOT: &str = "/run/containerd/runc";
 /// Where containerd (1.6 to 2.x alike) keeps task bundles, below its state dir.
 const TASK_DIR: &str = "io.containerd.runtime.v2.task";
 
+/// Writes the CRI plugin's part of a fixture's config, given the fixture.
+pub type CriConfig<'a> = dyn Fn(&Containerd) -> Result<String> + 'a;
+
 /// A private containerd; see the module docs.
 pub struct Containerd {
     dir: TempDir,
@@ -62,6 +65,22 @@ impl Containerd {
 
     /// [`Containerd::start`] with extra environment variables (inherited by the shims).
     pub fn start_with_env(env: Vec<(String, String)>) -> Result<Self> {
+        Self::start_inner(env, None)
+    }
+
+    /// [`Containerd::start_with_env`] with the CRI plugin on: `cri` returns the CRI part of
+    /// the config (in the release's format), given the fixture's paths.
+    pub fn start_with_cri(
+        env: Vec<(String, String)>,
+        cri: &CriConfig<'_>,
+    ) -> Result<Self> {
+        Self::start_inner(env, Some(cri))
+    }
+
+    fn start_inner(
+        env: Vec<(String, String)>,
+        cri: Option<&CriConfig<'_>>,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("tether-ctd-")
             .tempdir()
@@ -72,7 +91,8 @@ impl Containerd {
             namespaces: Mutex::new(BTreeSet::new()),
             env,
         };
-        cd.write_config()?;
+        let cri = cri.map(|f| f(&cd)).transpose()?;
+        cd.write_config(cri.as_deref())?;
         cd.write_tether_config()?;
         cd.link_shims()?;
         cd.spawn()?;
@@ -230,13 +250,19 @@ impl Containerd {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
-    /// The config in the format of the release under test (see [`containerd_release`]).
-    fn write_config(&self) -> Result<()> {
-        let toml = containerd_release::release()?.config_toml(
+    /// The config in the format of the release under test (see [`containerd_release`]),
+    /// with the CRI plugin's part `cri` if it is on.
+    fn write_config(&self, cri: Option<&str>) -> Result<()> {
+        let mut toml = containerd_release::release()?.config_toml(
             &self.root_dir(),
             &self.state_dir(),
             &self.address(),
+            cri.is_some(),
         );
+        if let Some(cri) = cri {
+            toml.push('\n');
+            toml.push_str(cri);
+        }
         fs::write(self.dir.path().join("config.toml"), toml)
             .context("writing containerd config.toml")
     }

@@ -88,12 +88,16 @@ impl Release {
         }
     }
 
-    /// Plugins a private test daemon must not run. CRI (tests use `ctr`) and, from 1.7, NRI,
-    /// whose socket (`/var/run/nri/nri.sock`) is one per machine: 2.x enables it by default,
-    /// and two daemons would fight over it. 2.x splits CRI into three plugins.
-    pub fn disabled_plugins(&self) -> Vec<&'static str> {
-        let mut p = vec!["io.containerd.grpc.v1.cri"];
-        if self.major >= 2 {
+    /// Plugins a private test daemon must not run. CRI, unless `cri` (tests use `ctr`
+    /// unless they play kubelet) and, from 1.7, NRI, whose socket (`/var/run/nri/nri.sock`)
+    /// is one per machine: 2.x enables it by default, and two daemons would fight over it.
+    /// 2.x splits CRI into three plugins.
+    pub fn disabled_plugins(&self, cri: bool) -> Vec<&'static str> {
+        let mut p = Vec::new();
+        if !cri {
+            p.push("io.containerd.grpc.v1.cri");
+        }
+        if self.major >= 2 && !cri {
             p.extend([
                 "io.containerd.cri.v1.runtime",
                 "io.containerd.cri.v1.images",
@@ -105,11 +109,11 @@ impl Release {
         p
     }
 
-    /// The daemon's config.toml in this release's format: its root, state and socket, CRI and
-    /// NRI off, no debug or metrics listeners.
-    pub fn config_toml(&self, root: &Path, state: &Path, sock: &Path) -> String {
+    /// The daemon's config.toml in this release's format: its root, state and socket, NRI
+    /// off, CRI off unless `cri`, no debug or metrics listeners.
+    pub fn config_toml(&self, root: &Path, state: &Path, sock: &Path, cri: bool) -> String {
         let disabled: Vec<String> = self
-            .disabled_plugins()
+            .disabled_plugins(cri)
             .iter()
             .map(|p| format!("\"{p}\""))
             .collect();
@@ -186,11 +190,22 @@ mod tests {
     #[test]
     fn plugins_off_per_release() {
         let r16 = Release::parse("c m 1.6.20").unwrap();
-        assert_eq!(r16.disabled_plugins(), ["io.containerd.grpc.v1.cri"]);
+        assert_eq!(r16.disabled_plugins(false), ["io.containerd.grpc.v1.cri"]);
+        assert!(r16.disabled_plugins(true).is_empty());
         let r17 = Release::parse("c m 1.7.24~ds1").unwrap();
-        assert!(r17.disabled_plugins().contains(&"io.containerd.nri.v1.nri"));
+        assert!(r17
+            .disabled_plugins(false)
+            .contains(&"io.containerd.nri.v1.nri"));
+        assert_eq!(r17.disabled_plugins(true), ["io.containerd.nri.v1.nri"]);
         let r21 = Release::parse("c m 2.1.9").unwrap();
-        let toml = r21.config_toml(Path::new("/r"), Path::new("/s"), Path::new("/c.sock"));
+        let cri = r21.config_toml(Path::new("/r"), Path::new("/s"), Path::new("/c.sock"), true);
+        assert!(!cri.contains("cri"), "{cri}");
+        let toml = r21.config_toml(
+            Path::new("/r"),
+            Path::new("/s"),
+            Path::new("/c.sock"),
+            false,
+        );
         assert!(toml.starts_with("version = 3\n"));
         assert!(toml.contains("\"io.containerd.cri.v1.runtime\""));
         assert!(toml.contains("address = \"/c.sock.ttrpc\""));

@@ -27,10 +27,23 @@ struct Blob {
     size: u64,
 }
 
-/// Writes an OCI image layout archive of `rootfs`, named `name`, to `archive`.
+/// The name of the pause image a CRI sandbox runs (the busybox rootfs, sleeping).
+pub const PAUSE_IMAGE: &str = "tether.test/pause:1";
+
+/// What a pause container runs: nothing but waiting for its SIGKILL.
+pub const PAUSE_CMD: [&str; 2] = ["/bin/sleep", "2147483647"];
+
+/// Writes an OCI image layout archive of `rootfs`, named `name`, whose command is `cmd`,
+/// to `archive`.
 ///
 /// `work` is a scratch directory (created if missing).
-pub fn write_oci_archive(rootfs: &Path, name: &str, work: &Path, archive: &Path) -> Result<()> {
+pub fn write_oci_archive(
+    rootfs: &Path,
+    name: &str,
+    cmd: &[&str],
+    work: &Path,
+    archive: &Path,
+) -> Result<()> {
     let layout = work.join("layout");
     let blobs = layout.join("blobs/sha256");
     fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
@@ -56,7 +69,7 @@ pub fn write_oci_archive(rootfs: &Path, name: &str, work: &Path, archive: &Path)
         "os": "linux",
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": ["/bin/sh"],
+            "Cmd": cmd,
             "WorkingDir": "/",
         },
         "rootfs": { "type": "layers", "diff_ids": [layer.digest] },
@@ -117,10 +130,22 @@ pub fn write_oci_archive(rootfs: &Path, name: &str, work: &Path, archive: &Path)
     Ok(())
 }
 
-/// Builds the archive of `rootfs` in `work` and imports it with `ctr images import`.
+/// Builds the archive of `rootfs` (command `/bin/sh`) in `work` and imports it with
+/// `ctr images import`.
 pub fn import(ctr: &Ctr, rootfs: &Path, name: &str, work: &Path) -> Result<()> {
+    import_with_cmd(ctr, rootfs, name, &["/bin/sh"], work)
+}
+
+/// [`import`] of an image whose command is `cmd`.
+pub fn import_with_cmd(
+    ctr: &Ctr,
+    rootfs: &Path,
+    name: &str,
+    cmd: &[&str],
+    work: &Path,
+) -> Result<()> {
     let archive: PathBuf = work.join("image.tar");
-    write_oci_archive(rootfs, name, work, &archive)?;
+    write_oci_archive(rootfs, name, cmd, work, &archive)?;
     let out = ctr.run_with(
         ["images".as_ref(), "import".as_ref(), archive.as_os_str()],
         None,
@@ -196,7 +221,7 @@ mod tests {
         fs::write(rootfs.join("bin/hello"), "hi").unwrap();
         let work = tmp.path().join("work");
         let archive = tmp.path().join("img.tar");
-        write_oci_archive(&rootfs, "tether.test/x:1", &work, &archive).unwrap();
+        write_oci_archive(&rootfs, "tether.test/x:1", &["/bin/x"], &work, &archive).unwrap();
 
         let layout = work.join("layout");
         let index: serde_json::Value =
@@ -207,6 +232,25 @@ mod tests {
             "tether.test/x:1"
         );
         assert_eq!(m["annotations"]["org.opencontainers.image.ref.name"], "1");
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &fs::read(
+                layout
+                    .join("blobs/sha256")
+                    .join(&m["digest"].as_str().unwrap()[7..]),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let config: serde_json::Value = serde_json::from_slice(
+            &fs::read(
+                layout
+                    .join("blobs/sha256")
+                    .join(&manifest["config"]["digest"].as_str().unwrap()[7..]),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(config["config"]["Cmd"], json!(["/bin/x"]));
         let digest = m["digest"]
             .as_str()
             .unwrap()

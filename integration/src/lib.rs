@@ -17,6 +17,7 @@
 //! - [`harness`]: [`TestEnv`], one scenario's containerd, namespace and rootfs.
 //! - [`escape`]: the escape probe, run in a container, and its receiver.
 //! - [`dockerd`], [`podman`]: private Docker and Podman daemons with tether as a runtime.
+//! - [`cri`]: a node driven through containerd's CRI as kubelet drives it ([`cri::CriNode`]).
 //!
 //! The library must not panic on I/O errors: everything returns `anyhow::Result` with context,
 //! and `Drop` impls log and carry on.
@@ -25,6 +26,7 @@ pub mod bpffs;
 pub mod cgroup;
 pub mod containerd;
 pub mod containerd_release;
+pub mod cri;
 pub mod ctr;
 pub mod dockerd;
 pub mod escape;

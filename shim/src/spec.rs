@@ -191,6 +191,18 @@ pub struct Hardening {
     pub native_abi: Option<&'static str>,
 }
 
+/// What the container runs without, as the shim's log says it: "CAP_NET_RAW", "every system
+/// call ABI but SCMP_ARCH_X86_64", or both.
+impl std::fmt::Display for Hardening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<String> = self.withheld.iter().map(|c| (*c).to_owned()).collect();
+        if let Some(abi) = self.native_abi {
+            parts.push(format!("every system call ABI but {abi}"));
+        }
+        f.write_str(&parts.join(" and "))
+    }
+}
+
 impl Hardening {
     pub fn is_empty(&self) -> bool {
         self.withheld.is_empty() && self.native_abi.is_none()
@@ -236,6 +248,26 @@ impl Hardening {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hardening_says_what_is_withheld() {
+        let both = Hardening {
+            withheld: &["CAP_NET_RAW"],
+            native_abi: Some("SCMP_ARCH_X86_64"),
+        };
+        assert_eq!(
+            both.to_string(),
+            "CAP_NET_RAW and every system call ABI but SCMP_ARCH_X86_64"
+        );
+        let abi = Hardening {
+            withheld: &[],
+            native_abi: Some("SCMP_ARCH_AARCH64"),
+        };
+        assert_eq!(
+            abi.to_string(),
+            "every system call ABI but SCMP_ARCH_AARCH64"
+        );
+    }
 
     #[test]
     fn reads_what_the_shim_uses_and_nothing_else() {

@@ -17,6 +17,7 @@ mod burst;
 mod cgroup_driver;
 mod checkpoint;
 mod control;
+mod cri;
 mod events;
 mod fixture;
 mod grouping;

@@ -214,6 +214,19 @@ pub fn attach(
     let pins = hold_pins(&layout, namespace, id);
     let t_cgroup = Instant::now();
     let watch = match &netns {
+        Some(netns) if !plan.watch_links => {
+            container::attach_netns_only(
+                &programs,
+                &layout,
+                namespace,
+                id,
+                cg.cgroup_id,
+                netns.as_fd(),
+                select.as_select(),
+            )
+            .map_err(|e| Error::attach(id, e))?;
+            None
+        }
         Some(netns) => Some(
             container::attach_netns_and_watch(
                 &programs,

@@ -47,14 +47,9 @@ impl TaskService {
         let hardening = self.attacher.hardening(&plan, &config);
         if hardening.apply(&bundle)? {
             info!(
-                "container {}: runs without {:?}{}: the kernel runs no tether LSM program to \
-                 judge its packet sockets",
+                "container {}: runs without {hardening}: the kernel runs no tether LSM \
+                 program to judge its packet sockets",
                 req.id,
-                hardening.withheld,
-                hardening
-                    .native_abi
-                    .map(|a| format!(", with no system call ABI but {a}"))
-                    .unwrap_or_default()
             );
         }
         let runc = Runc::new(

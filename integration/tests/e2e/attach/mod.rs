@@ -54,13 +54,21 @@ pub(super) fn tether(name: &str, f: fn(&mut TestEnv) -> Result<()>) -> Result<()
 }
 
 pub(super) fn tetherctl(env: &TestEnv, args: &[&str]) -> Result<serde_json::Value> {
+    tetherctl_at(env.containerd(), args)
+}
+
+/// `tetherctl --json ARGS` against the tetherd of `cd`'s shims.
+pub(crate) fn tetherctl_at(
+    cd: &tether_integration::Containerd,
+    args: &[&str],
+) -> Result<serde_json::Value> {
     let bin = tether_integration::containerd::tether_shim_binary()?
         .parent()
         .map(|d| d.join("tetherctl"))
         .ok_or_else(|| anyhow!("no directory for tetherctl"))?;
     let out = Command::new(&bin)
         .arg("--socket")
-        .arg(env.containerd().tetherd_socket())
+        .arg(cd.tetherd_socket())
         .arg("--json")
         .args(args)
         .output()

@@ -30,6 +30,10 @@ pub const AUDIT_RATE: &str = "tether.io/audit-rate";
 /// Where packets and bytes are counted: `auto`, `cgroup` or `interfaces` (see [`CountAt`]).
 pub const COUNT_AT: &str = "tether.io/count-at";
 
+/// What containerd's CRI plugin says a container is: `sandbox` (the pod's pause container,
+/// which owns the pod's network namespace) or `container` (one that joins it).
+pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+
 /// Every key tether knows.
 pub const KEYS: [&str; 8] = [
     PROGRAMS,
@@ -109,6 +113,11 @@ pub struct Plan {
     pub nice: Option<i32>,
     /// The quota of interfaces of the container's network namespace that get TC programs.
     pub max_interfaces: usize,
+    /// Whether links added to the namespace later get programs from this container's
+    /// attachment: not for a container of a Kubernetes pod, whose sandbox's attachment
+    /// owns the pod's interfaces, present and late (so they are counted for the pod, and
+    /// stay attached while its containers come and go).
+    pub watch_links: bool,
 }
 
 fn bad(key: &str, value: &str, why: impl std::fmt::Display) -> Error {
@@ -540,6 +549,10 @@ impl Plan {
             }
         }
         let count_at = count_at.1;
+        let pod_member = spec
+            .annotations()
+            .get(CRI_CONTAINER_TYPE)
+            .is_some_and(|t| t == "container");
         Ok(Plan {
             enabled,
             config: ContainerConfig {
@@ -565,6 +578,7 @@ impl Plan {
             max_interfaces: a
                 .max_interfaces
                 .map_or(DEFAULT_MAX_INTERFACES, |n| n as usize),
+            watch_links: !pod_member,
         })
     }
 }

@@ -449,3 +449,21 @@ fn bad_values_name_key_and_value() {
         "{e}"
     );
 }
+
+#[test]
+fn a_pods_late_links_are_its_sandboxs() {
+    let netns = Some(Some("/proc/1/ns/net"));
+    let member = spec(&[(CRI_CONTAINER_TYPE, "container")], netns);
+    let sandbox = spec(
+        &[(CRI_CONTAINER_TYPE, "sandbox")],
+        Some(Some("/run/netns/cni-1")),
+    );
+    let config = cfg("");
+    assert!(!Plan::resolve(&config, &member).unwrap().watch_links);
+    assert!(Plan::resolve(&config, &sandbox).unwrap().watch_links);
+    assert!(
+        Plan::resolve(&config, &spec(&[], Some(None)))
+            .unwrap()
+            .watch_links
+    );
+}

@@ -1,0 +1,364 @@
+//! A Kubernetes node without kubelet: a private containerd with its CRI plugin on, the
+//! runtime handlers `runc` (`io.containerd.runc.v2`) and `tether` (from the snippet that
+//! `packaging/install.sh` appends to a node's config), a CNI bridge network of its own, the
+//! busybox and pause images imported, and a [`CriClient`] to play kubelet's part.
+//!
+//! [`CriNode`] owns all of it and, on drop, removes every pod through the CRI (as kubelet
+//! would: CNI teardown, netns, shims), the bridge, the pods' cgroup parents, then the daemon.
+
+pub mod client;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tempfile::TempDir;
+
+pub use client::{container_config, pod_config, CriClient, CriError, ExecResult};
+
+use crate::containerd::Containerd;
+use crate::containerd_release::{self, Release};
+use crate::{cgroup, image, process, rootfs};
+
+/// The namespace the CRI plugin keeps its containers and images in.
+pub const K8S_NAMESPACE: &str = "k8s.io";
+/// The runtime handlers the node offers.
+pub const RUNC_HANDLER: &str = "runc";
+pub const TETHER_HANDLER: &str = "tether";
+/// The packaged containerd snippets, the one per config format.
+const SNIPPET_V2: &str = include_str!("../../../packaging/containerd/config-1.x.toml");
+const SNIPPET_V3: &str = include_str!("../../../packaging/containerd/config-2.x.toml");
+/// Where the packaged snippet points tether's shims for their config.
+const PACKAGED_CONFIG_PATH: &str = "/etc/tether/config.toml";
+/// Deadline of the `ip` calls.
+const IP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A CRI node; see the module docs.
+pub struct CriNode {
+    pub cri: CriClient,
+    // Dropped after the pods are gone (see Drop), before `dir`.
+    containerd: Option<Containerd>,
+    /// This node's number: its bridge, subnet and cgroup parent.
+    n: u32,
+    dir: TempDir,
+}
+
+impl CriNode {
+    /// Starts the node: network config, containerd with CRI, images.
+    pub fn start() -> Result<Self> {
+        static NODES: AtomicU32 = AtomicU32::new(0);
+        let n = (std::process::id() + NODES.fetch_add(1, Ordering::Relaxed)) % 200;
+        let dir = tempfile::Builder::new()
+            .prefix("tether-cri-")
+            .tempdir()
+            .context("creating the CRI node's directory")?;
+        let bridge = bridge_name(n);
+        // A bridge of this name is a leftover of a killed run of this test: its pods are gone.
+        if Path::new("/sys/class/net").join(&bridge).exists() {
+            delete_link(&bridge)?;
+        }
+        write_cni_config(dir.path(), n)?;
+        let release = containerd_release::release()?;
+        let conf_dir = dir.path().join("net.d");
+        let containerd = Containerd::start_with_cri(Vec::new(), &|cd| {
+            Ok(cri_config(&release, &conf_dir, &cd.tether_config()))
+        })?;
+        let cri = CriClient::connect(&containerd.address())?;
+        let node = CriNode {
+            cri,
+            containerd: Some(containerd),
+            n,
+            dir,
+        };
+        node.import_images()?;
+        Ok(node)
+    }
+
+    pub fn containerd(&self) -> &Containerd {
+        // Only None while dropping.
+        self.containerd
+            .as_ref()
+            .expect("the node's containerd lives as long as the node")
+    }
+
+    /// The gateway of the pods' subnet: the node's bridge address.
+    pub fn gateway(&self) -> String {
+        format!("10.216.{}.1", self.n)
+    }
+
+    /// A cgroup parent for pod `uid`, as kubelet's cgroupfs driver names it.
+    pub fn cgroup_parent(&self, uid: &str) -> String {
+        format!("/{}/pod{uid}", self.cgroup_root())
+    }
+
+    fn cgroup_root(&self) -> String {
+        format!("tether-cri-{}-{}", std::process::id(), self.n)
+    }
+
+    /// The directory for pod `name`'s logs (created).
+    pub fn log_dir(&self, name: &str) -> Result<PathBuf> {
+        let d = self.dir.path().join("logs").join(name);
+        fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        Ok(d)
+    }
+
+    /// A pod's config on this node: its logs here, its cgroup under this node's parent.
+    pub fn pod_config(
+        &self,
+        name: &str,
+        annotations: &[(&str, &str)],
+    ) -> Result<k8s_cri::v1::PodSandboxConfig> {
+        let uid = format!("{name}-uid-{}", self.n);
+        Ok(pod_config(
+            name,
+            "tether-test",
+            &uid,
+            &self.log_dir(name)?,
+            &self.cgroup_parent(&uid),
+            owned(annotations),
+        ))
+    }
+
+    /// A container of the busybox image running `sh -c script`.
+    pub fn container_config(
+        &self,
+        name: &str,
+        script: &str,
+        annotations: &[(&str, &str)],
+    ) -> k8s_cri::v1::ContainerConfig {
+        container_config(name, image::BUSYBOX_IMAGE, script, owned(annotations))
+    }
+
+    /// What container `name` of pod `pod` wrote to its log so far (the messages, without
+    /// the CRI log format's timestamp, stream and tag).
+    pub fn log_of(&self, pod: &str, name: &str) -> Result<String> {
+        let path = self
+            .dir
+            .path()
+            .join("logs")
+            .join(pod)
+            .join(format!("{name}.log"));
+        let text = fs::read_to_string(&path).unwrap_or_default();
+        Ok(text
+            .lines()
+            .map(|l| l.splitn(4, ' ').nth(3).unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
+    fn import_images(&self) -> Result<()> {
+        let ctr = self.containerd().ctr(K8S_NAMESPACE);
+        let rootfs = rootfs::build_busybox(&self.dir.path().join("rootfs"))?;
+        let work = self.dir.path().join("image");
+        image::import(&ctr, &rootfs, image::BUSYBOX_IMAGE, &work.join("busybox"))?;
+        image::import_with_cmd(
+            &ctr,
+            &rootfs,
+            image::PAUSE_IMAGE,
+            &image::PAUSE_CMD,
+            &work.join("pause"),
+        )?;
+        for name in [image::BUSYBOX_IMAGE, image::PAUSE_IMAGE] {
+            crate::wait::wait_until("the CRI to see the images", Duration::from_secs(20), || {
+                Ok(self.cri.image_present(name)?.then_some(()))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Removes every pod through the CRI; the first error.
+    pub fn remove_all_pods(&self) -> Result<()> {
+        let mut first = None;
+        for pod in self.cri.list_pods()? {
+            if let Err(e) = self.cri.tear_down_pod(&pod) {
+                eprintln!("cri node: removing pod {pod}: {e:#}");
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for CriNode {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove_all_pods() {
+            eprintln!("cri node cleanup: {e:#}");
+        }
+        // The daemon and what is left of its containers.
+        drop(self.containerd.take());
+        let bridge = bridge_name(self.n);
+        if Path::new("/sys/class/net").join(&bridge).exists() {
+            if let Err(e) = delete_link(&bridge) {
+                eprintln!("cri node cleanup: {e:#}");
+            }
+        }
+        if let Ok(hierarchies) = cgroup::hierarchies() {
+            for h in hierarchies {
+                remove_empty_tree(&h.mount_point.join(self.cgroup_root()));
+            }
+        }
+    }
+}
+
+/// The CRI part of a node's config in `release`'s format: the pause image, the runc
+/// handler, CNI from `conf_dir`, a loopback stream server, and tether's packaged snippet
+/// with its config path pointed at `tether_config`. The OOM score adjustments that kubelet
+/// asks for (-998 for a sandbox) are kept no lower than the daemon's own, as on nodes that
+/// run in a container: test machines may lack CAP_SYS_RESOURCE.
+pub fn cri_config(release: &Release, conf_dir: &Path, tether_config: &Path) -> String {
+    let (head, snippet) = if release.major >= 2 {
+        // 2.1 reads CNI binaries from a list; 2.0 from one directory.
+        let bin = if release.minor >= 1 {
+            "bin_dirs = [\"/usr/lib/cni\"]"
+        } else {
+            "bin_dir = \"/usr/lib/cni\""
+        };
+        let head = format!(
+            r#"[plugins."io.containerd.cri.v1.images".pinned_images]
+  sandbox = "{pause}"
+
+[plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = true
+[plugins."io.containerd.cri.v1.runtime".containerd]
+  default_runtime_name = "runc"
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+[plugins."io.containerd.cri.v1.runtime".cni]
+  {bin}
+  conf_dir = "{conf}"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+"#,
+            pause = image::PAUSE_IMAGE,
+            conf = conf_dir.display(),
+        );
+        (head, SNIPPET_V3)
+    } else {
+        let head = format!(
+            r#"[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  default_runtime_name = "runc"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "/usr/lib/cni"
+  conf_dir = "{conf}"
+"#,
+            pause = image::PAUSE_IMAGE,
+            conf = conf_dir.display(),
+        );
+        (head, SNIPPET_V2)
+    };
+    // What install.sh appends: the snippet without its `version` line.
+    let snippet: String = snippet
+        .lines()
+        .filter(|l| !l.starts_with("version"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let tether = tether_config.display().to_string();
+    format!("{head}\n{}", snippet.replace(PACKAGED_CONFIG_PATH, &tether))
+}
+
+fn bridge_name(n: u32) -> String {
+    format!("tethercri{n}")
+}
+
+/// The node's CNI network: a bridge of its own, subnet `10.216.N.0/24`, host-local IPAM
+/// with its state in the node's directory.
+fn write_cni_config(dir: &Path, n: u32) -> Result<()> {
+    let conf_dir = dir.join("net.d");
+    fs::create_dir_all(&conf_dir).with_context(|| format!("creating {}", conf_dir.display()))?;
+    let json = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": format!("tether-cri-{n}"),
+        "plugins": [{
+            "type": "bridge",
+            "bridge": bridge_name(n),
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": format!("10.216.{n}.0/24"), "gateway": format!("10.216.{n}.1")}]],
+                "dataDir": dir.join("ipam"),
+            }
+        }]
+    });
+    let path = conf_dir.join("10-tether-cri.conflist");
+    fs::write(&path, serde_json::to_vec_pretty(&json)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn delete_link(name: &str) -> Result<()> {
+    let out = process::run(
+        Command::new("ip").args(["link", "delete", name]),
+        None,
+        IP_TIMEOUT,
+    )?;
+    if out.code != 0 {
+        bail!("ip link delete {name}: {}", out.stderr.trim());
+    }
+    Ok(())
+}
+
+/// Removes `dir` and the empty cgroups below it, deepest first.
+fn remove_empty_tree(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_empty_tree(&e.path());
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+fn owned(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_config_carries_the_packaged_snippet() {
+        for v in ["1.6.20", "1.7.24", "2.1.9"] {
+            let r = Release::parse(&format!("containerd m {v}")).unwrap();
+            let cri = cri_config(&r, Path::new("/n/net.d"), Path::new("/n/tether.toml"));
+            let base = r.config_toml(Path::new("/r"), Path::new("/s"), Path::new("/c"), true);
+            let all = format!("{base}\n{cri}");
+            let doc: toml::Table =
+                toml::from_str(&all).unwrap_or_else(|e| panic!("{v}: {e}\n{all}"));
+            let plugins = &doc["plugins"];
+            let runtime = if r.major >= 2 {
+                &plugins["io.containerd.cri.v1.runtime"]
+            } else {
+                &plugins["io.containerd.grpc.v1.cri"]
+            };
+            let tether = &runtime["containerd"]["runtimes"]["tether"];
+            assert_eq!(
+                tether["runtime_type"].as_str(),
+                Some("io.containerd.tether.v1")
+            );
+            assert_eq!(
+                tether["options"]["ConfigPath"].as_str(),
+                Some("/n/tether.toml")
+            );
+            assert_eq!(runtime["cni"]["conf_dir"].as_str(), Some("/n/net.d"));
+        }
+    }
+}
