@@ -70,17 +70,11 @@ impl Containerd {
 
     /// [`Containerd::start_with_env`] with the CRI plugin on: `cri` returns the CRI part of
     /// the config (in the release's format), given the fixture's paths.
-    pub fn start_with_cri(
-        env: Vec<(String, String)>,
-        cri: &CriConfig<'_>,
-    ) -> Result<Self> {
+    pub fn start_with_cri(env: Vec<(String, String)>, cri: &CriConfig<'_>) -> Result<Self> {
         Self::start_inner(env, Some(cri))
     }
 
-    fn start_inner(
-        env: Vec<(String, String)>,
-        cri: Option<&CriConfig<'_>>,
-    ) -> Result<Self> {
+    fn start_inner(env: Vec<(String, String)>, cri: Option<&CriConfig<'_>>) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("tether-ctd-")
             .tempdir()

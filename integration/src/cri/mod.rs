@@ -133,6 +133,40 @@ impl CriNode {
         container_config(name, image::BUSYBOX_IMAGE, script, owned(annotations))
     }
 
+    /// Sets the node's `[attach]` section of tether's config (what the shims of later
+    /// containers read), keeping the fixture's attach deadline if it set one.
+    pub fn set_attach_config(&self, attach: &str) -> Result<()> {
+        let path = self.containerd().tether_config();
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let mut parts = text.splitn(2, "[attach]");
+        let head = parts.next().unwrap_or_default().to_owned();
+        let deadline = parts
+            .next()
+            .and_then(|a| a.lines().find(|l| l.starts_with("deadline_ms")))
+            .map(|l| format!("{l}\n"))
+            .unwrap_or_default();
+        fs::write(&path, format!("{head}[attach]\n{deadline}{attach}"))
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Addresses the node's CNI network has handed out and not taken back.
+    pub fn leased_addresses(&self) -> Vec<String> {
+        let dir = self
+            .dir
+            .path()
+            .join("ipam")
+            .join(format!("tether-cri-{}", self.n));
+        fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                    .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// What container `name` of pod `pod` wrote to its log so far (the messages, without
     /// the CRI log format's timestamp, stream and tag).
     pub fn log_of(&self, pod: &str, name: &str) -> Result<String> {

@@ -6,6 +6,7 @@
 //! accounting in a shared netns, exec, a late interface, nothing left behind).
 
 mod pod;
+mod refusals;
 
 use std::path::Path;
 
