@@ -247,6 +247,27 @@ impl CriClient {
             .ok_or_else(|| missing("ContainerStatus", "status"))
     }
 
+    /// The pid of container `id`'s init process, from its verbose status.
+    pub fn container_pid(&self, id: &str) -> Result<u32> {
+        let req = cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        };
+        let info = self
+            .call("ContainerStatus", self.runtime().container_status(req))?
+            .info;
+        let text = info
+            .get("info")
+            .ok_or_else(|| anyhow!("ContainerStatus of {id}: no verbose info"))?;
+        let v: serde_json::Value = serde_json::from_str(text)
+            .with_context(|| format!("ContainerStatus of {id}: verbose info {text}"))?;
+        v["pid"]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0)
+            .ok_or_else(|| anyhow!("ContainerStatus of {id}: no pid in {v}"))
+    }
+
     /// Ids of the containers of sandbox `pod`.
     pub fn list_containers(&self, pod: &str) -> Result<Vec<String>, CriError> {
         let req = cri::ListContainersRequest {

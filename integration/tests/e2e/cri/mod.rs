@@ -7,6 +7,7 @@
 
 mod pod;
 mod refusals;
+mod stats;
 
 use std::path::Path;
 

@@ -1,0 +1,131 @@
+//! What kubelet, metrics-server and `kubectl top` read: CRI `ContainerStats` of the same
+//! workload under `runc` and `tether`, side by side, each matching its container's cgroup.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use k8s_cri::v1 as cri;
+use tether_integration::cgroup;
+use tether_integration::cri::{CriNode, RUNC_HANDLER, TETHER_HANDLER};
+use tether_integration::wait::wait_until;
+
+use super::on_node;
+
+/// Writes and syncs a file, spins, then sleeps: idle once the stats are read.
+const WORK: &str = "dd if=/dev/zero of=/tmp/io bs=4096 count=64 conv=fsync 2>/dev/null; \
+                    rm -f /tmp/io; i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done; \
+                    exec sleep 1000";
+const MEMORY_LIMIT: i64 = 64 << 20;
+
+#[test]
+fn container_stats_match_runc_and_the_cgroup() -> Result<()> {
+    on_node("container_stats", |node| {
+        let runc = stats_under(node, RUNC_HANDLER)?;
+        let tether = stats_under(node, TETHER_HANDLER)?;
+        eprintln!("runc:   {runc}\ntether: {tether}");
+        let (r, t) = (filled(&runc), filled(&tether));
+        ensure!(
+            r == t,
+            "ContainerStats fields filled in under runc but not tether: {:?}; under tether \
+             only: {:?}",
+            r.difference(&t).collect::<Vec<_>>(),
+            t.difference(&r).collect::<Vec<_>>()
+        );
+        Ok(())
+    })
+}
+
+/// Runs [`WORK`] in a pod of `handler`; its ContainerStats once idle, as JSON, after
+/// checking its CPU and memory usage against the cgroup's files.
+fn stats_under(node: &CriNode, handler: &str) -> Result<serde_json::Value> {
+    let cri = &node.cri;
+    let name = format!("stats-{handler}");
+    let cfg = node.pod_config(&name, &[])?;
+    let pod = cri.run_pod(&cfg, handler)?;
+    let mut c = node.container_config("work", WORK, &[]);
+    if let Some(linux) = c.linux.as_mut() {
+        linux.resources = Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: MEMORY_LIMIT,
+            ..Default::default()
+        });
+    }
+    let id = cri.create_container(&pod, &c, &cfg)?;
+    cri.start_container(&id)?;
+    let pid = cri.container_pid(&id)?;
+    wait_until("the busy loop to end", Duration::from_secs(30), || {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))?;
+        Ok((comm.trim() == "sleep").then_some(()))
+    })?;
+    let pid = i32::try_from(pid)?;
+    let stats = cri.container_stats(&id)?;
+    let cpu = stats
+        .cpu
+        .as_ref()
+        .and_then(|c| c.usage_core_nano_seconds.as_ref())
+        .map(|v| v.value)
+        .context("no CPU usage")?;
+    let want = cpu_usage_ns(pid)?;
+    ensure!(want > 0, "{handler}: the busy loop used no CPU");
+    ensure!(
+        cpu == want,
+        "{handler}: usage_core_nano_seconds {cpu} != the cgroup's {want}"
+    );
+    let mem = stats.memory.as_ref().context("no memory stats")?;
+    let usage = mem.usage_bytes.as_ref().map_or(0, |v| v.value);
+    let working_set = mem.working_set_bytes.as_ref().map_or(0, |v| v.value);
+    ensure!(
+        usage > 0 && working_set > 0 && working_set <= usage,
+        "{handler}: memory usage {usage}, working set {working_set}"
+    );
+    let limit = cgroup::memory_limit(pid)?;
+    ensure!(
+        limit == Some(MEMORY_LIMIT as u64),
+        "{handler}: the cgroup's memory limit is {limit:?}"
+    );
+    let json = serde_json::to_value(&stats)?;
+    cri.tear_down_pod(&pod)?;
+    Ok(json)
+}
+
+/// The CPU time of `pid`'s cgroup in ns: cpuacct.usage (v1), cpu.stat usage_usec (v2).
+fn cpu_usage_ns(pid: i32) -> Result<u64> {
+    let read = |p: std::path::PathBuf| {
+        std::fs::read_to_string(&p).with_context(|| p.display().to_string())
+    };
+    if let Ok(dir) = cgroup::dir_of(pid, "cpuacct") {
+        return Ok(read(dir.join("cpuacct.usage"))?.trim().parse()?);
+    }
+    let stat = read(cgroup::dir_of(pid, "cpu")?.join("cpu.stat"))?;
+    let usec: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse().ok())
+        .context("no usage_usec in cpu.stat")?;
+    Ok(usec * 1000)
+}
+
+/// The paths of the non-zero leaves of a ContainerStats reply, timestamps and the
+/// container's own attributes left out.
+fn filled(v: &serde_json::Value) -> BTreeSet<String> {
+    fn walk(v: &serde_json::Value, path: &str, out: &mut BTreeSet<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    if k != "timestamp" && k != "attributes" {
+                        walk(v, &format!("{path}.{k}"), out);
+                    }
+                }
+            }
+            serde_json::Value::Number(n) if n.as_f64() != Some(0.0) => {
+                out.insert(path.to_owned());
+            }
+            serde_json::Value::String(s) if !s.is_empty() => {
+                out.insert(path.to_owned());
+            }
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(v, "", &mut out);
+    out
+}
