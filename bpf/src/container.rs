@@ -559,6 +559,8 @@ pub struct Detached {
     /// The container's packets and bytes were counted at its interfaces, not its cgroup
     /// ([`ContainerConfig::count_at_interfaces`]).
     pub count_at_interfaces: bool,
+    /// Who the container was to Kubernetes, if it was in a pod.
+    pub k8s_names: Option<crate::maps::K8sNames>,
 }
 
 /// Detaches and removes every link pin, map entry and the directory of a container, and
@@ -577,6 +579,7 @@ pub fn detach(
         let (config, counters) = maps.cgroup_state(cg)?;
         out.counters = counters;
         out.count_at_interfaces = config.is_some_and(|c| c.count_at_interfaces);
+        out.k8s_names = maps.k8s_names(cg).ok().flatten();
         for (k, owner) in maps.ifaces()? {
             if owner == cg {
                 out.interfaces.push((k, maps.iface_counters(k)?));

@@ -111,7 +111,7 @@ impl Prog {
 }
 
 /// (name, map type, key size, value size) of every shared map.
-const MAPS: [(&str, u32, u32, u32); 11] = [
+const MAPS: [(&str, u32, u32, u32); 12] = [
     ("cgroups", libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH, 8, 80),
     (
         "cg_local",
@@ -124,6 +124,7 @@ const MAPS: [(&str, u32, u32, u32); 11] = [
     ("tc_owners", libbpf_sys::BPF_MAP_TYPE_HASH, 4, 24),
     ("tc_ifaces", libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH, 16, 72),
     ("iface_names", libbpf_sys::BPF_MAP_TYPE_HASH, 16, 16),
+    ("k8s_names", libbpf_sys::BPF_MAP_TYPE_HASH, 8, 384),
     ("deny4", libbpf_sys::BPF_MAP_TYPE_LPM_TRIE, 16, 4),
     ("deny6", libbpf_sys::BPF_MAP_TYPE_LPM_TRIE, 28, 4),
     ("rates", libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH, 8, 24),
@@ -293,7 +294,7 @@ fn load_object(
         verified_insns += u64::from(sys::prog_info(fd)?.verified_insns);
         sys::obj_pin(fd, &staging.join("progs").join(p.name()))?;
     }
-    let maps: [(&str, BorrowedFd<'_>); 11] = [
+    let maps: [(&str, BorrowedFd<'_>); 12] = [
         ("cgroups", skel.maps.cgroups.as_fd()),
         ("cg_local", skel.maps.cg_local.as_fd()),
         ("identities", skel.maps.identities.as_fd()),
@@ -301,6 +302,7 @@ fn load_object(
         ("tc_owners", skel.maps.tc_owners.as_fd()),
         ("tc_ifaces", skel.maps.tc_ifaces.as_fd()),
         ("iface_names", skel.maps.iface_names.as_fd()),
+        ("k8s_names", skel.maps.k8s_names.as_fd()),
         ("deny4", skel.maps.deny4.as_fd()),
         ("deny6", skel.maps.deny6.as_fd()),
         ("rates", skel.maps.rates.as_fd()),
@@ -425,6 +427,7 @@ impl Programs {
             tc_owners: open("tc_owners")?,
             tc_ifaces: open("tc_ifaces")?,
             iface_names: open("iface_names")?,
+            k8s_names: open("k8s_names")?,
             deny4: open("deny4")?,
             deny6: open("deny6")?,
             rates: open("rates")?,
@@ -508,6 +511,7 @@ impl Programs {
             &m.tc_owners,
             &m.tc_ifaces,
             &m.iface_names,
+            &m.k8s_names,
             &m.deny4,
             &m.deny6,
             &m.rates,

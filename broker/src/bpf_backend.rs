@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tether_api::types::{
     Acquired, AttachmentInfo, AuditEvent, ContainerInfo, ContainerStatsInfo, Counters, GcReport,
-    InterfaceStatsInfo, MapUsage, ObjInfo, VersionInfo,
+    InterfaceStatsInfo, KubernetesNames, MapUsage, ObjInfo, VersionInfo,
 };
 use tether_bpf::events::EventReader;
 use tether_bpf::{container, gc, programs, NetnsKey, PinLayout, Programs};
@@ -189,6 +189,22 @@ fn clsact_attachments(
 }
 
 /// Attachment details from a pin name: `cgroup_<prog>` or `tc_<ifindex>_<direction>`.
+/// A container's Kubernetes names from `programs`' maps. They only label what is reported:
+/// a failed read is logged, not an error of the listing.
+fn k8s_names(programs: &Programs, cgroup_id: u64) -> Option<KubernetesNames> {
+    match programs.maps().k8s_names(cgroup_id) {
+        Ok(n) => n.map(|n| KubernetesNames {
+            namespace: n.namespace,
+            pod: n.pod,
+            container: n.container,
+        }),
+        Err(e) => {
+            log::warn!("reading the Kubernetes names of cgroup {cgroup_id}: {e}");
+            None
+        }
+    }
+}
+
 fn attachment(pin: &str, info: &tether_bpf::sys::LinkInfo) -> AttachmentInfo {
     if let Some(prog) = pin.strip_prefix("cgroup_") {
         AttachmentInfo {
@@ -346,6 +362,9 @@ impl Backend for BpfBackend {
             if let Some(p) = programs.filter(|_| cgroup_id != 0) {
                 attachments.extend(clsact_attachments(p, cgroup_id, &attachments)?);
             }
+            let kubernetes = programs
+                .filter(|_| cgroup_id != 0)
+                .and_then(|p| k8s_names(p, cgroup_id));
             out.push(ContainerInfo {
                 stale: c.is_stale(),
                 attachments,
@@ -353,6 +372,7 @@ impl Backend for BpfBackend {
                 namespace: c.namespace,
                 cgroup_id,
                 version,
+                kubernetes,
             });
         }
         Ok(out)
@@ -375,14 +395,16 @@ impl Backend for BpfBackend {
                 }
                 // In the maps, so not deleted: retired containers are the service's.
                 let (config, counters) = maps.cgroup_state(cg)?;
-                out.push(ContainerStatsInfo::from_counters(
+                let mut info = ContainerStatsInfo::from_counters(
                     &ident.namespace,
                     &ident.id,
                     cg,
                     wire_counters(&counters),
                     per_iface,
                     config.is_some_and(|c| c.count_at_interfaces),
-                ));
+                );
+                info.kubernetes = k8s_names(&p, cg);
+                out.push(info);
             }
         }
         out.sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));
@@ -447,16 +469,22 @@ impl Backend for BpfBackend {
             if events.is_empty() {
                 return Ok(Vec::new());
             }
-            // Who each event's cgroup is, from the identities of the version it came from.
+            // Who each event's cgroup is, from the identities of the version it came from,
+            // and its Kubernetes names there.
             let mut names: HashMap<usize, HashMap<u64, tether_bpf::maps::Identity>> =
                 HashMap::new();
+            let mut pods: HashMap<(usize, u64), Option<KubernetesNames>> = HashMap::new();
             let mut out = Vec::with_capacity(events.len());
             for (i, e) in events {
                 if let std::collections::hash_map::Entry::Vacant(v) = names.entry(i) {
                     v.insert(versions[i].maps().identities()?.into_iter().collect());
                 }
                 let who = names.get(&i).and_then(|m| m.get(&e.cgroup_id)).cloned();
-                out.push((e, who));
+                let pod = pods
+                    .entry((i, e.cgroup_id))
+                    .or_insert_with(|| k8s_names(&versions[i], e.cgroup_id))
+                    .clone();
+                out.push((e, who, pod));
             }
             Ok(out)
         })?;
@@ -467,7 +495,7 @@ impl Backend for BpfBackend {
         let offset = wall_minus_monotonic();
         Ok(tagged
             .into_iter()
-            .map(|(e, who)| {
+            .map(|(e, who, kubernetes)| {
                 let who = who.as_ref();
                 AuditEvent {
                     ts_ns: e.ts_ns.wrapping_add(offset),
@@ -487,6 +515,7 @@ impl Backend for BpfBackend {
                     dport: e.dport,
                     pid: e.pid,
                     ifindex: e.ifindex,
+                    kubernetes,
                 }
             })
             .collect())

@@ -141,7 +141,16 @@ impl Collector for Snapshot {
         for (name, help, field) in PER_CONTAINER {
             let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
             for c in &s.stats {
-                let labels = [("id", c.id.as_str()), ("namespace", c.namespace.as_str())];
+                // As cAdvisor names a pod's containers, so that dashboards and
+                // `sum by (namespace, pod)` work; empty outside Kubernetes.
+                let k = c.kubernetes.as_ref();
+                let labels = [
+                    ("id", c.id.as_str()),
+                    ("containerd_namespace", c.namespace.as_str()),
+                    ("namespace", k.map_or("", |k| k.namespace.as_str())),
+                    ("pod", k.map_or("", |k| k.pod.as_str())),
+                    ("container", k.map_or("", |k| k.container.as_str())),
+                ];
                 ConstCounter::new(field(&c.total)).encode(family.encode_family(&labels)?)?;
             }
         }
@@ -364,7 +373,7 @@ mod tests {
         };
         let text = render(&s);
         assert!(
-            text.contains(r#"tether_container_drops_total{id="a\"b\\c",namespace="x\ny"} 0"#),
+            text.contains(r#"tether_container_drops_total{id="a\"b\\c",containerd_namespace="x\ny",namespace="",pod="",container=""} 0"#),
             "{text}"
         );
     }
@@ -382,6 +391,11 @@ mod tests {
             stats: vec![ContainerStatsInfo {
                 id: "c1".into(),
                 namespace: "k8s.\"io\"".into(),
+                kubernetes: Some(tether_api::types::KubernetesNames {
+                    namespace: "shop".into(),
+                    pod: "web".into(),
+                    container: "nginx".into(),
+                }),
                 total: Counters {
                     rx_packets: 3,
                     tx_bytes: 1500,
@@ -410,9 +424,9 @@ mod tests {
             "# TYPE tether_containers gauge",
             "tether_containers 1",
             "tether_attachments 2",
-            r#"tether_container_rx_packets_total{id="c1",namespace="k8s.\"io\""} 3"#,
-            r#"tether_container_tx_bytes_total{id="c1",namespace="k8s.\"io\""} 1500"#,
-            r#"tether_container_denials_total{id="c1",namespace="k8s.\"io\""} 2"#,
+            r#"tether_container_rx_packets_total{id="c1",containerd_namespace="k8s.\"io\"",namespace="shop",pod="web",container="nginx"} 3"#,
+            r#"tether_container_tx_bytes_total{id="c1",containerd_namespace="k8s.\"io\"",namespace="shop",pod="web",container="nginx"} 1500"#,
+            r#"tether_container_denials_total{id="c1",containerd_namespace="k8s.\"io\"",namespace="shop",pod="web",container="nginx"} 2"#,
             "tether_events_lost_total 4",
             "# TYPE tether_map_entries gauge",
             r#"tether_map_entries{version="v1",map="cgroups"} 7"#,

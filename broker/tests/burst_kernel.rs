@@ -87,7 +87,7 @@ fn fifty_acquires_load_each_program_once_in_the_kernel() -> Result<()> {
     // programs meanwhile (tether-bpf's own tests, another node's tetherd): theirs use
     // other maps, so programs are attributed to this node by the maps they use.
     let our_maps: HashSet<u32> = replies[0].acquired.maps.iter().map(|m| m.id).collect();
-    assert_eq!(our_maps.len(), 11, "{:?}", replies[0].acquired.maps);
+    assert_eq!(our_maps.len(), 12, "{:?}", replies[0].acquired.maps);
     let maps_of: HashMap<u32, Vec<u32>> =
         ProgInfoIter::with_query_opts(ProgInfoQueryOptions::default().include_map_ids(true))
             .map(|p| (p.id, p.map_ids))

@@ -178,7 +178,7 @@ async fn round_trip_and_bad_frames() -> Result<()> {
     );
     assert!(
         resp.contains(
-            r#"tether_container_rx_bytes_total{id="0123456789abcdef",namespace="default"} 500"#
+            r#"tether_container_rx_bytes_total{id="0123456789abcdef",containerd_namespace="default",namespace="",pod="",container=""} 500"#
         ),
         "{resp}"
     );
@@ -322,7 +322,7 @@ async fn retired_containers_are_listed_as_deleted() -> Result<()> {
     assert_eq!(rx_series, 1, "{resp}");
     assert!(
         resp.contains(
-            r#"tether_container_rx_bytes_total{id="0123456789abcdef",namespace="default"} 500"#
+            r#"tether_container_rx_bytes_total{id="0123456789abcdef",containerd_namespace="default",namespace="",pod="",container=""} 500"#
         ),
         "{resp}"
     );

@@ -204,6 +204,7 @@ impl From<ContainerInfo> for pb::Container {
             version: c.version,
             attachments: list(c.attachments),
             stale: c.stale,
+            kubernetes: names_in(c.kubernetes),
             ..Default::default()
         }
     }
@@ -218,6 +219,7 @@ impl From<pb::Container> for ContainerInfo {
             version: c.version,
             attachments: list(c.attachments),
             stale: c.stale,
+            kubernetes: names_out(&c.kubernetes),
         }
     }
 }
@@ -249,6 +251,23 @@ impl From<&pb::Counters> for Counters {
             events_lost: c.events_lost,
         }
     }
+}
+
+fn names_in(n: Option<KubernetesNames>) -> MessageField<pb::KubernetesNames> {
+    MessageField::from_option(n.map(|n| pb::KubernetesNames {
+        namespace: n.namespace,
+        pod: n.pod,
+        container: n.container,
+        ..Default::default()
+    }))
+}
+
+fn names_out(n: &MessageField<pb::KubernetesNames>) -> Option<KubernetesNames> {
+    n.as_ref().map(|n| KubernetesNames {
+        namespace: n.namespace.clone(),
+        pod: n.pod.clone(),
+        container: n.container.clone(),
+    })
 }
 
 fn counters_in(c: Counters) -> MessageField<pb::Counters> {
@@ -294,6 +313,7 @@ impl From<ContainerStatsInfo> for pb::ContainerStats {
             deleted: s.deleted,
             deleted_at_unix_ns: s.deleted_at_unix_ns,
             counted_at: s.counted_at,
+            kubernetes: names_in(s.kubernetes),
             ..Default::default()
         }
     }
@@ -311,6 +331,7 @@ impl From<pb::ContainerStats> for ContainerStatsInfo {
             deleted: s.deleted,
             deleted_at_unix_ns: s.deleted_at_unix_ns,
             counted_at: s.counted_at,
+            kubernetes: names_out(&s.kubernetes),
         }
     }
 }
@@ -366,9 +387,20 @@ mod tests {
             deleted: false,
             deleted_at_unix_ns: 0,
             counted_at: "interfaces".into(),
+            kubernetes: None,
         };
         let back: ContainerStatsInfo = pb::ContainerStats::from(s.clone()).into();
         assert_eq!(back, s);
+        let named = ContainerStatsInfo {
+            kubernetes: Some(KubernetesNames {
+                namespace: "shop".into(),
+                pod: "web".into(),
+                container: "nginx".into(),
+            }),
+            ..s.clone()
+        };
+        let back: ContainerStatsInfo = pb::ContainerStats::from(named.clone()).into();
+        assert_eq!(back, named);
 
         let retired = ContainerStatsInfo {
             deleted: true,

@@ -87,6 +87,16 @@ pub struct AttachmentInfo {
     pub prog_id: u32,
 }
 
+/// Who a container is to Kubernetes, from the annotations of containerd's CRI plugin.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubernetesNames {
+    /// The pod's namespace.
+    pub namespace: String,
+    pub pod: String,
+    /// The container's name; empty for the pod's sandbox.
+    pub container: String,
+}
+
 /// A container with entries in the shared maps.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerInfo {
@@ -97,6 +107,9 @@ pub struct ContainerInfo {
     pub attachments: Vec<AttachmentInfo>,
     /// The container's cgroup is gone; garbage collection will remove it.
     pub stale: bool,
+    /// `None` for a container that is not in a Kubernetes pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesNames>,
 }
 
 /// Traffic and policy counters, summed over CPUs.
@@ -168,6 +181,9 @@ pub struct ContainerStatsInfo {
     /// bytes are that layer's. Empty from a tetherd that did not say.
     #[serde(default)]
     pub counted_at: String,
+    /// `None` for a container that is not in a Kubernetes pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesNames>,
 }
 
 /// [`ContainerStatsInfo::counted_at`] of a container counted at its cgroup.
@@ -215,6 +231,7 @@ impl ContainerStatsInfo {
                 COUNTED_AT_CGROUP
             }
             .to_string(),
+            kubernetes: None,
         }
     }
 }
@@ -247,6 +264,9 @@ pub struct AuditEvent {
     pub dport: u16,
     pub pid: u32,
     pub ifindex: u32,
+    /// Who the container is to Kubernetes; `None` outside a pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesNames>,
 }
 
 /// tetherd's state as reported by Status.

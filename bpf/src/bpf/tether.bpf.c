@@ -164,6 +164,18 @@ struct {
 	__type(value, struct tether_if_name);
 } iface_names SEC(".maps");
 
+/*
+ * The Kubernetes names of each container of a pod (namespace, pod, container), keyed by
+ * cgroup id: for userspace (tetherd's stats, metrics and audit), no program reads it.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TETHER_MAX_CONTAINERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, struct tether_k8s_names);
+} k8s_names SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, TETHER_MAX_RULES);

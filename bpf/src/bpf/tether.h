@@ -108,6 +108,16 @@ struct tether_if_key {
 	__u32 pad;
 };
 
+/*
+ * Who a container is to Kubernetes (`k8s_names`), from its CRI annotations: for userspace
+ * only. NUL-padded; each field holds the longest name Kubernetes allows.
+ */
+struct tether_k8s_names {
+	char ns[64];        /* the pod's namespace (a DNS label: 63 bytes) */
+	char pod[256];      /* the pod's name (a DNS subdomain: 253 bytes) */
+	char container[64]; /* the container's name (63 bytes); empty for the pod's sandbox */
+};
+
 /* An interface's name (`iface_names`): IFNAMSIZ bytes, NUL-padded. */
 struct tether_if_name {
 	char name[16];

@@ -1,14 +1,23 @@
 //! A container's entries: its config and identity, its cgroup counters (in `cgroups` and
 //! the cgroup's local storage), and its removal from every map.
 use super::handle::{MapFd, Maps};
-use super::raw::{RawCgroup, RawIdentity};
-use super::values::{ContainerConfig, Counters, Identity};
+use super::raw::{RawCgroup, RawIdentity, RawK8sNames};
+use super::values::{ContainerConfig, Counters, Identity, K8sNames};
 use crate::error::Result;
 use crate::pins;
 
 fn c_string(raw: &[u8]) -> String {
     let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
     String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+/// Copies `s` into `out`, cut on a character boundary to leave a NUL at the end.
+fn put_c_string(out: &mut [u8], s: &str) {
+    let mut n = s.len().min(out.len() - 1);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    out[..n].copy_from_slice(&s.as_bytes()[..n]);
 }
 
 impl Maps {
@@ -118,6 +127,28 @@ impl Maps {
         self.summed(&self.cg_local, cgroup_id)
     }
 
+    /// Records who a container is to Kubernetes (each name cut to its field, as
+    /// `struct tether_k8s_names` says).
+    pub fn set_k8s_names(&self, cgroup_id: u64, names: &K8sNames) -> Result<()> {
+        let mut raw = RawK8sNames::default();
+        put_c_string(&mut raw.ns, &names.namespace);
+        put_c_string(&mut raw.pod, &names.pod);
+        put_c_string(&mut raw.container, &names.container);
+        self.k8s_names.update(&cgroup_id, &raw)
+    }
+
+    /// A container's Kubernetes names, if it has any.
+    pub fn k8s_names(&self, cgroup_id: u64) -> Result<Option<K8sNames>> {
+        Ok(self
+            .k8s_names
+            .lookup::<u64, RawK8sNames>(&cgroup_id)?
+            .map(|r| K8sNames {
+                namespace: c_string(&r.ns),
+                pod: c_string(&r.pod),
+                container: c_string(&r.container),
+            }))
+    }
+
     /// Removes every entry of a container from every map; returns how many were removed.
     /// Idempotent.
     pub fn remove_container(&self, cgroup_id: u64) -> Result<usize> {
@@ -130,6 +161,7 @@ impl Maps {
         }
         n += self.remove_deny_rules(cgroup_id)?;
         n += self.rates.delete(&cgroup_id)? as usize;
+        n += self.k8s_names.delete(&cgroup_id)? as usize;
         n += self.identities.delete(&cgroup_id)? as usize;
         Ok(n)
     }
@@ -139,6 +171,7 @@ impl Maps {
         let mut ids: Vec<u64> = self.cgroups.keys::<u64>()?;
         ids.extend(self.identities.keys::<u64>()?);
         ids.extend(self.rates.keys::<u64>()?);
+        ids.extend(self.k8s_names.keys::<u64>()?);
         ids.extend(self.ifaces()?.into_iter().map(|(_, cg)| cg));
         ids.sort_unstable();
         ids.dedup();

@@ -172,6 +172,7 @@ pub struct Maps {
     pub(crate) tc_ifaces: MapFd,
     /// Each tracked interface's name, for userspace alone.
     pub(crate) iface_names: MapFd,
+    pub(crate) k8s_names: MapFd,
     pub(crate) deny4: MapFd,
     pub(crate) deny6: MapFd,
     pub(crate) rates: MapFd,

@@ -20,4 +20,4 @@ pub use handle::Maps;
 pub use ifaces::{tc_slot_of, TC_SLOTS};
 pub use occupancy::Occupancy;
 pub(crate) use raw::RawEvent;
-pub use values::{Cidr, ContainerConfig, Counters, Identity, IfKey};
+pub use values::{Cidr, ContainerConfig, Counters, Identity, IfKey, K8sNames};

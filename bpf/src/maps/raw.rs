@@ -125,6 +125,26 @@ pub(crate) struct RawTcSlot {
 // SAFETY: repr(C): two repr(C) structs of 16 and 72 bytes, both 8-aligned: no padding.
 unsafe impl Pod for RawTcSlot {}
 
+/// A container's Kubernetes names (`struct tether_k8s_names`, the value of `k8s_names`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct RawK8sNames {
+    pub ns: [u8; 64],
+    pub pod: [u8; 256],
+    pub container: [u8; 64],
+}
+impl Default for RawK8sNames {
+    fn default() -> Self {
+        RawK8sNames {
+            ns: [0; 64],
+            pod: [0; 256],
+            container: [0; 64],
+        }
+    }
+}
+// SAFETY: repr(C), byte arrays only (384 bytes): no padding.
+unsafe impl Pod for RawK8sNames {}
+
 /// An interface's name (`struct tether_if_name`, the value of `iface_names`).
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
@@ -194,6 +214,10 @@ mod tests {
         assert_eq!(
             size_of::<RawIdentity>(),
             size_of::<types::tether_identity>()
+        );
+        assert_eq!(
+            size_of::<RawK8sNames>(),
+            size_of::<types::tether_k8s_names>()
         );
         assert_eq!(size_of::<Counters>(), size_of::<types::tether_counters>());
         assert_eq!(size_of::<RawCgroup>(), size_of::<types::tether_cgroup>());

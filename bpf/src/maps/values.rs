@@ -195,6 +195,17 @@ impl Cidr {
     }
 }
 
+/// Who a container is to Kubernetes, from the annotations of containerd's CRI plugin.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct K8sNames {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub pod: String,
+    /// The container's name; empty for the pod's sandbox.
+    pub container: String,
+}
+
 /// Who a tracked cgroup is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {

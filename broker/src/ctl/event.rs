@@ -3,7 +3,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 use tether_api::types::AuditEvent;
 
-use crate::ctl::format::short_id;
+use crate::ctl::format::{pod_cell, short_id};
 
 /// `1700000000123456789` -> `2023-11-14T22:13:20.123Z`.
 pub fn rfc3339_millis(ts_ns: u64) -> String {
@@ -14,11 +14,15 @@ pub fn rfc3339_millis(ts_ns: u64) -> String {
 /// A readable one-line rendering of an audit event.
 pub fn event_line(e: &AuditEvent) -> String {
     format!(
-        "{}  {:<14} {} ({})  {}/{} -> {}:{}  pid {}{}",
+        "{}  {:<14} {} ({}{})  {}/{} -> {}:{}  pid {}{}",
         rfc3339_millis(e.ts_ns),
         e.kind,
         short_id(&e.id),
         e.namespace,
+        match &e.kubernetes {
+            Some(k) => format!(", pod {}", pod_cell(Some(k))),
+            None => String::new(),
+        },
         e.protocol,
         e.family,
         if e.family == "ipv6" {
@@ -70,6 +74,20 @@ mod tests {
         assert_eq!(
             event_line(&e),
             "2023-11-14T22:13:20.000Z  deny_connect   0123456789ab (default)  tcp/ipv6 -> [2001:db8::1]:443  pid 42"
+        );
+        let in_pod = AuditEvent {
+            namespace: "k8s.io".into(),
+            kubernetes: Some(tether_api::types::KubernetesNames {
+                namespace: "shop".into(),
+                pod: "web".into(),
+                container: "nginx".into(),
+            }),
+            ..e
+        };
+        assert!(
+            event_line(&in_pod).contains(" 0123456789ab (k8s.io, pod shop/web/nginx)  "),
+            "{}",
+            event_line(&in_pod)
         );
     }
 }

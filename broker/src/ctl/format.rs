@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
-use tether_api::types::{AcquireReply, ContainerInfo, ContainerStatsInfo, Counters, StatusInfo};
+use tether_api::types::{
+    AcquireReply, ContainerInfo, ContainerStatsInfo, Counters, KubernetesNames, StatusInfo,
+};
 
 /// Width of a shortened container id.
 pub const SHORT_ID: usize = 12;
@@ -108,6 +110,16 @@ impl Table {
     }
 }
 
+/// The POD cell: `namespace/pod/container`, `namespace/pod` for a pod's sandbox, `-` for a
+/// container outside Kubernetes.
+pub fn pod_cell(k: Option<&KubernetesNames>) -> String {
+    match k {
+        None => "-".into(),
+        Some(k) if k.container.is_empty() => format!("{}/{}", k.namespace, k.pod),
+        Some(k) => format!("{}/{}/{}", k.namespace, k.pod, k.container),
+    }
+}
+
 /// `cgroup×6 tcx×2`: attachment counts per kind.
 pub fn attachment_summary(c: &ContainerInfo) -> String {
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
@@ -129,6 +141,7 @@ pub fn ps_table(containers: &[ContainerInfo], wide: bool) -> String {
     let mut t = Table::new(&[
         ("ID", false),
         ("NAMESPACE", false),
+        ("POD", false),
         ("CGROUP ID", true),
         ("VERSION", false),
         ("ATTACHMENTS", false),
@@ -141,6 +154,7 @@ pub fn ps_table(containers: &[ContainerInfo], wide: bool) -> String {
         t.row(vec![
             short_id(&c.id).to_string(),
             c.namespace.clone(),
+            pod_cell(c.kubernetes.as_ref()),
             c.cgroup_id.to_string(),
             c.version.clone(),
             summary,
@@ -193,11 +207,50 @@ fn stats_state(s: &ContainerStatsInfo, now_unix_ns: u64) -> String {
     format!("deleted {} ago", human_ago(ago))
 }
 
-/// `tetherctl stats`; `now_unix_ns` (the wall clock) dates deleted containers.
-pub fn stats_table(stats: &[ContainerStatsInfo], now_unix_ns: u64) -> String {
+/// Which containers `tetherctl stats --pod/--namespace` keeps: those of the Kubernetes
+/// pod (and namespace) named.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodFilter {
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+}
+
+impl PodFilter {
+    pub fn is_empty(&self) -> bool {
+        self.pod.is_none() && self.namespace.is_none()
+    }
+
+    pub fn keeps(&self, s: &ContainerStatsInfo) -> bool {
+        let Some(k) = &s.kubernetes else {
+            return self.is_empty();
+        };
+        self.pod.as_ref().is_none_or(|p| *p == k.pod)
+            && self.namespace.as_ref().is_none_or(|n| *n == k.namespace)
+    }
+}
+
+/// The sum of the totals of `stats`.
+pub fn sum_totals(stats: &[ContainerStatsInfo]) -> Counters {
+    let mut t = Counters::default();
+    for c in stats.iter().map(|s| &s.total) {
+        t.rx_packets = t.rx_packets.wrapping_add(c.rx_packets);
+        t.rx_bytes = t.rx_bytes.wrapping_add(c.rx_bytes);
+        t.tx_packets = t.tx_packets.wrapping_add(c.tx_packets);
+        t.tx_bytes = t.tx_bytes.wrapping_add(c.tx_bytes);
+        t.drops = t.drops.wrapping_add(c.drops);
+        t.denials = t.denials.wrapping_add(c.denials);
+        t.events_lost = t.events_lost.wrapping_add(c.events_lost);
+    }
+    t
+}
+
+/// `tetherctl stats`; `now_unix_ns` (the wall clock) dates deleted containers. With
+/// `total`, a last row sums the containers' totals.
+pub fn stats_table(stats: &[ContainerStatsInfo], now_unix_ns: u64, total: bool) -> String {
     let mut t = Table::new(&[
         ("ID", false),
         ("NAMESPACE", false),
+        ("POD", false),
         ("RX PKTS", true),
         ("RX BYTES", true),
         ("TX PKTS", true),
@@ -212,6 +265,7 @@ pub fn stats_table(stats: &[ContainerStatsInfo], now_unix_ns: u64) -> String {
         t.row(vec![
             short_id(&s.id).to_string(),
             s.namespace.clone(),
+            pod_cell(s.kubernetes.as_ref()),
             c.rx_packets.to_string(),
             human_bytes(c.rx_bytes),
             c.tx_packets.to_string(),
@@ -224,6 +278,20 @@ pub fn stats_table(stats: &[ContainerStatsInfo], now_unix_ns: u64) -> String {
                 s.counted_at.clone()
             },
             stats_state(s, now_unix_ns),
+        ]);
+    }
+    if total {
+        let c = sum_totals(stats);
+        t.row(vec![
+            "TOTAL".into(),
+            String::new(),
+            format!("{} containers", stats.len()),
+            c.rx_packets.to_string(),
+            human_bytes(c.rx_bytes),
+            c.tx_packets.to_string(),
+            human_bytes(c.tx_bytes),
+            c.drops.to_string(),
+            c.denials.to_string(),
         ]);
     }
     t.render()
@@ -252,10 +320,27 @@ struct StatsLine<'a> {
     deleted: bool,
     deleted_at_unix_ns: u64,
     counted_at: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kubernetes: Option<&'a KubernetesNames>,
 }
 
-/// `tetherctl stats --json`: one JSON object per line per container.
-pub fn stats_json_lines(stats: &[ContainerStatsInfo]) -> String {
+/// The last `stats --json` line with `--pod`/`--namespace`: the sum of the containers'
+/// totals.
+#[derive(Serialize)]
+struct TotalLine<'a> {
+    total: bool,
+    containers: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kubernetes_namespace: Option<&'a str>,
+    #[serde(flatten)]
+    counters: Counters,
+}
+
+/// `tetherctl stats --json`: one JSON object per line per container; with a non-empty
+/// `filter`, a last line with their sum (`"total": true`).
+pub fn stats_json_lines(stats: &[ContainerStatsInfo], filter: &PodFilter) -> String {
     let mut out = String::new();
     for s in stats {
         let line = StatsLine {
@@ -277,6 +362,18 @@ pub fn stats_json_lines(stats: &[ContainerStatsInfo]) -> String {
             deleted: s.deleted,
             deleted_at_unix_ns: s.deleted_at_unix_ns,
             counted_at: &s.counted_at,
+            kubernetes: s.kubernetes.as_ref(),
+        };
+        out.push_str(&serde_json::to_string(&line).unwrap_or_default());
+        out.push('\n');
+    }
+    if !filter.is_empty() {
+        let line = TotalLine {
+            total: true,
+            containers: stats.len(),
+            pod: filter.pod.as_deref(),
+            kubernetes_namespace: filter.namespace.as_deref(),
+            counters: sum_totals(stats),
         };
         out.push_str(&serde_json::to_string(&line).unwrap_or_default());
         out.push('\n');
@@ -424,7 +521,76 @@ mod tests {
             deleted: false,
             deleted_at_unix_ns: 0,
             counted_at: "interfaces".into(),
+            kubernetes: None,
         }
+    }
+
+    fn in_pod(id: &str, ns: &str, pod: &str, container: &str, rx_bytes: u64) -> ContainerStatsInfo {
+        ContainerStatsInfo {
+            kubernetes: Some(KubernetesNames {
+                namespace: ns.into(),
+                pod: pod.into(),
+                container: container.into(),
+            }),
+            ..stats(id, rx_bytes)
+        }
+    }
+
+    #[test]
+    fn stats_of_a_pod_are_named_filtered_and_summed() {
+        let all = [
+            in_pod("sandbox1", "shop", "web", "", 0),
+            in_pod("nginx1", "shop", "web", "nginx", 100),
+            in_pod("sidecar1", "shop", "web", "proxy", 50),
+            in_pod("db1", "shop", "db", "pg", 7),
+            in_pod("web2", "blog", "web", "nginx", 9),
+            stats("plain", 1),
+        ];
+        let filter = PodFilter {
+            pod: Some("web".into()),
+            namespace: Some("shop".into()),
+        };
+        let kept: Vec<ContainerStatsInfo> =
+            all.iter().filter(|s| filter.keeps(s)).cloned().collect();
+        assert_eq!(kept.len(), 3);
+        let t = stats_table(&kept, 0, true);
+        assert!(t.lines().nth(1).unwrap().contains("  shop/web  "), "{t}");
+        assert!(
+            t.lines().nth(2).unwrap().contains("  shop/web/nginx  "),
+            "{t}"
+        );
+        let last = t.lines().last().unwrap();
+        assert!(
+            last.starts_with("TOTAL") && last.contains("3 containers"),
+            "{t}"
+        );
+        assert!(last.contains("150 B"), "{t}");
+        let json = stats_json_lines(&kept, &filter);
+        let lines: Vec<serde_json::Value> = json
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[1]["kubernetes"]["container"], "nginx");
+        assert_eq!(lines[3]["total"], true);
+        assert_eq!(lines[3]["containers"], 3);
+        assert_eq!(lines[3]["rx_bytes"], 150);
+        assert_eq!(lines[3]["pod"], "web");
+        // A namespace alone keeps every pod of it; no filter keeps all, unnamed too.
+        let ns = PodFilter {
+            pod: None,
+            namespace: Some("shop".into()),
+        };
+        assert_eq!(all.iter().filter(|s| ns.keeps(s)).count(), 4);
+        assert_eq!(
+            all.iter().filter(|s| PodFilter::default().keeps(s)).count(),
+            6
+        );
+        assert!(!stats_json_lines(&all, &PodFilter::default()).contains("\"total\""));
+        assert!(stats_table(&all, 0, false)
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("plain"));
     }
 
     #[test]
@@ -442,6 +608,7 @@ mod tests {
         let t = stats_table(
             &[stats("0123456789abcdef0123", 500), stats("short", 3 << 20)],
             0,
+            false,
         );
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
@@ -467,7 +634,7 @@ mod tests {
             deleted_at_unix_ns: now - 185 * 1_000_000_000,
             ..stats("gone", 1)
         };
-        let t = stats_table(&[stats("here", 1), gone], now);
+        let t = stats_table(&[stats("here", 1), gone], now, false);
         let lines: Vec<&str> = t.lines().collect();
         assert!(
             lines[1].starts_with("here") && lines[1].ends_with("  live"),
@@ -486,12 +653,12 @@ mod tests {
             deleted_at_unix_ns: now + 5,
             ..stats("x", 1)
         };
-        assert!(stats_table(&[future], now).contains("deleted 0s ago"));
+        assert!(stats_table(&[future], now, false).contains("deleted 0s ago"));
     }
 
     #[test]
     fn stats_json_shape() {
-        let out = stats_json_lines(&[stats("a", 1), stats("b", 2)]);
+        let out = stats_json_lines(&[stats("a", 1), stats("b", 2)], &PodFilter::default());
         let lines: Vec<serde_json::Value> = out
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
@@ -516,7 +683,8 @@ mod tests {
             deleted_at_unix_ns: 1_700_000_000_000_000_000,
             ..stats("c", 3)
         };
-        let v: serde_json::Value = serde_json::from_str(stats_json_lines(&[gone]).trim()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(stats_json_lines(&[gone], &PodFilter::default()).trim()).unwrap();
         assert_eq!(v["deleted"], true);
         assert_eq!(v["deleted_at_unix_ns"], 1_700_000_000_000_000_000u64);
     }
@@ -537,6 +705,7 @@ mod tests {
             version: "v1".into(),
             attachments: vec![att("cgroup"), att("tcx"), att("cgroup")],
             stale: false,
+            kubernetes: None,
         };
         assert_eq!(attachment_summary(&c), "cgroup×2 tcx×1");
         let t = ps_table(std::slice::from_ref(&c), false);
@@ -544,7 +713,7 @@ mod tests {
             .lines()
             .nth(1)
             .unwrap()
-            .starts_with("abcdefabcdef  default"));
+            .starts_with("abcdefabcdef  default    -  "));
         assert!(t.contains("cgroup×2 tcx×1"));
         let wide = ps_table(&[c], true);
         assert_eq!(wide.lines().count(), 2 + 3, "{wide}");

@@ -47,7 +47,15 @@ pub enum Command {
     },
     /// Per-container traffic counters (of one container if ID is given; a unique prefix
     /// works), of live containers and, marked, of those deleted in the last minutes.
-    Stats { id: Option<String> },
+    Stats {
+        id: Option<String>,
+        /// Only the containers of this Kubernetes pod, and their sum.
+        #[arg(long, value_name = "NAME")]
+        pod: Option<String>,
+        /// Only the containers of pods in this Kubernetes namespace, and their sum.
+        #[arg(long = "namespace", value_name = "NS")]
+        k8s_namespace: Option<String>,
+    },
     /// Live per-container traffic: packets, bytes, drops and denials per second, busiest
     /// first, refreshed in place (q or Ctrl-C quits).
     Top {
@@ -131,15 +139,24 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                 format::ps_table(&c, *wide)
             })
         }
-        Command::Stats { id } => {
-            let s = cli.client().await?.stats(id.as_deref()).await?;
+        Command::Stats {
+            id,
+            pod,
+            k8s_namespace,
+        } => {
+            let filter = format::PodFilter {
+                pod: pod.clone(),
+                namespace: k8s_namespace.clone(),
+            };
+            let mut s = cli.client().await?.stats(id.as_deref()).await?;
+            s.retain(|c| filter.keeps(c));
             print(&if cli.json {
-                format::stats_json_lines(&s)
+                format::stats_json_lines(&s, &filter)
             } else {
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-                format::stats_table(&s, now)
+                format::stats_table(&s, now, !filter.is_empty())
             })
         }
         Command::Top {

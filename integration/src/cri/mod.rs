@@ -67,6 +67,17 @@ impl CriNode {
         let containerd = Containerd::start_with_cri(Vec::new(), &|cd| {
             Ok(cri_config(&release, &conf_dir, &cd.tether_config()))
         })?;
+        // tetherd (started by the first shim that needs it) serves metrics here.
+        let metrics = dir.path().join("metrics.sock");
+        let config = containerd.tether_config();
+        let text =
+            fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+        let text = text.replacen(
+            "[broker]\n",
+            &format!("[broker]\nmetrics = \"unix:{}\"\n", metrics.display()),
+            1,
+        );
+        fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         let cri = CriClient::connect(&containerd.address())?;
         let node = CriNode {
             cri,
@@ -148,6 +159,36 @@ impl CriNode {
             .unwrap_or_default();
         fs::write(&path, format!("{head}[attach]\n{deadline}{attach}"))
             .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The body of tetherd's `GET /metrics`.
+    pub fn scrape_metrics(&self) -> Result<String> {
+        use std::io::{Read, Write};
+        let path = self.dir.path().join("metrics.sock");
+        let mut s = std::os::unix::net::UnixStream::connect(&path)
+            .with_context(|| format!("connecting to {}", path.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: tetherd\r\nConnection: close\r\n\r\n")?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)
+            .context("reading the metrics reply")?;
+        let (head, body) = resp
+            .split_once("\r\n\r\n")
+            .with_context(|| format!("no HTTP reply: {resp}"))?;
+        if !head.starts_with("HTTP/1.1 200") {
+            bail!("GET /metrics: {head}");
+        }
+        Ok(body.to_owned())
+    }
+
+    /// tetherd's audit log: one JSON event per line.
+    pub fn audit_log(&self) -> String {
+        let path = self
+            .containerd()
+            .tether_config()
+            .with_file_name("tetherd")
+            .join("audit.jsonl");
+        fs::read_to_string(path).unwrap_or_default()
     }
 
     /// Addresses the node's CNI network has handed out and not taken back.

@@ -211,6 +211,12 @@ pub fn attach(
         &plan.deny,
     )
     .map_err(|e| Error::attach(id, e))?;
+    if let Some(names) = &plan.k8s_names {
+        // What tetherd reports the container as; it is enforced and counted without.
+        if let Err(e) = programs.maps().set_k8s_names(cg.cgroup_id, names) {
+            warn!("{id}: recording its Kubernetes names: {e}");
+        }
+    }
     let pins = hold_pins(&layout, namespace, id);
     let t_cgroup = Instant::now();
     let watch = match &netns {
@@ -329,7 +335,7 @@ async fn remove_links(
                 }
                 i
             });
-            let stats = ContainerStatsInfo::from_counters(
+            let mut stats = ContainerStatsInfo::from_counters(
                 namespace,
                 id,
                 d.cgroup_id.unwrap_or(0),
@@ -337,6 +343,11 @@ async fn remove_links(
                 interfaces.collect(),
                 d.count_at_interfaces,
             );
+            stats.kubernetes = d.k8s_names.map(|n| tether_api::types::KubernetesNames {
+                namespace: n.namespace,
+                pod: n.pod,
+                container: n.container,
+            });
             let c = &stats.total;
             info!(
                 "detached: {} links, {} map entries; final counters (at the {}) rx {} pkts {} B, tx {} pkts {} B, drops {}, denials {}",

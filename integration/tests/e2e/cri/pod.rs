@@ -144,6 +144,72 @@ fn pod_life(node: &CriNode) -> Result<()> {
         "the containers' {sum_packets} packets, {sum_bytes} bytes, do not add up to eth0's: {eth0}"
     );
 
+    // Names a Kubernetes user knows: every row carries its pod, namespace and container
+    // (none for the sandbox); `--pod` sums the pod.
+    for (row, container) in [(&fr, "first"), (&sr, "second"), (&pod, "")] {
+        let want =
+            serde_json::json!({"namespace": "tether-test", "pod": "app", "container": container});
+        ensure!(row["kubernetes"] == want, "names: {row}");
+    }
+    let summed = tetherctl_at(
+        node.containerd(),
+        &["stats", "--pod", "app", "--namespace", "tether-test"],
+    )?;
+    let rows = summed.as_array().context("stats --pod")?;
+    let total = rows.last().context("no total line")?;
+    ensure!(
+        rows.len() == 4
+            && total["total"] == true
+            && total["containers"] == 3
+            && total["tx_bytes"].as_u64() >= Some(n(&fr, "tx_bytes") + n(&sr, "tx_bytes")),
+        "stats --pod app: {summed}"
+    );
+    // Prometheus: the series as cAdvisor labels a pod's containers.
+    let metrics = node.scrape_metrics()?;
+    eprintln!(
+        "tetherctl stats --pod app --namespace tether-test:\n{}\n/metrics, the pod's tx bytes:\n{}",
+        tetherctl_text(
+            node,
+            &["stats", "--pod", "app", "--namespace", "tether-test"]
+        )?,
+        metrics
+            .lines()
+            .filter(
+                |l| l.starts_with("tether_container_tx_bytes_total") && l.contains("pod=\"app\"")
+            )
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let series = format!(
+        "tether_container_tx_bytes_total{{id=\"{first}\",containerd_namespace=\"k8s.io\",\
+         namespace=\"tether-test\",pod=\"app\",container=\"first\"}} "
+    );
+    let value: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .with_context(|| format!("no {series} in\n{metrics}"))?
+        .trim()
+        .parse()?;
+    ensure!(value >= n(&fr, "tx_bytes"), "{series}{value} < {fr}");
+    // The audit log names the pod of the denied connect.
+    let audit = wait_until(
+        "the denial in the audit log",
+        Duration::from_secs(10),
+        || {
+            Ok(node
+                .audit_log()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|e| e["id"] == first.as_str()))
+        },
+    )?;
+    ensure!(
+        audit["kind"] == "deny_connect"
+            && audit["kubernetes"]["pod"] == "app"
+            && audit["kubernetes"]["container"] == "first",
+        "audit: {audit}"
+    );
+
     // ExecSync runs under the pod's rule too, and answers.
     let out = cri.exec_sync(&second, &["nc", "-w", "3", &gw, "9"], 10)?;
     ensure!(
@@ -186,6 +252,12 @@ fn pod_life(node: &CriNode) -> Result<()> {
     cri.stop_pod(&app)?;
     cri.remove_pod(&app)?;
     assert_pod_gone(node, &[&app, &first, &second], &netns)?;
+    // A removed pod's series go with it.
+    let metrics = node.scrape_metrics()?;
+    ensure!(
+        !metrics.contains("pod=\"app\""),
+        "series of the removed pod are left:\n{metrics}"
+    );
     cri.tear_down_pod(&peer)?;
     Ok(())
 }
@@ -201,4 +273,21 @@ fn ip(args: &[&str]) -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
+}
+
+/// `tetherctl ARGS` as a user reads it (tables).
+fn tetherctl_text(node: &CriNode, args: &[&str]) -> Result<String> {
+    let bin = tether_integration::containerd::tether_shim_binary()?.with_file_name("tetherctl");
+    let out = Command::new(&bin)
+        .arg("--socket")
+        .arg(node.containerd().tetherd_socket())
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    ensure!(
+        out.status.success(),
+        "tetherctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

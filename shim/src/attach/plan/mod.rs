@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::spec::{Spec, NETWORK_NAMESPACE};
 use tether_bpf::container::{Select, DEFAULT_MAX_INTERFACES};
+use tether_bpf::maps::K8sNames;
 use tether_bpf::{Cidr, ContainerConfig};
 
 use crate::config::Config;
@@ -33,6 +34,10 @@ pub const COUNT_AT: &str = "tether.io/count-at";
 /// What containerd's CRI plugin says a container is: `sandbox` (the pod's pause container,
 /// which owns the pod's network namespace) or `container` (one that joins it).
 pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// The pod's name, its namespace, and the container's name, as the CRI plugin writes them.
+pub const CRI_POD_NAME: &str = "io.kubernetes.cri.sandbox-name";
+pub const CRI_POD_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
+pub const CRI_CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
 
 /// Every key tether knows.
 pub const KEYS: [&str; 8] = [
@@ -118,6 +123,9 @@ pub struct Plan {
     /// owns the pod's interfaces, present and late (so they are counted for the pod, and
     /// stay attached while its containers come and go).
     pub watch_links: bool,
+    /// Who the container is to Kubernetes, for what tetherd reports (a container of a pod
+    /// that containerd's CRI plugin made; `None` for any other).
+    pub k8s_names: Option<K8sNames>,
 }
 
 fn bad(key: &str, value: &str, why: impl std::fmt::Display) -> Error {
@@ -579,8 +587,22 @@ impl Plan {
                 .max_interfaces
                 .map_or(DEFAULT_MAX_INTERFACES, |n| n as usize),
             watch_links: !pod_member,
+            k8s_names: k8s_names(spec),
         })
     }
+}
+
+/// The container's Kubernetes names from the CRI plugin's annotations: a pod's sandbox
+/// has no container name.
+fn k8s_names(spec: &Spec) -> Option<K8sNames> {
+    let ann = spec.annotations();
+    let get = |k: &str| ann.get(k).cloned().unwrap_or_default();
+    let pod = ann.get(CRI_POD_NAME)?.clone();
+    Some(K8sNames {
+        namespace: get(CRI_POD_NAMESPACE),
+        pod,
+        container: get(CRI_CONTAINER_NAME),
+    })
 }
 
 /// The owned form of [`Select`]: which interfaces of a container's namespace get TC

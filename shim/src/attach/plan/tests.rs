@@ -467,3 +467,40 @@ fn a_pods_late_links_are_its_sandboxs() {
             .watch_links
     );
 }
+
+#[test]
+fn a_pods_containers_carry_their_kubernetes_names() {
+    let member = spec(
+        &[
+            (CRI_CONTAINER_TYPE, "container"),
+            (CRI_POD_NAME, "web-7d4b9"),
+            (CRI_POD_NAMESPACE, "shop"),
+            (CRI_CONTAINER_NAME, "nginx"),
+        ],
+        Some(Some("/proc/1/ns/net")),
+    );
+    let names = Plan::resolve(&cfg(""), &member).unwrap().k8s_names.unwrap();
+    assert_eq!(
+        (
+            names.namespace.as_str(),
+            names.pod.as_str(),
+            names.container.as_str()
+        ),
+        ("shop", "web-7d4b9", "nginx")
+    );
+    let sandbox = spec(
+        &[(CRI_POD_NAME, "web-7d4b9"), (CRI_POD_NAMESPACE, "shop")],
+        Some(Some("/run/netns/cni-1")),
+    );
+    let names = Plan::resolve(&cfg(""), &sandbox)
+        .unwrap()
+        .k8s_names
+        .unwrap();
+    assert_eq!(names.container, "");
+    assert_eq!(
+        Plan::resolve(&cfg(""), &spec(&[], Some(None)))
+            .unwrap()
+            .k8s_names,
+        None
+    );
+}
