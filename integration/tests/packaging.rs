@@ -56,6 +56,11 @@ fn install_script_installs_binaries_unit_config_containerd_handler_and_podman_ru
         "{ctd}"
     );
     ensure!(ctd.matches("version = ").count() == 1, "{ctd}");
+    // What it appends is what the CRI tests' nodes run (tests/e2e/cri).
+    ensure!(
+        ctd.contains(&tether_integration::cri::installed_snippet(2)),
+        "{ctd}"
+    );
     let podman = std::fs::read_to_string(
         root.path()
             .join("etc/containers/containers.conf.d/tether.conf"),
@@ -63,6 +68,33 @@ fn install_script_installs_binaries_unit_config_containerd_handler_and_podman_ru
     ensure!(
         podman.contains("tether = [\"/usr/local/bin/tether-runc\"]"),
         "{podman}"
+    );
+
+    // A containerd 2.x config (version 3) gets the 2.x snippet.
+    let root3 = tempfile::tempdir()?;
+    std::fs::create_dir_all(root3.path().join("etc/containerd"))?;
+    std::fs::write(
+        root3.path().join("etc/containerd/config.toml"),
+        "version = 3\n[grpc]\n  address = \"/run/containerd/containerd.sock\"\n",
+    )?;
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .arg("--host-root")
+        .arg(root3.path())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ctd3 = std::fs::read_to_string(root3.path().join("etc/containerd/config.toml"))?;
+    ensure!(
+        ctd3.contains(&tether_integration::cri::installed_snippet(3))
+            && ctd3.contains("io.containerd.cri.v1.runtime")
+            && ctd3.matches("version = ").count() == 1,
+        "{ctd3}"
     );
 
     // A second run keeps the operator's config and adds the handler only once.

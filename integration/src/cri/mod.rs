@@ -285,7 +285,7 @@ impl Drop for CriNode {
 /// asks for (-998 for a sandbox) are kept no lower than the daemon's own, as on nodes that
 /// run in a container: test machines may lack CAP_SYS_RESOURCE.
 pub fn cri_config(release: &Release, conf_dir: &Path, tether_config: &Path) -> String {
-    let (head, snippet) = if release.major >= 2 {
+    let head = if release.config_version() >= 3 {
         // 2.1 reads CNI binaries from a list; 2.0 from one directory.
         let bin = if release.minor >= 1 {
             "bin_dirs = [\"/usr/lib/cni\"]"
@@ -313,7 +313,7 @@ pub fn cri_config(release: &Release, conf_dir: &Path, tether_config: &Path) -> S
             pause = image::PAUSE_IMAGE,
             conf = conf_dir.display(),
         );
-        (head, SNIPPET_V3)
+        head
     } else {
         let head = format!(
             r#"[plugins."io.containerd.grpc.v1.cri"]
@@ -332,16 +332,24 @@ pub fn cri_config(release: &Release, conf_dir: &Path, tether_config: &Path) -> S
             pause = image::PAUSE_IMAGE,
             conf = conf_dir.display(),
         );
-        (head, SNIPPET_V2)
+        head
     };
-    // What install.sh appends: the snippet without its `version` line.
-    let snippet: String = snippet
+    let tether = tether_config.display().to_string();
+    format!(
+        "{head}\n{}",
+        installed_snippet(release.config_version()).replace(PACKAGED_CONFIG_PATH, &tether)
+    )
+}
+
+/// What `packaging/install.sh` appends to a node's containerd config of format `version`
+/// (2 or 3): the packaged snippet without its `version` line.
+pub fn installed_snippet(version: u32) -> String {
+    let snippet = if version >= 3 { SNIPPET_V3 } else { SNIPPET_V2 };
+    snippet
         .lines()
         .filter(|l| !l.starts_with("version"))
         .map(|l| format!("{l}\n"))
-        .collect();
-    let tether = tether_config.display().to_string();
-    format!("{head}\n{}", snippet.replace(PACKAGED_CONFIG_PATH, &tether))
+        .collect()
 }
 
 fn bridge_name(n: u32) -> String {
