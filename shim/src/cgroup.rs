@@ -200,6 +200,60 @@ fn cgroup2_mount() -> std::result::Result<PathBuf, String> {
     Ok(MOUNT.get_or_init(|| mount).clone())
 }
 
+/// Removes the empty cgroup directories of a container that runc has no state for (a
+/// `runc create` killed before it wrote its state leaves them): `cgroups_path` is the
+/// spec's `linux.cgroupsPath` in cgroupfs form, looked up in every cgroup hierarchy. Only
+/// empty cgroups can be removed (the kernel refuses others), and only the container's own;
+/// a systemd-driver path (`slice:prefix:name`) is systemd's to collect. Returns how many
+/// were removed.
+pub fn remove_leftover_cgroups(cgroups_path: &str) -> usize {
+    let mounts = match fs::read_to_string("/proc/self/mountinfo") {
+        Ok(m) => m,
+        Err(e) => {
+            warn!("read /proc/self/mountinfo: {e}");
+            return 0;
+        }
+    };
+    let mut removed = 0;
+    for dir in leftover_cgroup_dirs(&mounts, cgroups_path) {
+        match fs::remove_dir(&dir) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!("remove cgroup {}: {e}", dir.display()),
+        }
+    }
+    removed
+}
+
+/// The directories [`remove_leftover_cgroups`] tries: `cgroups_path` below each cgroup and
+/// cgroup2 mount in the text of /proc/self/mountinfo. None for a systemd-driver path, a
+/// path that is not absolute, or one that climbs (`..`).
+fn leftover_cgroup_dirs(mountinfo: &str, cgroups_path: &str) -> Vec<PathBuf> {
+    let path = Path::new(cgroups_path);
+    if cgroups_path.contains(':')
+        || !path.is_absolute()
+        || path.components().count() < 2
+        || path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Vec::new();
+    }
+    let rel = cgroups_path.trim_start_matches('/');
+    let mut out: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let fstype = right.split(' ').next()?;
+            (fstype == "cgroup" || fstype == "cgroup2")
+                .then(|| left.split(' ').nth(4).map(|m| Path::new(m).join(rel)))?
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// The cgroup2 mount point in the text of /proc/self/mountinfo.
 fn cgroup2_mount_of(mountinfo: &str) -> std::result::Result<PathBuf, String> {
     mountinfo
@@ -230,6 +284,37 @@ fn cgroup2_dir_of(pid: u32, cgroup: &str, mount: &Path) -> std::result::Result<P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leftover_cgroups_are_looked_for_in_every_hierarchy() {
+        let mountinfo = "\
+30 24 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid shared:5 - cgroup2 cgroup2 rw
+33 30 0:29 / /sys/fs/cgroup/memory rw,nosuid shared:7 - cgroup cgroup rw,memory
+34 30 0:30 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:8 - cgroup cgroup rw,cpu,cpuacct
+40 20 0:40 / /run/x rw - tmpfs tmpfs rw
+";
+        assert_eq!(
+            leftover_cgroup_dirs(mountinfo, "/default/c1"),
+            [
+                "/sys/fs/cgroup/cpu,cpuacct/default/c1",
+                "/sys/fs/cgroup/memory/default/c1",
+                "/sys/fs/cgroup/unified/default/c1",
+            ]
+            .map(PathBuf::from)
+        );
+        for refused in [
+            "system.slice:cri-containerd:c1",
+            "default/c1",
+            "/",
+            "/a/../b",
+        ] {
+            assert!(
+                leftover_cgroup_dirs(mountinfo, refused).is_empty(),
+                "{refused}"
+            );
+        }
+    }
 
     #[test]
     fn memory_cgroup_on_hybrid_and_unified() {

@@ -39,7 +39,19 @@ pub async fn delete(flags: &Flags) -> Result<Vec<u8>> {
     // Read before `runc delete` removes the cgroup, and its local counters with it.
     attacher.before_delete(&flags.namespace, &flags.id, &config);
     match runc.delete(&flags.id, true).await {
-        Err(Error::Runc(e)) if e.kind == RuncErrorKind::NotFound => {}
+        Err(Error::Runc(e)) if e.kind == RuncErrorKind::NotFound => {
+            // A `runc create` killed before it wrote its state leaves the container's
+            // cgroups behind, empty; runc knows nothing of them.
+            if let Some(path) = crate::spec::Spec::load(&bundle.join("config.json"))
+                .ok()
+                .and_then(|s| s.linux.and_then(|l| l.cgroups_path))
+            {
+                let n = crate::cgroup::remove_leftover_cgroups(&path);
+                if n > 0 {
+                    log::info!("removed {n} empty cgroups of {} ({path})", flags.id);
+                }
+            }
+        }
         Err(e) => warn!("runc delete {}: {e}", flags.id),
         Ok(()) => {}
     }
