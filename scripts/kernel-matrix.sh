@@ -5,10 +5,13 @@
 # mechanisms tether picked on that kernel (TC attach mode, interface keys).
 #
 #   kernel-matrix.sh [--kernels "bullseye bookworm trixie sid host"] [--cgroups "v2 hybrid"]
-#                    [--scenarios "bpf broker deny ..."] [--out DIR]
+#                    [--init systemd] [--scenarios "bpf broker deny ..."] [--out DIR]
 #
 # Kernels are Debian suites (their default kernel, fetched by scripts/debs.sh) or `host`
-# (this machine's own kernel and cgroup layout, no VM). Exit status 0 when every cell passes.
+# (this machine's own kernel and cgroup layout, no VM). With --init systemd, systemd is the
+# VMs' PID 1, as on a node (its cgroup layout and D-Bus; pods' cgroups are slices and
+# scopes): the `cgroup-driver` and `cri` scenarios compare tether with runc there.
+# Exit status 0 when every cell passes.
 # Results: DIR/matrix.md (the table), DIR/<kernel>-<layout>/{results,features,logs/}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,12 +19,14 @@ root=$PWD
 
 kernels="bullseye bookworm trixie sid host"
 cgroups="v2 hybrid"
+init=script
 scenarios=""
 out=${TETHER_MATRIX_OUT:-$root/target/kernel-matrix}
 while [ $# -gt 0 ]; do
   case "$1" in
     --kernels) kernels=$2; shift 2 ;;
     --cgroups) cgroups=$2; shift 2 ;;
+    --init) init=$2; shift 2 ;;
     --scenarios) scenarios=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     *) sed -n '2,12p' "$0" >&2; exit 2 ;;
@@ -80,6 +85,8 @@ manifest=$out/manifest
   printf 'cleanup\t%s fixture::\n' "$e2e"
   printf 'cleanup\t%s attach::create_failures::\n' "$e2e"
   printf 'stats\t%s control::stats_match_the_cgroup::\n' "$e2e"
+  printf 'cgroup-driver\t%s cgroup_driver::\n' "$e2e"
+  printf 'cri\t%s cri::\n' "$e2e"
 } >"$manifest.all"
 if [ -n "$scenarios" ]; then
   : >"$manifest"
@@ -107,17 +114,19 @@ for k in $kernels; do
   kdir=$(bash scripts/debs.sh kernel "$k")
   for cg in $cgroups; do
     dir="$out/$k-$cg"
+    [ "$init" = systemd ] && dir="$dir-systemd"
     rm -rf "$dir"; mkdir -p "$dir"
-    echo "== $k ($(basename "$kdir"), cgroup $cg)" >&2
+    echo "== $k ($(basename "$kdir"), cgroup $cg, init $init)" >&2
     start=$(date +%s)
-    bash integration/vm/run.sh --cgroup "$cg" --keep "$dir" "$kdir" -- \
+    bash integration/vm/run.sh --cgroup "$cg" --init "$init" --keep "$dir" "$kdir" -- \
       "'$out/bin/tetherd' --features >\"\$VM_OUT/features\";
        TETHER_TEST_ATTACH_DEADLINE_MS=${TETHER_TEST_ATTACH_DEADLINE_MS:-60000} \\
        TETHER_SCENARIO_TIMEOUT=${TETHER_SCENARIO_TIMEOUT:-900} \\
        bash integration/vm/scenarios.sh '$manifest' \"\$VM_OUT/results\" \"\$VM_OUT/logs\"" \
       >"$dir/console.log" 2>&1 || true
     echo "   $(( $(date +%s) - start )) s" >&2
-    rows+=("$k:$cg:$dir")
+    label=$cg; [ "$init" = systemd ] && label="$cg, systemd PID 1"
+    rows+=("$k:$label:$dir")
   done
 done
 

@@ -2,13 +2,15 @@
 # Boots a Debian kernel in a qemu VM over the host's own root file system (read-only, with a
 # tmpfs overlay) and runs one command in it, as root, with the cgroup layout asked for.
 #
-#   run.sh [--cgroup v2|hybrid] [--mem MiB] [--cpus N] [--timeout SECONDS] [--keep DIR]
-#          KERNEL_DIR -- CMD
+#   run.sh [--cgroup v2|hybrid] [--init systemd] [--mem MiB] [--cpus N]
+#          [--timeout SECONDS] [--keep DIR] KERNEL_DIR -- CMD
 #
 # KERNEL_DIR is what `scripts/debs.sh kernel SUITE` prints. The command runs in the current
 # directory (the same path inside the VM); its output is printed here and its exit code is
 # this script's. The command may leave files in $VM_OUT; --keep copies them to DIR. The VM
-# has no network card: tests use loopback and the namespaces they make.
+# has no network card: tests use loopback and the namespaces they make. With --init systemd
+# the host's systemd is PID 1 (as on a node: its cgroup layout, D-Bus) and runs the command
+# as a unit; otherwise guest.sh is PID 1 and sets the layout up itself.
 # TCG is the accelerator by default (TETHER_VM_ACCEL=kvm to use /dev/kvm where it can boot
 # stock kernels). TETHER_VM_LOGLEVEL=7 shows the kernel's messages on the console (3: errors).
 set -euo pipefail
@@ -16,10 +18,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 export PATH="$PATH:/usr/sbin:/sbin"
 CACHE=${TETHER_CACHE:-/var/cache/tether}
 
-cgroup=v2 mem=4096 cpus=$(nproc) timeout=1800
+cgroup=v2 init=script mem=4096 cpus=$(nproc) timeout=1800
 while [ $# -gt 0 ]; do
   case "$1" in
     --cgroup) cgroup=$2; shift 2 ;;
+    --init) init=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
     --cpus) cpus=$2; shift 2 ;;
     --timeout) timeout=$2; shift 2 ;;
@@ -31,6 +34,16 @@ while [ $# -gt 0 ]; do
 done
 [ -n "${kdir:-}" ] && [ $# -gt 0 ] || { sed -n '2,14p' "$0" >&2; exit 2; }
 case "$cgroup" in v2|hybrid) ;; *) echo "run.sh: --cgroup is v2 or hybrid, not $cgroup" >&2; exit 2 ;; esac
+case "$init" in
+  script) init_args="" ;;
+  systemd)
+    [ -x /lib/systemd/systemd ] || { echo "run.sh: --init systemd: no /lib/systemd/systemd" >&2; exit 2; }
+    unified=1; [ "$cgroup" = hybrid ] && unified=0
+    init_args="tether.init=systemd systemd.unit=tether-guest.service systemd.show_status=false"
+    init_args+=" systemd.log_level=warning systemd.unified_cgroup_hierarchy=$unified"
+    init_args+=" systemd.legacy_systemd_cgroup_controller=0" ;;
+  *) echo "run.sh: --init is systemd (or left out), not $init" >&2; exit 2 ;;
+esac
 kdir=$(cd "$kdir" && pwd)
 
 vmlinuz=$(find "$kdir" -name 'vmlinuz*' -type f | head -n1)
@@ -93,8 +106,8 @@ mkdir -p "$CACHE/vm/runs"
 out=$(mktemp -d "$CACHE/vm/runs/run.XXXXXX")
 trap 'rm -rf "$out"' EXIT
 {
-  printf 'VM_CGROUP=%q\nVM_KVER=%q\nVM_MODULES=%q\nVM_CWD=%q\nVM_OUT=%q\nVM_CMD=%q\nVM_PATH_PREFIX=%q\n' \
-    "$cgroup" "$kver" "$moddir" "$PWD" "$out" "$*" "${TETHER_VM_PATH_PREFIX:-}"
+  printf 'VM_CGROUP=%q\nVM_INIT=%q\nVM_KVER=%q\nVM_MODULES=%q\nVM_CWD=%q\nVM_OUT=%q\nVM_CMD=%q\nVM_PATH_PREFIX=%q\n' \
+    "$cgroup" "$init" "$kver" "$moddir" "$PWD" "$out" "$*" "${TETHER_VM_PATH_PREFIX:-}"
   # Variables the tests read pass through.
   env | grep -E '^(TETHER_|RUST_|CARGO_)' | sed 's/^\([^=]*\)=\(.*\)$/export \1=\x27\2\x27/' || true
 } >"$out/vm.env"
@@ -108,7 +121,7 @@ for attempt in 1 2 3; do
   timeout --foreground "$timeout" qemu-system-x86_64 "${accel[@]}" -M pc -m "$mem" -smp "$cpus" \
     -nographic -no-reboot -monitor none -serial stdio -nic none \
     -kernel "$work/vmlinux" -initrd "$work/initrd.cpio" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=${TETHER_VM_LOGLEVEL:-3} rdinit=/init tether.out=$out tether.guest=$here/guest.sh" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=${TETHER_VM_LOGLEVEL:-3} rdinit=/init tether.out=$out tether.guest=$here/guest.sh $init_args" \
     -fsdev local,id=root,path=/,security_model=passthrough,readonly=on,multidevs=remap \
     -device virtio-9p-pci,fsdev=root,mount_tag=root \
     -fsdev local,id=out,path="$out",security_model=passthrough \

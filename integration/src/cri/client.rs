@@ -150,9 +150,8 @@ impl CriClient {
             .ok_or_else(|| missing("PodSandboxStatus", "status"))
     }
 
-    /// The path of the pod's network namespace, from the runtime spec in its verbose status
-    /// (`/var/run/netns/cni-...`).
-    pub fn pod_netns(&self, id: &str) -> Result<String> {
+    /// The verbose info of sandbox `id`'s status (the runtime spec, the pid, ...).
+    pub fn pod_info(&self, id: &str) -> Result<serde_json::Value> {
         let req = cri::PodSandboxStatusRequest {
             pod_sandbox_id: id.into(),
             verbose: true,
@@ -160,11 +159,13 @@ impl CriClient {
         let info = self
             .call("PodSandboxStatus", self.runtime().pod_sandbox_status(req))?
             .info;
-        let text = info
-            .get("info")
-            .ok_or_else(|| anyhow!("PodSandboxStatus of {id}: no verbose info"))?;
-        let v: serde_json::Value = serde_json::from_str(text)
-            .with_context(|| format!("PodSandboxStatus of {id}: verbose info {text}"))?;
+        verbose_info(&info, "PodSandboxStatus", id)
+    }
+
+    /// The path of the pod's network namespace, from the runtime spec in its verbose status
+    /// (`/var/run/netns/cni-...`).
+    pub fn pod_netns(&self, id: &str) -> Result<String> {
+        let v = self.pod_info(id)?;
         v["runtimeSpec"]["linux"]["namespaces"]
             .as_array()
             .into_iter()
@@ -173,6 +174,11 @@ impl CriClient {
             .and_then(|ns| ns["path"].as_str())
             .map(str::to_owned)
             .ok_or_else(|| anyhow!("PodSandboxStatus of {id}: no network namespace path in {v}"))
+    }
+
+    /// The pid of sandbox `id`'s pause process.
+    pub fn pod_pid(&self, id: &str) -> Result<u32> {
+        pid_of(&self.pod_info(id)?, "PodSandboxStatus", id)
     }
 
     /// The pod's IP address from its status.
@@ -256,16 +262,11 @@ impl CriClient {
         let info = self
             .call("ContainerStatus", self.runtime().container_status(req))?
             .info;
-        let text = info
-            .get("info")
-            .ok_or_else(|| anyhow!("ContainerStatus of {id}: no verbose info"))?;
-        let v: serde_json::Value = serde_json::from_str(text)
-            .with_context(|| format!("ContainerStatus of {id}: verbose info {text}"))?;
-        v["pid"]
-            .as_u64()
-            .and_then(|p| u32::try_from(p).ok())
-            .filter(|p| *p > 0)
-            .ok_or_else(|| anyhow!("ContainerStatus of {id}: no pid in {v}"))
+        pid_of(
+            &verbose_info(&info, "ContainerStatus", id)?,
+            "ContainerStatus",
+            id,
+        )
     }
 
     /// Ids of the containers of sandbox `pod`.
@@ -403,6 +404,22 @@ pub fn container_config(
         linux: Some(cri::LinuxContainerConfig::default()),
         ..Default::default()
     }
+}
+
+/// The JSON document under "info" of a verbose status reply.
+fn verbose_info(info: &HashMap<String, String>, call: &str, id: &str) -> Result<serde_json::Value> {
+    let text = info
+        .get("info")
+        .ok_or_else(|| anyhow!("{call} of {id}: no verbose info"))?;
+    serde_json::from_str(text).with_context(|| format!("{call} of {id}: verbose info {text}"))
+}
+
+fn pid_of(info: &serde_json::Value, call: &str, id: &str) -> Result<u32> {
+    info["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| anyhow!("{call} of {id}: no pid in {info}"))
 }
 
 fn image_spec(image: &str) -> cri::ImageSpec {

@@ -44,6 +44,10 @@ pub struct CriNode {
     containerd: Option<Containerd>,
     /// This node's number: its bridge, subnet and cgroup parent.
     n: u32,
+    /// systemd is PID 1: pods' cgroups are systemd slices and scopes, as under kubelet's
+    /// systemd cgroup driver (runc's handler gets `SystemdCgroup = true`, as kubeadm sets
+    /// it); else cgroupfs paths.
+    systemd: bool,
     dir: TempDir,
 }
 
@@ -64,8 +68,14 @@ impl CriNode {
         write_cni_config(dir.path(), n)?;
         let release = containerd_release::release()?;
         let conf_dir = dir.path().join("net.d");
+        let systemd = Path::new("/run/systemd/system").is_dir();
         let containerd = Containerd::start_with_cri(Vec::new(), &|cd| {
-            Ok(cri_config(&release, &conf_dir, &cd.tether_config()))
+            Ok(cri_config(
+                &release,
+                &conf_dir,
+                &cd.tether_config(),
+                systemd,
+            ))
         })?;
         // tetherd (started by the first shim that needs it) serves metrics here.
         let metrics = dir.path().join("metrics.sock");
@@ -83,6 +93,7 @@ impl CriNode {
             cri,
             containerd: Some(containerd),
             n,
+            systemd,
             dir,
         };
         node.import_images()?;
@@ -101,13 +112,29 @@ impl CriNode {
         format!("10.216.{}.1", self.n)
     }
 
-    /// A cgroup parent for pod `uid`, as kubelet's cgroupfs driver names it.
+    /// A cgroup parent for pod `uid`, as kubelet's driver names it: a slice
+    /// (`tethercriN-pod<uid>.slice`, dashes in the uid made underscores, as kubelet does)
+    /// under systemd, else a path.
     pub fn cgroup_parent(&self, uid: &str) -> String {
-        format!("/{}/pod{uid}", self.cgroup_root())
+        if self.systemd {
+            format!("{}-pod{}.slice", self.slice_root(), uid.replace('-', "_"))
+        } else {
+            format!("/{}/pod{uid}", self.cgroup_root())
+        }
+    }
+
+    /// Whether the node's pods are in systemd slices (systemd is PID 1).
+    pub fn systemd(&self) -> bool {
+        self.systemd
     }
 
     fn cgroup_root(&self) -> String {
         format!("tether-cri-{}-{}", std::process::id(), self.n)
+    }
+
+    /// The node's slice (without `.slice`): its pods' slices are below it.
+    fn slice_root(&self) -> String {
+        format!("tethercri{}x{}", std::process::id(), self.n)
     }
 
     /// The directory for pod `name`'s logs (created).
@@ -271,7 +298,14 @@ impl Drop for CriNode {
                 eprintln!("cri node cleanup: {e:#}");
             }
         }
-        if let Ok(hierarchies) = cgroup::hierarchies() {
+        if self.systemd {
+            let slice = format!("{}.slice", self.slice_root());
+            let _ = process::run(
+                Command::new("systemctl").args(["stop", &slice]),
+                None,
+                IP_TIMEOUT,
+            );
+        } else if let Ok(hierarchies) = cgroup::hierarchies() {
             for h in hierarchies {
                 remove_empty_tree(&h.mount_point.join(self.cgroup_root()));
             }
@@ -283,8 +317,14 @@ impl Drop for CriNode {
 /// handler, CNI from `conf_dir`, a loopback stream server, and tether's packaged snippet
 /// with its config path pointed at `tether_config`. The OOM score adjustments that kubelet
 /// asks for (-998 for a sandbox) are kept no lower than the daemon's own, as on nodes that
-/// run in a container: test machines may lack CAP_SYS_RESOURCE.
-pub fn cri_config(release: &Release, conf_dir: &Path, tether_config: &Path) -> String {
+/// run in a container: test machines may lack CAP_SYS_RESOURCE. With `systemd`, runc's
+/// handler uses systemd's cgroup driver, as kubeadm configures it on a systemd node.
+pub fn cri_config(
+    release: &Release,
+    conf_dir: &Path,
+    tether_config: &Path,
+    systemd: bool,
+) -> String {
     let head = if release.config_version() >= 3 {
         // 2.1 reads CNI binaries from a list; 2.0 from one directory.
         let bin = if release.minor >= 1 {
@@ -302,6 +342,8 @@ pub fn cri_config(release: &Release, conf_dir: &Path, tether_config: &Path) -> S
   default_runtime_name = "runc"
 [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+  SystemdCgroup = {systemd}
 [plugins."io.containerd.cri.v1.runtime".cni]
   {bin}
   conf_dir = "{conf}"
@@ -312,6 +354,7 @@ pub fn cri_config(release: &Release, conf_dir: &Path, tether_config: &Path) -> S
 "#,
             pause = image::PAUSE_IMAGE,
             conf = conf_dir.display(),
+            systemd = systemd,
         );
         head
     } else {
@@ -325,12 +368,15 @@ pub fn cri_config(release: &Release, conf_dir: &Path, tether_config: &Path) -> S
   default_runtime_name = "runc"
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+  SystemdCgroup = {systemd}
 [plugins."io.containerd.grpc.v1.cri".cni]
   bin_dir = "/usr/lib/cni"
   conf_dir = "{conf}"
 "#,
             pause = image::PAUSE_IMAGE,
             conf = conf_dir.display(),
+            systemd = systemd,
         );
         head
     };
@@ -421,7 +467,7 @@ mod tests {
     fn node_config_carries_the_packaged_snippet() {
         for v in ["1.6.20", "1.7.24", "2.1.9"] {
             let r = Release::parse(&format!("containerd m {v}")).unwrap();
-            let cri = cri_config(&r, Path::new("/n/net.d"), Path::new("/n/tether.toml"));
+            let cri = cri_config(&r, Path::new("/n/net.d"), Path::new("/n/tether.toml"), true);
             let base = r.config_toml(Path::new("/r"), Path::new("/s"), Path::new("/c"), true);
             let all = format!("{base}\n{cri}");
             let doc: toml::Table =
@@ -442,6 +488,8 @@ mod tests {
                 Some("/n/tether.toml")
             );
             assert_eq!(runtime["cni"]["conf_dir"].as_str(), Some("/n/net.d"));
+            let runc = &runtime["containerd"]["runtimes"]["runc"];
+            assert_eq!(runc["options"]["SystemdCgroup"].as_bool(), Some(true));
         }
     }
 }

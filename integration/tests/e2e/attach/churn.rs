@@ -323,6 +323,9 @@ fn churn(env: &mut TestEnv) -> Result<()> {
         "creates failed without an error: {}",
         failures.get("").map_or(0, |(n, _)| *n)
     );
+    if left.is_err() {
+        dump_logs(env, &leftovers(env, &ids).unwrap_or_default());
+    }
     left.context("leftovers after the churn")?;
     eprintln!("churn: 0 pins, map entries, cgroups, mounts, bundles or processes left");
     Ok(())

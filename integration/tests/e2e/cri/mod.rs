@@ -5,6 +5,7 @@
 //! [`pod`] is a pod's life under tether (deny from the first instruction, per-container
 //! accounting in a shared netns, exec, a late interface, nothing left behind).
 
+mod cgroups;
 mod pod;
 mod refusals;
 mod stats;
