@@ -65,6 +65,11 @@ ip link set lo up
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
 [ -n "${VM_PATH_PREFIX:-}" ] && export PATH="$VM_PATH_PREFIX:$PATH"
+# Temporary directories on a tmpfs, as on a node: the root is an overlay, and overlayfs
+# (containerd's snapshotter) cannot have its upper directory on one.
+mkdir -p /tmp/tether-vm
+mount -t tmpfs -o mode=1777 tmpfs /tmp/tether-vm
+export TMPDIR=/tmp/tether-vm
 cd "$VM_CWD"
 echo "tether-vm: kernel $(uname -r), cgroup $VM_CGROUP, running: $VM_CMD"
 touch "$VM_OUT/started"
