@@ -33,3 +33,7 @@ cargo test --workspace --no-fail-fast -- --test-threads="${TETHER_TEST_THREADS:-
 bash scripts/containerd-matrix.sh trixie sid
 bash scripts/docker-matrix.sh sid
 bash scripts/kernel-matrix.sh --kernels "${TETHER_CI_KERNELS:-bookworm}" --cgroups "v2 hybrid"
+# A node whose PID 1 is systemd (pods in slices and scopes, runc's systemd cgroup driver):
+# the same kernel, both layouts, the cgroup driver and CRI scenarios beside runc.
+bash scripts/kernel-matrix.sh --kernels "${TETHER_CI_KERNELS:-bookworm}" --cgroups "v2 hybrid" \
+  --init systemd --scenarios "cgroup-driver cri" --out target/kernel-matrix-systemd
