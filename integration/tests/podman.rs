@@ -229,6 +229,33 @@ fn podman_accounting_exec_stop_rm() -> Result<()> {
             .is_some_and(|r| r["denials"].as_u64() >= Some(1))
             .then_some(()))
     })?;
+    // `podman restart`: a new create and start under the same id, attached again, the
+    // rule holding for the new process; as under runc, the container runs after it.
+    for runtime in ["runc", rt.as_str()] {
+        let c = if runtime == "runc" {
+            p.ok(&["run", "-d", "--runtime", "runc", IMAGE, "sleep", "1000"])?
+                .stdout
+                .trim()
+                .to_string()
+        } else {
+            id.clone()
+        };
+        p.ok(&["restart", "-t", "1", &c])?;
+        let out = p.ok(&["inspect", "-f", "{{.State.Status}}", &c])?;
+        ensure!(
+            out.stdout.trim() == "running",
+            "{runtime}: after restart: {out}"
+        );
+        if c != id {
+            p.ok(&["rm", "-f", &c])?;
+        }
+    }
+    ensure!(
+        p.container_dir(&id)?.is_dir(),
+        "not attached again after the restart"
+    );
+    let out = p.podman(&["exec", &id, "nc", "127.0.0.2", "9"])?;
+    ensure!(denied(&out), "exec after restart: {out}");
     p.ok(&["stop", "-t", "1", &id])?;
     let out = p.ok(&["inspect", "-f", "{{.State.Status}}", &id])?;
     ensure!(out.stdout.trim() == "exited", "{out}");
