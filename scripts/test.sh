@@ -37,3 +37,9 @@ bash scripts/kernel-matrix.sh --kernels "${TETHER_CI_KERNELS:-bookworm}" --cgrou
 # the same kernel, both layouts, the cgroup driver and CRI scenarios beside runc.
 bash scripts/kernel-matrix.sh --kernels "${TETHER_CI_KERNELS:-bookworm}" --cgroups "v2 hybrid" \
   --init systemd --scenarios "cgroup-driver cri" --out target/kernel-matrix-systemd
+# ... and with containerd 1.7 and 2.x as the node's CRI runtime.
+for rel in trixie sid; do
+  TETHER_CONTAINERD_DIR=$(bash scripts/debs.sh fetch "$rel" containerd | tail -n1) \
+    bash scripts/kernel-matrix.sh --kernels "${TETHER_CI_KERNELS:-bookworm}" --cgroups v2 \
+    --init systemd --scenarios cri --out "target/kernel-matrix-systemd-$rel"
+done

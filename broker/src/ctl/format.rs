@@ -9,6 +9,8 @@ use tether_api::types::{
     AcquireReply, ContainerInfo, ContainerStatsInfo, Counters, KubernetesNames, StatusInfo,
 };
 
+pub use super::pods::{pod_cell, sum_totals, PodFilter};
+
 /// Width of a shortened container id.
 pub const SHORT_ID: usize = 12;
 
@@ -110,16 +112,6 @@ impl Table {
     }
 }
 
-/// The POD cell: `namespace/pod/container`, `namespace/pod` for a pod's sandbox, `-` for a
-/// container outside Kubernetes.
-pub fn pod_cell(k: Option<&KubernetesNames>) -> String {
-    match k {
-        None => "-".into(),
-        Some(k) if k.container.is_empty() => format!("{}/{}", k.namespace, k.pod),
-        Some(k) => format!("{}/{}/{}", k.namespace, k.pod, k.container),
-    }
-}
-
 /// `cgroup×6 tcx×2`: attachment counts per kind.
 pub fn attachment_summary(c: &ContainerInfo) -> String {
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
@@ -205,43 +197,6 @@ fn stats_state(s: &ContainerStatsInfo, now_unix_ns: u64) -> String {
     }
     let ago = now_unix_ns.saturating_sub(s.deleted_at_unix_ns) / 1_000_000_000;
     format!("deleted {} ago", human_ago(ago))
-}
-
-/// Which containers `tetherctl stats --pod/--namespace` keeps: those of the Kubernetes
-/// pod (and namespace) named.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PodFilter {
-    pub pod: Option<String>,
-    pub namespace: Option<String>,
-}
-
-impl PodFilter {
-    pub fn is_empty(&self) -> bool {
-        self.pod.is_none() && self.namespace.is_none()
-    }
-
-    pub fn keeps(&self, s: &ContainerStatsInfo) -> bool {
-        let Some(k) = &s.kubernetes else {
-            return self.is_empty();
-        };
-        self.pod.as_ref().is_none_or(|p| *p == k.pod)
-            && self.namespace.as_ref().is_none_or(|n| *n == k.namespace)
-    }
-}
-
-/// The sum of the totals of `stats`.
-pub fn sum_totals(stats: &[ContainerStatsInfo]) -> Counters {
-    let mut t = Counters::default();
-    for c in stats.iter().map(|s| &s.total) {
-        t.rx_packets = t.rx_packets.wrapping_add(c.rx_packets);
-        t.rx_bytes = t.rx_bytes.wrapping_add(c.rx_bytes);
-        t.tx_packets = t.tx_packets.wrapping_add(c.tx_packets);
-        t.tx_bytes = t.tx_bytes.wrapping_add(c.tx_bytes);
-        t.drops = t.drops.wrapping_add(c.drops);
-        t.denials = t.denials.wrapping_add(c.denials);
-        t.events_lost = t.events_lost.wrapping_add(c.events_lost);
-    }
-    t
 }
 
 /// `tetherctl stats`; `now_unix_ns` (the wall clock) dates deleted containers. With

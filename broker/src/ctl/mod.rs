@@ -5,6 +5,7 @@
 pub mod event;
 pub mod follow;
 pub mod format;
+pub mod pods;
 pub mod top;
 
 use std::io::Write;

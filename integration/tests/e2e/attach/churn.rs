@@ -350,8 +350,9 @@ fn dump_logs(env: &TestEnv, lines: &[String]) {
 }
 
 #[test]
-#[ignore = "not in CI's default path until a runc create killed with its shim leaves no \
-            empty cgroups: cargo test -p tether-integration --test e2e -- --ignored attach::churn"]
+#[ignore = "not in CI's default path until a bundle containerd removes without the shim's \
+            delete leaves no empty cgroups: \
+            cargo test -p tether-integration --test e2e -- --ignored attach::churn"]
 fn churn_with_faults_leaks_nothing() -> Result<()> {
     tether("churn", churn)
 }
