@@ -48,8 +48,8 @@ fn pod_life(node: &CriNode) -> Result<()> {
     )?;
     cri.start_container(&control)?;
 
-    // The tether pod: its annotation denies the gateway; the first instruction of its first
-    // container tries it. Then each container sends the peer its own amount.
+    // The tether pod: its annotation denies the gateway; the first instruction of each of
+    // its containers tries it. Then each container sends the peer its own amount.
     let app_cfg = node.pod_config("app", &[("tether.io/egress-deny", &gw)])?;
     let app = cri.run_pod(&app_cfg, TETHER_HANDLER)?;
     let send =
@@ -70,7 +70,10 @@ fn pod_life(node: &CriNode) -> Result<()> {
         &app,
         &node.container_config(
             "second",
-            &format!("{}; sleep 1000", send(SECOND_BYTES)),
+            &format!(
+                "nc -w 3 {gw} 9; echo rc=$?; {}; sleep 1000",
+                send(SECOND_BYTES)
+            ),
             &[],
         ),
         &app_cfg,
@@ -96,10 +99,12 @@ fn pod_life(node: &CriNode) -> Result<()> {
         c.contains("Connection refused"),
         "control: runc's pod does not reach {gw}: {c}"
     );
-    ensure!(
-        f.contains("Operation not permitted") && !f.contains("Connection refused"),
-        "the pod's deny annotation did not hold from the first instruction: {f}"
-    );
+    for log in [&f, &s] {
+        ensure!(
+            log.contains("Operation not permitted") && !log.contains("Connection refused"),
+            "the pod's deny annotation did not hold from the first instruction: {log}"
+        );
+    }
     ensure!(
         f.contains("sent=0") && s.contains("sent=0"),
         "sending to the peer: {f} / {s}"
@@ -118,10 +123,12 @@ fn pod_life(node: &CriNode) -> Result<()> {
             "not all {bytes} bytes counted: {row}"
         );
     }
-    ensure!(
-        fr["denials"] == 1,
-        "the denied connect is not counted: {fr}"
-    );
+    for row in [&fr, &sr] {
+        ensure!(
+            row["denials"] == 1,
+            "the denied connect is not counted: {row}"
+        );
+    }
     let eth0 = pod["interfaces"]
         .as_array()
         .and_then(|a| a.iter().find(|i| i["name"] == "eth0"))
