@@ -4,13 +4,15 @@
 # attach scenarios in it, and prints a table kernel x scenario -> pass / FAIL, with the
 # mechanisms tether picked on that kernel (TC attach mode, interface keys).
 #
-#   kernel-matrix.sh [--kernels "bullseye bookworm trixie sid host"] [--cgroups "v2 hybrid"]
+#   kernel-matrix.sh [--kernels "bullseye bookworm trixie sid host"] [--cgroups "v2 hybrid v1"]
 #                    [--init systemd] [--scenarios "bpf broker deny ..."] [--out DIR]
 #
 # Kernels are Debian suites (their default kernel, fetched by scripts/debs.sh) or `host`
-# (this machine's own kernel and cgroup layout, no VM). With --init systemd, systemd is the
-# VMs' PID 1, as on a node (its cgroup layout and D-Bus; pods' cgroups are slices and
-# scopes): the `cgroup-driver` and `cri` scenarios compare tether with runc there.
+# (this machine's own kernel and cgroup layout, no VM). Layouts: pure cgroup v2, the v1/v2
+# hybrid, and pure v1 (no cgroup2 at all: only the `stats` and `v1` scenarios apply there).
+# With --init systemd, systemd is the VMs' PID 1, as on a node (its cgroup layout and D-Bus;
+# pods' cgroups are slices and scopes): the `cgroup-driver` and `cri` scenarios compare
+# tether with runc there.
 # Exit status 0 when every cell passes.
 # Results: DIR/matrix.md (the table), DIR/<kernel>-<layout>/{results,features,logs/}.
 set -euo pipefail
@@ -18,7 +20,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 
 kernels="bullseye bookworm trixie sid host"
-cgroups="v2 hybrid"
+cgroups="v2 hybrid v1"
 init=script
 scenarios=""
 out=${TETHER_MATRIX_OUT:-$root/target/kernel-matrix}
@@ -29,7 +31,7 @@ while [ $# -gt 0 ]; do
     --init) init=$2; shift 2 ;;
     --scenarios) scenarios=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    *) sed -n '2,12p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,17p' "$0" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$out"
@@ -87,18 +89,34 @@ manifest=$out/manifest
   printf 'stats\t%s control::stats_match_the_cgroup::\n' "$e2e"
   printf 'cgroup-driver\t%s cgroup_driver::\n' "$e2e"
   printf 'cri\t%s cri::\n' "$e2e"
+  # Pure cgroup v1 only (--cgroups v1): no container can be attached there.
+  printf 'v1\t%s --ignored attach::cgroup_v1::\n' "$e2e"
 } >"$manifest.all"
-if [ -n "$scenarios" ]; then
-  : >"$manifest"
-  for s in $scenarios; do awk -F'\t' -v s="$s" '$1 == s' "$manifest.all" >>"$manifest"; done
-else
-  cp "$manifest.all" "$manifest"
-fi
-columns=$(cut -f1 "$manifest" | awk '!seen[$0]++' | tr '\n' ' ')
-
+# Each layout's manifest: the scenarios asked for (all by default), of those that apply to
+# it. A pure cgroup v1 node can attach no container, so it runs `stats` and `v1` alone, and
+# only it runs `v1`.
+applies() {
+  case "$1:$2" in
+    v1:stats|v1:v1) return 0 ;;
+    v1:*|*:v1) return 1 ;;
+  esac
+}
+manifest_for() {
+  local cg=$1 s
+  for s in ${scenarios:-$(cut -f1 "$manifest.all" | awk '!seen[$0]++')}; do
+    applies "$cg" "$s" && awk -F'\t' -v s="$s" '$1 == s' "$manifest.all"
+  done
+  return 0
+}
 host_layout() {
   if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; then echo v2; else echo hybrid; fi
 }
+# The columns: every scenario that some row runs.
+layouts=$cgroups
+case " $kernels " in *" host "*) layouts="$layouts $(host_layout)" ;; esac
+for cg in $layouts; do manifest_for "$cg"; done >"$manifest"
+columns=$(cut -f1 "$manifest.all" | awk '!seen[$0]++' | while read -r c; do
+            if grep -q "^$c"$'\t' "$manifest"; then echo "$c"; fi; done | tr '\n' ' ')
 
 rows=()
 for k in $kernels; do
@@ -107,7 +125,8 @@ for k in $kernels; do
     rm -rf "$dir"; mkdir -p "$dir"
     echo "== host ($(uname -r), cgroup $(host_layout))" >&2
     "$out/bin/tetherd" --features >"$dir/features"
-    bash integration/vm/scenarios.sh "$manifest" "$dir/results" "$dir/logs" || true
+    manifest_for "$(host_layout)" >"$dir/manifest"
+    bash integration/vm/scenarios.sh "$dir/manifest" "$dir/results" "$dir/logs" || true
     rows+=("host:$(host_layout):$dir")
     continue
   fi
@@ -116,13 +135,14 @@ for k in $kernels; do
     dir="$out/$k-$cg"
     [ "$init" = systemd ] && dir="$dir-systemd"
     rm -rf "$dir"; mkdir -p "$dir"
+    manifest_for "$cg" >"$dir/manifest"
     echo "== $k ($(basename "$kdir"), cgroup $cg, init $init)" >&2
     start=$(date +%s)
     bash integration/vm/run.sh --cgroup "$cg" --init "$init" --keep "$dir" "$kdir" -- \
       "'$out/bin/tetherd' --features >\"\$VM_OUT/features\";
        TETHER_TEST_ATTACH_DEADLINE_MS=${TETHER_TEST_ATTACH_DEADLINE_MS:-60000} \\
        TETHER_SCENARIO_TIMEOUT=${TETHER_SCENARIO_TIMEOUT:-900} \\
-       bash integration/vm/scenarios.sh '$manifest' \"\$VM_OUT/results\" \"\$VM_OUT/logs\"" \
+       bash integration/vm/scenarios.sh '$dir/manifest' \"\$VM_OUT/results\" \"\$VM_OUT/logs\"" \
       >"$dir/console.log" 2>&1 || true
     echo "   $(( $(date +%s) - start )) s" >&2
     label=$cg; [ "$init" = systemd ] && label="$cg, systemd PID 1"
@@ -143,9 +163,11 @@ table=$out/matrix.md
     kv=$(awk -F': ' '$1 == "kernel" { print $2 }' "$dir/features" 2>/dev/null)
     mech=$(awk -F': ' '$1 == "tc-attach" { tc = $2 } $1 == "netns-key" { nk = $2 }
                        $1 == "cgroup-sockets" && $2 ~ /^blind/ { cs = "; cgroup sockets blind: deny and counts at TC, lo included" }
+                       $1 == "cgroup2" && $2 ~ /^none/ { cs = "; no cgroup2: no container can be attached" }
                        END { if (tc != "") print "TC " tc ", keys " nk cs }' "$dir/features" 2>/dev/null)
     printf '| %s | %s | %s |' "${kv:-$k (did not boot)}" "$cg" "${mech:--}"
     for c in $columns; do
+      if ! grep -q "^$c"$'\t' "$dir/manifest" 2>/dev/null; then printf ' n/a |'; continue; fi
       cell=$(awk -F'\t' -v c="$c" '$1 == c {
                if ($2 == "pass") print "pass (" $3 ")"; else print "**FAIL** (" $4 " of " $3 + $4 ")" }' \
              "$dir/results" 2>/dev/null)

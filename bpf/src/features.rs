@@ -5,7 +5,7 @@
 //! kernel is visible, not silent.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 pub use crate::lsm::BpfLsm;
@@ -27,6 +27,51 @@ pub struct Features {
     pub cgroup_sockets: CgroupSockets,
     /// Whether the kernel runs BPF LSM programs (`bpf` among the active LSMs).
     pub bpf_lsm: BpfLsm,
+    /// Where the cgroup2 file system is mounted; None on a pure cgroup v1 node, where no
+    /// container can be attached (its programs attach to the container's cgroup v2).
+    pub cgroup2: Option<PathBuf>,
+}
+
+/// What a node with no cgroup2 mount is told: the programs attach to a container's cgroup v2.
+pub const NO_CGROUP2: &str = "no cgroup2 file system is mounted (a pure cgroup v1 node): \
+     tether's programs attach to the container's cgroup v2; boot with the pure v2 layout \
+     (systemd.unified_cgroup_hierarchy=1) or the hybrid one (cgroup2 at /sys/fs/cgroup/unified)";
+
+/// Where the cgroup2 file system is mounted, found once per process. The two usual places
+/// (pure v2 at /sys/fs/cgroup, the hybrid layout's unified/) are checked with statfs(2); only
+/// elsewhere is /proc/self/mountinfo read (it grows with every container's rootfs mount, and
+/// reading it takes the mount table's lock). A node without one gets [`NO_CGROUP2`].
+pub fn cgroup2_mount() -> Result<PathBuf, String> {
+    static MOUNT: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(m) = MOUNT.get() {
+        return Ok(m.clone());
+    }
+    let usual = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .find(|p| {
+            nix::sys::statfs::statfs(*p)
+                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+        })
+        .map(PathBuf::from);
+    let mount = match usual {
+        Some(m) => m,
+        None => {
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+                .map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
+            cgroup2_mount_of(&mounts).ok_or_else(|| NO_CGROUP2.to_string())?
+        }
+    };
+    Ok(MOUNT.get_or_init(|| mount).clone())
+}
+
+/// The cgroup2 mount point in the text of /proc/self/mountinfo.
+fn cgroup2_mount_of(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        right
+            .starts_with("cgroup2 ")
+            .then(|| left.split(' ').nth(4).map(PathBuf::from))?
+    })
 }
 
 /// Whether a socket is charged to its creator's cgroup v2, which every cgroup program
@@ -121,6 +166,7 @@ impl Features {
             btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
             cgroup_sockets: CgroupSockets::probe(),
             bpf_lsm: BpfLsm::probe(),
+            cgroup2: cgroup2_mount().ok(),
         }
     }
 }
@@ -133,7 +179,14 @@ impl fmt::Display for Features {
         writeln!(f, "tc-attach: {}", self.tc_attach.as_str())?;
         writeln!(f, "netns-key: {}", self.netns_key.as_str())?;
         writeln!(f, "cgroup-sockets: {}", self.cgroup_sockets.as_str())?;
-        write!(f, "bpf-lsm: {}", self.bpf_lsm.as_str())
+        writeln!(f, "bpf-lsm: {}", self.bpf_lsm.as_str())?;
+        match &self.cgroup2 {
+            Some(m) => write!(f, "cgroup2: {}", m.display()),
+            None => write!(
+                f,
+                "cgroup2: none (pure cgroup v1: containers cannot be attached)"
+            ),
+        }
     }
 }
 
@@ -150,13 +203,18 @@ mod tests {
             btf: true,
             cgroup_sockets: CgroupSockets::Matched,
             bpf_lsm: BpfLsm::Inactive,
+            cgroup2: Some(PathBuf::from("/sys/fs/cgroup/unified")),
         };
         assert_eq!(
             f.to_string(),
             "kernel: 6.1.0-50-amd64\nbtf: yes\ntc-attach: clsact\nnetns-key: filter-classid\n\
              cgroup-sockets: matched\nbpf-lsm: inactive (add bpf to lsm= to refuse \
-             PACKET_QDISC_BYPASS to 32-bit callers)"
+             PACKET_QDISC_BYPASS to 32-bit callers)\ncgroup2: /sys/fs/cgroup/unified"
         );
+        let v1 = Features { cgroup2: None, ..f };
+        assert!(v1
+            .to_string()
+            .ends_with("\ncgroup2: none (pure cgroup v1: containers cannot be attached)"));
     }
 
     // /proc/cgroups of Debian 11's 5.10 booted with the hybrid layout, and with pure v2.
@@ -201,5 +259,29 @@ mod tests {
         if crate::sys::kernel_at_least(5, 15) {
             assert!(!shared_sock_cgroup_data());
         }
+    }
+
+    #[test]
+    fn the_cgroup2_mount_on_pure_v2_hybrid_and_v1() {
+        let pure = "25 1 0:22 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_mount_of(pure),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        let hybrid = "30 25 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+                      31 25 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_mount_of(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let v1 = "30 25 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+                  32 25 0:28 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd\n";
+        assert_eq!(cgroup2_mount_of(v1), None);
+    }
+
+    #[test]
+    fn this_machine_has_a_cgroup2_mount() {
+        let m = cgroup2_mount().unwrap();
+        assert!(m.join("cgroup.procs").exists(), "{}", m.display());
     }
 }

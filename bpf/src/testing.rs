@@ -6,6 +6,7 @@
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -379,11 +380,64 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     bytes.try_into().ok()
 }
 
+/// `PACKET_QDISC_BYPASS` set on packet socket `sock` the way a 32-bit process sets it: the
+/// i386 `setsockopt` (366 there), through `int 0x80`, whose arguments are 32 bits wide, so
+/// the option's value sits in memory below 4 GiB.
+#[cfg(target_arch = "x86_64")]
+pub fn ia32_qdisc_bypass(sock: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: an anonymous private mapping of one page, unmapped below.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+            -1,
+            0,
+        )
+    };
+    if page == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the page is mapped, writable and aligned for a c_int.
+    unsafe { *page.cast::<libc::c_int>() = 1 };
+    let ret: i32;
+    // SAFETY: the i386 setsockopt(fd, level, optname, optval, optlen) reads 4 bytes at
+    // `page`, mapped above; ebx (which the compiler reserves) is swapped in and back.
+    unsafe {
+        std::arch::asm!(
+            "xchg {fd:e}, ebx",
+            "int 0x80",
+            "xchg {fd:e}, ebx",
+            fd = inout(reg) sock.as_raw_fd() => _,
+            inlateout("eax") 366 => ret,
+            in("ecx") libc::SOL_PACKET,
+            in("edx") libc::PACKET_QDISC_BYPASS,
+            in("esi") page as usize as u32,
+            in("edi") 4,
+        );
+    }
+    // SAFETY: the page mapped above, no longer used.
+    unsafe { libc::munmap(page, 4096) };
+    if ret < 0 {
+        return Err(io::Error::from_raw_os_error(-ret));
+    }
+    Ok(())
+}
+
+/// Not an x86-64 machine: there is no i386 system call to make.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn ia32_qdisc_bypass(_: BorrowedFd<'_>) -> io::Result<()> {
+    Err(io::Error::from_raw_os_error(libc::ENOSYS))
+}
+
 /// Frames written to a packet socket, as a tenant with CAP_NET_RAW writes them.
 mod packet {
     use std::io;
     use std::net::{Ipv4Addr, SocketAddrV4};
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+    use super::ia32_qdisc_bypass;
 
     /// Opens (and closes) a packet socket.
     pub fn open() -> io::Result<()> {
@@ -451,44 +505,7 @@ mod packet {
         }
         // SAFETY: fd is a socket this function just opened and nothing else owns.
         let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: an anonymous private mapping of one page, unmapped below.
-        let page = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
-                -1,
-                0,
-            )
-        };
-        if page == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the page is mapped, writable and aligned for a c_int.
-        unsafe { *page.cast::<libc::c_int>() = 1 };
-        let ret: i32;
-        // SAFETY: the i386 setsockopt(fd, level, optname, optval, optlen) reads 4 bytes at
-        // `page`, mapped above; ebx (which the compiler reserves) is swapped in and back.
-        unsafe {
-            std::arch::asm!(
-                "xchg {fd:e}, ebx",
-                "int 0x80",
-                "xchg {fd:e}, ebx",
-                fd = inout(reg) sock.as_raw_fd() => _,
-                inlateout("eax") 366 => ret,
-                in("ecx") libc::SOL_PACKET,
-                in("edx") libc::PACKET_QDISC_BYPASS,
-                in("esi") page as usize as u32,
-                in("edi") 4,
-            );
-        }
-        // SAFETY: the page mapped above, no longer used.
-        unsafe { libc::munmap(page, 4096) };
-        if ret < 0 {
-            return Err(io::Error::from_raw_os_error(-ret));
-        }
-        Ok(())
+        ia32_qdisc_bypass(sock.as_fd())
     }
 
     /// An IPv4 header (with its checksum) and a UDP datagram (no checksum) from `src`.

@@ -33,8 +33,9 @@ else
     v2)
       mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
       ;;
-    hybrid)
-      # systemd's hybrid layout: the v1 controllers, the v2 hierarchy at unified/.
+    hybrid|v1)
+      # systemd's hybrid layout: the v1 controllers, the v2 hierarchy at unified/; its
+      # legacy layout (v1): the controllers and its named hierarchy, no cgroup2 at all.
       mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup
       while read -r name _ _ enabled; do
         [ "$name" = "#subsys_name" ] && continue
@@ -48,8 +49,12 @@ else
       done </proc/cgroups
       ln -sfn cpu,cpuacct /sys/fs/cgroup/cpu
       ln -sfn cpu,cpuacct /sys/fs/cgroup/cpuacct
-      mkdir -p /sys/fs/cgroup/unified
-      mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup/unified
+      mkdir -p /sys/fs/cgroup/systemd
+      mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd
+      if [ "$VM_CGROUP" = hybrid ]; then
+        mkdir -p /sys/fs/cgroup/unified
+        mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup/unified
+      fi
       ;;
   esac
 

@@ -2,7 +2,7 @@
 # Boots a Debian kernel in a qemu VM over the host's own root file system (read-only, with a
 # tmpfs overlay) and runs one command in it, as root, with the cgroup layout asked for.
 #
-#   run.sh [--cgroup v2|hybrid] [--init systemd] [--mem MiB] [--cpus N]
+#   run.sh [--cgroup v2|hybrid|v1] [--init systemd] [--mem MiB] [--cpus N]
 #          [--timeout SECONDS] [--keep DIR] KERNEL_DIR -- CMD
 #
 # KERNEL_DIR is what `scripts/debs.sh kernel SUITE` prints. The command runs in the current
@@ -33,15 +33,18 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -n "${kdir:-}" ] && [ $# -gt 0 ] || { sed -n '2,14p' "$0" >&2; exit 2; }
-case "$cgroup" in v2|hybrid) ;; *) echo "run.sh: --cgroup is v2 or hybrid, not $cgroup" >&2; exit 2 ;; esac
+case "$cgroup" in v2|hybrid|v1) ;; *) echo "run.sh: --cgroup is v2, hybrid or v1, not $cgroup" >&2; exit 2 ;; esac
 case "$init" in
   script) init_args="" ;;
   systemd)
     [ -x /lib/systemd/systemd ] || { echo "run.sh: --init systemd: no /lib/systemd/systemd" >&2; exit 2; }
-    unified=1; [ "$cgroup" = hybrid ] && unified=0
+    # v2: everything on cgroup2; hybrid: the controllers on v1, systemd's own tracking on
+    # cgroup2 (at unified/); v1: no cgroup2 at all (systemd's legacy layout).
+    unified=1 legacy=0
+    case "$cgroup" in hybrid) unified=0 ;; v1) unified=0 legacy=1 ;; esac
     init_args="tether.init=systemd systemd.unit=tether-guest.service systemd.show_status=false"
     init_args+=" systemd.log_level=warning systemd.unified_cgroup_hierarchy=$unified"
-    init_args+=" systemd.legacy_systemd_cgroup_controller=0" ;;
+    init_args+=" systemd.legacy_systemd_cgroup_controller=$legacy" ;;
   *) echo "run.sh: --init is systemd (or left out), not $init" >&2; exit 2 ;;
 esac
 kdir=$(cd "$kdir" && pwd)

@@ -171,33 +171,7 @@ fn oom_kills(events: &Path) -> Option<u64> {
 pub fn cgroup2_dir(pid: u32) -> std::result::Result<PathBuf, String> {
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .map_err(|e| format!("read /proc/{pid}/cgroup: {e}"))?;
-    cgroup2_dir_of(pid, &cgroup, &cgroup2_mount()?)
-}
-
-/// Where the cgroup2 file system is mounted; found once per process. The two usual places
-/// are checked with statfs(2); only elsewhere is /proc/self/mountinfo read (it grows with
-/// every container's rootfs mount, and reading it takes the mount table's lock).
-fn cgroup2_mount() -> std::result::Result<PathBuf, String> {
-    static MOUNT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    if let Some(m) = MOUNT.get() {
-        return Ok(m.clone());
-    }
-    let usual = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-        .into_iter()
-        .find(|p| {
-            nix::sys::statfs::statfs(*p)
-                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
-        })
-        .map(PathBuf::from);
-    let mount = match usual {
-        Some(m) => m,
-        None => {
-            let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-                .map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
-            cgroup2_mount_of(&mounts)?
-        }
-    };
-    Ok(MOUNT.get_or_init(|| mount).clone())
+    cgroup2_dir_of(pid, &cgroup, &tether_bpf::features::cgroup2_mount()?)
 }
 
 /// Removes the empty cgroup directories of a container that runc has no state for (a
@@ -252,19 +226,6 @@ fn leftover_cgroup_dirs(mountinfo: &str, cgroups_path: &str) -> Vec<PathBuf> {
     out.sort();
     out.dedup();
     out
-}
-
-/// The cgroup2 mount point in the text of /proc/self/mountinfo.
-fn cgroup2_mount_of(mountinfo: &str) -> std::result::Result<PathBuf, String> {
-    mountinfo
-        .lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            right
-                .starts_with("cgroup2 ")
-                .then(|| left.split(' ').nth(4).map(PathBuf::from))?
-        })
-        .ok_or_else(|| "no cgroup2 file system is mounted".to_string())
 }
 
 /// [`cgroup2_dir`] over the text of /proc/<pid>/cgroup and the cgroup2 mount point.
@@ -344,23 +305,18 @@ mod tests {
         assert_eq!(oom_kills(&dir.path().join("gone")), None);
     }
 
-    const PURE_V2: &str = "25 1 0:22 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
-    const HYBRID: &str = "30 25 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
-                          31 25 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n";
-
     #[test]
     fn cgroup_dir_on_pure_v2_and_hybrid() {
         let cg = "0::/default/web\n";
-        let pure = cgroup2_mount_of(PURE_V2).unwrap();
-        assert_eq!(pure, PathBuf::from("/sys/fs/cgroup"));
+        let pure = Path::new("/sys/fs/cgroup");
         assert_eq!(
-            cgroup2_dir_of(1, cg, &pure).unwrap(),
+            cgroup2_dir_of(1, cg, pure).unwrap(),
             PathBuf::from("/sys/fs/cgroup/default/web")
         );
         let cg = "4:memory:/default/web\n0::/default/web\n";
-        let hybrid = cgroup2_mount_of(HYBRID).unwrap();
+        let hybrid = Path::new("/sys/fs/cgroup/unified");
         assert_eq!(
-            cgroup2_dir_of(1, cg, &hybrid).unwrap(),
+            cgroup2_dir_of(1, cg, hybrid).unwrap(),
             PathBuf::from("/sys/fs/cgroup/unified/default/web")
         );
     }
@@ -372,14 +328,5 @@ mod tests {
         assert!(e.contains("root of the cgroup v2 hierarchy"), "{e}");
         let e = cgroup2_dir_of(7, "4:memory:/x\n", root).unwrap_err();
         assert!(e.contains("no 0:: line"), "{e}");
-        let e = cgroup2_mount_of("30 25 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw\n")
-            .unwrap_err();
-        assert!(e.contains("no cgroup2"), "{e}");
-    }
-
-    #[test]
-    fn this_machine_has_a_cgroup2_mount() {
-        let m = cgroup2_mount().unwrap();
-        assert!(m.join("cgroup.procs").exists(), "{}", m.display());
     }
 }

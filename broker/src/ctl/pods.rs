@@ -38,14 +38,8 @@ impl PodFilter {
 /// The sum of the totals of `stats`.
 pub fn sum_totals(stats: &[ContainerStatsInfo]) -> Counters {
     let mut t = Counters::default();
-    for c in stats.iter().map(|s| &s.total) {
-        t.rx_packets = t.rx_packets.wrapping_add(c.rx_packets);
-        t.rx_bytes = t.rx_bytes.wrapping_add(c.rx_bytes);
-        t.tx_packets = t.tx_packets.wrapping_add(c.tx_packets);
-        t.tx_bytes = t.tx_bytes.wrapping_add(c.tx_bytes);
-        t.drops = t.drops.wrapping_add(c.drops);
-        t.denials = t.denials.wrapping_add(c.denials);
-        t.events_lost = t.events_lost.wrapping_add(c.events_lost);
+    for s in stats {
+        t.add(&s.total);
     }
     t
 }

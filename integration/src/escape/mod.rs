@@ -21,7 +21,7 @@ pub mod wire;
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -438,7 +438,7 @@ fn packet(t: &Targets, port: u16, m: &[u8], ty: i32, bypass: Bypass) -> io::Resu
             libc::PACKET_QDISC_BYPASS,
             &1_i32.to_ne_bytes(),
         )?,
-        Bypass::Ia32 => in_child(|| ia32_qdisc_bypass(&s))?,
+        Bypass::Ia32 => in_child(|| tether_bpf::testing::ia32_qdisc_bypass(s.as_fd()))?,
     }
     let pkt = wire::ipv4(t.own4, t.denied4, 17, &[], 0, &wire::udp(port, m));
     let frame = if ty == libc::SOCK_RAW {
@@ -502,55 +502,6 @@ fn in_child(f: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
             }
         }
     }
-}
-
-/// `PACKET_QDISC_BYPASS` set the way a 32-bit process sets it: the i386 `setsockopt` (366),
-/// through `int 0x80`, its value in memory below 4 GiB.
-#[cfg(target_arch = "x86_64")]
-fn ia32_qdisc_bypass(s: &OwnedFd) -> io::Result<()> {
-    // SAFETY: an anonymous private mapping of one page, unmapped below.
-    let page = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
-            -1,
-            0,
-        )
-    };
-    if page == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the page is mapped, writable and aligned for a c_int.
-    unsafe { *page.cast::<libc::c_int>() = 1 };
-    let ret: i32;
-    // SAFETY: the i386 setsockopt(fd, level, optname, optval, optlen) reads 4 bytes at
-    // `page`, mapped above; ebx (which the compiler reserves) is swapped in and back.
-    unsafe {
-        std::arch::asm!(
-            "xchg {fd:e}, ebx",
-            "int 0x80",
-            "xchg {fd:e}, ebx",
-            fd = inout(reg) s.as_raw_fd() => _,
-            inlateout("eax") 366 => ret,
-            in("ecx") libc::SOL_PACKET,
-            in("edx") libc::PACKET_QDISC_BYPASS,
-            in("esi") page as usize as u32,
-            in("edi") 4,
-        );
-    }
-    // SAFETY: the page mapped above, no longer used.
-    unsafe { libc::munmap(page, 4096) };
-    if ret < 0 {
-        return Err(io::Error::from_raw_os_error(-ret));
-    }
-    Ok(())
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn ia32_qdisc_bypass(_: &OwnedFd) -> io::Result<()> {
-    Err(io::Error::from_raw_os_error(libc::ENOSYS))
 }
 
 /// Counts the variants' frames arriving on `iface` until `input` ends, then prints

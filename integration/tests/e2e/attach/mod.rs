@@ -12,6 +12,7 @@
 //! (`tether-runc` under containerd's runc shim). This file holds what they
 //! share: `tetherctl`, the pins of a container, the detach check.
 
+mod cgroup_v1;
 mod churn;
 mod cni;
 mod create_failures;
@@ -62,23 +63,7 @@ pub(crate) fn tetherctl_at(
     cd: &tether_integration::Containerd,
     args: &[&str],
 ) -> Result<serde_json::Value> {
-    let bin = tether_integration::containerd::tether_shim_binary()?
-        .parent()
-        .map(|d| d.join("tetherctl"))
-        .ok_or_else(|| anyhow!("no directory for tetherctl"))?;
-    let out = Command::new(&bin)
-        .arg("--socket")
-        .arg(cd.tetherd_socket())
-        .arg("--json")
-        .args(args)
-        .output()
-        .with_context(|| format!("running {}", bin.display()))?;
-    ensure!(
-        out.status.success(),
-        "tetherctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = tetherctl_text_at(cd, &[&["--json"], args].concat())?;
     // `stats --json` prints one object per line; the others one document.
     if args.first() == Some(&"stats") {
         let rows: Vec<serde_json::Value> = text
@@ -92,11 +77,36 @@ pub(crate) fn tetherctl_at(
     }
 }
 
-pub(super) fn stats_of(env: &TestEnv, id: &str) -> Result<serde_json::Value> {
-    let all = tetherctl(env, &["stats"])?;
+/// `tetherctl ARGS` against the tetherd of `cd`'s shims, as a user reads it.
+pub(crate) fn tetherctl_text_at(
+    cd: &tether_integration::Containerd,
+    args: &[&str],
+) -> Result<String> {
+    let bin = tether_integration::containerd::tether_shim_binary()?.with_file_name("tetherctl");
+    let out = Command::new(&bin)
+        .arg("--socket")
+        .arg(cd.tetherd_socket())
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    ensure!(
+        out.status.success(),
+        "tetherctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The `tetherctl stats` row of container `id`.
+pub(crate) fn stats_at(cd: &tether_integration::Containerd, id: &str) -> Result<serde_json::Value> {
+    let all = tetherctl_at(cd, &["stats"])?;
     all.as_array()
         .and_then(|a| a.iter().find(|r| r["id"] == id).cloned())
         .ok_or_else(|| anyhow!("no stats for {id}: {all}"))
+}
+
+pub(super) fn stats_of(env: &TestEnv, id: &str) -> Result<serde_json::Value> {
+    stats_at(env.containerd(), id)
 }
 
 /// A counter of a `stats --json` row summed over its interfaces.
@@ -133,7 +143,15 @@ pub(super) fn pins_of(env: &TestEnv, id: &str) -> Vec<String> {
 /// mechanism: TCX links (pinned, 6.6+) or clsact filters (older kernels), as `tetherctl ps`
 /// lists them.
 pub(super) fn tc_attachments(env: &TestEnv, id: &str) -> Result<Vec<serde_json::Value>> {
-    let all = tetherctl(env, &["ps"])?;
+    tc_attachments_at(env.containerd(), id)
+}
+
+/// [`tc_attachments`] of a container of `cd`.
+pub(crate) fn tc_attachments_at(
+    cd: &tether_integration::Containerd,
+    id: &str,
+) -> Result<Vec<serde_json::Value>> {
+    let all = tetherctl_at(cd, &["ps"])?;
     let row = all
         .as_array()
         .and_then(|a| a.iter().find(|r| r["id"] == id))

@@ -12,7 +12,7 @@ mod stats;
 
 use std::path::Path;
 
-use anyhow::{anyhow, ensure, Result};
+use anyhow::{ensure, Result};
 use tether_integration::cri::{CriNode, K8S_NAMESPACE};
 use tether_integration::leaks;
 
@@ -37,26 +37,12 @@ fn on_node(name: &str, f: fn(&CriNode) -> Result<()>) -> Result<()> {
 
 /// The `tetherctl stats` row of container `id`.
 fn stats_row(node: &CriNode, id: &str) -> Result<serde_json::Value> {
-    let all = tetherctl_at(node.containerd(), &["stats"])?;
-    all.as_array()
-        .and_then(|a| a.iter().find(|r| r["id"] == id).cloned())
-        .ok_or_else(|| anyhow!("no stats for {id}: {all}"))
+    crate::attach::stats_at(node.containerd(), id)
 }
 
 /// The TC attachments of container `id`, as `tetherctl ps` lists them.
 fn tc_attachments(node: &CriNode, id: &str) -> Result<Vec<serde_json::Value>> {
-    let all = tetherctl_at(node.containerd(), &["ps"])?;
-    let row = all
-        .as_array()
-        .and_then(|a| a.iter().find(|r| r["id"] == id))
-        .ok_or_else(|| anyhow!("{id} not in tetherctl ps: {all}"))?;
-    Ok(row["attachments"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|a| a["kind"] == "tcx" || a["kind"] == "clsact")
-        .cloned()
-        .collect())
+    crate::attach::tc_attachments_at(node.containerd(), id)
 }
 
 /// Nothing of a removed pod is left: for the sandbox and each container `ids`, no pins, no

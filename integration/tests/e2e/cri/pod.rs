@@ -284,17 +284,5 @@ fn ip(args: &[&str]) -> Result<()> {
 
 /// `tetherctl ARGS` as a user reads it (tables).
 fn tetherctl_text(node: &CriNode, args: &[&str]) -> Result<String> {
-    let bin = tether_integration::containerd::tether_shim_binary()?.with_file_name("tetherctl");
-    let out = Command::new(&bin)
-        .arg("--socket")
-        .arg(node.containerd().tetherd_socket())
-        .args(args)
-        .output()
-        .with_context(|| format!("running {}", bin.display()))?;
-    ensure!(
-        out.status.success(),
-        "tetherctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::attach::tetherctl_text_at(node.containerd(), args)
 }
