@@ -94,7 +94,7 @@ impl Prog {
         let at_cgroup = c.account && !c.count_at_interfaces;
         match self {
             Prog::CgroupIngress => at_cgroup,
-            Prog::CgroupEgress => at_cgroup || c.policy,
+            Prog::CgroupEgress => at_cgroup || (c.policy && !c.judge_at_interfaces),
             Prog::TcIngress | Prog::TcEgress => c.account || c.policy,
             // connect() is where TCP sockets are vetted and connections audited.
             Prog::Connect6 => c.policy || c.audit_connects,

@@ -321,6 +321,17 @@ fn run_probe(probe: &str) -> io::Result<String> {
                 Err(e) => failed(e),
             }
         }
+        "raw" => {
+            // raw DST N: N UDP datagrams to DST through a raw IPv4 socket (the kernel writes
+            // the IP header): no connect() or sendmsg() hook sees them.
+            let SocketAddr::V4(dst) = addr else {
+                return Err(bad());
+            };
+            match packet::raw_udp(dst, number()?) {
+                Ok(()) => "sent".to_string(),
+                Err(e) => failed(e),
+            }
+        }
         "source-route" => match packet::source_route(addr) {
             Ok(()) => "set".to_string(),
             Err(e) => failed(e),
@@ -450,6 +461,37 @@ mod packet {
         // SAFETY: fd is a socket this function just opened and nothing else owns.
         drop(unsafe { OwnedFd::from_raw_fd(fd) });
         Ok(())
+    }
+
+    /// `n` UDP datagrams (no checksum) to `dst` through a raw IPv4 socket of protocol UDP.
+    pub fn raw_udp(dst: SocketAddrV4, n: u64) -> io::Result<()> {
+        // SAFETY: socket(2) with constant arguments; the fd is owned right after.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a socket this function just opened and nothing else owns.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        let payload = [0x5a_u8; 64];
+        let mut datagram = Vec::with_capacity(8 + payload.len());
+        datagram.extend(40000u16.to_be_bytes());
+        datagram.extend(dst.port().to_be_bytes());
+        datagram.extend(((8 + payload.len()) as u16).to_be_bytes());
+        datagram.extend([0, 0]);
+        datagram.extend(payload);
+        let to = nix::sys::socket::SockaddrIn::from(dst);
+        let mut last = Ok(());
+        for _ in 0..n {
+            if let Err(e) = nix::sys::socket::sendto(
+                sock.as_raw_fd(),
+                &datagram,
+                &to,
+                nix::sys::socket::MsgFlags::empty(),
+            ) {
+                last = Err(io::Error::from(e));
+            }
+        }
+        last
     }
 
     /// A source route through `via` on a TCP socket: IP_OPTIONS with a loose source route

@@ -46,6 +46,13 @@ struct Attempt {
 /// A container on veth0 of namespace `a` (its cgroup, its TC programs), `mode` frames to a
 /// receiver on `b`; with `deny`, the receiver's address is denied to the container.
 fn attempt(mode: &str, deny: bool) -> Attempt {
+    attempt_judged(mode, deny, false)
+}
+
+/// [`attempt`], the container's packets judged at its interfaces (`judge_at_interfaces`:
+/// no cgroup egress program) or not. Mode `raw-ip` sends from a raw IPv4 socket instead of
+/// a packet socket.
+fn attempt_judged(mode: &str, deny: bool, at_interfaces: bool) -> Attempt {
     let fs = Bpffs::new().unwrap();
     let progs = fs.load().unwrap();
     let pair = VethPair::new();
@@ -57,6 +64,8 @@ fn attempt(mode: &str, deny: bool) -> Attempt {
     };
     let config = ContainerConfig {
         policy: deny,
+        count_at_interfaces: at_interfaces,
+        judge_at_interfaces: at_interfaces && deny,
         ..ContainerConfig::default()
     };
     let attached = container::attach_cgroup(
@@ -94,7 +103,21 @@ fn attempt(mode: &str, deny: bool) -> Attempt {
         .nth(1)
         .expect("veth0's MAC")
         .to_string();
-    let sent = Probe::new(&format!("packet {target} {N} {mac} {} {mode}", pair.addr_a))
+    let has_egress = attached
+        .links
+        .iter()
+        .any(|(p, _)| *p == tether_bpf::programs::Prog::CgroupEgress);
+    // Counted and judged at the interfaces: no cgroup egress program; judged at the cgroup:
+    // one.
+    if at_interfaces || deny {
+        assert_eq!(has_egress, !at_interfaces, "the cgroup egress program");
+    }
+    let probe = if mode == "raw-ip" {
+        format!("raw {target} {N}")
+    } else {
+        format!("packet {target} {N} {mac} {} {mode}", pair.addr_a)
+    };
+    let sent = Probe::new(&probe)
         .netns(&pair.a.path)
         .cgroup(&cg)
         .result()
@@ -133,6 +156,34 @@ fn frames_of_packet_sockets_to_a_denied_address_are_dropped() {
         assert!(
             denied.drops >= N,
             "{mode}: every frame counted as a drop: {denied:?}"
+        );
+    }
+}
+
+/// A container judged at its interfaces has no cgroup egress program: what its raw IP
+/// socket sends to a denied address (no connect() or sendmsg() hook runs for it) is dropped
+/// by TC on its way out, as are its packet sockets' frames; judged at the cgroup, the same
+/// sendto fails with EPERM. The control, without the rule, reaches the receiver.
+#[test]
+fn judged_at_the_interfaces_tc_drops_what_the_cgroup_would_refuse() {
+    let control = attempt_judged("raw-ip", false, true);
+    assert_eq!(
+        (control.sent.as_str(), control.received),
+        ("sent", N),
+        "control: {control:?}"
+    );
+    let at_cgroup = attempt_judged("raw-ip", true, false);
+    assert_eq!(
+        (at_cgroup.sent.as_str(), at_cgroup.received),
+        ("permission denied:1", 0),
+        "judged at the cgroup: {at_cgroup:?}"
+    );
+    for mode in ["raw-ip", "raw", "dgram"] {
+        let denied = attempt_judged(mode, true, true);
+        assert_eq!(denied.received, 0, "{mode}: {denied:?}");
+        assert!(
+            denied.drops >= N,
+            "{mode}: every packet counted as a drop at TC: {denied:?}"
         );
     }
 }

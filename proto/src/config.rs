@@ -58,6 +58,11 @@ pub struct AttachSection {
     pub failure_policy: Option<String>,
     /// Where packets and bytes are counted: "auto" (default), "cgroup" or "interfaces".
     pub count_at: Option<String>,
+    /// Where a container's packets are judged against its deny rules: "cgroup" (default:
+    /// the cgroup_skb egress program, every denied send fails with EPERM) or "interfaces"
+    /// (TC alone, for a container whose network namespace runc creates; raw and ICMP
+    /// packets are dropped there without an error, and the cgroup_skb hook's cost is saved).
+    pub judge_at: Option<String>,
     /// Audit events: "denials" (default), "connections" (denials and new connections), "off".
     pub audit: Option<String>,
     /// Keep one audit event in N (default 1).

@@ -574,7 +574,9 @@ int tether_cg_egress(struct __sk_buff *skb)
 	const struct tether_container *ct = &cg->config;
 	struct tether_counters *c = &cg->counters;
 
-	if ((ct->flags & TETHER_F_POLICY) && !(vetted_socket(skb) && plain_header(skb))) {
+	/* A container judged at its interfaces has this program only to be counted here. */
+	if ((ct->flags & (TETHER_F_POLICY | TETHER_F_JUDGE_AT_IFACES)) == TETHER_F_POLICY &&
+	    !(vetted_socket(skb) && plain_header(skb))) {
 		struct judged j = {};
 		int v = JUDGE_PASS;
 
@@ -750,7 +752,9 @@ int tether_setsockopt(struct bpf_sockopt *ctx)
  * socket (TCP, UDP, ICMP, raw IP) of the container's own cgroup, so it passed the IP
  * output path where that program runs. Everything else is judged at TC: packets of a
  * packet socket (AF_PACKET writes whole frames and skips the IP output path), of
- * processes outside the container's cgroup, and forwarded packets.
+ * processes outside the container's cgroup, and forwarded packets; and every packet of a
+ * container judged at its interfaces (TETHER_F_JUDGE_AT_IFACES), which has no cgroup
+ * egress program.
  */
 static __always_inline bool judged_at_cgroup(struct __sk_buff *skb, __u64 id)
 {
@@ -789,7 +793,7 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int dir)
 	__u64 id = ifc->cgroup_id;
 
 	if (dir == DIR_TX && (ifc->flags & TETHER_F_POLICY || counts_at_cgroup(ifc->flags)) &&
-	    !judged_at_cgroup(skb, id)) {
+	    ((ifc->flags & TETHER_F_JUDGE_AT_IFACES) || !judged_at_cgroup(skb, id))) {
 		struct tether_cgroup *cg = lookup_cgroup(&id);
 		/*
 		 * A frame of the container's own packet socket: the cgroup programs never saw

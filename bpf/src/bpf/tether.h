@@ -34,6 +34,13 @@
  * programs run, it may not open packet sockets.
  */
 #define TETHER_F_REFUSE_PACKET 32u
+/*
+ * With TETHER_F_POLICY: the container's packets are judged at its interfaces (TC) alone;
+ * no cgroup_skb egress program is attached for it. Set for a container whose network
+ * namespace is its own, every interface of which gets TC programs (`judge_at =
+ * "interfaces"`): every packet it sends, its sockets' included, is judged there.
+ */
+#define TETHER_F_JUDGE_AT_IFACES 64u
 
 /* tether_event.kind */
 #define TETHER_EV_DENY_CONNECT 1

@@ -10,6 +10,7 @@ const F_AUDIT_DENY: u32 = 4;
 const F_AUDIT_CONNECT: u32 = 8;
 const F_COUNT_AT_IFACES: u32 = 16;
 const F_REFUSE_PACKET: u32 = 32;
+const F_JUDGE_AT_IFACES: u32 = 64;
 
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +53,7 @@ impl RawContainer {
             (config.audit_connects, F_AUDIT_CONNECT),
             (config.count_at_interfaces, F_COUNT_AT_IFACES),
             (config.refuse_packet_sockets, F_REFUSE_PACKET),
+            (config.judge_at_interfaces, F_JUDGE_AT_IFACES),
         ] {
             if on {
                 flags |= f;
@@ -74,6 +76,7 @@ impl RawContainer {
             audit_connects: self.flags & F_AUDIT_CONNECT != 0,
             count_at_interfaces: self.flags & F_COUNT_AT_IFACES != 0,
             refuse_packet_sockets: self.flags & F_REFUSE_PACKET != 0,
+            judge_at_interfaces: self.flags & F_JUDGE_AT_IFACES != 0,
             sample_every: self.sample_every,
             rate_per_sec: self.rate_per_sec,
             burst: self.burst,
@@ -195,6 +198,7 @@ mod tests {
             audit_connects: true,
             count_at_interfaces: true,
             refuse_packet_sockets: true,
+            judge_at_interfaces: true,
             sample_every: 3,
             rate_per_sec: 5,
             burst: 9,

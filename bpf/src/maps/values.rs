@@ -102,6 +102,12 @@ pub struct ContainerConfig {
     /// container with no interface of its own where TC judges the frames they write (the
     /// host's network namespace, or `interfaces = none`).
     pub refuse_packet_sockets: bool,
+    /// With `policy`: judge the container's packets at its interfaces (TC) alone, with no
+    /// cgroup_skb egress program (which costs a flow more than the TC programs do). For a
+    /// container whose network namespace is its own, every interface of which gets TC
+    /// programs. Its connect() and UDP sendmsg() still see EPERM; what the sock_addr hooks do
+    /// not see (raw and ICMP sockets, source-routed TCP) is dropped at TC without an error.
+    pub judge_at_interfaces: bool,
     /// Keep one audit event in `sample_every` (0 or 1: every event).
     pub sample_every: u32,
     /// Audit events per second and CPU (0: unlimited).
@@ -119,6 +125,7 @@ impl Default for ContainerConfig {
             audit_connects: false,
             count_at_interfaces: false,
             refuse_packet_sockets: false,
+            judge_at_interfaces: false,
             sample_every: 1,
             rate_per_sec: 100,
             burst: 200,

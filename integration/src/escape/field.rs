@@ -1,7 +1,8 @@
 //! The escape test's network: a receiving namespace that holds the denied and the allowed
 //! addresses, reached through a veth either from a container's own namespace (made here,
-//! given to the container by path) or from the host's (for host-network containers).
-//! Everything is removed on drop.
+//! given to the container by path, or the one runc made for a running container, which
+//! gets the veth late, as `docker network connect` gives one) or from the host's (for
+//! host-network containers). Everything is removed on drop.
 
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
@@ -18,6 +19,9 @@ use crate::process;
 pub struct Field {
     /// The container's namespace, bound at `/run/netns/<name>`; `None` for the host's.
     container_ns: Option<String>,
+    /// The process whose namespace `container_ns` names (`ip netns attach`), if it was not
+    /// made here.
+    container_pid: Option<u32>,
     receiver_ns: String,
     /// The host's end of the veth, for a host-network container.
     host_veth: Option<String>,
@@ -43,15 +47,21 @@ impl Field {
     /// A container namespace `tesc<n>c` and a receiving one `tesc<n>r`, subnet
     /// 10.251.`n`.0/24 and fd00:7e:`n`::/64; the container's interface is `eth0`.
     pub fn netns(n: u8) -> Result<Self> {
-        Self::make(n, false)
+        Self::make(n, false, None)
     }
 
     /// A receiving namespace `tesc<n>r` reached from the host through `tesc<n>h`.
     pub fn host(n: u8) -> Result<Self> {
-        Self::make(n, true)
+        Self::make(n, true, None)
     }
 
-    fn make(n: u8, host: bool) -> Result<Self> {
+    /// As [`Field::netns`], the container's namespace being that of running process `pid`
+    /// (named `tesc<n>c` here): its `eth0` arrives while it runs.
+    pub fn late(n: u8, pid: u32) -> Result<Self> {
+        Self::make(n, false, Some(pid))
+    }
+
+    fn make(n: u8, host: bool, container_pid: Option<u32>) -> Result<Self> {
         let receiver_ns = format!("tesc{n}r");
         let container_ns = (!host).then(|| format!("tesc{n}c"));
         let host_veth = host.then(|| format!("tesc{n}h"));
@@ -68,6 +78,7 @@ impl Field {
         }
         let field = Field {
             container_ns,
+            container_pid,
             receiver_ns,
             host_veth,
             receiver_veth: "rx0".into(),
@@ -94,7 +105,10 @@ impl Field {
         let mut on_sender: Vec<&str> = Vec::new();
         match &self.container_ns {
             Some(c) => {
-                ip(&["netns", "add", c])?;
+                match self.container_pid {
+                    Some(pid) => ip(&["netns", "attach", c, &pid.to_string()])?,
+                    None => ip(&["netns", "add", c])?,
+                }
                 on_sender.extend(["-n", c.as_str()]);
                 ip(&[
                     "-n", c, "link", "add", "eth0", "type", "veth", "peer", "name", "rx0", "netns",

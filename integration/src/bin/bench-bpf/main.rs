@@ -103,7 +103,9 @@ fn steering() -> Result<Steer> {
 /// container whose network namespace is its own with an interface (the client's veth0):
 /// `accounting` (the default plan: counters only, counted at the interfaces), `policy`
 /// (counters and one deny rule, so the cgroup programs a policy needs are attached too),
-/// or `cgroup` (counters only, counted at the cgroup: `count_at = "cgroup"`).
+/// `policy-tc` (the same, judged at the interfaces: `judge_at = "interfaces"`, no cgroup
+/// egress program), or `cgroup` (counters only, counted at the cgroup: `count_at =
+/// "cgroup"`).
 fn bench_plan() -> Result<(&'static str, ContainerConfig, Vec<tether_bpf::Cidr>)> {
     let accounting = ContainerConfig {
         policy: false,
@@ -120,6 +122,15 @@ fn bench_plan() -> Result<(&'static str, ContainerConfig, Vec<tether_bpf::Cidr>)
             },
             vec!["192.0.2.0/24".parse()?],
         )),
+        Ok("policy-tc") => Ok((
+            "policy-tc",
+            ContainerConfig {
+                policy: true,
+                judge_at_interfaces: true,
+                ..accounting
+            },
+            vec!["192.0.2.0/24".parse()?],
+        )),
         Ok("cgroup") => Ok((
             "cgroup",
             ContainerConfig {
@@ -128,7 +139,9 @@ fn bench_plan() -> Result<(&'static str, ContainerConfig, Vec<tether_bpf::Cidr>)
             },
             vec![],
         )),
-        Ok(other) => bail!("TETHER_BENCH_PLAN={other}: expected accounting, policy or cgroup"),
+        Ok(other) => {
+            bail!("TETHER_BENCH_PLAN={other}: expected accounting, policy, policy-tc or cgroup")
+        }
     }
 }
 

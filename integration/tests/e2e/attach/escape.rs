@@ -4,7 +4,9 @@
 //! names, in a namespace made here, whose receiver counts what arrives. Under each
 //! attachment mode (TC on the container's interfaces, `interfaces=none`, the host's
 //! network) nothing may arrive; the same probe under `io.containerd.runc.v2`, in the same
-//! place, is the control: there, every variant arrives.
+//! place, is the control: there, every variant arrives. Judged at its interfaces (`judge_at
+//! = "interfaces"`: no cgroup egress program, TC judges every packet it sends), a container
+//! whose interface arrives while it runs lets nothing through either.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,7 +18,8 @@ use tether_integration::escape::{parse_arrived, parse_sent, VARIANTS};
 use tether_integration::{rootfs, Runtime, TestEnv};
 
 use super::node_floor::NodeConfig;
-use super::{stats_of, tether};
+use super::{pins_of, stats_of, tc_attachments, tether};
+use crate::common::wait_status;
 
 #[derive(Clone, Copy, Debug)]
 enum Mode {
@@ -229,6 +232,102 @@ fn packet_frames_counted(env: &mut TestEnv) -> Result<()> {
 #[test]
 fn packet_socket_frames_are_counted_at_the_cgroup() -> Result<()> {
     tether("packet_count", packet_frames_counted)
+}
+
+/// The probe exec'd into a container of `runtime` whose namespace runc made and whose
+/// `eth0` (to the receiver) arrives while it runs, once tether's programs are on it.
+fn late_attempt(
+    env: &TestEnv,
+    runtime: Runtime,
+    subnet: u8,
+) -> Result<(BTreeMap<String, String>, BTreeMap<String, u64>)> {
+    let id = env.id("escjudge");
+    let run = Run::new(runtime, Source::Rootfs(env.rootfs_dir().to_path_buf()), &id)
+        .detach()
+        .flag("--annotation")
+        .flag(format!(
+            "tether.io/egress-deny=10.251.{subnet}.2/32,fd00:7e:{subnet}::2/128"
+        ))
+        .command(["/bin/sleep", "1000"]);
+    env.ctr.run_container(&run)?.ok()?;
+    let result = (|| {
+        let pid = wait_status(env, &id, "RUNNING")?;
+        let field = Field::late(subnet, pid)?;
+        if runtime == Runtime::Tether {
+            // Counted and judged at its interfaces: no cgroup egress program at all.
+            let pins = pins_of(env, &id);
+            ensure!(
+                !pins.iter().any(|p| p == "cgroup_tether_cg_egress"),
+                "a cgroup egress program under judge_at = \"interfaces\": {pins:?}"
+            );
+            tether_integration::wait::wait_until(
+                "eth0 to get its TC programs",
+                std::time::Duration::from_secs(20),
+                || Ok((tc_attachments(env, &id)?.len() >= 2).then_some(())),
+            )?;
+        }
+        let receiver = field.receive(&probe()?)?;
+        let mut argv = vec![
+            "task".to_string(),
+            "exec".to_string(),
+            "--exec-id".to_string(),
+            "escape".to_string(),
+            id.clone(),
+            "/bin/tether-escape".to_string(),
+            "send".to_string(),
+        ];
+        argv.extend(field.targets.args());
+        let out = env.ctr.run(argv)?;
+        ensure!(out.success(), "the probe under {runtime}: {out}");
+        let sent = parse_sent(&out.stdout);
+        ensure!(
+            sent.len() == VARIANTS.len(),
+            "the probe under {runtime} tried {} of {} variants: {out}",
+            sent.len(),
+            VARIANTS.len()
+        );
+        Ok((sent, parse_arrived(&receiver.finish()?)))
+    })();
+    env.ctr.force_remove(&id)?;
+    env.assert_no_leaks(&id)?;
+    result
+}
+
+#[test]
+fn nothing_escapes_a_container_judged_at_its_interfaces() -> Result<()> {
+    tether("escape_judge_at", |env| {
+        rootfs::add_binary(env.rootfs_dir(), &probe()?, "tether-escape")?;
+        let _node = NodeConfig::set(
+            env,
+            "judge_at = \"interfaces\"\ncount_at = \"interfaces\"\n",
+        )?;
+        let (control_sent, control) = late_attempt(env, Runtime::RuncV2, 75)?;
+        let (sent, arrived) = late_attempt(env, Runtime::Tether, 75)?;
+        eprintln!("judged at the interfaces: variant | runc.v2 | tether (outcome, arrived)");
+        for v in VARIANTS {
+            eprintln!(
+                "  {:24} {:>3} | {:14} {}",
+                v.name,
+                control.get(v.name).copied().unwrap_or(0),
+                sent.get(v.name).map_or("?", String::as_str),
+                arrived.get(v.name).copied().unwrap_or(0),
+            );
+        }
+        let missed: Vec<_> = VARIANTS
+            .iter()
+            .filter(|v| !control.contains_key(v.name))
+            .map(|v| format!("{} ({})", v.name, control_sent[v.name]))
+            .collect();
+        ensure!(
+            missed.is_empty(),
+            "control: without tether these did not reach the receiver: {missed:?}"
+        );
+        ensure!(
+            arrived.is_empty(),
+            "judged at the interfaces: these reached a denied address: {arrived:?}"
+        );
+        Ok(())
+    })
 }
 
 #[test]

@@ -209,6 +209,20 @@ fn parse_count_at(key: &str, v: &str) -> Result<CountAt> {
     }
 }
 
+/// `[attach] judge_at`: whether the packets of a container whose network namespace runc
+/// creates (and every interface of which gets TC programs) are judged at its interfaces.
+fn parse_judge_at(v: &str) -> Result<bool> {
+    match v.trim() {
+        "cgroup" => Ok(false),
+        "interfaces" => Ok(true),
+        _ => Err(bad(
+            "[attach] judge_at",
+            v,
+            "expected \"cgroup\" or \"interfaces\"",
+        )),
+    }
+}
+
 fn parse_u32(key: &str, v: &str, min: u32) -> Result<u32> {
     match v.trim().parse::<u32>() {
         Ok(n) if n >= min => Ok(n),
@@ -557,6 +571,14 @@ impl Plan {
             }
         }
         let count_at = count_at.1;
+        // Judged at TC alone only where TC sees every packet the container sends: a
+        // namespace of its own (no other container's programs own its interfaces), every
+        // interface of it attached, present and late.
+        let node_judges_at_interfaces = a.judge_at.as_deref().map(parse_judge_at).transpose()?;
+        let judge_at_interfaces = enforce
+            && node_judges_at_interfaces == Some(true)
+            && netns == Netns::New
+            && interfaces == Interfaces::All;
         let pod_member = spec
             .annotations()
             .get(CRI_CONTAINER_TYPE)
@@ -572,6 +594,7 @@ impl Plan {
                 // No TC program judges what its packet sockets write.
                 refuse_packet_sockets: enforce
                     && (netns == Netns::Host || interfaces == Interfaces::None),
+                judge_at_interfaces,
                 sample_every: sample,
                 rate_per_sec: rate,
                 burst: rate.saturating_mul(2).max(1),

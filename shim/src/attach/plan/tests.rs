@@ -396,6 +396,52 @@ fn packet_sockets_refused_only_where_no_tc_program_judges_them() {
 }
 
 #[test]
+fn judged_at_the_interfaces_only_where_tc_sees_every_packet() {
+    let node = |extra: &str| {
+        cfg(&format!(
+            "[attach]\njudge_at = \"interfaces\"\negress_deny = [\"192.0.2.0/24\"]\n{extra}"
+        ))
+    };
+    let judged = |c: &Config, s: &Spec| Plan::resolve(c, s).unwrap().config.judge_at_interfaces;
+    // Its own namespace, every interface attached: judged at TC; counted there too, it has
+    // no cgroup egress program.
+    let p = Plan::resolve(&node("count_at = \"interfaces\"\n"), &spec(&[], Some(None))).unwrap();
+    assert!(p.config.judge_at_interfaces && p.config.policy);
+    assert!(!tether_bpf::programs::Prog::CgroupEgress.used_by(&p.config));
+    // The host's network, a namespace others may share (a pod's), some interfaces only, or
+    // none: the cgroup egress program judges.
+    assert!(!judged(&node(""), &spec(&[], None)));
+    assert!(!judged(&node(""), &spec(&[], Some(Some("/run/netns/pod")))));
+    assert!(!judged(
+        &node("interfaces = \"eth0\"\n"),
+        &spec(&[], Some(None))
+    ));
+    assert!(!judged(
+        &node("interfaces = \"none\"\n"),
+        &spec(&[], Some(None))
+    ));
+    // No deny rule: nothing to judge; and the default is the cgroup.
+    let no_rules = cfg("[attach]\njudge_at = \"interfaces\"\n");
+    assert!(!judged(&no_rules, &spec(&[], Some(None))));
+    let default = cfg("[attach]\negress_deny = [\"192.0.2.0/24\"]\n");
+    assert!(!judged(&default, &spec(&[], Some(None))));
+    assert!(tether_bpf::programs::Prog::CgroupEgress.used_by(
+        &Plan::resolve(&default, &spec(&[], Some(None)))
+            .unwrap()
+            .config
+    ));
+    // A bad value is named, whatever the container.
+    let bad = cfg("[attach]\njudge_at = \"tc\"\n");
+    let e = Plan::resolve(&bad, &spec(&[], None))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("[attach] judge_at") && e.contains("\"tc\""),
+        "{e}"
+    );
+}
+
+#[test]
 fn bad_values_name_key_and_value() {
     for (k, v, why) in [
         (EGRESS_DENY, "10.0.0.1/8", "host bits"),
