@@ -306,8 +306,9 @@ pub fn link_events_socket(netns: BorrowedFd<'_>) -> Result<std::os::fd::OwnedFd>
     in_netns(netns, netlink::link_events_socket_here)
 }
 
-/// [`attach_netns_only`] and [`link_events_socket`] in one visit to the namespace: the watch
-/// socket is bound before the interfaces are listed, so no link added in between is missed.
+/// [`attach_netns_only`], and with `watch` [`link_events_socket`] in the same visit to the
+/// namespace: the watch socket is bound before the interfaces are listed, so no link added
+/// in between is missed.
 #[allow(clippy::too_many_arguments)]
 pub fn attach_netns_and_watch(
     programs: &Programs,
@@ -317,13 +318,14 @@ pub fn attach_netns_and_watch(
     cgroup_id: u64,
     netns: BorrowedFd<'_>,
     select: Select<'_>,
-) -> Result<(Vec<IfaceAttached>, std::os::fd::OwnedFd)> {
+    watch: bool,
+) -> Result<(Vec<IfaceAttached>, Option<std::os::fd::OwnedFd>)> {
     refuse_host_netns(netns)?;
     let dir = layout.container_dir(namespace, id)?;
     require_attached(&dir, id)?;
     let tc = TcAttach::probe();
     in_netns(netns, || {
-        let watch = netlink::link_events_socket_here()?;
+        let watch = watch.then(netlink::link_events_socket_here).transpose()?;
         let attached = attach_here(programs, &dir, cgroup_id, select, tc)?;
         Ok((attached, watch))
     })

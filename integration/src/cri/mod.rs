@@ -171,6 +171,29 @@ impl CriNode {
         container_config(name, image::BUSYBOX_IMAGE, script, owned(annotations))
     }
 
+    /// A container `name` running `script` in pod `pod` (made from `pod_cfg`), with a
+    /// memory limit of `memory_limit` bytes, created and started: its id and its pid.
+    pub fn start_limited(
+        &self,
+        pod: &str,
+        pod_cfg: &k8s_cri::v1::PodSandboxConfig,
+        name: &str,
+        script: &str,
+        memory_limit: i64,
+    ) -> Result<(String, u32)> {
+        let mut c = self.container_config(name, script, &[]);
+        if let Some(linux) = c.linux.as_mut() {
+            linux.resources = Some(k8s_cri::v1::LinuxContainerResources {
+                memory_limit_in_bytes: memory_limit,
+                ..Default::default()
+            });
+        }
+        let id = self.cri.create_container(pod, &c, pod_cfg)?;
+        self.cri.start_container(&id)?;
+        let pid = self.cri.container_pid(&id)?;
+        Ok((id, pid))
+    }
+
     /// Sets the node's `[attach]` section of tether's config (what the shims of later
     /// containers read), keeping the fixture's attach deadline if it set one.
     pub fn set_attach_config(&self, attach: &str) -> Result<()> {
@@ -325,61 +348,48 @@ pub fn cri_config(
     tether_config: &Path,
     systemd: bool,
 ) -> String {
-    let head = if release.config_version() >= 3 {
-        // 2.1 reads CNI binaries from a list; 2.0 from one directory.
-        let bin = if release.minor >= 1 {
-            "bin_dirs = [\"/usr/lib/cni\"]"
-        } else {
-            "bin_dir = \"/usr/lib/cni\""
-        };
-        let head = format!(
-            r#"[plugins."io.containerd.cri.v1.images".pinned_images]
-  sandbox = "{pause}"
-
-[plugins."io.containerd.cri.v1.runtime"]
-  restrict_oom_score_adj = true
-[plugins."io.containerd.cri.v1.runtime".containerd]
+    // 2.x (config version 3) splits the CRI plugin: images, runtime, and the gRPC server
+    // (the stream server's settings); 1.x has one table for all of it.
+    let v3 = release.config_version() >= 3;
+    let pause = image::PAUSE_IMAGE;
+    let mut head = String::new();
+    let runtime = if v3 {
+        head.push_str(&format!(
+            "[plugins.\"io.containerd.cri.v1.images\".pinned_images]\n  sandbox = \"{pause}\"\n\
+             [plugins.\"io.containerd.cri.v1.runtime\"]\n  restrict_oom_score_adj = true\n"
+        ));
+        "io.containerd.cri.v1.runtime"
+    } else {
+        "io.containerd.grpc.v1.cri"
+    };
+    head.push_str(
+        "[plugins.\"io.containerd.grpc.v1.cri\"]\n  stream_server_address = \"127.0.0.1\"\n  \
+         stream_server_port = \"0\"\n",
+    );
+    if !v3 {
+        head.push_str(&format!(
+            "  sandbox_image = \"{pause}\"\n  restrict_oom_score_adj = true\n"
+        ));
+    }
+    // 2.1 reads CNI binaries from a list; 2.0 and 1.x from one directory.
+    let bin = if v3 && release.minor >= 1 {
+        "bin_dirs = [\"/usr/lib/cni\"]"
+    } else {
+        "bin_dir = \"/usr/lib/cni\""
+    };
+    head.push_str(&format!(
+        r#"[plugins."{runtime}".containerd]
   default_runtime_name = "runc"
-[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+[plugins."{runtime}".containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
-[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+[plugins."{runtime}".containerd.runtimes.runc.options]
   SystemdCgroup = {systemd}
-[plugins."io.containerd.cri.v1.runtime".cni]
+[plugins."{runtime}".cni]
   {bin}
   conf_dir = "{conf}"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
 "#,
-            pause = image::PAUSE_IMAGE,
-            conf = conf_dir.display(),
-            systemd = systemd,
-        );
-        head
-    } else {
-        let head = format!(
-            r#"[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  restrict_oom_score_adj = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-[plugins."io.containerd.grpc.v1.cri".containerd]
-  default_runtime_name = "runc"
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-  runtime_type = "io.containerd.runc.v2"
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-  SystemdCgroup = {systemd}
-[plugins."io.containerd.grpc.v1.cri".cni]
-  bin_dir = "/usr/lib/cni"
-  conf_dir = "{conf}"
-"#,
-            pause = image::PAUSE_IMAGE,
-            conf = conf_dir.display(),
-            systemd = systemd,
-        );
-        head
-    };
+        conf = conf_dir.display(),
+    ));
     let tether = tether_config.display().to_string();
     format!(
         "{head}\n{}",
@@ -490,6 +500,20 @@ mod tests {
             assert_eq!(runtime["cni"]["conf_dir"].as_str(), Some("/n/net.d"));
             let runc = &runtime["containerd"]["runtimes"]["runc"];
             assert_eq!(runc["options"]["SystemdCgroup"].as_bool(), Some(true));
+            assert_eq!(runtime["restrict_oom_score_adj"].as_bool(), Some(true));
+            let sandbox = if r.major >= 2 {
+                &plugins["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"]
+            } else {
+                &runtime["sandbox_image"]
+            };
+            assert_eq!(sandbox.as_str(), Some(image::PAUSE_IMAGE));
+            let grpc = &plugins["io.containerd.grpc.v1.cri"];
+            assert_eq!(grpc["stream_server_port"].as_str(), Some("0"));
+            let bins = &runtime["cni"];
+            assert!(
+                bins.get("bin_dirs").or(bins.get("bin_dir")).is_some(),
+                "{v}: {bins}"
+            );
         }
     }
 }

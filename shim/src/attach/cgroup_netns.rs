@@ -220,20 +220,8 @@ pub fn attach(
     let pins = hold_pins(&layout, namespace, id);
     let t_cgroup = Instant::now();
     let watch = match &netns {
-        Some(netns) if !plan.watch_links => {
-            container::attach_netns_only(
-                &programs,
-                &layout,
-                namespace,
-                id,
-                cg.cgroup_id,
-                netns.as_fd(),
-                select.as_select(),
-            )
-            .map_err(|e| Error::attach(id, e))?;
-            None
-        }
-        Some(netns) => Some(
+        // A pod's container attaches the present interfaces; its sandbox watches for late ones.
+        Some(netns) => {
             container::attach_netns_and_watch(
                 &programs,
                 &layout,
@@ -242,10 +230,11 @@ pub fn attach(
                 cg.cgroup_id,
                 netns.as_fd(),
                 select.as_select(),
+                plan.watch_links,
             )
             .map_err(|e| Error::attach(id, e))?
-            .1,
-        ),
+            .1
+        }
         None => None,
     };
     Ok(Attached {

@@ -6,7 +6,6 @@
 //! `cri-containerd-<id>.scope`. Elsewhere, both in the cgroupfs path.
 
 use anyhow::{ensure, Result};
-use k8s_cri::v1 as cri;
 use tether_integration::cgroup;
 use tether_integration::cri::{CriNode, RUNC_HANDLER, TETHER_HANDLER};
 
@@ -40,16 +39,7 @@ fn placed(node: &CriNode, handler: &str) -> Result<(String, String, Option<u64>)
     let name = format!("cg{handler}");
     let cfg = node.pod_config(&name, &[])?;
     let pod = cri.run_pod(&cfg, handler)?;
-    let mut c = node.container_config("app", "exec sleep 1000", &[]);
-    if let Some(linux) = c.linux.as_mut() {
-        linux.resources = Some(cri::LinuxContainerResources {
-            memory_limit_in_bytes: MEMORY_LIMIT,
-            ..Default::default()
-        });
-    }
-    let id = cri.create_container(&pod, &c, &cfg)?;
-    cri.start_container(&id)?;
-    let pid = cri.container_pid(&id)?;
+    let (id, pid) = node.start_limited(&pod, &cfg, "app", "exec sleep 1000", MEMORY_LIMIT)?;
     let masked = |pid: u32, id: &str| -> Result<String> {
         Ok(std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?
             .replace(id, "ID")

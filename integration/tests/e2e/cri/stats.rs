@@ -5,7 +5,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use k8s_cri::v1 as cri;
 use tether_integration::cgroup;
 use tether_integration::cri::{CriNode, RUNC_HANDLER, TETHER_HANDLER};
 use tether_integration::wait::wait_until;
@@ -43,16 +42,7 @@ fn stats_under(node: &CriNode, handler: &str) -> Result<serde_json::Value> {
     let name = format!("stats-{handler}");
     let cfg = node.pod_config(&name, &[])?;
     let pod = cri.run_pod(&cfg, handler)?;
-    let mut c = node.container_config("work", WORK, &[]);
-    if let Some(linux) = c.linux.as_mut() {
-        linux.resources = Some(cri::LinuxContainerResources {
-            memory_limit_in_bytes: MEMORY_LIMIT,
-            ..Default::default()
-        });
-    }
-    let id = cri.create_container(&pod, &c, &cfg)?;
-    cri.start_container(&id)?;
-    let pid = cri.container_pid(&id)?;
+    let (id, pid) = node.start_limited(&pod, &cfg, "work", WORK, MEMORY_LIMIT)?;
     wait_until("the busy loop to end", Duration::from_secs(30), || {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))?;
         Ok((comm.trim() == "sleep").then_some(()))
