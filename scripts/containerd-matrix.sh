@@ -3,8 +3,9 @@
 # io.containerd.runc.v2 and io.containerd.tether.v1 side by side) once per containerd release:
 # the system's (Debian 12: 1.6), Debian trixie's (1.7.x) and Debian sid's (2.1.x), the latter
 # two fetched with scripts/debs.sh (cached under $TETHER_CACHE) and picked through
-# TETHER_CONTAINERD_DIR. Prints a table release x result at the end; exits non-zero if any
-# release failed.
+# TETHER_CONTAINERD_DIR, then the churn with faults (`attach::churn`, ignored in the suite's
+# own run) alone against the same release. Prints a table release x result at the end;
+# exits non-zero if any release failed.
 #
 #   containerd-matrix.sh [RELEASE...]   RELEASE: system, trixie, sid (default: all three)
 #
@@ -59,14 +60,26 @@ for rel in "${releases[@]}"; do
     failed=1
     grep -E '^test .* FAILED$' "$log" | sed 's/^/    /' >&2
   fi
-  rows+=("$rel|${version:-?}|$summary|${secs}s")
+  # The churn with faults, alone (it kills its daemons), unless a filter narrows the run.
+  churn=-
+  if [ ${#test_args[@]} -eq 0 ]; then
+    if TETHER_CONTAINERD_DIR=$dir cargo test --workspace --test e2e -- --ignored \
+         attach::churn --nocapture >"$logs/churn-$rel.log" 2>&1; then
+      churn=pass
+    else
+      churn=FAIL
+      failed=1
+      grep -E '^(churn|Error|---)' "$logs/churn-$rel.log" | sed 's/^/    /' >&2
+    fi
+  fi
+  rows+=("$rel|${version:-?}|$summary|${secs}s|$churn")
 done
 
 echo
-printf '%-8s %-24s %-28s %s\n' release containerd result time
+printf '%-8s %-24s %-28s %-7s %s\n' release containerd result time churn
 for r in "${rows[@]}"; do
-  IFS='|' read -r rel ver res t <<<"$r"
-  printf '%-8s %-24s %-28s %s\n' "$rel" "$ver" "$res" "$t"
+  IFS='|' read -r rel ver res t churn <<<"$r"
+  printf '%-8s %-24s %-28s %-7s %s\n' "$rel" "$ver" "$res" "$t" "${churn:--}"
 done
 echo "logs: $logs"
 exit $failed

@@ -24,6 +24,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p tether-shim --all-targets --features bench -- -D warnings
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast -- --test-threads="${TETHER_TEST_THREADS:-2}"
+# The churn with faults, alone (it kills its containerd, tetherd and shims, unmounts its
+# bpffs, and loads the machine): 100 containers; TETHER_CHURN_CONTAINERS=1000 for the full run.
+cargo test -p tether-integration --test e2e -- --ignored attach::churn --nocapture
 
 # The platforms: the end-to-end suite against containerd 1.7 and 2.x (1.6, the system's, ran
 # above), the Docker suite against Docker 28 over containerd 2.1 (20.10 ran above), and the

@@ -391,6 +391,29 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     bytes.try_into().ok()
 }
 
+/// setsockopt(2) of option `name` at `level` on `sock`, its value the bytes of `value`.
+pub fn setsockopt_bytes(
+    sock: BorrowedFd<'_>,
+    level: i32,
+    name: i32,
+    value: &[u8],
+) -> io::Result<()> {
+    // SAFETY: the value is a live buffer of the length passed.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `PACKET_QDISC_BYPASS` set on packet socket `sock` the way a 32-bit process sets it: the
 /// i386 `setsockopt` (366 there), through `int 0x80`, whose arguments are 32 bits wide, so
 /// the option's value sits in memory below 4 GiB.
@@ -448,7 +471,7 @@ mod packet {
     use std::net::{Ipv4Addr, SocketAddrV4};
     use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
-    use super::ia32_qdisc_bypass;
+    use super::{ia32_qdisc_bypass, setsockopt_bytes};
 
     /// Opens (and closes) a packet socket.
     pub fn open() -> io::Result<()> {
@@ -518,20 +541,7 @@ mod packet {
         }
         // SAFETY: fd is a socket this function just opened and nothing else owns.
         let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: the value is a live buffer of the length passed.
-        let r = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                level,
-                name,
-                value.as_ptr().cast(),
-                value.len() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        setsockopt_bytes(sock.as_fd(), level, name, &value)
     }
 
     /// setsockopt(PACKET_QDISC_BYPASS) on a packet socket the way a 32-bit process makes it:
@@ -611,20 +621,12 @@ mod packet {
         // SAFETY: fd is a socket this function just opened and nothing else owns.
         let sock = unsafe { OwnedFd::from_raw_fd(fd) };
         if bypass {
-            let one: libc::c_int = 1;
-            // SAFETY: the option value is a live c_int of the size passed.
-            let r = unsafe {
-                libc::setsockopt(
-                    sock.as_raw_fd(),
-                    libc::SOL_PACKET,
-                    libc::PACKET_QDISC_BYPASS,
-                    (&one as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if r != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            setsockopt_bytes(
+                sock.as_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                &1i32.to_ne_bytes(),
+            )?;
         }
         // SAFETY: the name is a NUL-terminated constant.
         let ifindex = unsafe { libc::if_nametoindex(c"veth0".as_ptr()) };

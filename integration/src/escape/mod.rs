@@ -315,20 +315,7 @@ fn socket(domain: i32, ty: i32, proto: i32) -> io::Result<OwnedFd> {
 }
 
 fn setsockopt(s: &OwnedFd, level: i32, name: i32, value: &[u8]) -> io::Result<()> {
-    // SAFETY: the value is a live buffer of the length passed.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            level,
-            name,
-            value.as_ptr().cast(),
-            value.len() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    tether_bpf::testing::setsockopt_bytes(s.as_fd(), level, name, value)
 }
 
 fn timeout(s: &OwnedFd, d: Duration) -> io::Result<()> {

@@ -389,8 +389,7 @@ fn dump_logs(env: &TestEnv, lines: &[String]) {
 }
 
 #[test]
-#[ignore = "not in CI's default path until a bundle containerd removes without the shim's \
-            delete leaves no empty cgroups: \
+#[ignore = "run alone, by scripts/test.sh (it kills its daemons and loads the machine): \
             cargo test -p tether-integration --test e2e -- --ignored attach::churn"]
 fn churn_with_faults_leaks_nothing() -> Result<()> {
     tether("churn", churn)
