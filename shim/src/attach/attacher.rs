@@ -210,8 +210,13 @@ impl Attacher {
                     .zip(t.phases())
                     .map(|(n, d)| format!("{n} {} us", d.as_micros()))
                     .collect();
+                let judged = if plan.config.judge_at_interfaces {
+                    "; judged at its interfaces (no cgroup egress program)"
+                } else {
+                    ""
+                };
                 info!(
-                    "attached {} in {wall} us ({}){ran_at}",
+                    "attached {} in {wall} us ({}){ran_at}{judged}",
                     c.id,
                     phases.join(", ")
                 );

@@ -268,7 +268,14 @@ fn late_attempt(env: &TestEnv, runtime: Runtime, subnet: u8) -> Result<(Outcomes
         let pid = wait_status(env, &id, "RUNNING")?;
         let field = Field::late(subnet, pid)?;
         if runtime == Runtime::Tether {
-            // Counted and judged at its interfaces: no cgroup egress program at all.
+            // Counted and judged at its interfaces: no cgroup egress program at all, and the
+            // shim's log says so.
+            let log = env.containerd().log_tail(400);
+            ensure!(
+                log.contains(&format!("attached {id} in"))
+                    && log.contains("judged at its interfaces (no cgroup egress program)"),
+                "the shim's log does not say where {id} is judged:\n{log}"
+            );
             let pins = pins_of(env, &id);
             ensure!(
                 !pins.iter().any(|p| p == "cgroup_tether_cg_egress"),
