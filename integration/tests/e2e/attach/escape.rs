@@ -142,6 +142,21 @@ fn compare(
     Ok(())
 }
 
+/// `tether-escape send` exec'd into running container `id`, aimed at `t`.
+fn exec_probe(
+    env: &TestEnv,
+    id: &str,
+    t: &tether_integration::escape::Targets,
+) -> Result<tether_integration::Output> {
+    let mut argv: Vec<String> = ["task", "exec", "--exec-id", "escape", id]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    argv.extend(["/bin/tether-escape".to_string(), "send".to_string()]);
+    argv.extend(t.args());
+    env.ctr.run(argv)
+}
+
 /// The same probe exec'd into a running container: nothing arrives either.
 fn exec_escape(env: &TestEnv, field: &Field) -> Result<()> {
     let t = &field.targets;
@@ -162,17 +177,7 @@ fn exec_escape(env: &TestEnv, field: &Field) -> Result<()> {
             .command(["/bin/sleep", "1000"]),
     )?;
     let receiver = field.receive(&probe()?)?;
-    let mut argv = vec![
-        "task".to_string(),
-        "exec".to_string(),
-        "--exec-id".to_string(),
-        "escape".to_string(),
-        id.clone(),
-        "/bin/tether-escape".to_string(),
-        "send".to_string(),
-    ];
-    argv.extend(t.args());
-    let out = env.ctr.run(argv);
+    let out = exec_probe(env, &id, t);
     let arrived = parse_arrived(&receiver.finish()?);
     env.ctr.force_remove(&id)?;
     let out = out?;
@@ -288,17 +293,7 @@ fn late_attempt(env: &TestEnv, runtime: Runtime, subnet: u8) -> Result<(Outcomes
             )?;
         }
         let receiver = field.receive(&probe()?)?;
-        let mut argv = vec![
-            "task".to_string(),
-            "exec".to_string(),
-            "--exec-id".to_string(),
-            "escape".to_string(),
-            id.clone(),
-            "/bin/tether-escape".to_string(),
-            "send".to_string(),
-        ];
-        argv.extend(field.targets.args());
-        let out = env.ctr.run(argv)?;
+        let out = exec_probe(env, &id, &field.targets)?;
         ensure!(out.success(), "the probe under {runtime}: {out}");
         let sent = parse_sent(&out.stdout);
         ensure!(
