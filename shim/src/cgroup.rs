@@ -174,12 +174,13 @@ pub fn cgroup2_dir(pid: u32) -> std::result::Result<PathBuf, String> {
     cgroup2_dir_of(pid, &cgroup, &tether_bpf::features::cgroup2_mount()?)
 }
 
-/// Removes the empty cgroup directories of a container that runc has no state for (a
-/// `runc create` killed before it wrote its state leaves them): `cgroups_path` is the
-/// spec's `linux.cgroupsPath` in cgroupfs form, looked up in every cgroup hierarchy. Only
-/// empty cgroups can be removed (the kernel refuses others), and only the container's own;
-/// a systemd-driver path (`slice:prefix:name`) is systemd's to collect. Returns how many
-/// were removed.
+/// Removes the cgroup directories of a container that runc has no state for (a `runc
+/// create` killed with its shim leaves them): `cgroups_path` is the spec's
+/// `linux.cgroupsPath` in cgroupfs form, looked up in every cgroup hierarchy. A process
+/// still in one is what is left of that create (its `runc init`, which dies with `runc
+/// create` but may not have left yet): it is killed, and the removal tried again until
+/// [`LEFTOVER_WAIT`] has passed. Only the container's own cgroups; a systemd-driver path
+/// (`slice:prefix:name`) is systemd's to collect. Returns how many were removed.
 pub fn remove_leftover_cgroups(cgroups_path: &str) -> usize {
     let mounts = match fs::read_to_string("/proc/self/mountinfo") {
         Ok(m) => m,
@@ -188,16 +189,48 @@ pub fn remove_leftover_cgroups(cgroups_path: &str) -> usize {
             return 0;
         }
     };
+    let mut left = leftover_cgroup_dirs(&mounts, cgroups_path);
     let mut removed = 0;
-    for dir in leftover_cgroup_dirs(&mounts, cgroups_path) {
-        match fs::remove_dir(&dir) {
-            Ok(()) => removed += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => warn!("remove cgroup {}: {e}", dir.display()),
+    let deadline = std::time::Instant::now() + LEFTOVER_WAIT;
+    loop {
+        left.retain(|dir| {
+            for pid in fs::read_to_string(dir.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            match fs::remove_dir(dir) {
+                Ok(()) => {
+                    removed += 1;
+                    false
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                // Busy: a process on its way out, or a child cgroup; tried again.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => true,
+                Err(e) => {
+                    warn!("remove cgroup {}: {e}", dir.display());
+                    false
+                }
+            }
+        });
+        if left.is_empty() || std::time::Instant::now() >= deadline {
+            break;
         }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for dir in &left {
+        warn!("remove cgroup {}: still busy", dir.display());
     }
     removed
 }
+
+/// How long [`remove_leftover_cgroups`] waits for a leftover cgroup to empty.
+const LEFTOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The directories [`remove_leftover_cgroups`] tries: `cgroups_path` below each cgroup and
 /// cgroup2 mount in the text of /proc/self/mountinfo. None for a systemd-driver path, a

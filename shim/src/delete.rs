@@ -38,22 +38,28 @@ pub async fn delete(flags: &Flags) -> Result<Vec<u8>> {
     let attacher = Attacher::new();
     // Read before `runc delete` removes the cgroup, and its local counters with it.
     attacher.before_delete(&flags.namespace, &flags.id, &config);
-    match runc.delete(&flags.id, true).await {
-        Err(Error::Runc(e)) if e.kind == RuncErrorKind::NotFound => {
-            // A `runc create` killed before it wrote its state leaves the container's
-            // cgroups behind, empty; runc knows nothing of them.
-            if let Some(path) = crate::spec::Spec::load(&bundle.join("config.json"))
-                .ok()
-                .and_then(|s| s.linux.and_then(|l| l.cgroups_path))
-            {
-                let n = crate::cgroup::remove_leftover_cgroups(&path);
-                if n > 0 {
-                    log::info!("removed {n} empty cgroups of {} ({path})", flags.id);
-                }
+    let gone = match runc.delete(&flags.id, true).await {
+        // `runc delete --force` of a container runc has no state for succeeds (after removing
+        // its state directory); older runcs say it does not exist.
+        Ok(()) => true,
+        Err(Error::Runc(e)) if e.kind == RuncErrorKind::NotFound => true,
+        Err(e) => {
+            warn!("runc delete {}: {e}", flags.id);
+            false
+        }
+    };
+    if gone {
+        // A `runc create` killed with its shim leaves the container's cgroups behind, and
+        // runc, which never wrote its state, knows nothing of them.
+        if let Some(path) = crate::spec::Spec::load(&bundle.join("config.json"))
+            .ok()
+            .and_then(|s| s.linux.and_then(|l| l.cgroups_path))
+        {
+            let n = crate::cgroup::remove_leftover_cgroups(&path);
+            if n > 0 {
+                log::info!("removed {n} cgroups left of {} ({path})", flags.id);
             }
         }
-        Err(e) => warn!("runc delete {}: {e}", flags.id),
-        Ok(()) => {}
     }
     // The shim that attached the programs is gone: detach here (idempotent).
     attacher.detach(&flags.namespace, &flags.id, &config).await;
