@@ -95,8 +95,20 @@ pub struct Attacher {
 /// [`Attacher::hardening`] of a container under a policy on a node without tether's LSM
 /// programs.
 pub fn hardening_without_lsm(plan: &Plan) -> Hardening {
-    match native_seccomp_arch() {
-        Some(arch) if !plan.config.refuse_packet_sockets => Hardening {
+    hardening_for(
+        plan,
+        native_seccomp_arch(),
+        tether_bpf::features::CgroupSockets::probe() == tether_bpf::features::CgroupSockets::Blind,
+    )
+}
+
+/// [`hardening_without_lsm`] for the native seccomp architecture `arch` and whether the
+/// cgroup programs are blind to the container's sockets (`blind`): then no cgroup
+/// `setsockopt` hook refuses even a 64-bit `PACKET_QDISC_BYPASS`, and only taking away
+/// packet sockets keeps their frames from slipping past TC.
+pub(crate) fn hardening_for(plan: &Plan, arch: Option<&'static str>, blind: bool) -> Hardening {
+    match arch {
+        Some(arch) if !plan.config.refuse_packet_sockets && !blind => Hardening {
             withheld: &[],
             native_abi: Some(arch),
         },
@@ -164,7 +176,9 @@ impl Attacher {
     ///   `net.ipv4.ping_group_range` allows them;
     /// - with TC programs, only the native system call ABI: a 32-bit `setsockopt()`, which
     ///   the cgroup hook never sees, could set `PACKET_QDISC_BYPASS` and send frames past TC.
-    ///   Where the architecture has no seccomp name here, `CAP_NET_RAW` goes instead.
+    ///   Where the architecture has no seccomp name here, or where the cgroup programs are
+    ///   blind to its sockets (`cgroup-sockets: blind`: no cgroup hook refuses even a 64-bit
+    ///   `PACKET_QDISC_BYPASS`), `CAP_NET_RAW` goes instead.
     pub fn hardening(&self, plan: &Plan, config: &Config) -> Hardening {
         let unguarded = self
             .programs

@@ -18,7 +18,7 @@ use tether_integration::escape::{parse_arrived, parse_sent, VARIANTS};
 use tether_integration::{rootfs, Runtime, TestEnv};
 
 use super::node_floor::NodeConfig;
-use super::{pins_of, stats_of, tc_attachments, tether};
+use super::{blind, lo_tc, pins_of, stats_of, tc_attachments, tether};
 use crate::common::wait_status;
 
 #[derive(Clone, Copy, Debug)]
@@ -69,6 +69,25 @@ fn attempt(
     let mut argv = vec!["/bin/tether-escape".to_string(), "send".to_string()];
     argv.extend(t.args());
     let out = env.ctr.run_container(&run.command(argv))?;
+    if !out.success()
+        && runtime == Runtime::Tether
+        && blind()
+        && matches!(mode, Mode::HostNetwork | Mode::NoInterfaces)
+    {
+        // The cgroup programs are blind to its sockets and no TC program stands in: the
+        // container is refused at create (fail-closed), which is how it is enforced here.
+        ensure!(
+            out.stderr.contains("cgroup-sockets: blind"),
+            "{mode:?} refused, but not for its blind cgroup programs: {out}"
+        );
+        let _ = env.ctr.run(["container", "rm", &id]);
+        env.assert_no_leaks(&id)?;
+        let refused = VARIANTS
+            .iter()
+            .map(|v| (v.name.to_string(), "refused at create".to_string()))
+            .collect();
+        return Ok((refused, parse_arrived(&receiver.finish()?)));
+    }
     ensure!(out.success(), "the probe under {runtime}: {out}");
     let sent = parse_sent(&out.stdout);
     ensure!(
@@ -237,9 +256,16 @@ fn packet_frames_counted(env: &mut TestEnv) -> Result<()> {
         judged_at_tc >= 4,
         "too few packet-socket frames arrived to count: {arrived:?} ({out})"
     );
+    // eth0 (and lo, where TC stands in for blind cgroup programs), each by its own name.
+    let names: Vec<&str> = stats["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
     ensure!(
-        stats["interfaces"][0]["name"] == "eth0",
-        "the interface is named as in its namespace: {stats}"
+        names.contains(&"eth0") && names.len() == 1 + lo_tc(),
+        "the interfaces are named as in their namespace: {stats}"
     );
     let tx = stats["tx_packets"].as_u64().unwrap_or(0);
     eprintln!(

@@ -442,6 +442,26 @@ fn judged_at_the_interfaces_only_where_tc_sees_every_packet() {
 }
 
 #[test]
+fn without_lsm_blind_cgroup_programs_cost_the_container_its_packet_sockets() {
+    use crate::attach::attacher::hardening_for;
+    let deny = [(EGRESS_DENY, "192.0.2.0/24")];
+    let own = Plan::resolve(&all_keys(), &spec(&deny, Some(None))).unwrap();
+    // TC judges its frames, the cgroup hook refuses PACKET_QDISC_BYPASS: the native ABI only.
+    let h = hardening_for(&own, Some("SCMP_ARCH_X86_64"), false);
+    assert!(h.withheld.is_empty() && h.native_abi == Some("SCMP_ARCH_X86_64"));
+    // Blind cgroup programs refuse nothing: no packet sockets at all.
+    let h = hardening_for(&own, Some("SCMP_ARCH_X86_64"), true);
+    assert_eq!(h.withheld, [crate::spec::CAP_NET_RAW]);
+    assert_eq!(h.native_abi, None);
+    // No TC program to judge its frames (the host's network): no packet sockets either way.
+    let host = Plan::resolve(&all_keys(), &spec(&deny, None)).unwrap();
+    assert_eq!(
+        hardening_for(&host, Some("SCMP_ARCH_X86_64"), false).withheld,
+        [crate::spec::CAP_NET_RAW]
+    );
+}
+
+#[test]
 fn bad_values_name_key_and_value() {
     for (k, v, why) in [
         (EGRESS_DENY, "10.0.0.1/8", "host bits"),
