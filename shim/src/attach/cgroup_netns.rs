@@ -169,7 +169,8 @@ pub fn attach(
     };
     let select = plan.tc_select();
     let mut config = plan.config;
-    if CgroupSockets::probe() == CgroupSockets::Blind {
+    let blind = CgroupSockets::probe() == CgroupSockets::Blind;
+    if blind {
         // The cgroup programs will not see this container's sockets: what they would enforce
         // and count is done at the interfaces of its network namespace, loopback included.
         // In the host's namespace there is nowhere to do it.
@@ -222,7 +223,7 @@ pub fn attach(
     let watch = match &netns {
         // A pod's container attaches the present interfaces; its sandbox watches for late ones.
         Some(netns) => {
-            container::attach_netns_and_watch(
+            let (attached, watch) = container::attach_netns_and_watch(
                 &programs,
                 &layout,
                 namespace,
@@ -232,8 +233,23 @@ pub fn attach(
                 select.as_select(),
                 plan.watch_links,
             )
-            .map_err(|e| Error::attach(id, e))?
-            .1
+            .map_err(|e| Error::attach(id, e))?;
+            if blind && config.policy && attached.is_empty() {
+                // Its interfaces (lo included) judge by their owner's rules, and the kernel
+                // does not tell this container's packets from the owner's.
+                return Err(Error::attach(
+                    id,
+                    format!(
+                        "the kernel does not charge sockets to their cgroup v2 \
+                         (cgroup-sockets: {}), and the interfaces of the network namespace it \
+                         joins carry another container's programs, so its deny rules cannot \
+                         be enforced; boot with the pure cgroup v2 layout \
+                         (systemd.unified_cgroup_hierarchy=1) or a kernel from 5.15",
+                        CgroupSockets::Blind.as_str()
+                    ),
+                ));
+            }
+            watch
         }
         None => None,
     };
