@@ -7,7 +7,7 @@ use anyhow::{anyhow, ensure, Result};
 use tether_integration::wait::wait_until;
 use tether_integration::TestEnv;
 
-use super::{accounting_links, assert_detached, container_dir, pins_of, tether, tetherctl};
+use super::{accounting_links, assert_detached, container_dir, lo_tc, pins_of, tether, tetherctl};
 use crate::common::*;
 
 /// Starts `n` detached `sleep` containers at once and waits until each runs.
@@ -59,9 +59,13 @@ fn burst_of_50_loads_once_and_attaches_all() -> Result<()> {
             status["loads"] == 1,
             "one load for the whole burst: {status}"
         );
-        // Every container's links point at the same two cgroup programs.
+        // Every container's links point at the same two cgroup programs (where those are
+        // blind: connect4, and the two TC programs on each lo).
         let progs = prog_ids_in_use(env)?;
-        ensure!(progs.len() == 2, "programs in use: {progs:?}");
+        ensure!(
+            progs.len() == accounting_links().len() + 2 * lo_tc(),
+            "programs in use: {progs:?}"
+        );
         let ps = tetherctl(env, &["ps"])?;
         ensure!(ps.as_array().map_or(0, Vec::len) == 50, "{ps}");
 

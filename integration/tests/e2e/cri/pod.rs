@@ -78,6 +78,21 @@ fn pod_life(node: &CriNode) -> Result<()> {
         ),
         &app_cfg,
     )?;
+    if crate::attach::blind() {
+        // Where the cgroup programs are blind to sockets, a pod's containers can be judged
+        // only at the pod's interfaces, by the sandbox's programs and rules: a container
+        // under a policy of its own there is refused (fail-closed).
+        let e = cri
+            .start_container(&first)
+            .err()
+            .context("a pod container under a policy started on a blind node")?;
+        ensure!(
+            format!("{e:#}").contains("cgroup-sockets: blind"),
+            "refused, but not for its blind cgroup programs: {e:#}"
+        );
+        cri.tear_down_pod(&app)?;
+        return cri.tear_down_pod(&peer);
+    }
     cri.start_container(&first)?;
     cri.start_container(&second)?;
 
