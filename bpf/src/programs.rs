@@ -532,12 +532,16 @@ impl Programs {
 
     /// Runs a program once on `packet` (BPF_PROG_TEST_RUN) and returns its verdict.
     pub fn test_run(&self, p: Prog, packet: &[u8]) -> Result<u32> {
+        // A test run of a program with cgroup storage allocates that storage, charged to
+        // RLIMIT_MEMLOCK before 5.11.
+        let _memlock = crate::memlock::raise();
         sys::prog_test_run(self.fd(p), packet, None)
     }
 
     /// Runs a program `repeat` times on `packet` in the kernel and returns the mean time of
     /// one run in nanoseconds (BPF_PROG_TEST_RUN's own measurement).
     pub fn test_run_cost(&self, p: Prog, packet: &[u8], repeat: u32) -> Result<u32> {
+        let _memlock = crate::memlock::raise();
         sys::prog_test_run_repeat(self.fd(p), packet, None, repeat).map(|(_, ns)| ns)
     }
 
