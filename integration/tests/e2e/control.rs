@@ -107,6 +107,25 @@ fn metrics(env: &mut TestEnv) -> Result<()> {
     kill_and_delete(env, &id)
 }
 
+/// A figure of the shim's Stats reply (`reply`) and the cgroup file it comes from (`file`),
+/// read while the file stands still: the file, the reply, the file again, until the two
+/// reads of the file agree (at most 20 tries), so that a page charged or freed in between
+/// does not count as a difference.
+fn steady(file: &dyn Fn() -> Result<u64>, reply: &dyn Fn() -> Result<u64>) -> Result<(u64, u64)> {
+    let mut last = (0, 0);
+    for _ in 0..20 {
+        let before = file()?;
+        let got = reply()?;
+        let after = file()?;
+        if before == after {
+            return Ok((got, after));
+        }
+        last = (got, after);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(last)
+}
+
 scenario!(stats_match_the_cgroup);
 /// The shim's Stats reply (what kubelet's CRI stats, metrics-server and `ctr task metrics`
 /// read) gives what the cgroup files say, field by field: CPU total, user, kernel and per
@@ -141,9 +160,12 @@ fn stats_match_the_cgroup(env: &mut TestEnv) -> Result<()> {
         id: id.clone(),
         ..Default::default()
     };
-    let reply = shim_api::call(&shim, env.namespace(), "Stats", req.write_to_bytes()?)?;
-    let any = StatsResponse::parse_from_bytes(&reply)?.stats.into_option();
-    let any = any.context("Stats has no metrics")?;
+    let fetch = || -> Result<containerd_shim_protos::protobuf::well_known_types::any::Any> {
+        let reply = shim_api::call(&shim, env.namespace(), "Stats", req.write_to_bytes()?)?;
+        let any = StatsResponse::parse_from_bytes(&reply)?.stats.into_option();
+        any.context("Stats has no metrics")
+    };
+    let any = fetch()?;
     let pid = i32::try_from(pid)?;
     let file = |controller: &str, name: &str| -> Result<String> {
         let path = cgroup::dir_of(pid, controller)?.join(name);
@@ -198,12 +220,16 @@ fn stats_match_the_cgroup(env: &mut TestEnv) -> Result<()> {
         );
         let mem = m.memory.clone().into_option().context("no memory")?;
         let entry = mem.usage.clone().into_option().context("no memory usage")?;
-        let used: u64 = file("memory", "memory.usage_in_bytes")?.parse()?;
-        ensure!(
-            entry.usage == used,
-            "memory usage {} != {used}",
-            entry.usage
-        );
+        // The kernel frees and charges pages (the test's writes, per-CPU charge caches)
+        // while the two are read: compared once the file stands still around a reply.
+        let (got, used) = steady(
+            &|| Ok(file("memory", "memory.usage_in_bytes")?.parse()?),
+            &|| {
+                let m = Metrics::parse_from_bytes(&fetch()?.value)?;
+                Ok(m.memory.usage.as_ref().map_or(0, |u| u.usage))
+            },
+        )?;
+        ensure!(got == used, "memory usage {got} != {used}");
         ensure!(entry.limit == 64 << 20, "memory limit {}", entry.limit);
         let mstat = file("memory", "memory.stat")?;
         ensure!(
@@ -250,8 +276,13 @@ fn stats_match_the_cgroup(env: &mut TestEnv) -> Result<()> {
             "cpu {cpu:?} != cpu.stat {stat:?}"
         );
         let mem = m.memory.clone().into_option().context("no memory")?;
-        let used: u64 = file("memory", "memory.current")?.parse()?;
-        ensure!(mem.usage == used, "memory usage {} != {used}", mem.usage);
+        let (got, used) = steady(&|| Ok(file("memory", "memory.current")?.parse()?), &|| {
+            Ok(Metrics::parse_from_bytes(&fetch()?.value)?
+                .memory
+                .as_ref()
+                .map_or(0, |m| m.usage))
+        })?;
+        ensure!(got == used, "memory usage {got} != {used}");
         ensure!(
             mem.usage_limit == 64 << 20,
             "memory limit {}",
