@@ -6,7 +6,7 @@
 
 use anyhow::{ensure, Result};
 
-use super::tether;
+use super::{refused_at_create, tether};
 
 #[test]
 #[ignore = "needs a pure cgroup v1 node: scripts/kernel-matrix.sh --cgroups v1 --scenarios v1"]
@@ -26,14 +26,12 @@ fn pure_v1_refuses_a_closed_plan_and_runs_an_open_one_unattached() -> Result<()>
                 .flag("tether.io/egress-deny=127.0.0.2")
                 .command(["/bin/true"]),
         )?;
-        ensure!(out.code != 0, "ran without its programs: {out}");
-        ensure!(
-            out.stderr
-                .contains("no cgroup2 file system is mounted (a pure cgroup v1 node)"),
-            "{out}"
-        );
-        let _ = env.ctr.run(["container", "rm", &id]);
-        env.assert_no_leaks(&id)?;
+        refused_at_create(
+            env,
+            &id,
+            &out,
+            &["no cgroup2 file system is mounted (a pure cgroup v1 node)"],
+        )?;
 
         // No rule: the plan is open, and the container runs, without programs, with a warning.
         let id = env.id("open");

@@ -88,14 +88,7 @@ fn attempt(
             .collect();
         return Ok((refused, parse_arrived(&receiver.finish()?)));
     }
-    ensure!(out.success(), "the probe under {runtime}: {out}");
-    let sent = parse_sent(&out.stdout);
-    ensure!(
-        sent.len() == VARIANTS.len(),
-        "the probe under {runtime} tried {} of {} variants: {out}",
-        sent.len(),
-        VARIANTS.len()
-    );
+    let sent = probe_outcomes(&out, runtime)?;
     let arrived = parse_arrived(&receiver.finish()?);
     env.assert_no_leaks(&id)?;
     Ok((sent, arrived))
@@ -161,6 +154,20 @@ fn compare(
     Ok(())
 }
 
+/// The outcome of each variant the probe tried, from its output; the probe must have
+/// exited cleanly and tried every variant.
+fn probe_outcomes(out: &tether_integration::Output, runtime: Runtime) -> Result<Outcomes> {
+    ensure!(out.success(), "the probe under {runtime}: {out}");
+    let sent = parse_sent(&out.stdout);
+    ensure!(
+        sent.len() == VARIANTS.len(),
+        "the probe under {runtime} tried {} of {} variants: {out}",
+        sent.len(),
+        VARIANTS.len()
+    );
+    Ok(sent)
+}
+
 /// `tether-escape send` exec'd into running container `id`, aimed at `t`.
 fn exec_probe(
     env: &TestEnv,
@@ -199,12 +206,7 @@ fn exec_escape(env: &TestEnv, field: &Field) -> Result<()> {
     let out = exec_probe(env, &id, t);
     let arrived = parse_arrived(&receiver.finish()?);
     env.ctr.force_remove(&id)?;
-    let out = out?;
-    ensure!(out.success(), "exec of the probe: {out}");
-    ensure!(
-        parse_sent(&out.stdout).len() == VARIANTS.len(),
-        "the exec'd probe: {out}"
-    );
+    probe_outcomes(&out?, Runtime::Tether)?;
     ensure!(
         arrived.is_empty(),
         "these reached a denied address from an exec'd process: {arrived:?}"
@@ -320,14 +322,7 @@ fn late_attempt(env: &TestEnv, runtime: Runtime, subnet: u8) -> Result<(Outcomes
         }
         let receiver = field.receive(&probe()?)?;
         let out = exec_probe(env, &id, &field.targets)?;
-        ensure!(out.success(), "the probe under {runtime}: {out}");
-        let sent = parse_sent(&out.stdout);
-        ensure!(
-            sent.len() == VARIANTS.len(),
-            "the probe under {runtime} tried {} of {} variants: {out}",
-            sent.len(),
-            VARIANTS.len()
-        );
+        let sent = probe_outcomes(&out, runtime)?;
         Ok((sent, parse_arrived(&receiver.finish()?)))
     })();
     env.ctr.force_remove(&id)?;

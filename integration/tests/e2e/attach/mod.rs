@@ -127,6 +127,27 @@ pub(super) fn container_dir(env: &TestEnv, id: &str) -> PathBuf {
         .join(id.replace('.', "%2E"))
 }
 
+/// Holds `ctr run` of container `id` to a refusal at create whose error says each of `want`,
+/// then removes what containerd kept of it and checks that nothing of it is left: no pin
+/// directory, no cgroup, mount or process.
+pub(super) fn refused_at_create(
+    env: &TestEnv,
+    id: &str,
+    out: &tether_integration::Output,
+    want: &[&str],
+) -> Result<()> {
+    ensure!(out.code != 0, "{id}: created anyway: {out}");
+    for w in want {
+        ensure!(
+            out.stderr.contains(w),
+            "{id}: the error does not say {w:?}: {out}"
+        );
+    }
+    let _ = env.ctr.run(["container", "rm", id]);
+    ensure!(!container_dir(env, id).exists(), "{id}: pins left");
+    env.assert_no_leaks(id)
+}
+
 pub(super) fn pins_of(env: &TestEnv, id: &str) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(container_dir(env, id))
         .map(|d| {

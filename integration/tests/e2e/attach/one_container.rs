@@ -9,8 +9,8 @@ use anyhow::{anyhow, ensure, Result};
 use tether_integration::wait::wait_until;
 
 use super::{
-    assert_detached, denied, lo_tc, pins_of, reached, stats_of, tc_attachments, tc_count, tether,
-    POLICY_LINKS,
+    assert_detached, denied, lo_tc, pins_of, reached, refused_at_create, stats_of, tc_attachments,
+    tc_count, tether, POLICY_LINKS,
 };
 use crate::common::*;
 use tether_bpf::features::CgroupSockets;
@@ -172,10 +172,7 @@ fn host_network_gets_cgroup_programs_only() -> Result<()> {
                     .flag("tether.io/egress-deny=127.0.0.2/32")
                     .command(["/bin/true"]),
             )?;
-            ensure!(out.code != 0, "created anyway: {out}");
-            ensure!(out.stderr.contains("cgroup-sockets: blind"), "{out}");
-            let _ = env.ctr.run(["container", "rm", &id]);
-            return env.assert_no_leaks(&id);
+            return refused_at_create(env, &id, &out, &["cgroup-sockets: blind"]);
         }
         env.ctr.run_container(
             &env.run(&id)
