@@ -188,6 +188,73 @@ fn judged_at_the_interfaces_tc_drops_what_the_cgroup_would_refuse() {
     }
 }
 
+/// A container judged at its interfaces and counted at its cgroup: its TCP connection to an
+/// allowed address (a vetted socket, whose segments TC lets through without a lookup in the
+/// deny rules) arrives whole, and each of its packets is counted once, by the cgroup
+/// programs: TC counts for the container only what those never see. Counted twice, its
+/// bytes would outnumber those of the interface it leaves by.
+#[test]
+fn judged_at_the_interfaces_counted_at_the_cgroup_counts_each_packet_once() {
+    let fs = Bpffs::new().unwrap();
+    let progs = fs.load().unwrap();
+    let pair = VethPair::new();
+    let cg = TestCgroup::new().unwrap();
+    let config = ContainerConfig {
+        policy: true,
+        count_at_interfaces: false,
+        judge_at_interfaces: true,
+        ..ContainerConfig::default()
+    };
+    let attached = container::attach_cgroup(
+        &progs,
+        &fs.layout,
+        "test",
+        "once",
+        cg.open().unwrap().as_fd(),
+        &config,
+        &["192.0.2.9/32".parse::<Cidr>().unwrap()],
+    )
+    .unwrap();
+    let ifaces = container::attach_netns_only(
+        &progs,
+        &fs.layout,
+        "test",
+        "once",
+        attached.cgroup_id,
+        pair.a.open().as_fd(),
+        veth0(),
+    )
+    .unwrap();
+    assert_eq!(ifaces.len(), 1, "{ifaces:?}");
+    const BYTES: u64 = 300_000;
+    let target = format!("{}:7071", pair.addr_b);
+    let mut server = Probe::new(&format!("accept {target} 10"))
+        .netns(&pair.b.path)
+        .spawn()
+        .unwrap();
+    let mut out = listening(&mut server);
+    let sent = Probe::new(&format!("send {target} {BYTES}"))
+        .netns(&pair.a.path)
+        .cgroup(&cg)
+        .result()
+        .unwrap();
+    assert_eq!(sent, format!("sent:{BYTES}"));
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    server.wait().unwrap();
+    assert!(rest.contains(&format!("RESULT accepted:{BYTES}")), "{rest}");
+    let maps = progs.maps();
+    let cgc = maps.cgroup_counters(attached.cgroup_id).unwrap();
+    let tc = maps.iface_counters(ifaces[0].key).unwrap();
+    assert!(cgc.tx_bytes >= BYTES, "the container: {cgc:?}");
+    assert!(
+        cgc.tx_bytes <= tc.tx_bytes,
+        "the container counted more than left its interface: {cgc:?} / veth0 {tc:?}"
+    );
+    assert_eq!((cgc.drops, tc.drops), (0, 0), "{cgc:?} / {tc:?}");
+    container::detach(&progs, &fs.layout, "test", "once").unwrap();
+}
+
 #[test]
 fn packet_sockets_may_not_bypass_the_qdisc_under_a_policy() {
     for mode in ["raw-bypass", "dgram-bypass"] {

@@ -491,18 +491,42 @@ int tether_cg_ingress(struct __sk_buff *skb)
 #include "judge.h"
 
 /*
- * Whether a packet of a vetted TCP socket is plain: an IPv4 header without options, or
- * an IPv6 header straight followed by TCP. Only a plain packet goes where its socket's
- * destination says; one with a source route (IP_OPTIONS, IPV6_RTHDR) is judged.
+ * Whether the IP header at `off` (kind: NEXT_IPV4 or NEXT_IPV6) is a plain one headed where
+ * the vetted socket's connect() was allowed to go: an IPv4 header without options, or an
+ * IPv6 header straight followed by TCP, carrying TCP to the vetted address (an IPv6 socket's
+ * IPv4-mapped destination in IPv4). Only such a packet goes where its socket's destination
+ * says; one with a source route (IP_OPTIONS, IPV6_RTHDR), or a tunnel's outer header
+ * around the socket's segment, is judged.
  */
-static __always_inline bool plain_header(struct __sk_buff *skb)
+static __always_inline bool plain_header(struct __sk_buff *skb, __u32 off, __u32 kind,
+					 const struct tether_vetted *v)
 {
-	__u8 b;
+	if (kind == NEXT_IPV4) {
+		__u8 h[20];
 
-	if (skb->protocol == bpf_htons(ETH_P_IP))
-		return bpf_skb_load_bytes(skb, 0, &b, 1) == 0 && b == 0x45;
-	if (skb->protocol == bpf_htons(ETH_P_IPV6))
-		return bpf_skb_load_bytes(skb, 6, &b, 1) == 0 && b == IPPROTO_TCP;
+		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)) < 0 || h[0] != 0x45 ||
+		    h[9] != IPPROTO_TCP)
+			return false;
+		__u32 daddr;
+
+		__builtin_memcpy(&daddr, &h[16], 4);
+		if (v->family == TETHER_AF_INET)
+			return daddr == v->daddr[0];
+		return v->daddr[0] == 0 && v->daddr[1] == 0 &&
+		       v->daddr[2] == bpf_htonl(0x0000ffff) && daddr == v->daddr[3];
+	}
+	if (kind == NEXT_IPV6 && v->family == TETHER_AF_INET6) {
+		__u8 h[40];
+
+		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)) < 0 || (h[0] >> 4) != 6 ||
+		    h[6] != IPPROTO_TCP)
+			return false;
+		__u32 daddr[4];
+
+		__builtin_memcpy(daddr, &h[24], 16);
+		return daddr[0] == v->daddr[0] && daddr[1] == v->daddr[1] &&
+		       daddr[2] == v->daddr[2] && daddr[3] == v->daddr[3];
+	}
 	return false;
 }
 
@@ -543,24 +567,36 @@ static __always_inline void judged_drop(__u64 cgid, const struct tether_containe
 		__v;                                                                   \
 	})
 
-static __always_inline bool vetted_socket(struct __sk_buff *skb)
+static __always_inline const struct tether_vetted *vetted_socket(struct __sk_buff *skb)
 {
 	struct bpf_sock *sk = skb->sk;
 
 	if (!sk)
-		return false;
+		return NULL;
 	sk = bpf_sk_fullsock(sk);
 	if (!sk || SK_U32(sk, protocol) != IPPROTO_TCP)
-		return false;
+		return NULL;
 	struct tether_vetted *v = bpf_sk_storage_get(&vetted, sk, 0, 0);
 
 	if (!v)
-		return false;
+		return NULL;
 	if (SK_U32(sk, family) == TETHER_AF_INET)
-		return v->family == TETHER_AF_INET && v->daddr[0] == SK_U32(sk, dst_ip4);
+		return v->family == TETHER_AF_INET && v->daddr[0] == SK_U32(sk, dst_ip4) ? v
+											: NULL;
 	return v->family == TETHER_AF_INET6 && v->daddr[0] == SK_U32(sk, dst_ip6[0]) &&
-	       v->daddr[1] == SK_U32(sk, dst_ip6[1]) && v->daddr[2] == SK_U32(sk, dst_ip6[2]) &&
-	       v->daddr[3] == SK_U32(sk, dst_ip6[3]);
+			       v->daddr[1] == SK_U32(sk, dst_ip6[1]) &&
+			       v->daddr[2] == SK_U32(sk, dst_ip6[2]) &&
+			       v->daddr[3] == SK_U32(sk, dst_ip6[3]) ?
+		       v :
+		       NULL;
+}
+
+/* A packet of a vetted TCP socket whose IP header at `off` is plain (see plain_header). */
+static __always_inline bool vetted_plain(struct __sk_buff *skb, __u32 off, __u32 kind)
+{
+	const struct tether_vetted *v = vetted_socket(skb);
+
+	return v && plain_header(skb, off, kind, v);
 }
 
 SEC("cgroup_skb/egress")
@@ -575,17 +611,17 @@ int tether_cg_egress(struct __sk_buff *skb)
 	struct tether_counters *c = &cg->counters;
 
 	/* A container judged at its interfaces has this program only to be counted here. */
-	if ((ct->flags & (TETHER_F_POLICY | TETHER_F_JUDGE_AT_IFACES)) == TETHER_F_POLICY &&
-	    !(vetted_socket(skb) && plain_header(skb))) {
+	if ((ct->flags & (TETHER_F_POLICY | TETHER_F_JUDGE_AT_IFACES)) == TETHER_F_POLICY) {
 		struct judged j = {};
 		int v = JUDGE_PASS;
-
 		/* cgroup_skb sees the packet from the network header on, its protocol set by
 		 * the kernel's IP output path. */
-		if (skb->protocol == bpf_htons(ETH_P_IP))
-			v = judge_packet(skb, 0, NEXT_IPV4, cgid, &j);
-		else if (skb->protocol == bpf_htons(ETH_P_IPV6))
-			v = judge_packet(skb, 0, NEXT_IPV6, cgid, &j);
+		__u32 kind = skb->protocol == bpf_htons(ETH_P_IP)   ? NEXT_IPV4 :
+			     skb->protocol == bpf_htons(ETH_P_IPV6) ? NEXT_IPV6 :
+								      NEXT_NONE;
+
+		if (kind != NEXT_NONE && !vetted_plain(skb, 0, kind))
+			v = judge_packet(skb, 0, kind, cgid, &j);
 		if (v != JUDGE_PASS) {
 			judged_drop(cgid, ct, c, v, &j, TETHER_EV_DROP_CGROUP,
 				    TETHER_EV_REFUSE_CGROUP, 0);
@@ -748,15 +784,15 @@ int tether_setsockopt(struct bpf_sockopt *ctx)
 /* ---- TC (TCX or clsact): per-interface accounting inside the container's netns ---- */
 
 /*
- * Whether the cgroup egress program judged this packet already: it was sent by an IP
- * socket (TCP, UDP, ICMP, raw IP) of the container's own cgroup, so it passed the IP
- * output path where that program runs. Everything else is judged at TC: packets of a
- * packet socket (AF_PACKET writes whole frames and skips the IP output path), of
- * processes outside the container's cgroup, and forwarded packets; and every packet of a
- * container judged at its interfaces (TETHER_F_JUDGE_AT_IFACES), which has no cgroup
- * egress program.
+ * Whether a packet was sent by an IP socket (TCP, UDP, ICMP, raw IP) of the container's own
+ * cgroup, so it passed the IP output path where the cgroup egress program runs: that
+ * program judged it (unless the container is judged at its interfaces,
+ * TETHER_F_JUDGE_AT_IFACES, and has none for judging) and, where the container is counted
+ * at its cgroup, counted it. Everything else is judged at TC: packets of a packet socket
+ * (AF_PACKET writes whole frames and skips the IP output path), of processes outside the
+ * container's cgroup, and forwarded packets.
  */
-static __always_inline bool judged_at_cgroup(struct __sk_buff *skb, __u64 id)
+static __always_inline bool from_own_ip_socket(struct __sk_buff *skb, __u64 id)
 {
 	if (bpf_skb_cgroup_id(skb) != id)
 		return false;
@@ -770,6 +806,26 @@ static __always_inline bool judged_at_cgroup(struct __sk_buff *skb, __u64 id)
 	__u32 family = SK_U32(sk, family);
 
 	return family == TETHER_AF_INET || family == TETHER_AF_INET6;
+}
+
+/*
+ * A frame of a container judged at its interfaces that needs no lookup in the deny rules:
+ * from its own vetted TCP socket, untagged, its IP header plain and headed to the vetted
+ * address (the cgroup egress program's shortcut, at TC).
+ */
+static __always_inline bool vetted_frame(struct __sk_buff *skb)
+{
+	__u8 t[2];
+
+	if (bpf_skb_load_bytes(skb, 12, t, sizeof(t)) < 0)
+		return false;
+	__u16 type = ((__u16)t[0] << 8) | t[1];
+
+	if (type == ETH_P_IP)
+		return vetted_plain(skb, 14, NEXT_IPV4);
+	if (type == ETH_P_IPV6)
+		return vetted_plain(skb, 14, NEXT_IPV6);
+	return false;
 }
 
 static __always_inline int tc_handle(struct __sk_buff *skb, int dir)
@@ -792,30 +848,36 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int dir)
 	struct tether_counters *c = &ifc->counters;
 	__u64 id = ifc->cgroup_id;
 
-	if (dir == DIR_TX && (ifc->flags & TETHER_F_POLICY || counts_at_cgroup(ifc->flags)) &&
-	    ((ifc->flags & TETHER_F_JUDGE_AT_IFACES) || !judged_at_cgroup(skb, id))) {
-		struct tether_cgroup *cg = lookup_cgroup(&id);
+	if (dir == DIR_TX && (ifc->flags & TETHER_F_POLICY || counts_at_cgroup(ifc->flags))) {
+		bool ip_own = from_own_ip_socket(skb, id);
+		bool judge = (ifc->flags & TETHER_F_POLICY) &&
+			     ((ifc->flags & TETHER_F_JUDGE_AT_IFACES) ? !(ip_own && vetted_frame(skb)) :
+									  !ip_own);
 		/*
 		 * A frame of the container's own packet socket: the cgroup programs never saw
 		 * it, so where they count the container's packets it is counted here, in the
 		 * container's counters as well as the interface's.
 		 */
-		bool own = cg && counts_at_cgroup(ifc->flags) && bpf_skb_cgroup_id(skb) == id;
+		bool own = counts_at_cgroup(ifc->flags) && !ip_own && bpf_skb_cgroup_id(skb) == id;
 
-		if (cg && (ifc->flags & TETHER_F_POLICY) && (cg->config.flags & TETHER_F_POLICY)) {
-			struct judged j = {};
-			int v = judge_frame(skb, id, &j);
+		if (judge || own) {
+			struct tether_cgroup *cg = lookup_cgroup(&id);
 
-			if (v != JUDGE_PASS) {
-				judged_drop(id, &cg->config, c, v, &j, TETHER_EV_DROP_TC,
-					    TETHER_EV_REFUSE_TC, k.ifindex);
-				if (own)
-					cg->counters.drops++;
-				return TC_ACT_SHOT;
+			if (cg && judge && (cg->config.flags & TETHER_F_POLICY)) {
+				struct judged j = {};
+				int v = judge_frame(skb, id, &j);
+
+				if (v != JUDGE_PASS) {
+					judged_drop(id, &cg->config, c, v, &j, TETHER_EV_DROP_TC,
+						    TETHER_EV_REFUSE_TC, k.ifindex);
+					if (own)
+						cg->counters.drops++;
+					return TC_ACT_SHOT;
+				}
 			}
+			if (cg && own)
+				count(&cg->counters, DIR_TX, skb->len);
 		}
-		if (own)
-			count(&cg->counters, DIR_TX, skb->len);
 	}
 	count(c, dir, skb->len);
 	/* TC_ACT_UNSPEC (TCX_NEXT): let the next program on the interface decide. */
