@@ -628,6 +628,9 @@ fn read_links(dir: &Path) -> Result<Vec<(String, Link)>> {
     for entry in fs::read_dir(dir).map_err(|e| Error::path("read_dir", dir, e))? {
         let entry = entry.map_err(|e| Error::path("read_dir", dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
+        if name == DELETING {
+            continue;
+        }
         match Link::open_pinned(&entry.path()) {
             Ok(link) => out.push((name, link)),
             Err(e) => log::warn!("skipping {}: {e}", entry.path().display()),
@@ -635,6 +638,28 @@ fn read_links(dir: &Path) -> Result<Vec<(String, Link)>> {
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+/// The mark a container's directory carries while its shim deletes it (a directory: bpffs
+/// holds no plain files). Between `runc delete`, which removes the cgroup, and the detach,
+/// which reads the final counters and removes the pins, the container looks stale; the
+/// mark keeps garbage collection off it for [`crate::gc::GRACE`], so its counters are the
+/// shim's to hand on.
+pub const DELETING: &str = "deleting";
+
+/// Marks container `namespace/id` as being deleted (see [`DELETING`]); nothing to do for a
+/// container that is not attached.
+pub fn mark_deleting(layout: &PinLayout, namespace: &str, id: &str) -> Result<()> {
+    let dir = layout.container_dir(namespace, id)?;
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    let mark = dir.join(DELETING);
+    match fs::create_dir(&mark) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::path("mkdir", &mark, e)),
+    }
 }
 
 /// One container's directory and its links, as found in bpffs.

@@ -47,12 +47,20 @@ pub fn collect_with_grace(
     let mut live_cgroups = HashSet::new();
     let mut live_progs = HashSet::new();
     let mut dead = HashSet::new();
+    let mut deleting = HashSet::new();
     for c in &listed {
         if is_attaching(c) {
             // Not stale yet: its shim is between creating the directory and pinning the
             // first cgroup link (container::attach_cgroup). Removing the directory now
             // would make that attach fail.
             live_progs.extend(c.links.iter().map(|(_, l)| l.prog_id));
+            continue;
+        }
+        if is_deleting(c) {
+            // Its shim is between `runc delete` and the detach, which reads the final
+            // counters from its pins and entries and hands them to tetherd.
+            live_progs.extend(c.links.iter().map(|(_, l)| l.prog_id));
+            deleting.insert((c.namespace.clone(), c.id.clone()));
             continue;
         }
         if c.is_stale() {
@@ -85,8 +93,12 @@ pub fn collect_with_grace(
         let young: HashSet<u64> = maps
             .identities()?
             .into_iter()
-            .filter(|(_, i)| now.saturating_sub(i.attached_ns) < grace.as_nanos() as u64)
-            .filter(|(_, i)| !dead.contains(&(i.namespace.clone(), i.id.clone())))
+            .filter(|(_, i)| {
+                let who = (i.namespace.clone(), i.id.clone());
+                deleting.contains(&who)
+                    || (now.saturating_sub(i.attached_ns) < grace.as_nanos() as u64
+                        && !dead.contains(&who))
+            })
             .map(|(cg, _)| cg)
             .collect();
         for cg in known {
@@ -155,6 +167,16 @@ fn unix_nanos(t: SystemTime) -> u64 {
 
 /// A container directory with no cgroup link that changed within [`GRACE`]: an attach in
 /// progress, not a leftover.
+/// Whether a container's shim marked it as being deleted (see [`container::DELETING`])
+/// within the grace period; an older mark is a shim that died mid-delete, and its
+/// container is collected as any other.
+fn is_deleting(c: &container::ContainerLinks) -> bool {
+    let marked = std::fs::metadata(c.dir.join(container::DELETING)).and_then(|m| m.modified());
+    marked.is_ok_and(|t| {
+        unix_nanos(SystemTime::now()).saturating_sub(unix_nanos(t)) < GRACE.as_nanos() as u64
+    })
+}
+
 fn is_attaching(c: &container::ContainerLinks) -> bool {
     if c.links.iter().any(|(name, _)| name.starts_with("cgroup_")) {
         return false;

@@ -438,6 +438,61 @@ fn denied_connect_reaches_the_audit_log() -> Result<()> {
     Ok(())
 }
 
+/// Between `runc delete` (the cgroup goes) and its shim's detach, a container looks stale;
+/// marked as being deleted, gc leaves its pins and entries, so the detach still reads its
+/// final counters and hands them to tetherd. The control, unmarked, is collected in the same pass.
+#[test]
+fn gc_leaves_a_container_that_is_being_deleted() -> Result<()> {
+    let mut node = Node::with_broker_keys("gc_interval = 0")?;
+    node.start_tetherd()?;
+    node.acquire()?;
+    let progs = node.programs()?;
+    let mut cgroups = Vec::new();
+    for id in ["deleting", "unmarked"] {
+        let cg = TestCgroup::new()?;
+        let a = container::attach_cgroup(
+            &progs,
+            node.layout(),
+            "test",
+            id,
+            cg.open()?.as_fd(),
+            &ContainerConfig::default(),
+            &["127.0.0.2/32".parse::<Cidr>()?],
+        )?;
+        cgroups.push((id, cg, a.cgroup_id));
+    }
+    container::mark_deleting(node.layout(), "test", "deleting")?;
+    for (_, cg, _) in &cgroups {
+        fs::remove_dir(&cg.path)?;
+    }
+    wait_for("both containers to turn stale", DEADLINE, || {
+        let ps: Vec<ContainerInfo> = node.ctl_json(&["ps"]).ok()?;
+        ["deleting", "unmarked"]
+            .iter()
+            .all(|id| find(&ps, id).is_some_and(|c| c.stale))
+            .then_some(())
+    })?;
+
+    let report: GcReport = node.ctl_json(&["gc"])?;
+    assert_eq!(report.removed_containers, ["test/unmarked"], "{report:?}");
+    let (_, _, deleting_cg) = &cgroups[0];
+    assert!(
+        progs.maps().known_cgroups()?.contains(deleting_cg),
+        "the entries of the container being deleted were removed"
+    );
+    // What the shim's detach reads and removes is all there: its cgroup's entries (the
+    // deny rule among them) and its links.
+    assert_eq!(progs.maps().deny_rules(*deleting_cg)?.len(), 1);
+    let detached = container::detach(&progs, node.layout(), "test", "deleting")?;
+    assert_eq!(detached.cgroup_id, Some(*deleting_cg), "{detached:?}");
+    assert!(
+        detached.links >= 1 && detached.map_entries >= 2,
+        "{detached:?}"
+    );
+    assert!(!node.layout().container_dir("test", "deleting")?.exists());
+    Ok(())
+}
+
 #[test]
 fn gc_leaves_a_container_that_is_still_attaching() -> Result<()> {
     let mut node = Node::with_broker_keys("gc_interval = 0")?;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
-use tether_bpf::{Counters, Programs};
+use tether_bpf::{container, Counters, PinLayout, Programs};
 use tokio::task::JoinHandle;
 
 use super::cgroup_netns::{self, Attachment};
@@ -357,6 +357,7 @@ impl Attacher {
     pub fn before_delete(&self, namespace: &str, id: &str, config: &Config) {
         if let Some(t) = locked(&self.tracked).get_mut(id) {
             let a = &t.attachment;
+            mark_deleting(&a.layout, namespace, id);
             match a.programs.maps().cgroup_counters(a.cgroup_id) {
                 Ok(c) => t.before_delete = Some(c),
                 Err(e) => warn!("{id}: counters before delete: {e}"),
@@ -370,6 +371,7 @@ impl Attacher {
         {
             return;
         }
+        mark_deleting(&layout, namespace, id);
         let Ok(programs) = Programs::open(&layout, tether_bpf::VERSION) else {
             return;
         };
@@ -413,6 +415,15 @@ impl Attacher {
         };
         let layout = programs::layout(config);
         cgroup_netns::detach(namespace, id, layout, programs, socket, earlier).await;
+    }
+}
+
+/// Keeps tetherd's garbage collection off a container from `runc delete` (which removes
+/// its cgroup) to its detach, which hands its final counters on. Best effort: unmarked, a
+/// collection in that window takes the counters with the pins.
+fn mark_deleting(layout: &PinLayout, namespace: &str, id: &str) {
+    if let Err(e) = container::mark_deleting(layout, namespace, id) {
+        warn!("{id}: marking it as being deleted: {e}");
     }
 }
 
