@@ -130,7 +130,8 @@ for k in $kernels; do
     echo "== host ($(uname -r), cgroup $(host_layout))" >&2
     "$out/bin/tetherd" --features >"$dir/features"
     manifest_for "$(host_layout)" >"$dir/manifest"
-    bash integration/vm/scenarios.sh "$dir/manifest" "$dir/results" "$dir/logs" || true
+    bash integration/vm/applicable.sh "$dir/manifest" "$dir"
+    bash integration/vm/scenarios.sh "$dir/manifest.run" "$dir/results" "$dir/logs" || true
     rows+=("host:$(host_layout):$dir")
     continue
   fi
@@ -144,9 +145,10 @@ for k in $kernels; do
     start=$(date +%s)
     bash integration/vm/run.sh --cgroup "$cg" --init "$init" --keep "$dir" "$kdir" -- \
       "'$out/bin/tetherd' --features >\"\$VM_OUT/features\";
+       bash integration/vm/applicable.sh '$dir/manifest' \"\$VM_OUT\";
        TETHER_TEST_ATTACH_DEADLINE_MS=${TETHER_TEST_ATTACH_DEADLINE_MS:-60000} \\
        TETHER_SCENARIO_TIMEOUT=${TETHER_SCENARIO_TIMEOUT:-900} \\
-       bash integration/vm/scenarios.sh '$dir/manifest' \"\$VM_OUT/results\" \"\$VM_OUT/logs\"" \
+       bash integration/vm/scenarios.sh \"\$VM_OUT/manifest.run\" \"\$VM_OUT/results\" \"\$VM_OUT/logs\"" \
       >"$dir/console.log" 2>&1 || true
     echo "   $(( $(date +%s) - start )) s" >&2
     label=$cg; [ "$init" = systemd ] && label="$cg, systemd PID 1"
@@ -168,10 +170,13 @@ table=$out/matrix.md
     mech=$(awk -F': ' '$1 == "tc-attach" { tc = $2 } $1 == "netns-key" { nk = $2 }
                        $1 == "cgroup-sockets" && $2 ~ /^blind/ { cs = "; cgroup sockets blind: deny and counts at TC, lo included" }
                        $1 == "cgroup2" && $2 ~ /^none/ { cs = "; no cgroup2: no container can be attached" }
-                       END { if (tc != "") print "TC " tc ", keys " nk cs }' "$dir/features" 2>/dev/null)
+                       $1 == "cgroup-v1-memory" && $2 ~ /^none/ { mem = "; no v1 memory controller: no memory limits, with runc as with tether" }
+                       END { if (tc != "") print "TC " tc ", keys " nk cs mem }' "$dir/features" 2>/dev/null)
     printf '| %s | %s | %s |' "${kv:-$k (did not boot)}" "$cg" "${mech:--}"
+    # What the node ran: its own narrowing of the manifest (applicable.sh), if it got as far.
+    ran=$dir/manifest.run; [ -f "$ran" ] || ran=$dir/manifest
     for c in $columns; do
-      if ! grep -q "^$c"$'\t' "$dir/manifest" 2>/dev/null; then printf ' n/a |'; continue; fi
+      if ! grep -q "^$c"$'\t' "$ran" 2>/dev/null; then printf ' n/a |'; continue; fi
       cell=$(awk -F'\t' -v c="$c" '$1 == c {
                if ($2 == "pass") print "pass (" $3 ")"; else print "**FAIL** (" $4 " of " $3 + $4 ")" }' \
              "$dir/results" 2>/dev/null)
