@@ -163,7 +163,9 @@ fn detect() -> Result<Release> {
     }
     let mut cmd = Command::new(binary("containerd"));
     cmd.arg("--version");
-    let out = process::run(&mut cmd, None, Duration::from_secs(20))?
+    // Generous: the first exec of the binary in a fresh VM reads all of it from the host's
+    // file system, under TCG, beside whatever else the machine runs.
+    let out = process::run(&mut cmd, None, Duration::from_secs(120))?
         .ok()
         .context("containerd --version")?;
     Release::parse(&out.stdout)
