@@ -331,6 +331,44 @@ pub fn attach_netns_and_watch(
     })
 }
 
+/// The other containers whose TC programs count and judge the interfaces of `netns` that
+/// `select` picks (their owners, each once; `cgroup_id`'s own left out). Where the cgroup
+/// programs are blind, a container that joins another's network namespace is judged by
+/// these owners' programs and rules alone.
+pub fn shared_owners(
+    programs: &Programs,
+    netns: BorrowedFd<'_>,
+    cgroup_id: u64,
+    select: Select<'_>,
+) -> Result<Vec<u64>> {
+    refuse_host_netns(netns)?;
+    in_netns(netns, || {
+        let maps = programs.maps();
+        let classid_keys = programs.netns_key() == NetnsKey::Classid;
+        let cookie = programs.netns_cookie_here()?;
+        let mut owners = Vec::new();
+        for (ifindex, name) in sys::interfaces()? {
+            if !gets_tc(&name, select.only) {
+                continue;
+            }
+            let key = if classid_keys {
+                match tc::clsact_classid(ifindex)?.filter(|c| *c & 0xffff != 0) {
+                    Some(classid) => IfKey::new(u64::from(classid & 0xffff), ifindex),
+                    None => continue,
+                }
+            } else {
+                IfKey::new(cookie, ifindex)
+            };
+            if let Some(owner) = maps.iface_owner(key)? {
+                if owner != cgroup_id && !owners.contains(&owner) {
+                    owners.push(owner);
+                }
+            }
+        }
+        Ok(owners)
+    })
+}
+
 /// Whether the network namespace `netns` has an interface the TC programs would be
 /// attached to (any but `lo`, limited to `only` when given): where a container's traffic can
 /// be counted at its interfaces.

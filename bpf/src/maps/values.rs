@@ -178,6 +178,19 @@ impl fmt::Display for Cidr {
 }
 
 impl Cidr {
+    /// Whether every address of `other` is in this network (same family, a prefix no
+    /// longer than `other`'s, and `other`'s network inside this one).
+    pub fn contains(&self, other: &Cidr) -> bool {
+        self.addr.is_ipv4() == other.addr.is_ipv4()
+            && self.prefix <= other.prefix
+            && Cidr {
+                addr: other.addr,
+                prefix: self.prefix,
+            }
+            .network()
+                == self.addr
+    }
+
     fn network(&self) -> IpAddr {
         match self.addr {
             IpAddr::V4(a) => {
@@ -225,6 +238,21 @@ pub struct Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cidr_contains() {
+        let c = |s: &str| s.parse::<Cidr>().unwrap();
+        assert!(c("10.0.0.0/8").contains(&c("10.1.2.3")));
+        assert!(c("10.0.0.0/8").contains(&c("10.1.0.0/16")));
+        assert!(c("10.0.0.0/8").contains(&c("10.0.0.0/8")));
+        assert!(!c("10.1.0.0/16").contains(&c("10.0.0.0/8")));
+        assert!(!c("10.0.0.0/8").contains(&c("11.0.0.1")));
+        assert!(c("0.0.0.0/0").contains(&c("192.0.2.1")));
+        assert!(!c("0.0.0.0/0").contains(&c("::1")));
+        assert!(!c("::/0").contains(&c("10.0.0.1")));
+        assert!(c("fd00::/8").contains(&c("fd12::1")));
+        assert!(!c("fd00::/8").contains(&c("fe80::1")));
+    }
 
     #[test]
     fn cidr_parse() {

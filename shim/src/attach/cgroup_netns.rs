@@ -235,19 +235,38 @@ pub fn attach(
             )
             .map_err(|e| Error::attach(id, e))?;
             if blind && config.policy && attached.is_empty() {
-                // Its interfaces (lo included) judge by their owner's rules, and the kernel
-                // does not tell this container's packets from the owner's.
-                return Err(Error::attach(
-                    id,
-                    format!(
-                        "the kernel does not charge sockets to their cgroup v2 \
-                         (cgroup-sockets: {}), and the interfaces of the network namespace it \
-                         joins carry another container's programs, so its deny rules cannot \
-                         be enforced; boot with the pure cgroup v2 layout \
-                         (systemd.unified_cgroup_hierarchy=1) or a kernel from 5.15",
-                        CgroupSockets::Blind.as_str()
-                    ),
-                ));
+                // Its interfaces (lo included) judge by their owners' rules, and the kernel
+                // does not tell this container's packets from theirs: it may run only where
+                // those rules deny all that its own do (a pod's containers carry the pod's
+                // annotations, and every container the node's rules).
+                let owners = container::shared_owners(
+                    &programs,
+                    netns.as_fd(),
+                    cg.cgroup_id,
+                    select.as_select(),
+                )
+                .map_err(|e| Error::attach(id, e))?;
+                let uncovered = uncovered_by_owners(&programs, &owners, &plan.deny)
+                    .map_err(|e| Error::attach(id, e))?;
+                if let Some(why) = uncovered {
+                    return Err(Error::attach(
+                        id,
+                        format!(
+                            "the kernel does not charge sockets to their cgroup v2 \
+                             (cgroup-sockets: {}), and the interfaces of the network namespace \
+                             it joins carry another container's programs, which judge its \
+                             packets by their own rules: {why}; boot with the pure cgroup v2 \
+                             layout (systemd.unified_cgroup_hierarchy=1) or a kernel from 5.15",
+                            CgroupSockets::Blind.as_str()
+                        ),
+                    ));
+                }
+                info!(
+                    "{id}: cgroup-sockets: {}: judged at the interfaces of the network namespace \
+                     it joins, by the rules of cgroup {owners:?}, which cover its own; its \
+                     traffic is counted there, with theirs",
+                    CgroupSockets::Blind.as_str()
+                );
             }
             watch
         }
@@ -270,6 +289,34 @@ pub fn attach(
         cgroup: t_cgroup - t_open,
         netns: t_cgroup.elapsed(),
     })
+}
+
+/// Why the containers `owners`, whose programs judge the interfaces a container shares with
+/// them, would not deny all that its rules `deny` do (`None`: they would): none at all, one
+/// without a policy, or a rule of the container's inside none of an owner's.
+fn uncovered_by_owners(
+    programs: &Programs,
+    owners: &[u64],
+    deny: &[tether_bpf::Cidr],
+) -> tether_bpf::Result<Option<String>> {
+    if owners.is_empty() {
+        return Ok(Some("no container's programs judge them".into()));
+    }
+    let maps = programs.maps();
+    for &owner in owners {
+        if !maps.container_config(owner)?.is_some_and(|c| c.policy) {
+            return Ok(Some(format!(
+                "the container of cgroup {owner} has no policy"
+            )));
+        }
+        let theirs = maps.deny_rules(owner)?;
+        if let Some(rule) = deny.iter().find(|r| !theirs.iter().any(|t| t.contains(r))) {
+            return Ok(Some(format!(
+                "its deny rule {rule} is not among those of the container of cgroup {owner}"
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// Where a deleted container's final counters go: tetherd's socket, and how long delete

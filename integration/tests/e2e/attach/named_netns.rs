@@ -227,11 +227,13 @@ fn pod_netns(env: &mut TestEnv) -> Result<()> {
         )?;
         if blind() {
             // Blind cgroup programs: nothing tells its packets from the first one's at their
-            // interfaces, so its deny rule could not be enforced: refused (fail-closed).
+            // interfaces, which judge by the first one's rules, and it has none: refused
+            // (fail-closed).
             ensure!(
                 out.code != 0
                     && out.stderr.contains("cgroup-sockets: blind")
-                    && out.stderr.contains("another container's programs"),
+                    && out.stderr.contains("another container's programs")
+                    && out.stderr.contains("has no policy"),
                 "{out}"
             );
             let _ = env.ctr.run(["container", "rm", &second]);
