@@ -32,7 +32,7 @@ cargo test -p tether-integration --test e2e -- --ignored attach::churn --nocaptu
 # above), the Docker suite against Docker 28 over containerd 2.1 (20.10 ran above), and the
 # kernel matrix on Debian 12's own kernel (6.1) with each cgroup layout (pure v1 runs the
 # stats and v1 scenarios alone), in qemu VMs (the host's kernel ran above). The whole kernel
-# matrix (5.10, 6.1, 6.12, sid's, every layout) takes about 2.5 hours here:
+# matrix (5.10, 6.1, 6.12, sid's, every layout) takes about 2 hours here:
 # `bash scripts/kernel-matrix.sh`.
 bash scripts/containerd-matrix.sh trixie sid
 bash scripts/docker-matrix.sh sid

@@ -498,34 +498,42 @@ int tether_cg_ingress(struct __sk_buff *skb)
  * says; one with a source route (IP_OPTIONS, IPV6_RTHDR), or a tunnel's outer header
  * around the socket's segment, is judged.
  */
+static __always_inline bool plain_ip4(const __u8 *h, const struct tether_vetted *v)
+{
+	if (h[0] != 0x45 || h[9] != IPPROTO_TCP)
+		return false;
+	__u32 daddr;
+
+	__builtin_memcpy(&daddr, &h[16], 4);
+	if (v->family == TETHER_AF_INET)
+		return daddr == v->daddr[0];
+	return v->daddr[0] == 0 && v->daddr[1] == 0 && v->daddr[2] == bpf_htonl(0x0000ffff) &&
+	       daddr == v->daddr[3];
+}
+
+static __always_inline bool plain_ip6(const __u8 *h, const struct tether_vetted *v)
+{
+	if ((h[0] >> 4) != 6 || h[6] != IPPROTO_TCP || v->family != TETHER_AF_INET6)
+		return false;
+	__u32 daddr[4];
+
+	__builtin_memcpy(daddr, &h[24], 16);
+	return daddr[0] == v->daddr[0] && daddr[1] == v->daddr[1] && daddr[2] == v->daddr[2] &&
+	       daddr[3] == v->daddr[3];
+}
+
 static __always_inline bool plain_header(struct __sk_buff *skb, __u32 off, __u32 kind,
 					 const struct tether_vetted *v)
 {
 	if (kind == NEXT_IPV4) {
 		__u8 h[20];
 
-		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)) < 0 || h[0] != 0x45 ||
-		    h[9] != IPPROTO_TCP)
-			return false;
-		__u32 daddr;
-
-		__builtin_memcpy(&daddr, &h[16], 4);
-		if (v->family == TETHER_AF_INET)
-			return daddr == v->daddr[0];
-		return v->daddr[0] == 0 && v->daddr[1] == 0 &&
-		       v->daddr[2] == bpf_htonl(0x0000ffff) && daddr == v->daddr[3];
+		return bpf_skb_load_bytes(skb, off, h, sizeof(h)) == 0 && plain_ip4(h, v);
 	}
-	if (kind == NEXT_IPV6 && v->family == TETHER_AF_INET6) {
+	if (kind == NEXT_IPV6) {
 		__u8 h[40];
 
-		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)) < 0 || (h[0] >> 4) != 6 ||
-		    h[6] != IPPROTO_TCP)
-			return false;
-		__u32 daddr[4];
-
-		__builtin_memcpy(daddr, &h[24], 16);
-		return daddr[0] == v->daddr[0] && daddr[1] == v->daddr[1] &&
-		       daddr[2] == v->daddr[2] && daddr[3] == v->daddr[3];
+		return bpf_skb_load_bytes(skb, off, h, sizeof(h)) == 0 && plain_ip6(h, v);
 	}
 	return false;
 }
@@ -591,12 +599,14 @@ static __always_inline const struct tether_vetted *vetted_socket(struct __sk_buf
 		       NULL;
 }
 
-/* A packet of a vetted TCP socket whose IP header at `off` is plain (see plain_header). */
-static __always_inline bool vetted_plain(struct __sk_buff *skb, __u32 off, __u32 kind)
+/* A packet of a TCP socket that the hook of container `cgid` vetted, whose IP header at `off`
+ * is plain (see plain_header). */
+static __always_inline bool vetted_plain(struct __sk_buff *skb, __u32 off, __u32 kind,
+					 __u64 cgid)
 {
 	const struct tether_vetted *v = vetted_socket(skb);
 
-	return v && plain_header(skb, off, kind, v);
+	return v && v->cgroup_id == cgid && plain_header(skb, off, kind, v);
 }
 
 SEC("cgroup_skb/egress")
@@ -620,7 +630,7 @@ int tether_cg_egress(struct __sk_buff *skb)
 			     skb->protocol == bpf_htons(ETH_P_IPV6) ? NEXT_IPV6 :
 								      NEXT_NONE;
 
-		if (kind != NEXT_NONE && !vetted_plain(skb, 0, kind))
+		if (kind != NEXT_NONE && !vetted_plain(skb, 0, kind, cgid))
 			v = judge_packet(skb, 0, kind, cgid, &j);
 		if (v != JUDGE_PASS) {
 			judged_drop(cgid, ct, c, v, &j, TETHER_EV_DROP_CGROUP,
@@ -696,6 +706,7 @@ static __always_inline int sock_addr_check(struct bpf_sock_addr *ctx, bool v6, _
 			bpf_sk_storage_get(&vetted, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
 		if (v) {
+			v->cgroup_id = cgid;
 			v->family = family;
 			v->daddr[0] = daddr[0];
 			v->daddr[1] = daddr[1];
@@ -810,21 +821,32 @@ static __always_inline bool from_own_ip_socket(struct __sk_buff *skb, __u64 id)
 
 /*
  * A frame of a container judged at its interfaces that needs no lookup in the deny rules:
- * from its own vetted TCP socket, untagged, its IP header plain and headed to the vetted
- * address (the cgroup egress program's shortcut, at TC).
+ * from a TCP socket that this container's connect() hook vetted (the socket storage names
+ * the container, so no cgroup lookup is needed), untagged, its IP header plain and headed
+ * to the vetted address (the cgroup egress program's shortcut, at TC). The headers are
+ * read in place: a socket's segment has them in the linear part of its buffer; a frame
+ * whose headers are not there is judged.
  */
-static __always_inline bool vetted_frame(struct __sk_buff *skb)
+static __always_inline bool vetted_frame(struct __sk_buff *skb, __u64 id)
 {
-	__u8 t[2];
+	const struct tether_vetted *v = vetted_socket(skb);
 
-	if (bpf_skb_load_bytes(skb, 12, t, sizeof(t)) < 0)
+	if (!v || v->cgroup_id != id)
 		return false;
-	__u16 type = ((__u16)t[0] << 8) | t[1];
+	const __u8 *data = (const __u8 *)(long)skb->data;
+	const __u8 *end = (const __u8 *)(long)skb->data_end;
 
-	if (type == ETH_P_IP)
-		return vetted_plain(skb, 14, NEXT_IPV4);
-	if (type == ETH_P_IPV6)
-		return vetted_plain(skb, 14, NEXT_IPV6);
+	if (data + 14 + 40 <= end) {
+		__u16 type = ((__u16)data[12] << 8) | data[13];
+
+		if (type == ETH_P_IP)
+			return plain_ip4(data + 14, v);
+		if (type == ETH_P_IPV6)
+			return plain_ip6(data + 14, v);
+		return false;
+	}
+	if (data + 14 + 20 <= end && data[12] == (ETH_P_IP >> 8) && data[13] == (ETH_P_IP & 0xff))
+		return plain_ip4(data + 14, v);
 	return false;
 }
 
@@ -849,16 +871,26 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int dir)
 	__u64 id = ifc->cgroup_id;
 
 	if (dir == DIR_TX && (ifc->flags & TETHER_F_POLICY || counts_at_cgroup(ifc->flags))) {
-		bool ip_own = from_own_ip_socket(skb, id);
-		bool judge = (ifc->flags & TETHER_F_POLICY) &&
-			     ((ifc->flags & TETHER_F_JUDGE_AT_IFACES) ? !(ip_own && vetted_frame(skb)) :
-									  !ip_own);
-		/*
-		 * A frame of the container's own packet socket: the cgroup programs never saw
-		 * it, so where they count the container's packets it is counted here, in the
-		 * container's counters as well as the interface's.
-		 */
-		bool own = counts_at_cgroup(ifc->flags) && !ip_own && bpf_skb_cgroup_id(skb) == id;
+		bool at_ifaces = (ifc->flags & (TETHER_F_POLICY | TETHER_F_JUDGE_AT_IFACES)) ==
+				 (TETHER_F_POLICY | TETHER_F_JUDGE_AT_IFACES);
+		/* Judged at its interfaces, only a vetted socket's plain segment passes unjudged;
+		 * else the cgroup egress program judged the container's own IP sockets' packets. */
+		bool judge = at_ifaces ? !vetted_frame(skb, id) : (ifc->flags & TETHER_F_POLICY);
+		bool own = false;
+
+		if (counts_at_cgroup(ifc->flags) || (judge && !at_ifaces)) {
+			bool ip_own = from_own_ip_socket(skb, id);
+
+			if (!at_ifaces)
+				judge = judge && !ip_own;
+			/*
+			 * A frame of the container's own packet socket: the cgroup programs never
+			 * saw it, so where they count the container's packets it is counted here,
+			 * in the container's counters as well as the interface's.
+			 */
+			own = counts_at_cgroup(ifc->flags) && !ip_own &&
+			      bpf_skb_cgroup_id(skb) == id;
+		}
 
 		if (judge || own) {
 			struct tether_cgroup *cg = lookup_cgroup(&id);

@@ -103,8 +103,10 @@ struct tether_iface {
 
 /* A TCP socket's destination that its container's connect() hook allowed. */
 struct tether_vetted {
+	__u64 cgroup_id; /* the container whose hook allowed it */
 	__u32 family; /* TETHER_AF_INET or TETHER_AF_INET6 */
 	__u32 daddr[4]; /* network byte order; IPv4 in daddr[0] */
+	__u32 pad;
 };
 
 /* An interface inside a network namespace. netns_cookie is the namespace's
