@@ -237,6 +237,7 @@ fn pod_netns(env: &mut TestEnv) -> Result<()> {
                 "{out}"
             );
             let _ = env.ctr.run(["container", "rm", &second]);
+            owner_covers_its_joiners(env)?;
         } else {
             ensure!(out.code == 0, "{out}");
             wait_status(env, &second, "RUNNING")?;
@@ -269,4 +270,68 @@ fn pod_netns(env: &mut TestEnv) -> Result<()> {
         );
         env.assert_no_leaks(&id)
     }
+}
+
+/// Blind cgroup programs: a container under a policy that joins a namespace whose owner has
+/// one runs when the owner's deny rules cover each of its own (the owner's interfaces judge
+/// its packets by them), and is refused otherwise, naming its rule that is not covered.
+fn owner_covers_its_joiners(env: &mut TestEnv) -> Result<()> {
+    let ns = format!("tp-{}", env.id("ns-owner"));
+    let status = Command::new("ip").args(["netns", "add", &ns]).status()?;
+    ensure!(status.success(), "ip netns add");
+    struct Ns(String);
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _ns = Ns(ns.clone());
+    let s = Command::new("ip")
+        .args([
+            "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+        ])
+        .status()?;
+    ensure!(s.success(), "veth in {ns}");
+    let run_in_ns = |env: &TestEnv, id: &str, deny: &str| {
+        env.ctr.run_container(
+            &env.run(id)
+                .detach()
+                .flag("--with-ns")
+                .flag(format!("network:/run/netns/{ns}"))
+                .flag("--annotation")
+                .flag(format!("tether.io/egress-deny={deny}"))
+                .command(["/bin/sleep", "1000"]),
+        )
+    };
+    let owner = env.id("owner");
+    let out = run_in_ns(env, &owner, "127.0.0.3, 10.99.0.0/16")?;
+    ensure!(out.code == 0, "{out}");
+    wait_status(env, &owner, "RUNNING")?;
+
+    // Its rules are among the owner's (10.99.1.0/24 within 10.99.0.0/16): it runs.
+    let covered = env.id("covered");
+    let out = run_in_ns(env, &covered, "10.99.1.0/24")?;
+    ensure!(out.code == 0, "{out}");
+    wait_status(env, &covered, "RUNNING")?;
+
+    // One rule the owner lacks: refused, naming it, and nothing of it is left.
+    let uncovered = env.id("uncovered");
+    let out = run_in_ns(env, &uncovered, "127.0.0.3, 10.98.0.0/16")?;
+    ensure!(
+        out.code != 0
+            && out.stderr.contains("cgroup-sockets: blind")
+            && out.stderr.contains(
+                "its deny rule 10.98.0.0/16 is not among those of the container of cgroup"
+            ),
+        "{out}"
+    );
+    let _ = env.ctr.run(["container", "rm", &uncovered]);
+    env.assert_no_leaks(&uncovered)?;
+
+    env.ctr.force_remove(&covered)?;
+    assert_detached(env, &covered)?;
+    env.assert_no_leaks(&covered)?;
+    env.ctr.force_remove(&owner)?;
+    assert_detached(env, &owner)?;
+    env.assert_no_leaks(&owner)
 }
