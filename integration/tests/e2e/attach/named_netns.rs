@@ -138,23 +138,8 @@ fn pod_netns(env: &mut TestEnv) -> Result<()> {
     let clsact = env.containerd().env_var("TETHER_TC_ATTACH") == Some("clsact")
         || tether_bpf::tc::TcAttach::probe() == tether_bpf::tc::TcAttach::Clsact;
     {
-        // A namespace made beforehand, as Kubernetes does for a pod, with a veth in it.
-        let ns = format!("tp-{}", env.id("ns"));
-        let status = Command::new("ip").args(["netns", "add", &ns]).status()?;
-        ensure!(status.success(), "ip netns add");
-        struct Ns(String);
-        impl Drop for Ns {
-            fn drop(&mut self) {
-                let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-            }
-        }
-        let _ns = Ns(ns.clone());
-        let s = Command::new("ip")
-            .args([
-                "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
-            ])
-            .status()?;
-        ensure!(s.success(), "veth in {ns}");
+        let pod_ns = PodNs::new(env, "ns")?;
+        let ns = pod_ns.0.clone();
         let id = env.id("podns");
         env.ctr.run_container(
             &env.run(&id)
@@ -276,22 +261,8 @@ fn pod_netns(env: &mut TestEnv) -> Result<()> {
 /// one runs when the owner's deny rules cover each of its own (the owner's interfaces judge
 /// its packets by them), and is refused otherwise, naming its rule that is not covered.
 fn owner_covers_its_joiners(env: &mut TestEnv) -> Result<()> {
-    let ns = format!("tp-{}", env.id("ns-owner"));
-    let status = Command::new("ip").args(["netns", "add", &ns]).status()?;
-    ensure!(status.success(), "ip netns add");
-    struct Ns(String);
-    impl Drop for Ns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-    let _ns = Ns(ns.clone());
-    let s = Command::new("ip")
-        .args([
-            "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
-        ])
-        .status()?;
-    ensure!(s.success(), "veth in {ns}");
+    let pod_ns = PodNs::new(env, "ns-owner")?;
+    let ns = &pod_ns.0;
     let run_in_ns = |env: &TestEnv, id: &str, deny: &str| {
         env.ctr.run_container(
             &env.run(id)
@@ -334,4 +305,30 @@ fn owner_covers_its_joiners(env: &mut TestEnv) -> Result<()> {
     env.ctr.force_remove(&owner)?;
     assert_detached(env, &owner)?;
     env.assert_no_leaks(&owner)
+}
+
+/// A network namespace made beforehand, as Kubernetes makes a pod's, with a veth pair (eth0,
+/// eth1) in it; deleted when dropped.
+struct PodNs(String);
+
+impl PodNs {
+    fn new(env: &TestEnv, label: &str) -> Result<PodNs> {
+        let name = format!("tp-{}", env.id(label));
+        let status = Command::new("ip").args(["netns", "add", &name]).status()?;
+        ensure!(status.success(), "ip netns add {name}");
+        let ns = PodNs(name);
+        let status = Command::new("ip")
+            .args([
+                "-n", &ns.0, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+            ])
+            .status()?;
+        ensure!(status.success(), "veth in {}", ns.0);
+        Ok(ns)
+    }
+}
+
+impl Drop for PodNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
 }
