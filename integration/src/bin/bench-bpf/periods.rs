@@ -155,8 +155,12 @@ pub fn paired(flows: [&Flow<'_>; 2], total: Duration, what: Toggle, versus: Togg
             "TETHER_BENCH_VERSUS works with toggles that leave nothing attached when off (not tc)"
         );
     }
+    // A container's programs are attached before its first instruction, so its sockets
+    // connect with them on (its TCP sockets vetted by its connect hook): the clients start
+    // with the programs on both flows, which come off once the flows run.
     for f in flows {
         f.off(what)?;
+        f.on(what)?;
     }
     let secs = (periods as u64 + 1) * TOGGLE_PERIOD.as_secs() + 3;
     let mut clients = Vec::new();
@@ -172,6 +176,9 @@ pub fn paired(flows: [&Flow<'_>; 2], total: Duration, what: Toggle, versus: Togg
     }
     // Past slow start, both flows running.
     std::thread::sleep(Duration::from_millis(1500));
+    for f in flows {
+        f.off(what)?;
+    }
     let retrans_before = [flows[0].retransmitted()?, flows[1].retransmitted()?];
     let t0 = Instant::now();
     let mut ratios = Vec::new(); // the attached flow's bytes / the other's
