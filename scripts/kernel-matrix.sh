@@ -122,6 +122,63 @@ for cg in $layouts; do manifest_for "$cg"; done >"$manifest"
 columns=$(cut -f1 "$manifest.all" | awk '!seen[$0]++' | while read -r c; do
             if grep -q "^$c"$'\t' "$manifest"; then echo "$c"; fi; done | tr '\n' ' ')
 
+# One boot of a row: its manifest narrowed on the node, then its scenarios; the run's files
+# (features, manifest.run, results, logs/) are kept in KEEP, its console in KEEP/console.log.
+boot_row() {
+  local kdir=$1 cg=$2 dir=$3 manifest=$4 keep=$5
+  bash integration/vm/run.sh --cgroup "$cg" --init "$init" --keep "$keep" "$kdir" -- \
+    "'$out/bin/tetherd' --features >\"\$VM_OUT/features\";
+     bash integration/vm/applicable.sh '$manifest' \"\$VM_OUT\";
+     TETHER_TEST_ATTACH_DEADLINE_MS=${TETHER_TEST_ATTACH_DEADLINE_MS:-60000} \\
+     TETHER_SCENARIO_TIMEOUT=${TETHER_SCENARIO_TIMEOUT:-900} \\
+     bash integration/vm/scenarios.sh \"\$VM_OUT/manifest.run\" \"\$VM_OUT/results\" \"\$VM_OUT/logs\"" \
+    >"$keep/console.log" 2>&1 || true
+}
+# The first scenario of a row's run with a command that did not finish ("" if all did): a
+# finished command leaves its "--- NAME: exit" line in logs/NAME.log.
+unfinished() {
+  local run=$1 name cmd
+  declare -A want=()
+  while IFS=$'\t' read -r name cmd; do
+    [ -z "$name" ] || [ "${name:0:1}" = "#" ] && continue
+    want[$name]=$(( ${want[$name]:-0} + 1 ))
+  done <"$run/manifest.run"
+  for name in $(cut -f1 "$run/manifest.run" | awk '$0 != "" && !seen[$0]++'); do
+    [ "$(grep -c "^--- $name: exit" "$run/logs/$name.log" 2>/dev/null)" = "${want[$name]}" ] ||
+      { echo "$name"; return; }
+  done
+}
+# A VM whose kernel stopped under a scenario (a CPU stuck in the emulated kernel: the
+# console's soft lockup, panic or oops) is booted again, twice at most, for that scenario and
+# the rest; $dir/resumed names each such boot's scenario and the console's words, and the
+# table's note says so. A scenario that stops its VM twice is left without a result (the row
+# fails). $dir/last is the row's last boot (its logs and console).
+resume() {
+  local kdir=$1 cg=$2 dir=$3 n cur=$3 stuck why rest
+  echo "$dir" >"$dir/last"
+  for n in 1 2; do
+    [ -f "$cur/manifest.run" ] || return 0
+    stuck=$(unfinished "$cur")
+    [ -n "$stuck" ] || return 0
+    why=$(grep -aho 'BUG: soft lockup[^!]*!\|Kernel panic[^[:cntrl:]]*\|Oops[^[:cntrl:]]*' "$cur/console.log" 2>/dev/null |
+            head -n1)
+    [ -n "$why" ] || return 0
+    if grep -q "^$stuck"$'\t' "$dir/resumed" 2>/dev/null; then return 0; fi
+    printf '%s\t%s\n' "$stuck" "$why" >>"$dir/resumed"
+    echo "   the VM stopped in \`$stuck\` ($why): booting again for it and the rest" >&2
+    rest=$dir/boot$n
+    mkdir -p "$rest"
+    awk -F'\t' -v s="$stuck" '$1 == s { on = 1 } on' "$cur/manifest.run" >"$rest/manifest"
+    boot_row "$kdir" "$cg" "$dir" "$rest/manifest" "$rest"
+    # The scenarios finished before, then the new boot's.
+    { awk -F'\t' 'NR == FNR { again[$1] = 1; next } !($1 in again)' "$rest/manifest" "$dir/results"
+      cat "$rest/results"; } >"$dir/results.new" 2>/dev/null
+    mv "$dir/results.new" "$dir/results"
+    cur=$rest
+    echo "$cur" >"$dir/last"
+  done
+}
+
 rows=()
 for k in $kernels; do
   if [ "$k" = host ]; then
@@ -143,13 +200,8 @@ for k in $kernels; do
     manifest_for "$cg" >"$dir/manifest"
     echo "== $k ($(basename "$kdir"), cgroup $cg, init $init)" >&2
     start=$(date +%s)
-    bash integration/vm/run.sh --cgroup "$cg" --init "$init" --keep "$dir" "$kdir" -- \
-      "'$out/bin/tetherd' --features >\"\$VM_OUT/features\";
-       bash integration/vm/applicable.sh '$dir/manifest' \"\$VM_OUT\";
-       TETHER_TEST_ATTACH_DEADLINE_MS=${TETHER_TEST_ATTACH_DEADLINE_MS:-60000} \\
-       TETHER_SCENARIO_TIMEOUT=${TETHER_SCENARIO_TIMEOUT:-900} \\
-       bash integration/vm/scenarios.sh \"\$VM_OUT/manifest.run\" \"\$VM_OUT/results\" \"\$VM_OUT/logs\"" \
-      >"$dir/console.log" 2>&1 || true
+    boot_row "$kdir" "$cg" "$dir" "$dir/manifest" "$dir"
+    resume "$kdir" "$cg" "$dir"
     echo "   $(( $(date +%s) - start )) s" >&2
     label=$cg; [ "$init" = systemd ] && label="$cg, systemd PID 1"
     rows+=("$k:$label:$dir")
@@ -184,6 +236,33 @@ table=$out/matrix.md
     done
     printf '\n'
   done
+  # The rows whose VM stopped under a scenario and booted again for the rest (resume above).
+  for r in "${rows[@]}"; do
+    IFS=: read -r k cg dir <<<"$r"
+    [ -s "$dir/resumed" ] || continue
+    while IFS=$'\t' read -r s why; do
+      printf '\n%s, %s: the VM stopped in `%s` (console: "%s") and booted again for it and the rest.\n' \
+        "$k" "$cg" "$s" "$why"
+    done <"$dir/resumed"
+  done
 } >"$table"
 cat "$table"
+# A row that stopped short (the VM hung or died): what its console and its unfinished
+# scenario last printed, so that the run's own output says why.
+for r in "${rows[@]}"; do
+  IFS=: read -r k cg dir <<<"$r"
+  ran=$dir/manifest.run; [ -f "$ran" ] || ran=$dir/manifest
+  short=$(cut -f1 "$ran" | awk '!seen[$0]++' | while read -r c; do
+            awk -F'\t' -v c="$c" '$1 == c { found = 1 } END { exit !found }' "$dir/results" 2>/dev/null ||
+              echo "$c"; done | head -n1)
+  [ -n "$short" ] || continue
+  last=$(cat "$dir/last" 2>/dev/null || echo "$dir")
+  echo "--- $k $cg: no result from \`$short\` on; the console's last lines:"
+  tail -n 40 "$last/console.log" 2>/dev/null | sed 's/^/    /'
+  for f in "$last/logs/$short.cur" "$last/logs/$short.stuck"; do
+    [ -s "$f" ] || continue
+    echo "--- $k $cg: ${f##*/}, last lines:"
+    tail -n 60 "$f" | sed 's/^/    /'
+  done
+done
 ! grep -q 'FAIL\|no result' "$table"

@@ -57,7 +57,17 @@ else
       fi
       ;;
   esac
-
+  # One memory cgroup made and removed while the VM is quiet: the kernel switches its kernel
+  # memory accounting on (a static key, patched into the code of every slab allocation) with
+  # the first, which emulated SMP now and then survives only with both CPUs stuck on the
+  # patched instruction (a soft lockup in kmem_cache_alloc) when the first container's runc
+  # and another allocator race it. systemd (--init systemd) makes its memory cgroups at boot.
+  if [ -d /sys/fs/cgroup/memory ]; then
+    warm=/sys/fs/cgroup/memory/tether-vm-warm
+  elif [ "$VM_CGROUP" = v2 ] && echo +memory >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null; then
+    warm=/sys/fs/cgroup/tether-vm-warm
+  fi
+  [ -n "${warm:-}" ] && mkdir "$warm" && rmdir "$warm"
 fi
 
 # The kernel's own modules (veth, bridge, sch_ingress, ...) in place of the host's.

@@ -115,6 +115,9 @@ trap 'rm -rf "$out"' EXIT
   env | grep -E '^(TETHER_|RUST_|CARGO_)' | sed 's/^\([^=]*\)=\(.*\)$/export \1=\x27\2\x27/' || true
 } >"$out/vm.env"
 
+# A CPU stuck in the kernel (emulated SMP now and then loses its way while the kernel patches
+# its own text, also after boot) panics the VM within seconds (softlockup_panic), which then
+# stops (panic=-1, -no-reboot), rather than hanging until the timeout: the console says so.
 accel=(-accel tcg,thread=multi -cpu max)
 [ "${TETHER_VM_ACCEL:-tcg}" = kvm ] && accel=(-accel kvm -cpu host)
 # A boot that dies before the command starts (emulated SMP now and then faults while the
@@ -124,7 +127,7 @@ for attempt in 1 2 3; do
   timeout --foreground "$timeout" qemu-system-x86_64 "${accel[@]}" -M pc -m "$mem" -smp "$cpus" \
     -nographic -no-reboot -monitor none -serial stdio -nic none \
     -kernel "$work/vmlinux" -initrd "$work/initrd.cpio" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=${TETHER_VM_LOGLEVEL:-3} rdinit=/init tether.out=$out tether.guest=$here/guest.sh $init_args" \
+    -append "console=ttyS0 panic=-1 softlockup_panic=1 quiet loglevel=${TETHER_VM_LOGLEVEL:-3} rdinit=/init tether.out=$out tether.guest=$here/guest.sh $init_args" \
     -fsdev local,id=root,path=/,security_model=passthrough,readonly=on,multidevs=remap \
     -device virtio-9p-pci,fsdev=root,mount_tag=root \
     -fsdev local,id=out,path="$out",security_model=passthrough \
