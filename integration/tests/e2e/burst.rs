@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use tether_integration::wait::wait_until;
-use tether_integration::{procfs, TestEnv};
+use tether_integration::{procfs, Runtime, TestEnv};
 
 use crate::common::*;
 
@@ -38,12 +38,26 @@ fn burst(env: &mut TestEnv) -> Result<()> {
     assert_no_shim_zombies(env)?;
 
     let mut failures = Vec::new();
+    let mut lost = 0;
     for ((code, h), id) in runs.into_iter().zip(&ids) {
         match join(h) {
             Ok(out) if out.code == code as i32 && out.stdout.trim() == id => {}
+            // The Go runc shim now and then loses the output of a process that exits right
+            // after writing it (its copy of the stdout pipe races the exit); tether is held
+            // to every byte, the reference only to the exit code.
+            Ok(out)
+                if env.runtime == Runtime::RuncV2
+                    && out.code == code as i32
+                    && out.stdout.is_empty() =>
+            {
+                lost += 1
+            }
             Ok(out) => failures.push(format!("{id} (expected {code}): {out}")),
             Err(e) => failures.push(format!("{id}: {e:#}")),
         }
+    }
+    if lost > 0 {
+        eprintln!("burst: {lost} of {N} outputs lost by the Go runc shim (exit codes right)");
     }
     ensure!(
         failures.is_empty(),
