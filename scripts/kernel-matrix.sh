@@ -125,7 +125,7 @@ columns=$(cut -f1 "$manifest.all" | awk '!seen[$0]++' | while read -r c; do
 # One boot of a row: its manifest narrowed on the node, then its scenarios; the run's files
 # (features, manifest.run, results, logs/) are kept in KEEP, its console in KEEP/console.log.
 boot_row() {
-  local kdir=$1 cg=$2 dir=$3 manifest=$4 keep=$5
+  local kdir=$1 cg=$2 manifest=$3 keep=$4
   bash integration/vm/run.sh --cgroup "$cg" --init "$init" --keep "$keep" "$kdir" -- \
     "'$out/bin/tetherd' --features >\"\$VM_OUT/features\";
      bash integration/vm/applicable.sh '$manifest' \"\$VM_OUT\";
@@ -169,7 +169,7 @@ resume() {
     rest=$dir/boot$n
     mkdir -p "$rest"
     awk -F'\t' -v s="$stuck" '$1 == s { on = 1 } on' "$cur/manifest.run" >"$rest/manifest"
-    boot_row "$kdir" "$cg" "$dir" "$rest/manifest" "$rest"
+    boot_row "$kdir" "$cg" "$rest/manifest" "$rest"
     # The scenarios finished before, then the new boot's.
     { awk -F'\t' 'NR == FNR { again[$1] = 1; next } !($1 in again)' "$rest/manifest" "$dir/results"
       cat "$rest/results"; } >"$dir/results.new" 2>/dev/null
@@ -200,7 +200,7 @@ for k in $kernels; do
     manifest_for "$cg" >"$dir/manifest"
     echo "== $k ($(basename "$kdir"), cgroup $cg, init $init)" >&2
     start=$(date +%s)
-    boot_row "$kdir" "$cg" "$dir" "$dir/manifest" "$dir"
+    boot_row "$kdir" "$cg" "$dir/manifest" "$dir"
     resume "$kdir" "$cg" "$dir"
     echo "   $(( $(date +%s) - start )) s" >&2
     label=$cg; [ "$init" = systemd ] && label="$cg, systemd PID 1"
@@ -251,12 +251,10 @@ cat "$table"
 # scenario last printed, so that the run's own output says why.
 for r in "${rows[@]}"; do
   IFS=: read -r k cg dir <<<"$r"
-  ran=$dir/manifest.run; [ -f "$ran" ] || ran=$dir/manifest
-  short=$(cut -f1 "$ran" | awk '!seen[$0]++' | while read -r c; do
-            awk -F'\t' -v c="$c" '$1 == c { found = 1 } END { exit !found }' "$dir/results" 2>/dev/null ||
-              echo "$c"; done | head -n1)
-  [ -n "$short" ] || continue
   last=$(cat "$dir/last" 2>/dev/null || echo "$dir")
+  if [ -f "$last/manifest.run" ]; then short=$(unfinished "$last")
+  else short=$(head -n1 "$dir/manifest" | cut -f1); fi
+  [ -n "$short" ] || continue
   echo "--- $k $cg: no result from \`$short\` on; the console's last lines:"
   tail -n 40 "$last/console.log" 2>/dev/null | sed 's/^/    /'
   for f in "$last/logs/$short.cur" "$last/logs/$short.stuck"; do
