@@ -58,8 +58,9 @@ pub struct AttachSection {
     pub failure_policy: Option<String>,
     /// Where packets and bytes are counted: "auto" (default), "cgroup" or "interfaces".
     pub count_at: Option<String>,
-    /// Where a container's packets are judged against its deny rules: "cgroup" (default:
-    /// the cgroup_skb egress program, every denied send fails with EPERM) or "interfaces"
+    /// Where a container's packets are judged against its deny rules: "auto" (default: at
+    /// the interfaces where it is counted there, else at the cgroup), "cgroup" (the
+    /// cgroup_skb egress program, every denied send fails with EPERM) or "interfaces"
     /// (TC alone, for a container whose network namespace runc creates; raw and ICMP
     /// packets are dropped there without an error, and the cgroup_skb hook's cost is saved).
     pub judge_at: Option<String>,

@@ -522,19 +522,26 @@ static __always_inline bool plain_ip6(const __u8 *h, const struct tether_vetted 
 	       daddr[3] == v->daddr[3];
 }
 
-static __always_inline bool plain_header(struct __sk_buff *skb, __u32 off, __u32 kind,
-					 const struct tether_vetted *v)
+/*
+ * Whether the IP header (kind: NEXT_IPV4 or NEXT_IPV6) at `off` bytes into the program's
+ * data is plain (see plain_ip4, plain_ip6), read in place (direct packet access: cgroup_skb
+ * for a privileged loader since Linux 5.0, TC always). A socket's segment has its headers
+ * in the linear part of its buffer; a packet whose header is not there is not plain here,
+ * and so is judged.
+ */
+static __always_inline bool plain_in_place(struct __sk_buff *skb, __u32 off, __u32 kind,
+					   const struct tether_vetted *v)
 {
-	if (kind == NEXT_IPV4) {
-		__u8 h[20];
+	const __u8 *data = (const __u8 *)(long)skb->data;
+	const __u8 *end = (const __u8 *)(long)skb->data_end;
 
-		return bpf_skb_load_bytes(skb, off, h, sizeof(h)) == 0 && plain_ip4(h, v);
-	}
-	if (kind == NEXT_IPV6) {
-		__u8 h[40];
-
-		return bpf_skb_load_bytes(skb, off, h, sizeof(h)) == 0 && plain_ip6(h, v);
-	}
+	if (off > 14)
+		return false;
+	data += off;
+	if (kind == NEXT_IPV4)
+		return data + 20 <= end && plain_ip4(data, v);
+	if (kind == NEXT_IPV6)
+		return data + 40 <= end && plain_ip6(data, v);
 	return false;
 }
 
@@ -600,13 +607,13 @@ static __always_inline const struct tether_vetted *vetted_socket(struct __sk_buf
 }
 
 /* A packet of a TCP socket that the hook of container `cgid` vetted, whose IP header at `off`
- * is plain (see plain_header). */
+ * is plain (see plain_in_place). */
 static __always_inline bool vetted_plain(struct __sk_buff *skb, __u32 off, __u32 kind,
 					 __u64 cgid)
 {
 	const struct tether_vetted *v = vetted_socket(skb);
 
-	return v && v->cgroup_id == cgid && plain_header(skb, off, kind, v);
+	return v && v->cgroup_id == cgid && plain_in_place(skb, off, kind, v);
 }
 
 SEC("cgroup_skb/egress")
@@ -829,25 +836,15 @@ static __always_inline bool from_own_ip_socket(struct __sk_buff *skb, __u64 id)
  */
 static __always_inline bool vetted_frame(struct __sk_buff *skb, __u64 id)
 {
-	const struct tether_vetted *v = vetted_socket(skb);
-
-	if (!v || v->cgroup_id != id)
-		return false;
 	const __u8 *data = (const __u8 *)(long)skb->data;
 	const __u8 *end = (const __u8 *)(long)skb->data_end;
 
-	if (data + 14 + 40 <= end) {
-		__u16 type = ((__u16)data[12] << 8) | data[13];
-
-		if (type == ETH_P_IP)
-			return plain_ip4(data + 14, v);
-		if (type == ETH_P_IPV6)
-			return plain_ip6(data + 14, v);
+	if (data + 14 > end)
 		return false;
-	}
-	if (data + 14 + 20 <= end && data[12] == (ETH_P_IP >> 8) && data[13] == (ETH_P_IP & 0xff))
-		return plain_ip4(data + 14, v);
-	return false;
+	__u16 type = ((__u16)data[12] << 8) | data[13];
+	__u32 kind = type == ETH_P_IP ? NEXT_IPV4 : type == ETH_P_IPV6 ? NEXT_IPV6 : NEXT_NONE;
+
+	return kind != NEXT_NONE && vetted_plain(skb, 14, kind, id);
 }
 
 static __always_inline int tc_handle(struct __sk_buff *skb, int dir)

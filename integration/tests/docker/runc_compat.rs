@@ -50,8 +50,9 @@ fn docker_run_with_tether_runc() -> Result<()> {
     // Its network namespace is its own. With eth0 there at create (Docker 20.10's prestart
     // hook), counted at eth0 (where TC keys carry the netns cookie); with eth0 added between
     // create and start (Docker 28), tether's `auto` counts at the cgroup, and eth0's TC
-    // programs, attached at start, count too. The node's deny rule: every cgroup program,
-    // but cgroup_skb ingress, which only counts, when eth0 counts.
+    // programs, attached at start, count too. The node's deny rule: every cgroup program
+    // when it is counted at the cgroup; counted at eth0, it is judged there too
+    // (`judge_at = "auto"`), with neither cgroup_skb program.
     let at_ifaces = tether_bpf::NetnsKey::probe() == tether_bpf::NetnsKey::Cookie
         && !d.engine().networks_after_create();
     let mut want = vec![
@@ -62,7 +63,9 @@ fn docker_run_with_tether_runc() -> Result<()> {
         "cgroup_tether_sendmsg6",
         "cgroup_tether_setsockopt",
     ];
-    if !at_ifaces {
+    if at_ifaces {
+        want.remove(0);
+    } else {
         want.insert(1, "cgroup_tether_cg_ingress");
     }
     let cgroup_pins: Vec<&str> = pins_now

@@ -164,6 +164,12 @@ fn docker_shim_network_modes_and_late_interface() -> Result<()> {
     ])?);
     let p = pins(&d, &id)?;
     ensure!(tc_pins(&p) == 2, "{p:?}");
+    // Judged where it is counted (`judge_at = "auto"`): at eth0, with no cgroup_skb egress
+    // program, when eth0 was there at create.
+    ensure!(
+        cgroup_pins(&p).contains(&"cgroup_tether_cg_egress") != at_ifaces,
+        "{p:?}"
+    );
     let row = wait_counted(&d, &id, 3)?;
     ensure!(row["namespace"] == "moby", "{row}");
     let want = if at_ifaces { "interfaces" } else { "cgroup" };

@@ -64,6 +64,8 @@ struct AttachTimes {
     netns: Duration,
     /// Registering the link watcher.
     watch: Duration,
+    /// Whether the step left the container judged at its interfaces.
+    judged_at_interfaces: bool,
 }
 
 impl AttachTimes {
@@ -224,7 +226,7 @@ impl Attacher {
                     .zip(t.phases())
                     .map(|(n, d)| format!("{n} {} us", d.as_micros()))
                     .collect();
-                let judged = if plan.config.judge_at_interfaces {
+                let judged = if t.judged_at_interfaces {
                     "; judged at its interfaces (no cgroup egress program)"
                 } else {
                     ""
@@ -296,6 +298,7 @@ impl Attacher {
             cgroup: a.cgroup,
             netns: a.netns,
             watch: t_watch.elapsed(),
+            judged_at_interfaces: a.judged_at_interfaces,
         })
     }
 

@@ -13,7 +13,7 @@ use tether_bpf::container::{self, IfaceAttached};
 use tether_bpf::features::CgroupSockets;
 use tether_bpf::{Counters, PinLayout, Programs};
 
-use super::plan::{CountAt, Netns, Plan, TcSelect};
+use super::plan::{CountAt, JudgeAt, Netns, Plan, TcSelect};
 use crate::error::{Error, Result};
 
 /// What is attached of one container: the programs, its cgroup, and the network namespace
@@ -138,6 +138,9 @@ impl Attachment {
 pub struct Attached {
     pub attachment: Attachment,
     pub watch: Option<OwnedFd>,
+    /// Whether the container's packets are judged at its interfaces (no cgroup_skb egress
+    /// program), as its plan says or, for `judge_at = "auto"`, as its interfaces decided.
+    pub judged_at_interfaces: bool,
     /// Finding and opening the container's cgroup directory and network namespace.
     pub open: Duration,
     /// Map entries and cgroup links.
@@ -192,13 +195,21 @@ pub fn attach(
              namespace, loopback included",
             CgroupSockets::Blind.as_str()
         );
-    } else if plan.count_at == CountAt::Auto && config.account && plan.netns == Netns::New {
+    } else if plan.netns == Netns::New {
         // The namespace is the container's alone: count at its interfaces if it has any (a
-        // prestart hook, as Docker's, has set them up by now).
-        if let Some(netns) = &netns {
-            config.count_at_interfaces =
-                container::has_interfaces(netns.as_fd(), select.only.as_deref())
-                    .map_err(|e| Error::attach(id, e))?;
+        // prestart hook, as Docker's, has set them up by now), and judge there too when
+        // nothing else needs the cgroup_skb hooks.
+        let count_auto = plan.count_at == CountAt::Auto && config.account;
+        let judge_auto = plan.judge_at == JudgeAt::Auto && config.policy;
+        if let (Some(netns), true) = (&netns, count_auto || judge_auto) {
+            let has = container::has_interfaces(netns.as_fd(), select.only.as_deref())
+                .map_err(|e| Error::attach(id, e))?;
+            if count_auto {
+                config.count_at_interfaces = has;
+            }
+            if judge_auto {
+                config.judge_at_interfaces = has && (!config.account || config.count_at_interfaces);
+            }
         }
     }
     let t_open = Instant::now();
@@ -285,6 +296,7 @@ pub fn attach(
             _pins: pins,
         },
         watch,
+        judged_at_interfaces: config.judge_at_interfaces,
         open: t_open - t0,
         cgroup: t_cgroup - t_open,
         netns: t_cgroup.elapsed(),

@@ -102,35 +102,31 @@ fn steering() -> Result<Steer> {
 /// `TETHER_BENCH_PLAN`), as the shim's default (`count_at = "auto"`) makes it for a
 /// container whose network namespace is its own with an interface (the client's veth0):
 /// `accounting` (the default plan: counters only, counted at the interfaces), `policy`
-/// (counters and one deny rule, so the cgroup programs a policy needs are attached too),
-/// `policy-tc` (the same, judged at the interfaces: `judge_at = "interfaces"`, no cgroup
-/// egress program), or `cgroup` (counters only, counted at the cgroup: `count_at =
-/// "cgroup"`).
+/// (counters and one deny rule, judged at the interfaces as `judge_at = "auto"` judges such
+/// a container: no cgroup_skb egress program; `policy-tc`, `judge_at = "interfaces"`, is
+/// the same), `policy-cgroup` (the same rule judged at the cgroup, `judge_at = "cgroup"`:
+/// the cgroup_skb egress program judges the container's sockets' packets), or `cgroup`
+/// (counters only, counted at the cgroup: `count_at = "cgroup"`).
 fn bench_plan() -> Result<(&'static str, ContainerConfig, Vec<tether_bpf::Cidr>)> {
     let accounting = ContainerConfig {
         policy: false,
         count_at_interfaces: true,
         ..ContainerConfig::default()
     };
+    // One deny rule, judged at the interfaces (`at_ifaces`) or at the cgroup.
+    let policy = |name, at_ifaces| -> Result<_> {
+        let config = ContainerConfig {
+            policy: true,
+            judge_at_interfaces: at_ifaces,
+            ..accounting
+        };
+        Ok((name, config, vec!["192.0.2.0/24".parse()?]))
+    };
     match std::env::var("TETHER_BENCH_PLAN").as_deref() {
         Ok("accounting") | Err(_) => Ok(("accounting", accounting, vec![])),
-        Ok("policy") => Ok((
-            "policy",
-            ContainerConfig {
-                policy: true,
-                ..accounting
-            },
-            vec!["192.0.2.0/24".parse()?],
-        )),
-        Ok("policy-tc") => Ok((
-            "policy-tc",
-            ContainerConfig {
-                policy: true,
-                judge_at_interfaces: true,
-                ..accounting
-            },
-            vec!["192.0.2.0/24".parse()?],
-        )),
+        Ok("policy") => policy("policy", true),
+        Ok("policy-tc") => policy("policy-tc", true),
+        Ok("policy-cgroup") => policy("policy-cgroup", false),
         Ok("cgroup") => Ok((
             "cgroup",
             ContainerConfig {
@@ -140,7 +136,7 @@ fn bench_plan() -> Result<(&'static str, ContainerConfig, Vec<tether_bpf::Cidr>)
             vec![],
         )),
         Ok(other) => {
-            bail!("TETHER_BENCH_PLAN={other}: expected accounting, policy, policy-tc or cgroup")
+            bail!("TETHER_BENCH_PLAN={other}: expected accounting, policy, policy-tc, policy-cgroup or cgroup")
         }
     }
 }

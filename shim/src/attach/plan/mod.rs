@@ -83,6 +83,22 @@ pub enum CountAt {
     Interfaces,
 }
 
+/// Where the packets of a container under a policy are judged (`[attach] judge_at`).
+/// Only a container whose network namespace runc creates, every interface of which gets TC
+/// programs, can be judged at its interfaces: TC sees every packet it sends there but its
+/// own loopback's. Any other is judged at its cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JudgeAt {
+    /// At the interfaces when the container has an interface besides lo at create and
+    /// nothing else needs the cgroup_skb hooks (it is counted at its interfaces, or not at
+    /// all); at the cgroup otherwise. Decided at attach.
+    Auto,
+    /// By the cgroup_skb egress program: a denied send of a socket fails with EPERM.
+    Cgroup,
+    /// By the TC egress program of each interface; no cgroup_skb egress program.
+    Interfaces,
+}
+
 /// Which interfaces of the container's network namespace get TC programs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Interfaces {
@@ -113,6 +129,10 @@ pub struct Plan {
     /// Where packets and bytes are counted. `config.count_at_interfaces` is set for
     /// [`CountAt::Interfaces`]; [`CountAt::Auto`] is decided at attach.
     pub count_at: CountAt,
+    /// Where a container under a policy is judged: [`JudgeAt::Interfaces`] sets
+    /// `config.judge_at_interfaces`, [`JudgeAt::Auto`] is decided at attach, and a
+    /// container whose interfaces TC does not all see is [`JudgeAt::Cgroup`].
+    pub judge_at: JudgeAt,
     pub deadline: Duration,
     /// The nice value the shim's thread runs the attach step at (`None`: its own).
     pub nice: Option<i32>,
@@ -209,16 +229,17 @@ fn parse_count_at(key: &str, v: &str) -> Result<CountAt> {
     }
 }
 
-/// `[attach] judge_at`: whether the packets of a container whose network namespace runc
-/// creates (and every interface of which gets TC programs) are judged at its interfaces.
-fn parse_judge_at(v: &str) -> Result<bool> {
+/// `[attach] judge_at`: where the packets of a container under a policy whose network
+/// namespace runc creates (and every interface of which gets TC programs) are judged.
+fn parse_judge_at(v: &str) -> Result<JudgeAt> {
     match v.trim() {
-        "cgroup" => Ok(false),
-        "interfaces" => Ok(true),
+        "auto" => Ok(JudgeAt::Auto),
+        "cgroup" => Ok(JudgeAt::Cgroup),
+        "interfaces" => Ok(JudgeAt::Interfaces),
         _ => Err(bad(
             "[attach] judge_at",
             v,
-            "expected \"cgroup\" or \"interfaces\"",
+            "expected \"auto\", \"cgroup\" or \"interfaces\"",
         )),
     }
 }
@@ -574,11 +595,16 @@ impl Plan {
         // Judged at TC alone only where TC sees every packet the container sends: a
         // namespace of its own (no other container's programs own its interfaces), every
         // interface of it attached, present and late.
-        let node_judges_at_interfaces = a.judge_at.as_deref().map(parse_judge_at).transpose()?;
-        let judge_at_interfaces = enforce
-            && node_judges_at_interfaces == Some(true)
-            && netns == Netns::New
-            && interfaces == Interfaces::All;
+        let node_judge_at = match a.judge_at.as_deref() {
+            Some(v) => parse_judge_at(v)?,
+            None => JudgeAt::Auto,
+        };
+        let judge_at = if enforce && netns == Netns::New && interfaces == Interfaces::All {
+            node_judge_at
+        } else {
+            JudgeAt::Cgroup
+        };
+        let judge_at_interfaces = judge_at == JudgeAt::Interfaces;
         let pod_member = spec
             .annotations()
             .get(CRI_CONTAINER_TYPE)
@@ -604,6 +630,7 @@ impl Plan {
             fail_closed,
             netns,
             count_at,
+            judge_at,
             deadline: a.deadline(),
             nice: parse_nice(a.nice)?,
             max_interfaces: a

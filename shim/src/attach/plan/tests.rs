@@ -420,13 +420,32 @@ fn judged_at_the_interfaces_only_where_tc_sees_every_packet() {
         &node("interfaces = \"none\"\n"),
         &spec(&[], Some(None))
     ));
-    // No deny rule: nothing to judge; and the default is the cgroup.
+    // No deny rule: nothing to judge.
     let no_rules = cfg("[attach]\njudge_at = \"interfaces\"\n");
     assert!(!judged(&no_rules, &spec(&[], Some(None))));
+    // The default, "auto", is decided at attach (by the interfaces at create) for a
+    // container TC can judge, and is the cgroup for any other.
+    let at = |c: &Config, s: &Spec| Plan::resolve(c, s).unwrap().judge_at;
     let default = cfg("[attach]\negress_deny = [\"192.0.2.0/24\"]\n");
+    assert_eq!(at(&default, &spec(&[], Some(None))), JudgeAt::Auto);
     assert!(!judged(&default, &spec(&[], Some(None))));
+    assert_eq!(at(&default, &spec(&[], None)), JudgeAt::Cgroup);
+    assert_eq!(
+        at(&default, &spec(&[], Some(Some("/run/netns/pod")))),
+        JudgeAt::Cgroup
+    );
+    assert_eq!(
+        at(
+            &cfg("[attach]\negress_deny = [\"192.0.2.0/24\"]\ninterfaces = \"eth0\"\n"),
+            &spec(&[], Some(None))
+        ),
+        JudgeAt::Cgroup
+    );
+    assert_eq!(at(&no_rules, &spec(&[], Some(None))), JudgeAt::Cgroup);
+    let cgroup = cfg("[attach]\njudge_at = \"cgroup\"\negress_deny = [\"192.0.2.0/24\"]\n");
+    assert_eq!(at(&cgroup, &spec(&[], Some(None))), JudgeAt::Cgroup);
     assert!(tether_bpf::programs::Prog::CgroupEgress.used_by(
-        &Plan::resolve(&default, &spec(&[], Some(None)))
+        &Plan::resolve(&cgroup, &spec(&[], Some(None)))
             .unwrap()
             .config
     ));
