@@ -522,3 +522,111 @@ fn an_overrun_link_events_socket_asks_for_a_new_look() {
     let r = tether_bpf::netlink::drain(sock.as_fd(), &mut buf).unwrap();
     assert_eq!(r, tether_bpf::netlink::Drained::Empty { new_link: false });
 }
+
+/// A container attached counted and judged at its cgroup (no interface at create), moved to
+/// its interfaces before it runs (`auto` at start): its cgroup_skb links go, the other
+/// cgroup links stay, and its own packets are counted and judged at its interface from then
+/// on, which is where its interface's entry learns it (its flags, copied from the
+/// container's at the interface's attach, change with the container's).
+#[test]
+fn a_container_moved_to_its_interfaces_is_counted_and_judged_there() {
+    let fs = Bpffs::new().unwrap();
+    let progs = fs.load().unwrap();
+    let pair = VethPair::new();
+    let cg = TestCgroup::new().unwrap();
+    let from = ContainerConfig::default();
+    assert!(from.policy && from.account && !from.count_at_interfaces);
+    let attached = container::attach_cgroup(
+        &progs,
+        &fs.layout,
+        "test",
+        "moved",
+        cg.open().unwrap().as_fd(),
+        &from,
+        &[],
+    )
+    .unwrap();
+    let ifaces = container::attach_netns_only(
+        &progs,
+        &fs.layout,
+        "test",
+        "moved",
+        attached.cgroup_id,
+        pair.a.open().as_fd(),
+        veth0(),
+    )
+    .unwrap();
+    assert_eq!(ifaces.len(), 1, "{ifaces:?}");
+    let to = ContainerConfig {
+        count_at_interfaces: true,
+        judge_at_interfaces: true,
+        ..from
+    };
+    let (added, removed) = container::reconfigure(
+        &progs,
+        &fs.layout,
+        "test",
+        "moved",
+        cg.open().unwrap().as_fd(),
+        &from,
+        &to,
+    )
+    .unwrap();
+    assert!(added.is_empty(), "{added:?}");
+    assert_eq!(removed, [Prog::CgroupIngress, Prog::CgroupEgress]);
+    let dir = fs.layout.container_dir("test", "moved").unwrap();
+    let mut pins: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("cgroup_"))
+        .collect();
+    pins.sort();
+    assert_eq!(
+        pins,
+        [
+            "cgroup_tether_connect4",
+            "cgroup_tether_connect6",
+            "cgroup_tether_sendmsg4",
+            "cgroup_tether_sendmsg6",
+            "cgroup_tether_setsockopt"
+        ]
+    );
+    let maps = progs.maps();
+    assert_eq!(maps.container_config(attached.cgroup_id).unwrap(), Some(to));
+
+    // Counted at veth0, not at the cgroup.
+    const N: u64 = 10;
+    let target = format!("{}:9", pair.addr_b);
+    let r = Probe::new(&format!("sendto {target} {N}"))
+        .netns(&pair.a.path)
+        .cgroup(&cg)
+        .result()
+        .unwrap();
+    assert_eq!(r, "sent");
+    let cgc = maps.cgroup_counters(attached.cgroup_id).unwrap();
+    assert_eq!(cgc.tx_packets, 0, "{cgc:?}");
+    let tc = maps.iface_counters(ifaces[0].key).unwrap();
+    assert!(tc.tx_packets >= N, "{tc:?}");
+
+    // Judged at veth0: a raw socket's datagrams to a denied address (no connect() or
+    // sendmsg() hook sees them) leave the socket without an error and are dropped there.
+    // Judged at the cgroup, the cgroup egress program would have refused them with EPERM.
+    maps.add_deny(attached.cgroup_id, &pair.addr_b.parse().unwrap())
+        .unwrap();
+    let r = Probe::new(&format!("raw {target} 5"))
+        .netns(&pair.a.path)
+        .cgroup(&cg)
+        .result()
+        .unwrap();
+    assert_eq!(r, "sent");
+    let after = maps.iface_counters(ifaces[0].key).unwrap();
+    assert_eq!(after.drops - tc.drops, 5, "{after:?}");
+
+    let tc_links = ifaces[0].links.len();
+    if tc_links == 0 {
+        container::detach_clsact(&progs, pair.a.open().as_fd(), attached.cgroup_id).unwrap();
+    }
+    let d = container::detach(&progs, &fs.layout, "test", "moved").unwrap();
+    assert_eq!(d.links, 5 + tc_links);
+}

@@ -63,13 +63,6 @@ impl Engine {
         self.major >= 23
     }
 
-    /// Docker 28 sets up a container's network after the task is created, before it starts;
-    /// before 28 a prestart hook did it during `runc create` (moby/moby#51077). So from 28
-    /// on, eth0 is not there yet when tether attaches at create, and appears before start.
-    pub fn networks_after_create(&self) -> bool {
-        self.major >= 28
-    }
-
     /// Parses `Docker version 28.5.2+dfsg4, build 3ef3c07`.
     pub fn parse_version(line: &str) -> Result<(String, u32)> {
         let version = line

@@ -1,7 +1,7 @@
 //! A container's entries: its config and identity, its cgroup counters (in `cgroups` and
 //! the cgroup's local storage), and its removal from every map.
 use super::handle::{MapFd, Maps};
-use super::raw::{RawCgroup, RawIdentity, RawK8sNames};
+use super::raw::{RawCgroup, RawContainer, RawIdentity, RawK8sNames};
 use super::values::{ContainerConfig, Counters, Identity, K8sNames};
 use crate::error::Result;
 use crate::pins;
@@ -52,6 +52,31 @@ impl Maps {
     pub fn set_local(&self, cgroup_id: u64, config: &ContainerConfig) -> Result<()> {
         self.cg_local
             .update_percpu(&cgroup_id, &RawCgroup::new(cgroup_id, config), self.ncpus)
+    }
+
+    /// Rewrites the configuration of a tracked container wherever the programs read it: its
+    /// `cgroups` entry, its cgroup's local storage (while a cgroup program is attached) and
+    /// the entries of its interfaces, which copy its flags. Every CPU's counters are kept
+    /// (what a program adds between the read and the write of an entry is lost: run it
+    /// while the container runs nothing). Nothing is written for an untracked cgroup.
+    pub fn reconfigure(&self, cgroup_id: u64, config: &ContainerConfig) -> Result<()> {
+        let raw = RawContainer::of(config);
+        let Some(mut cpus) = self
+            .cgroups
+            .lookup_percpu::<u64, RawCgroup>(&cgroup_id, self.ncpus)?
+        else {
+            return Ok(());
+        };
+        cpus.iter_mut().for_each(|c| c.config = raw);
+        self.cgroups.update_percpu_each(&cgroup_id, &cpus)?;
+        if let Some(mut cpus) = self
+            .cg_local
+            .lookup_percpu::<u64, RawCgroup>(&cgroup_id, self.ncpus)?
+        {
+            cpus.iter_mut().for_each(|c| c.config = raw);
+            self.cg_local.update_percpu_each(&cgroup_id, &cpus)?;
+        }
+        self.set_iface_flags(cgroup_id, raw.flags)
     }
 
     pub fn container_config(&self, cgroup_id: u64) -> Result<Option<ContainerConfig>> {

@@ -84,6 +84,18 @@ impl MapFd {
         self.update_bytes(as_bytes(key), &percpu_value(value, ncpus))
     }
 
+    /// Writes each CPU's own value of a per-CPU map's entry (`values`: one per possible CPU,
+    /// as [`MapFd::lookup_percpu`] reads them).
+    pub(super) fn update_percpu_each<K: Pod, V: Pod>(&self, key: &K, values: &[V]) -> Result<()> {
+        let size = std::mem::size_of::<V>();
+        let stride = size.next_multiple_of(8);
+        let mut buf = vec![0u8; stride * values.len()];
+        for (cpu, v) in buf.chunks_exact_mut(stride).zip(values) {
+            cpu[..size].copy_from_slice(as_bytes(v));
+        }
+        self.update_bytes(as_bytes(key), &buf)
+    }
+
     /// [`MapFd::update_percpu`] only if the key is absent (BPF_NOEXIST): Ok(false) when it
     /// is there.
     pub(super) fn insert_percpu<K: Pod, V: Pod>(

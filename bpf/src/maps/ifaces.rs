@@ -98,6 +98,32 @@ impl Maps {
         self.tc_ifaces.insert_percpu(&key, &iface, self.ncpus)
     }
 
+    /// Gives every interface of container `cgroup_id` the container's flags `flags`,
+    /// keeping each CPU's counters.
+    pub(super) fn set_iface_flags(&self, cgroup_id: u64, flags: u32) -> Result<()> {
+        for (key, owner) in self.ifaces()? {
+            if owner != cgroup_id {
+                continue;
+            }
+            if let Some(slot) = self.slot_of_iface(key)? {
+                if let Some(mut cpus) = self
+                    .tc_slots
+                    .lookup_percpu::<u32, RawTcSlot>(&slot, self.ncpus)?
+                {
+                    cpus.iter_mut().for_each(|c| c.iface.flags = flags);
+                    self.tc_slots.update_percpu_each(&slot, &cpus)?;
+                }
+            } else if let Some(mut cpus) = self
+                .tc_ifaces
+                .lookup_percpu::<IfKey, RawIface>(&key, self.ncpus)?
+            {
+                cpus.iter_mut().for_each(|c| c.flags = flags);
+                self.tc_ifaces.update_percpu_each(&key, &cpus)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The flags of a container's entry, which its interfaces' entries copy.
     fn container_flags(&self, cgroup_id: u64) -> Result<u32> {
         self.container_config(cgroup_id)?

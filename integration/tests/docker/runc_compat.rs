@@ -47,14 +47,12 @@ fn docker_run_with_tether_runc() -> Result<()> {
     ])?);
     let pins_now = pins(&d, &id)?;
     ensure!(tc_pins(&pins_now) == 2, "{pins_now:?}");
-    // Its network namespace is its own. With eth0 there at create (Docker 20.10's prestart
-    // hook), counted at eth0 (where TC keys carry the netns cookie); with eth0 added between
-    // create and start (Docker 28), tether's `auto` counts at the cgroup, and eth0's TC
-    // programs, attached at start, count too. The node's deny rule: every cgroup program
-    // when it is counted at the cgroup; counted at eth0, it is judged there too
-    // (`judge_at = "auto"`), with neither cgroup_skb program.
-    let at_ifaces = tether_bpf::NetnsKey::probe() == tether_bpf::NetnsKey::Cookie
-        && !d.engine().networks_after_create();
+    // Its network namespace is its own, with eth0 by start: there at create (Docker 20.10's
+    // prestart hook), or added between create and start (Docker 28), when `tether-runc
+    // start` moves it from its cgroup to eth0 before its first instruction. Counted at eth0
+    // (where TC keys carry the netns cookie), it is judged there too (`judge_at = "auto"`):
+    // the node's deny rule takes every cgroup program but the two cgroup_skb ones.
+    let at_ifaces = tether_bpf::NetnsKey::probe() == tether_bpf::NetnsKey::Cookie;
     let mut want = vec![
         "cgroup_tether_cg_egress",
         "cgroup_tether_connect4",

@@ -114,9 +114,8 @@ fn docker_shim_network_modes_and_late_interface() -> Result<()> {
         let out = nc(&d, TETHER_SHIM, &extra, "127.0.0.2")?;
         ensure!(denied(&out), "--network {net}: {out}");
     }
-    // Counted at eth0 only when it is there at create (see runc_compat).
-    let at_ifaces = tether_bpf::NetnsKey::probe() == tether_bpf::NetnsKey::Cookie
-        && !d.engine().networks_after_create();
+    // Counted at eth0 when it is there by start (see runc_compat).
+    let at_ifaces = tether_bpf::NetnsKey::probe() == tether_bpf::NetnsKey::Cookie;
     // none: a netns of its own with only lo: no TC program, counted at the cgroup (loopback
     // included). host: the host's netns, whose interfaces tether leaves alone. The traffic is
     // three TCP SYNs, not ping: on a host network without BPF LSM a container under a policy
@@ -148,7 +147,7 @@ fn docker_shim_network_modes_and_late_interface() -> Result<()> {
         d.ok(&["rm", "-f", &id])?;
         assert_gone(&d, &id)?;
     }
-    // bridge: eth0 attached at create, its pings counted there (with netns-cookie keys).
+    // bridge: eth0 attached by start, its pings counted there (with netns-cookie keys).
     let bridge_ip = d.bridge_ip();
     let id = id_of(&d.ok(&[
         "run",
@@ -165,7 +164,9 @@ fn docker_shim_network_modes_and_late_interface() -> Result<()> {
     let p = pins(&d, &id)?;
     ensure!(tc_pins(&p) == 2, "{p:?}");
     // Judged where it is counted (`judge_at = "auto"`): at eth0, with no cgroup_skb egress
-    // program, when eth0 was there at create.
+    // program. Docker 28 sets the network up after the task is created, before it starts
+    // (before 28 a prestart hook did it during `runc create`): the shim moves the container
+    // to eth0 at start.
     ensure!(
         cgroup_pins(&p).contains(&"cgroup_tether_cg_egress") != at_ifaces,
         "{p:?}"

@@ -39,7 +39,10 @@ pub struct CreatedContainer<'a> {
 /// What the attacher keeps of a container it attached.
 struct Tracked {
     attachment: Arc<Attachment>,
-    fail_closed: bool,
+    /// The container's plan, for what `auto` decides at start.
+    plan: Plan,
+    /// Its init process, stopped before its first instruction until start.
+    pid: u32,
     watcher: Option<JoinHandle<()>>,
     /// The cgroup counters read just before `runc delete` (see [`Attacher::before_delete`]).
     before_delete: Option<Counters>,
@@ -287,7 +290,8 @@ impl Attacher {
         };
         let tracked = Tracked {
             attachment,
-            fail_closed: c.plan.fail_closed,
+            plan: c.plan.clone(),
+            pid: c.pid,
             watcher,
             before_delete: None,
         };
@@ -303,14 +307,15 @@ impl Attacher {
     }
 
     /// Just before `runc start`: interfaces a caller added since create (CNI run by the
-    /// caller) get programs.
+    /// caller, Docker 28) get programs, and `auto` moves a container that has one now to
+    /// its interfaces ([`cgroup_netns::settle_at_start`]).
     pub async fn before_start(&self, id: &str) -> Result<()> {
-        let (attachment, fail_closed) = {
+        let (attachment, plan, pid) = {
             let map = locked(&self.tracked);
             let Some(t) = map.get(id) else { return Ok(()) };
-            (t.attachment.clone(), t.fail_closed)
+            (t.attachment.clone(), t.plan.clone(), t.pid)
         };
-        policy(attach_added(&attachment), fail_closed, "")
+        policy(at_start(&attachment, &plan, pid), plan.fail_closed, "")
     }
 
     /// [`Attacher::before_start`] for a container another process attached (`tether-runc
@@ -346,7 +351,7 @@ impl Attacher {
             return Ok(());
         };
         let r = match Attachment::from_pins(layout, namespace, id, &netns, plan.tc_select()) {
-            Ok(Some(a)) => attach_added(&a),
+            Ok(Some(a)) => at_start(&a, plan, pid),
             Ok(None) => Ok(()),
             Err(e) => Err(Error::attach(id, e)),
         };
@@ -428,6 +433,13 @@ fn mark_deleting(layout: &PinLayout, namespace: &str, id: &str) {
     if let Err(e) = container::mark_deleting(layout, namespace, id) {
         warn!("{id}: marking it as being deleted: {e}");
     }
+}
+
+/// What is done just before `runc start`: the interfaces added since create are attached,
+/// then `auto` has its say ([`cgroup_netns::settle_at_start`]).
+fn at_start(a: &Attachment, plan: &Plan, pid: u32) -> Result<()> {
+    attach_added(a)?;
+    cgroup_netns::settle_at_start(a, plan, pid)
 }
 
 /// Attaches to the interfaces added since the last visit, and logs them.

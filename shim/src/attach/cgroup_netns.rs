@@ -2,7 +2,7 @@
 //! and detaching: the kernel side of the attach step, over `tether_bpf::container`. The
 //! attach step's policy (deadline, failure policy, what is tracked) is the attacher's.
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use log::{info, warn};
 use tether_api::types::{ContainerStatsInfo, InterfaceStatsInfo};
 use tether_bpf::container::{self, IfaceAttached};
 use tether_bpf::features::CgroupSockets;
-use tether_bpf::{Counters, PinLayout, Programs};
+use tether_bpf::{ContainerConfig, Counters, PinLayout, Programs};
 
 use super::plan::{CountAt, JudgeAt, Netns, Plan, TcSelect};
 use crate::error::{Error, Result};
@@ -195,22 +195,10 @@ pub fn attach(
              namespace, loopback included",
             CgroupSockets::Blind.as_str()
         );
-    } else if plan.netns == Netns::New {
-        // The namespace is the container's alone: count at its interfaces if it has any (a
-        // prestart hook, as Docker's, has set them up by now), and judge there too when
-        // nothing else needs the cgroup_skb hooks.
-        let count_auto = plan.count_at == CountAt::Auto && config.account;
-        let judge_auto = plan.judge_at == JudgeAt::Auto && config.policy;
-        if let (Some(netns), true) = (&netns, count_auto || judge_auto) {
-            let has = container::has_interfaces(netns.as_fd(), select.only.as_deref())
-                .map_err(|e| Error::attach(id, e))?;
-            if count_auto {
-                config.count_at_interfaces = has;
-            }
-            if judge_auto {
-                config.judge_at_interfaces = has && (!config.account || config.count_at_interfaces);
-            }
-        }
+    } else if let Some(netns) = &netns {
+        // A prestart hook, as Docker's before 28, has set its interfaces up by now.
+        config =
+            auto_config(plan, &config, netns.as_fd(), &select).map_err(|e| Error::attach(id, e))?;
     }
     let t_open = Instant::now();
     let cg = container::attach_cgroup(
@@ -301,6 +289,96 @@ pub fn attach(
         cgroup: t_cgroup - t_open,
         netns: t_cgroup.elapsed(),
     })
+}
+
+/// Where `count_at` and `judge_at = "auto"` count and judge a container whose network
+/// namespace runc created, by the interfaces it has now: at its interfaces when it has one
+/// (judged there when nothing else needs the cgroup_skb hooks: it is counted there, or not
+/// at all), else at its cgroup. Only ever moves to the interfaces: `config` as it is for
+/// any other container, or where nothing is `auto`.
+fn auto_config(
+    plan: &Plan,
+    config: &ContainerConfig,
+    netns: BorrowedFd<'_>,
+    select: &TcSelect,
+) -> tether_bpf::Result<ContainerConfig> {
+    let count_auto = plan.count_at == CountAt::Auto && config.account;
+    let judge_auto = plan.judge_at == JudgeAt::Auto && config.policy;
+    let mut to = *config;
+    if plan.netns != Netns::New || !(count_auto || judge_auto) {
+        return Ok(to);
+    }
+    if !container::has_interfaces(netns, select.only.as_deref())? {
+        return Ok(to);
+    }
+    if count_auto {
+        to.count_at_interfaces = true;
+    }
+    if judge_auto && (!to.account || to.count_at_interfaces) {
+        to.judge_at_interfaces = true;
+    }
+    Ok(to)
+}
+
+/// Just before `runc start`: a container that `auto` left at its cgroup for want of an
+/// interface at create, and that has one now (Docker 28 and `ctr run --cni` set up its
+/// network between create and start), is moved to its interfaces (see [`auto_config`]):
+/// nothing of it has run yet, so nothing it sends is counted or judged in the wrong place.
+/// `pid`: its init process, whose cgroup is the container's.
+pub fn settle_at_start(a: &Attachment, plan: &Plan, pid: u32) -> Result<()> {
+    // Held throughout, as the link watcher's attach holds it: an interface it attached
+    // meanwhile would copy the container's flags from before the change.
+    let stopped = a.stopped.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(netns) = a.netns.as_ref().filter(|_| !*stopped) else {
+        return Ok(());
+    };
+    if CgroupSockets::probe() == CgroupSockets::Blind {
+        return Ok(());
+    }
+    let id = &a.id;
+    let maps = a.programs.maps();
+    let Some(from) = maps
+        .container_config(a.cgroup_id)
+        .map_err(|e| Error::attach(id, e))?
+    else {
+        return Ok(());
+    };
+    let to =
+        auto_config(plan, &from, netns.as_fd(), &a.select).map_err(|e| Error::attach(id, e))?;
+    if to == from {
+        return Ok(());
+    }
+    let cgroup_dir = crate::cgroup::cgroup2_dir(pid).map_err(|e| Error::attach(id, e))?;
+    let cgroup = File::open(&cgroup_dir)
+        .map_err(|e| Error::attach(id, format!("open {}: {e}", cgroup_dir.display())))?;
+    let (added, removed) = container::reconfigure(
+        &a.programs,
+        &a.layout,
+        &a.namespace,
+        id,
+        cgroup.as_fd(),
+        &from,
+        &to,
+    )
+    .map_err(|e| Error::attach(id, e))?;
+    let names = |p: &[tether_bpf::programs::Prog]| {
+        p.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
+    };
+    let moved = match (
+        to.count_at_interfaces != from.count_at_interfaces,
+        to.judge_at_interfaces != from.judge_at_interfaces,
+    ) {
+        (true, true) => "counted and judged",
+        (true, false) => "counted",
+        _ => "judged",
+    };
+    info!(
+        "{id}: it has an interface at start: {moved} at its interfaces from here on (cgroup \
+         programs added: [{}], removed: [{}])",
+        names(&added),
+        names(&removed)
+    );
+    Ok(())
 }
 
 /// Why the containers `owners`, whose programs judge the interfaces a container shares with
