@@ -24,6 +24,11 @@ impl Maps {
     /// there.
     pub fn set_iface(&self, key: IfKey, cgroup_id: u64) -> Result<()> {
         let flags = self.container_flags(cgroup_id)?;
+        self.write_iface(key, cgroup_id, flags)?;
+        self.recheck_flags(key, cgroup_id, flags)
+    }
+
+    fn write_iface(&self, key: IfKey, cgroup_id: u64, flags: u32) -> Result<()> {
         // Already this container's (an interface attached again after its ifindex was
         // taken by a new one): its counters stay, as a container's total may be theirs.
         if self.iface_owner(key)? == Some(cgroup_id) {
@@ -66,6 +71,14 @@ impl Maps {
     /// gets `false`. The attach step picks [`crate::NetnsKey::Classid`] keys with it.
     pub fn claim_iface(&self, key: IfKey, cgroup_id: u64) -> Result<bool> {
         let flags = self.container_flags(cgroup_id)?;
+        let claimed = self.claim_iface_with(key, cgroup_id, flags)?;
+        if claimed {
+            self.recheck_flags(key, cgroup_id, flags)?;
+        }
+        Ok(claimed)
+    }
+
+    fn claim_iface_with(&self, key: IfKey, cgroup_id: u64, flags: u32) -> Result<bool> {
         let iface = RawIface {
             cgroup_id,
             flags,
@@ -99,27 +112,45 @@ impl Maps {
     }
 
     /// Gives every interface of container `cgroup_id` the container's flags `flags`,
-    /// keeping each CPU's counters.
+    /// keeping each CPU's counters. Run it after the container's own entry has `flags`:
+    /// an interface attached meanwhile by another process, which copied the flags from
+    /// before, is either listed here or sees the new flags when it checks them again
+    /// ([`Maps::set_iface`]).
     pub(super) fn set_iface_flags(&self, cgroup_id: u64, flags: u32) -> Result<()> {
         for (key, owner) in self.ifaces()? {
-            if owner != cgroup_id {
-                continue;
+            if owner == cgroup_id {
+                self.set_one_iface_flags(key, flags)?;
             }
-            if let Some(slot) = self.slot_of_iface(key)? {
-                if let Some(mut cpus) = self
-                    .tc_slots
-                    .lookup_percpu::<u32, RawTcSlot>(&slot, self.ncpus)?
-                {
-                    cpus.iter_mut().for_each(|c| c.iface.flags = flags);
-                    self.tc_slots.update_percpu_each(&slot, &cpus)?;
-                }
-            } else if let Some(mut cpus) = self
-                .tc_ifaces
-                .lookup_percpu::<IfKey, RawIface>(&key, self.ncpus)?
+        }
+        Ok(())
+    }
+
+    /// An interface's entry written with the container's flags `written`: if the
+    /// container's flags changed meanwhile (see [`Maps::set_iface_flags`]), the entry gets
+    /// the new ones.
+    fn recheck_flags(&self, key: IfKey, cgroup_id: u64, written: u32) -> Result<()> {
+        let now = self.container_flags(cgroup_id)?;
+        if now != written {
+            self.set_one_iface_flags(key, now)?;
+        }
+        Ok(())
+    }
+
+    fn set_one_iface_flags(&self, key: IfKey, flags: u32) -> Result<()> {
+        if let Some(slot) = self.slot_of_iface(key)? {
+            if let Some(mut cpus) = self
+                .tc_slots
+                .lookup_percpu::<u32, RawTcSlot>(&slot, self.ncpus)?
             {
-                cpus.iter_mut().for_each(|c| c.flags = flags);
-                self.tc_ifaces.update_percpu_each(&key, &cpus)?;
+                cpus.iter_mut().for_each(|c| c.iface.flags = flags);
+                self.tc_slots.update_percpu_each(&slot, &cpus)?;
             }
+        } else if let Some(mut cpus) = self
+            .tc_ifaces
+            .lookup_percpu::<IfKey, RawIface>(&key, self.ncpus)?
+        {
+            cpus.iter_mut().for_each(|c| c.flags = flags);
+            self.tc_ifaces.update_percpu_each(&key, &cpus)?;
         }
         Ok(())
     }
