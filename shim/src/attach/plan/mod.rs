@@ -68,10 +68,10 @@ pub const DEFAULT_ALLOWED: [&str; 6] = [
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CountAt {
     /// At the interfaces when runc creates the container's network namespace and it has an
-    /// interface besides lo at create (Docker's bridge); at the cgroup otherwise (the host's
-    /// namespace, one named in the spec that other containers may share, as a Kubernetes
-    /// pod's, or one with only lo, and on kernels whose TC keys are ifindexes alone).
-    /// Decided at attach.
+    /// interface besides lo by start (Docker's bridge, `ctr run --cni`); at the cgroup
+    /// otherwise (the host's namespace, one named in the spec that other containers may
+    /// share, as a Kubernetes pod's, or one with only lo). Decided at attach, and again
+    /// just before start for a container that had no interface at create.
     Auto,
     /// At the cgroup: every socket of the container, loopback included. The cgroup_skb
     /// programs run for every packet.
@@ -89,9 +89,9 @@ pub enum CountAt {
 /// own loopback's. Any other is judged at its cgroup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JudgeAt {
-    /// At the interfaces when the container has an interface besides lo at create and
+    /// At the interfaces when the container has an interface besides lo by start and
     /// nothing else needs the cgroup_skb hooks (it is counted at its interfaces, or not at
-    /// all); at the cgroup otherwise. Decided at attach.
+    /// all); at the cgroup otherwise. Decided as [`CountAt::Auto`] is.
     Auto,
     /// By the cgroup_skb egress program: a denied send of a socket fails with EPERM.
     Cgroup,

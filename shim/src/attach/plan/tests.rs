@@ -423,8 +423,8 @@ fn judged_at_the_interfaces_only_where_tc_sees_every_packet() {
     // No deny rule: nothing to judge.
     let no_rules = cfg("[attach]\njudge_at = \"interfaces\"\n");
     assert!(!judged(&no_rules, &spec(&[], Some(None))));
-    // The default, "auto", is decided at attach (by the interfaces at create) for a
-    // container TC can judge, and is the cgroup for any other.
+    // The default, "auto", is decided by the container's interfaces at create and at start
+    // for a container TC can judge, and is the cgroup for any other.
     let at = |c: &Config, s: &Spec| Plan::resolve(c, s).unwrap().judge_at;
     let default = cfg("[attach]\negress_deny = [\"192.0.2.0/24\"]\n");
     assert_eq!(at(&default, &spec(&[], Some(None))), JudgeAt::Auto);
