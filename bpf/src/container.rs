@@ -131,6 +131,13 @@ pub fn reconfigure(
     let dir = layout.container_dir(namespace, id)?;
     let cgid = cgroup_id(cgroup)?;
     let maps = programs.maps();
+    if maps.container_config(cgid)? != Some(*from) {
+        return Err(Error::Name {
+            what: "cgroup",
+            value: cgid.to_string(),
+            reason: "is not the container's as attached: it is not reconfigured",
+        });
+    }
     let cgroup_progs = || Prog::ALL.into_iter().filter(|p| p.is_cgroup());
     let added: Vec<Prog> = cgroup_progs()
         .filter(|p| p.used_by(to) && !p.used_by(from))

@@ -89,7 +89,8 @@ impl Prog {
     /// Whether a container with config `c` needs this program attached: a program with
     /// nothing to do for it costs every packet (or connect()) a run and its cgroup link costs
     /// the attach step a wait on the kernel's cgroup lock, so only what does work is attached.
-    /// The config is fixed for the container's life.
+    /// The config is fixed once the container runs (`auto` may move a container that has
+    /// run nothing yet: [`crate::container::reconfigure`]).
     pub fn used_by(self, c: &ContainerConfig) -> bool {
         let at_cgroup = c.account && !c.count_at_interfaces;
         match self {

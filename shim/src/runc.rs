@@ -427,6 +427,8 @@ pub struct State {
     /// The container's init process.
     pub pid: u32,
     pub bundle: PathBuf,
+    /// Whether it is created and not started: its init process has run nothing.
+    pub created: bool,
 }
 
 impl Passthrough {
@@ -489,7 +491,12 @@ fn parse_state(id: &str, json: &[u8]) -> Result<State> {
         )
     })?;
     let bundle = v["bundle"].as_str().map(PathBuf::from).unwrap_or_default();
-    Ok(State { pid, bundle })
+    let created = v["status"] == "created";
+    Ok(State {
+        pid,
+        bundle,
+        created,
+    })
 }
 
 /// The message of the last `error`-level line of runc's JSON log.
@@ -515,7 +522,8 @@ mod tests {
             s.unwrap(),
             State {
                 pid: 42,
-                bundle: "/b".into()
+                bundle: "/b".into(),
+                created: true,
             }
         );
         assert!(parse_state("c1", br#"{"id":"c1","status":"stopped"}"#).is_err());

@@ -3,7 +3,7 @@
 use super::handle::{MapFd, Maps};
 use super::raw::{RawCgroup, RawContainer, RawIdentity, RawK8sNames};
 use super::values::{ContainerConfig, Counters, Identity, K8sNames};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::pins;
 
 fn c_string(raw: &[u8]) -> String {
@@ -54,19 +54,26 @@ impl Maps {
             .update_percpu(&cgroup_id, &RawCgroup::new(cgroup_id, config), self.ncpus)
     }
 
-    /// Rewrites the configuration of a tracked container wherever the programs read it: its
-    /// `cgroups` entry, its cgroup's local storage (while a cgroup program is attached) and
-    /// the entries of its interfaces, which copy its flags. Every CPU's counters are kept
-    /// (what a program adds between the read and the write of an entry is lost: run it
-    /// while the container runs nothing). Nothing is written for an untracked cgroup.
+    /// Rewrites the configuration of a tracked container wherever the programs read it: the
+    /// entries of its interfaces, which copy its flags, its `cgroups` entry, its cgroup's
+    /// local storage (while a cgroup program is attached), and its interfaces' entries
+    /// again (one that another process attached meanwhile, with the flags from before, is
+    /// then listed, or checks them again itself). Every CPU's counters are kept (what a
+    /// program adds between the read and the write of an entry is lost: run it while the
+    /// container runs nothing). An untracked cgroup is an error.
     pub fn reconfigure(&self, cgroup_id: u64, config: &ContainerConfig) -> Result<()> {
         let raw = RawContainer::of(config);
         let Some(mut cpus) = self
             .cgroups
             .lookup_percpu::<u64, RawCgroup>(&cgroup_id, self.ncpus)?
         else {
-            return Ok(());
+            return Err(Error::Name {
+                what: "cgroup",
+                value: cgroup_id.to_string(),
+                reason: "has no container entry: it cannot be reconfigured",
+            });
         };
+        self.set_iface_flags(cgroup_id, raw.flags)?;
         cpus.iter_mut().for_each(|c| c.config = raw);
         self.cgroups.update_percpu_each(&cgroup_id, &cpus)?;
         if let Some(mut cpus) = self

@@ -136,11 +136,15 @@ impl Maps {
         Ok(())
     }
 
+    /// The entry of interface `key` gets `flags`. A slot whose entry is not (yet) this
+    /// interface's is left alone: its owner's claim comes before its entry, and the
+    /// process writing the entry checks the flags again after it ([`Maps::set_iface`]).
     fn set_one_iface_flags(&self, key: IfKey, flags: u32) -> Result<()> {
         if let Some(slot) = self.slot_of_iface(key)? {
             if let Some(mut cpus) = self
                 .tc_slots
                 .lookup_percpu::<u32, RawTcSlot>(&slot, self.ncpus)?
+                .filter(|cpus| cpus.iter().all(|c| c.key == key))
             {
                 cpus.iter_mut().for_each(|c| c.iface.flags = flags);
                 self.tc_slots.update_percpu_each(&slot, &cpus)?;

@@ -49,23 +49,16 @@ fn docker_run_with_tether_runc() -> Result<()> {
     ensure!(tc_pins(&pins_now) == 2, "{pins_now:?}");
     // Its network namespace is its own, with eth0 by start: there at create (Docker 20.10's
     // prestart hook), or added between create and start (Docker 28), when `tether-runc
-    // start` moves it from its cgroup to eth0 before its first instruction. Counted at eth0
-    // (where TC keys carry the netns cookie), it is judged there too (`judge_at = "auto"`):
-    // the node's deny rule takes every cgroup program but the two cgroup_skb ones.
-    let at_ifaces = tether_bpf::NetnsKey::probe() == tether_bpf::NetnsKey::Cookie;
-    let mut want = vec![
-        "cgroup_tether_cg_egress",
+    // start` moves it from its cgroup to eth0 before its first instruction. Counted at eth0,
+    // it is judged there too (`judge_at = "auto"`): the node's deny rule takes every cgroup
+    // program but the two cgroup_skb ones.
+    let want = [
         "cgroup_tether_connect4",
         "cgroup_tether_connect6",
         "cgroup_tether_sendmsg4",
         "cgroup_tether_sendmsg6",
         "cgroup_tether_setsockopt",
     ];
-    if at_ifaces {
-        want.remove(0);
-    } else {
-        want.insert(1, "cgroup_tether_cg_ingress");
-    }
     let cgroup_pins: Vec<&str> = pins_now
         .iter()
         .map(String::as_str)
@@ -74,19 +67,12 @@ fn docker_run_with_tether_runc() -> Result<()> {
     ensure!(cgroup_pins == want, "{pins_now:?}");
     let row = wait_counted(&d, &id, 3)?;
     ensure!(row["namespace"] == "moby", "{row}");
-    if at_ifaces {
-        ensure!(
-            row["counted_at"] == "interfaces"
-                && row["tx_packets"].as_u64() == Some(super::tx_counted(&row))
-                && row["cgroup"]["tx_packets"] == 0,
-            "{row}"
-        );
-    } else {
-        ensure!(
-            row["counted_at"] == "cgroup" && super::iface_tx(&row) >= 3,
-            "{row}"
-        );
-    }
+    ensure!(
+        row["counted_at"] == "interfaces"
+            && row["tx_packets"].as_u64() == Some(super::tx_counted(&row))
+            && row["cgroup"]["tx_packets"] == 0,
+        "{row}"
+    );
     // A second network connected to the running container: its new interface is attached.
     let net = format!("tether-e2e-{}", d.bridge());
     d.ok(&["network", "create", "--subnet", &d.spare_subnet(), &net])?;

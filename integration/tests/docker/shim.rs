@@ -114,8 +114,6 @@ fn docker_shim_network_modes_and_late_interface() -> Result<()> {
         let out = nc(&d, TETHER_SHIM, &extra, "127.0.0.2")?;
         ensure!(denied(&out), "--network {net}: {out}");
     }
-    // Counted at eth0 when it is there by start (see runc_compat).
-    let at_ifaces = tether_bpf::NetnsKey::probe() == tether_bpf::NetnsKey::Cookie;
     // none: a netns of its own with only lo: no TC program, counted at the cgroup (loopback
     // included). host: the host's netns, whose interfaces tether leaves alone. The traffic is
     // three TCP SYNs, not ping: on a host network without BPF LSM a container under a policy
@@ -168,14 +166,13 @@ fn docker_shim_network_modes_and_late_interface() -> Result<()> {
     // (before 28 a prestart hook did it during `runc create`): the shim moves the container
     // to eth0 at start.
     ensure!(
-        cgroup_pins(&p).contains(&"cgroup_tether_cg_egress") != at_ifaces,
+        !cgroup_pins(&p).contains(&"cgroup_tether_cg_egress"),
         "{p:?}"
     );
     let row = wait_counted(&d, &id, 3)?;
     ensure!(row["namespace"] == "moby", "{row}");
-    let want = if at_ifaces { "interfaces" } else { "cgroup" };
     ensure!(
-        row["counted_at"] == want && super::iface_tx(&row) >= 3,
+        row["counted_at"] == "interfaces" && super::iface_tx(&row) >= 3,
         "{row}"
     );
     // A network connected after start: its interface is attached by the shim's watcher.

@@ -348,9 +348,20 @@ pub fn settle_at_start(a: &Attachment, plan: &Plan, pid: u32) -> Result<()> {
     if to == from {
         return Ok(());
     }
+    let t0 = Instant::now();
     let cgroup_dir = crate::cgroup::cgroup2_dir(pid).map_err(|e| Error::attach(id, e))?;
     let cgroup = File::open(&cgroup_dir)
         .map_err(|e| Error::attach(id, format!("open {}: {e}", cgroup_dir.display())))?;
+    let cgid = container::cgroup_id(cgroup.as_fd()).map_err(|e| Error::attach(id, e))?;
+    if cgid != a.cgroup_id {
+        return Err(Error::attach(
+            id,
+            format!(
+                "its init process {pid} is in cgroup {cgid}, not in its attached cgroup {}",
+                a.cgroup_id
+            ),
+        ));
+    }
     let (added, removed) = container::reconfigure(
         &a.programs,
         &a.layout,
@@ -374,9 +385,10 @@ pub fn settle_at_start(a: &Attachment, plan: &Plan, pid: u32) -> Result<()> {
     };
     info!(
         "{id}: it has an interface at start: {moved} at its interfaces from here on (cgroup \
-         programs added: [{}], removed: [{}])",
+         programs added: [{}], removed: [{}]; {} us)",
         names(&added),
-        names(&removed)
+        names(&removed),
+        t0.elapsed().as_micros()
     );
     Ok(())
 }

@@ -29,6 +29,11 @@ fn before_start(
     id: &str,
 ) -> Result<(), String> {
     let state = runc.state(id).map_err(|e| e.to_string())?;
+    if !state.created {
+        // Started already, or stopped: runc's start says so; nothing of the attach step
+        // runs for a container that has run.
+        return Ok(());
+    }
     let spec = load_spec(&state.bundle).map_err(|e| e.to_string())?;
     let plan = Plan::resolve(config, &spec).map_err(|e| e.to_string())?;
     let rt = runtime()?;
