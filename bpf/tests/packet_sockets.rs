@@ -189,8 +189,8 @@ fn judged_at_the_interfaces_tc_drops_what_the_cgroup_would_refuse() {
 }
 
 /// A container judged at its interfaces and counted at its cgroup: its TCP connection to an
-/// allowed address (a vetted socket, whose segments TC lets through without a lookup in the
-/// deny rules) arrives whole, and each of its packets is counted once, by the cgroup
+/// allowed address (whose plain segments TC lets through without a lookup in the deny rules
+/// once its judge has allowed the address) arrives whole, and each of its packets is counted once, by the cgroup
 /// programs: TC counts for the container only what those never see. Counted twice, its
 /// bytes would outnumber those of the interface it leaves by.
 #[test]

@@ -245,3 +245,63 @@ fn audit_events_are_sampled_and_rate_limited() {
     // One in ten per CPU: 10, or 9 if the runs were split across two CPUs.
     assert!((9..=10).contains(&events.len()), "{}", events.len());
 }
+
+/// TC's cache of the destinations its judge allowed, for a container judged at its
+/// interfaces: a plain TCP segment to a destination the judge let through is not judged
+/// again for that container (shown by a rule added afterwards, which a running container's
+/// rules never are: they are written before its first instruction), and the same segment
+/// of another container, whose rules deny it, is judged and dropped. Runs pinned to one CPU:
+/// the cache is per CPU.
+#[test]
+fn tc_caches_only_what_its_judge_allowed_each_container() {
+    let mut one = nix::sched::CpuSet::new();
+    one.set(0).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).unwrap();
+    let fs = Bpffs::new().unwrap();
+    let progs = fs.load().unwrap();
+    let maps = progs.maps();
+    let key = IfKey::new(progs.netns_cookie_here().unwrap(), 1);
+    let judged = ContainerConfig {
+        count_at_interfaces: true,
+        judge_at_interfaces: true,
+        ..ContainerConfig::default()
+    };
+    let tcp4 = {
+        let mut p = ipv4_packet([203, 0, 113, 5], 64);
+        p[14 + 9] = 6; // IPPROTO_TCP
+        p
+    };
+    let tcp6 = {
+        let mut p = ipv6_packet([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x99], 64);
+        p[14 + 6] = 6;
+        p
+    };
+    const PASS: u32 = u32::MAX; // TC_ACT_UNSPEC
+    const SHOT: u32 = 2;
+    maps.set_container(42, &judged, "test", "allowed").unwrap();
+    maps.set_container(43, &judged, "test", "denied").unwrap();
+    for deny in ["203.0.113.0/24", "fd00::/16"] {
+        maps.add_deny(43, &deny.parse().unwrap()).unwrap();
+    }
+    maps.set_iface(key, 42).unwrap();
+    assert_eq!(progs.test_run(Prog::TcEgress, &tcp4).unwrap(), PASS);
+    assert_eq!(progs.test_run(Prog::TcEgress, &tcp6).unwrap(), PASS);
+    for deny in ["203.0.113.5/32", "fd00::99/128"] {
+        maps.add_deny(42, &deny.parse().unwrap()).unwrap();
+    }
+    assert_eq!(progs.test_run(Prog::TcEgress, &tcp4).unwrap(), PASS);
+    assert_eq!(progs.test_run(Prog::TcEgress, &tcp6).unwrap(), PASS);
+    // Not plain (UDP): judged, so the new rule holds.
+    assert_eq!(
+        progs
+            .test_run(Prog::TcEgress, &ipv4_packet([203, 0, 113, 5], 64))
+            .unwrap(),
+        SHOT
+    );
+    // The interface now container 43's: its rules judge the same segments.
+    assert_eq!(maps.remove_iface(key).unwrap(), 1);
+    maps.set_iface(key, 43).unwrap();
+    assert_eq!(progs.test_run(Prog::TcEgress, &tcp4).unwrap(), SHOT);
+    assert_eq!(progs.test_run(Prog::TcEgress, &tcp6).unwrap(), SHOT);
+    assert_eq!(maps.iface_counters(key).unwrap().drops, 2);
+}

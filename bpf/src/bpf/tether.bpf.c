@@ -205,6 +205,22 @@ struct {
 } vetted SEC(".maps");
 
 /*
+ * Per-CPU cache of the destinations the TC judge allowed, by container: the plain TCP
+ * segments of a container judged at its interfaces (see allowed_frame) to an address
+ * the judge let through before are not judged again. A container's deny rules are
+ * written before its first instruction and do not change while it runs, and a cgroup
+ * id is never reused, so an entry stays true for as long as it is there. Only the TC
+ * programs use it: they run with bottom halves off (egress) or in softirq (ingress), so
+ * nothing else on the CPU runs them meanwhile and no entry is seen half-written.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1u << TETHER_ALLOWED_BITS);
+	__type(key, __u32);
+	__type(value, struct tether_allowed);
+} allowed SEC(".maps");
+
+/*
  * Per-CPU token buckets: no cross-CPU contention; the limit applies per CPU. Made by
  * the programs at a container's first event; not preallocated, as `cgroups` (an
  * allocation that fails counts the event as lost).
@@ -523,21 +539,18 @@ static __always_inline bool plain_ip6(const __u8 *h, const struct tether_vetted 
 }
 
 /*
- * Whether the IP header (kind: NEXT_IPV4 or NEXT_IPV6) at `off` bytes into the program's
- * data is plain (see plain_ip4, plain_ip6), read in place (direct packet access: cgroup_skb
- * for a privileged loader since Linux 5.0, TC always). A socket's segment has its headers
+ * Whether the IP header (kind: NEXT_IPV4 or NEXT_IPV6) at the start of a cgroup_skb
+ * program's data is plain (see plain_ip4, plain_ip6), read in place (direct packet access:
+ * cgroup_skb for a privileged loader since Linux 5.0). A socket's segment has its headers
  * in the linear part of its buffer; a packet whose header is not there is not plain here,
  * and so is judged.
  */
-static __always_inline bool plain_in_place(struct __sk_buff *skb, __u32 off, __u32 kind,
+static __always_inline bool plain_in_place(struct __sk_buff *skb, __u32 kind,
 					   const struct tether_vetted *v)
 {
 	const __u8 *data = (const __u8 *)(long)skb->data;
 	const __u8 *end = (const __u8 *)(long)skb->data_end;
 
-	if (off > 14)
-		return false;
-	data += off;
 	if (kind == NEXT_IPV4)
 		return data + 20 <= end && plain_ip4(data, v);
 	if (kind == NEXT_IPV6)
@@ -606,14 +619,13 @@ static __always_inline const struct tether_vetted *vetted_socket(struct __sk_buf
 		       NULL;
 }
 
-/* A packet of a TCP socket that the hook of container `cgid` vetted, whose IP header at `off`
- * is plain (see plain_in_place). */
-static __always_inline bool vetted_plain(struct __sk_buff *skb, __u32 off, __u32 kind,
-					 __u64 cgid)
+/* A packet of a TCP socket that the hook of container `cgid` vetted, whose IP header is
+ * plain (see plain_in_place). */
+static __always_inline bool vetted_plain(struct __sk_buff *skb, __u32 kind, __u64 cgid)
 {
 	const struct tether_vetted *v = vetted_socket(skb);
 
-	return v && v->cgroup_id == cgid && plain_in_place(skb, off, kind, v);
+	return v && v->cgroup_id == cgid && plain_in_place(skb, kind, v);
 }
 
 SEC("cgroup_skb/egress")
@@ -637,7 +649,7 @@ int tether_cg_egress(struct __sk_buff *skb)
 			     skb->protocol == bpf_htons(ETH_P_IPV6) ? NEXT_IPV6 :
 								      NEXT_NONE;
 
-		if (kind != NEXT_NONE && !vetted_plain(skb, 0, kind, cgid))
+		if (kind != NEXT_NONE && !vetted_plain(skb, kind, cgid))
 			v = judge_packet(skb, 0, kind, cgid, &j);
 		if (v != JUDGE_PASS) {
 			judged_drop(cgid, ct, c, v, &j, TETHER_EV_DROP_CGROUP,
@@ -707,7 +719,10 @@ static __always_inline int sock_addr_check(struct bpf_sock_addr *ctx, bool v6, _
 			     true);
 		return 0;
 	}
-	if (kind_deny == TETHER_EV_DENY_CONNECT && (ct->flags & TETHER_F_POLICY) &&
+	/* The cgroup egress program's shortcut (see vetted_socket): not for a container judged
+	 * at its interfaces, which has none. */
+	if (kind_deny == TETHER_EV_DENY_CONNECT &&
+	    (ct->flags & (TETHER_F_POLICY | TETHER_F_JUDGE_AT_IFACES)) == TETHER_F_POLICY &&
 	    ctx->protocol == IPPROTO_TCP) {
 		struct tether_vetted *v =
 			bpf_sk_storage_get(&vetted, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
@@ -826,25 +841,82 @@ static __always_inline bool from_own_ip_socket(struct __sk_buff *skb, __u64 id)
 	return family == TETHER_AF_INET || family == TETHER_AF_INET6;
 }
 
+/* Where a plain TCP packet is headed (see plain_ip4, plain_ip6). */
+struct dest {
+	__u32 family;
+	__u32 daddr[4];
+};
+
 /*
- * A frame of a container judged at its interfaces that needs no lookup in the deny rules:
- * from a TCP socket that this container's connect() hook vetted (the socket storage names
- * the container, so no cgroup lookup is needed), untagged, its IP header plain and headed
- * to the vetted address (the cgroup egress program's shortcut, at TC). The headers are
- * read in place: a socket's segment has them in the linear part of its buffer; a frame
- * whose headers are not there is judged.
+ * The destination of an Ethernet frame whose IP header, read in place, is plain: an
+ * untagged IPv4 header without options or an IPv6 header straight followed by TCP,
+ * carrying TCP. Such a packet goes where its header says and nowhere else; any other
+ * (a source route, a tunnel, an extension header, a VLAN tag, a header outside the
+ * linear part of the buffer) is judged whole.
  */
-static __always_inline bool vetted_frame(struct __sk_buff *skb, __u64 id)
+static __always_inline bool plain_frame(struct __sk_buff *skb, struct dest *d)
 {
 	const __u8 *data = (const __u8 *)(long)skb->data;
 	const __u8 *end = (const __u8 *)(long)skb->data_end;
 
-	if (data + 14 > end)
+	if (data + 14 + 20 > end)
 		return false;
-	__u16 type = ((__u16)data[12] << 8) | data[13];
-	__u32 kind = type == ETH_P_IP ? NEXT_IPV4 : type == ETH_P_IPV6 ? NEXT_IPV6 : NEXT_NONE;
+	const __u8 *h = data + 14;
 
-	return kind != NEXT_NONE && vetted_plain(skb, 14, kind, id);
+	if (data[12] == (ETH_P_IP >> 8) && data[13] == (ETH_P_IP & 0xff)) {
+		if (h[0] != 0x45 || h[9] != IPPROTO_TCP)
+			return false;
+		d->family = TETHER_AF_INET;
+		__builtin_memcpy(&d->daddr[0], &h[16], 4);
+		d->daddr[1] = d->daddr[2] = d->daddr[3] = 0;
+		return true;
+	}
+	if (data[12] == (ETH_P_IPV6 >> 8) && data[13] == (ETH_P_IPV6 & 0xff)) {
+		if (data + 14 + 40 > end || (h[0] >> 4) != 6 || h[6] != IPPROTO_TCP)
+			return false;
+		d->family = TETHER_AF_INET6;
+		__builtin_memcpy(d->daddr, &h[24], 16);
+		return true;
+	}
+	return false;
+}
+
+/* The slot of the `allowed` cache that a container's destination hashes to. */
+static __always_inline struct tether_allowed *allowed_slot(__u64 id, const struct dest *d)
+{
+	__u32 x = (__u32)id ^ (__u32)(id >> 32) ^ d->daddr[0] ^ d->daddr[1] ^ d->daddr[2] ^
+		  d->daddr[3];
+	__u32 slot = (x * 0x9E3779B1u) >> (32 - TETHER_ALLOWED_BITS);
+
+	return bpf_map_lookup_elem(&allowed, &slot);
+}
+
+static __always_inline bool allowed_is(const struct tether_allowed *a, __u64 id,
+				       const struct dest *d)
+{
+	return a->cgroup_id == id && a->family == d->family && a->daddr[0] == d->daddr[0] &&
+	       a->daddr[1] == d->daddr[1] && a->daddr[2] == d->daddr[2] &&
+	       a->daddr[3] == d->daddr[3];
+}
+
+/*
+ * A frame of container `id`, judged at its interfaces, that needs no lookup in its deny
+ * rules: plain TCP (see plain_frame) to a destination the judge allowed it before. Else
+ * `*remember` is the cache slot to fill if the judge lets this plain frame through.
+ */
+static __always_inline bool allowed_frame(struct __sk_buff *skb, __u64 id, struct dest *d,
+					  struct tether_allowed **remember)
+{
+	if (!plain_frame(skb, d))
+		return false;
+	struct tether_allowed *a = allowed_slot(id, d);
+
+	if (!a)
+		return false;
+	if (allowed_is(a, id, d))
+		return true;
+	*remember = a;
+	return false;
 }
 
 static __always_inline int tc_handle(struct __sk_buff *skb, int dir)
@@ -870,9 +942,13 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int dir)
 	if (dir == DIR_TX && (ifc->flags & TETHER_F_POLICY || counts_at_cgroup(ifc->flags))) {
 		bool at_ifaces = (ifc->flags & (TETHER_F_POLICY | TETHER_F_JUDGE_AT_IFACES)) ==
 				 (TETHER_F_POLICY | TETHER_F_JUDGE_AT_IFACES);
-		/* Judged at its interfaces, only a vetted socket's plain segment passes unjudged;
-		 * else the cgroup egress program judged the container's own IP sockets' packets. */
-		bool judge = at_ifaces ? !vetted_frame(skb, id) : (ifc->flags & TETHER_F_POLICY);
+		/* Judged at its interfaces, only a plain TCP segment to a destination allowed
+		 * before passes unjudged; else the cgroup egress program judged the container's
+		 * own IP sockets' packets. */
+		struct dest d = {};
+		struct tether_allowed *remember = NULL;
+		bool judge = at_ifaces ? !allowed_frame(skb, id, &d, &remember) :
+					 (ifc->flags & TETHER_F_POLICY);
 		bool own = false;
 
 		if (counts_at_cgroup(ifc->flags) || (judge && !at_ifaces)) {
@@ -902,6 +978,11 @@ static __always_inline int tc_handle(struct __sk_buff *skb, int dir)
 					if (own)
 						cg->counters.drops++;
 					return TC_ACT_SHOT;
+				}
+				if (remember) {
+					remember->cgroup_id = id;
+					remember->family = d.family;
+					__builtin_memcpy(remember->daddr, d.daddr, sizeof(d.daddr));
 				}
 			}
 			if (cg && own)

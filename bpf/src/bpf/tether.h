@@ -109,6 +109,18 @@ struct tether_vetted {
 	__u32 pad;
 };
 
+/*
+ * A destination the TC judge allowed to a container (see `allowed` in tether.bpf.c): a
+ * slot of a small per-CPU cache, indexed by a hash of the container and the address.
+ */
+#define TETHER_ALLOWED_BITS 6
+struct tether_allowed {
+	__u64 cgroup_id; /* 0: an empty slot (no cgroup has id 0) */
+	__u32 family; /* TETHER_AF_INET or TETHER_AF_INET6 */
+	__u32 daddr[4]; /* network byte order; IPv4 in daddr[0] */
+	__u32 pad;
+};
+
 /* An interface inside a network namespace. netns_cookie is the namespace's
  * cookie, or before Linux 6.2 the classid of the interface's clsact filters. */
 struct tether_if_key {
