@@ -557,6 +557,20 @@ fn a_container_moved_to_its_interfaces_is_counted_and_judged_there() {
     )
     .unwrap();
     assert_eq!(ifaces.len(), 1, "{ifaces:?}");
+    // Counted at the cgroup before the move (as the kernel's own packets of a namespace
+    // can be before start); afterwards those are the interface's alone.
+    let target = format!("{}:9", pair.addr_b);
+    let r = Probe::new(&format!("sendto {target} 3"))
+        .netns(&pair.a.path)
+        .cgroup(&cg)
+        .result()
+        .unwrap();
+    assert_eq!(r, "sent");
+    let maps = progs.maps();
+    assert_eq!(
+        maps.cgroup_counters(attached.cgroup_id).unwrap().tx_packets,
+        3
+    );
     let to = ContainerConfig {
         count_at_interfaces: true,
         judge_at_interfaces: true,
@@ -592,12 +606,10 @@ fn a_container_moved_to_its_interfaces_is_counted_and_judged_there() {
             "cgroup_tether_setsockopt"
         ]
     );
-    let maps = progs.maps();
     assert_eq!(maps.container_config(attached.cgroup_id).unwrap(), Some(to));
 
     // Counted at veth0, not at the cgroup.
     const N: u64 = 10;
-    let target = format!("{}:9", pair.addr_b);
     let r = Probe::new(&format!("sendto {target} {N}"))
         .netns(&pair.a.path)
         .cgroup(&cg)

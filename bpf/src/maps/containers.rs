@@ -60,7 +60,8 @@ impl Maps {
     /// again (one that another process attached meanwhile, with the flags from before, is
     /// then listed, or checks them again itself). Every CPU's counters are kept (what a
     /// program adds between the read and the write of an entry is lost: run it while the
-    /// container runs nothing). An untracked cgroup is an error.
+    /// container runs nothing), but the cgroup's packets and bytes of a container moved to
+    /// its interfaces. An untracked cgroup is an error.
     pub fn reconfigure(&self, cgroup_id: u64, config: &ContainerConfig) -> Result<()> {
         let raw = RawContainer::of(config);
         let Some(mut cpus) = self
@@ -74,13 +75,28 @@ impl Maps {
             });
         };
         self.set_iface_flags(cgroup_id, raw.flags)?;
-        cpus.iter_mut().for_each(|c| c.config = raw);
+        // Moved to its interfaces, a container's packets and bytes are theirs: what its
+        // cgroup counted before (the kernel's own packets of its namespace, such as IPv6
+        // neighbour discovery, whose sockets are charged to the cgroup that made the
+        // namespace) left through them too. Its drops and denials stay.
+        let moved = config.count_at_interfaces
+            && cpus
+                .first()
+                .is_some_and(|c| !c.config.config().count_at_interfaces);
+        let rewrite = |c: &mut RawCgroup| {
+            c.config = raw;
+            if moved {
+                let k = &mut c.counters;
+                (k.rx_packets, k.rx_bytes, k.tx_packets, k.tx_bytes) = (0, 0, 0, 0);
+            }
+        };
+        cpus.iter_mut().for_each(rewrite);
         self.cgroups.update_percpu_each(&cgroup_id, &cpus)?;
         if let Some(mut cpus) = self
             .cg_local
             .lookup_percpu::<u64, RawCgroup>(&cgroup_id, self.ncpus)?
         {
-            cpus.iter_mut().for_each(|c| c.config = raw);
+            cpus.iter_mut().for_each(rewrite);
             self.cg_local.update_percpu_each(&cgroup_id, &cpus)?;
         }
         self.set_iface_flags(cgroup_id, raw.flags)
