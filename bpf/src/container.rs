@@ -15,6 +15,9 @@ use crate::programs::{NetnsKey, Prog, Programs};
 use crate::sys::{self, LinkInfo};
 use crate::tc::{self, TcAttach};
 
+mod reconfigure;
+pub use reconfigure::reconfigure;
+
 /// The cgroup id of a cgroup v2 directory: the inode number of the directory, which is the
 /// kernfs node id the kernel reports as the cgroup id (64-bit kernels, Linux 5.5+).
 pub fn cgroup_id(cgroup: BorrowedFd<'_>) -> Result<u64> {
@@ -111,74 +114,6 @@ pub fn attach_cgroup(
         undo(&dir);
     }
     result
-}
-
-/// Moves an attached container that has run nothing yet (between `runc create` and `runc
-/// start`) from the config `from` to `to`, which differ in where it is counted and judged:
-/// the cgroup programs `to` adds are attached to `cgroup` and pinned, its entries get `to`,
-/// and the cgroup links `to` does not use are detached and unpinned. On an error before
-/// the last step the container is left as `from` had it. Returns the programs added and
-/// the programs removed.
-pub fn reconfigure(
-    programs: &Programs,
-    layout: &PinLayout,
-    namespace: &str,
-    id: &str,
-    cgroup: BorrowedFd<'_>,
-    from: &ContainerConfig,
-    to: &ContainerConfig,
-) -> Result<(Vec<Prog>, Vec<Prog>)> {
-    let dir = layout.container_dir(namespace, id)?;
-    let cgid = cgroup_id(cgroup)?;
-    let maps = programs.maps();
-    if maps.container_config(cgid)? != Some(*from) {
-        return Err(Error::Name {
-            what: "cgroup",
-            value: cgid.to_string(),
-            reason: "is not the container's as attached: it is not reconfigured",
-        });
-    }
-    let cgroup_progs = || Prog::ALL.into_iter().filter(|p| p.is_cgroup());
-    let added: Vec<Prog> = cgroup_progs()
-        .filter(|p| p.used_by(to) && !p.used_by(from))
-        .collect();
-    let removed: Vec<Prog> = cgroup_progs()
-        .filter(|p| p.used_by(from) && !p.used_by(to))
-        .collect();
-    let pin = |p: Prog| dir.join(format!("cgroup_{}", p.name()));
-    let _memlock = crate::memlock::raise();
-    let mut pinned = Vec::new();
-    let result = (|| {
-        for &p in &added {
-            let link = Link::cgroup(programs, p, cgroup)?;
-            link.pin(&pin(p))?;
-            pinned.push(pin(p));
-        }
-        maps.reconfigure(cgid, to)?;
-        if !added.is_empty() && !cgroup_progs().any(|p| p.used_by(from)) {
-            // The first cgroup program on the cgroup made its local storage.
-            maps.set_local(cgid, to)?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        for path in pinned {
-            if let Ok(link) = Link::open_pinned(&path) {
-                let _ = link.detach();
-            }
-            let _ = fs::remove_file(&path);
-        }
-        let _ = maps.reconfigure(cgid, from);
-        return Err(e);
-    }
-    for &p in &removed {
-        let path = pin(p);
-        let link = Link::open_pinned(&path)?;
-        // A defunct link may refuse to detach; unpinning it releases it anyway.
-        let _ = link.detach();
-        fs::remove_file(&path).map_err(|e| Error::path("unlink", &path, e))?;
-    }
-    Ok((added, removed))
 }
 
 /// A directory left by an earlier container with the same id whose cgroup is gone is removed;

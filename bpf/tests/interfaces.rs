@@ -576,19 +576,18 @@ fn a_container_moved_to_its_interfaces_is_counted_and_judged_there() {
         judge_at_interfaces: true,
         ..from
     };
+    let dir = fs.layout.container_dir("test", "moved").unwrap();
     let (added, removed) = container::reconfigure(
         &progs,
-        &fs.layout,
-        "test",
-        "moved",
+        &dir,
         cg.open().unwrap().as_fd(),
+        attached.cgroup_id,
         &from,
         &to,
     )
     .unwrap();
     assert!(added.is_empty(), "{added:?}");
     assert_eq!(removed, [Prog::CgroupIngress, Prog::CgroupEgress]);
-    let dir = fs.layout.container_dir("test", "moved").unwrap();
     let mut pins: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .flatten()

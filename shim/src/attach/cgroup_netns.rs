@@ -362,16 +362,13 @@ pub fn settle_at_start(a: &Attachment, plan: &Plan, pid: u32) -> Result<()> {
             ),
         ));
     }
-    let (added, removed) = container::reconfigure(
-        &a.programs,
-        &a.layout,
-        &a.namespace,
-        id,
-        cgroup.as_fd(),
-        &from,
-        &to,
-    )
-    .map_err(|e| Error::attach(id, e))?;
+    let dir = a
+        .layout
+        .container_dir(&a.namespace, id)
+        .map_err(|e| Error::attach(id, e))?;
+    let (added, removed) =
+        container::reconfigure(&a.programs, &dir, cgroup.as_fd(), cgid, &from, &to)
+            .map_err(|e| Error::attach(id, e))?;
     let names = |p: &[tether_bpf::programs::Prog]| {
         p.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
     };
